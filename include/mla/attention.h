@@ -1,0 +1,75 @@
+// The paged-attention decode operator (DESIGN §2), FlashMLA's flash_mla_with_kvcache on a CPU.
+//
+//   q            [batch, q_len, num_heads, 576]   f32, bf16 or f16
+//   cache        PagedLatentCache (bf16, fp16 or int8)
+//   o            [batch, q_len, num_heads, 512]   f32
+//   lse          [batch, q_len, num_heads]        f32, natural log
+//
+// Sequence b brings q_lens[b] <= q_len new tokens (its last q_lens[b] cache positions). With causal
+// masking, query row i (0-based) sees cache positions 0 .. seq_lens[b] - q_lens[b] + i:
+//
+//     seq_len = 6, q_len_b = 3        keys: 0 1 2 3 4 5
+//       row 0 (position 3)                  x x x x . .
+//       row 1 (position 4)                  x x x x x .
+//       row 2 (position 5)                  x x x x x x
+//
+// Rows i >= q_lens[b] are padding, as is every row of a sequence with seq_len 0: o = 0, lse = -inf.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "mla/cache.h"
+#include "mla/dtype.h"
+
+namespace mla {
+
+struct DecodeParams {
+  int batch = 0;
+  int q_len = 1;              // rows per sequence in q, o and lse
+  int num_heads = 0;
+  float softmax_scale = 0.f;  // multiplies q.k; DeepSeek's default is 1/sqrt(192)
+  bool causal = true;
+  const int32_t* seq_lens = nullptr;     // [batch] tokens in the cache, the new ones included
+  const int32_t* q_lens = nullptr;       // [batch] or nullptr: every sequence has q_len rows
+  const int32_t* block_table = nullptr;  // [batch, max_blocks_per_seq]; unused entries may be -1
+  int max_blocks_per_seq = 0;
+};
+
+inline int q_len_of(const DecodeParams& p, int b) { return p.q_lens ? p.q_lens[b] : p.q_len; }
+
+// Last cache position (inclusive) that query row i of sequence b sees; -1 for a padding row.
+inline int last_visible(const DecodeParams& p, int b, int i) {
+  const int sl = p.seq_lens[b], ql = q_len_of(p, b);
+  if (sl == 0 || i >= ql) return -1;
+  return p.causal ? sl - ql + i : sl - 1;
+}
+
+// Checks the parameters against the cache before any work; throws mla::Error naming the problem.
+void validate(const DecodeParams& p, const PagedLatentCache& cache);
+
+enum class Impl { ref, fast };
+enum class Reduction { separate, last };  // who merges split-KV partials (DESIGN §5)
+enum class UpForm { resident, spill };    // output accumulator kept in registers/L1, or moved
+                                          // out and back every chunk (the seed's "old" UP)
+enum class Isa { best, portable };        // portable forces the plain C++ kernels
+
+struct DecodeOptions {
+  Impl impl = Impl::fast;
+  int threads = 0;    // workers; 0 = all cores
+  int chunk = 4;      // KV tiles of kKvTile tokens per pipeline step (the seed's chunk)
+  Reduction reduction = Reduction::last;
+  UpForm up = UpForm::resident;
+  Isa isa = Isa::best;
+};
+constexpr int kKvTile = 64;  // tokens per KV tile: FlashMLA's block, whatever the cache's pages
+
+// The query type the kernel computes with, for a cache format and a requested query type:
+// bf16 for bf16 and int8 caches, f16 for an fp16 cache (the int8 path then quantizes it).
+DType kernel_q_dtype(KvDType cache, DType requested);
+
+// Runs the decode. Validates first; o and lse are untouched when it throws.
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+            const DecodeOptions& opt, float* o, float* lse);
+
+}  // namespace mla

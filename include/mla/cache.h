@@ -1,0 +1,147 @@
+// The paged latent KV cache (DESIGN §3): a pool of `num_blocks` blocks of `block_size` tokens; each
+// token holds the 512-wide latent c_kv followed by the 64-wide rope key k_pe. Token `t` of a
+// sequence lives in slot block_table[t / block_size] * block_size + t % block_size.
+//
+// Formats:
+//   bf16, fp16  [num_blocks, block_size, 576] 16-bit values (FlashMLA's layout);
+//   int8        latent [num_blocks, block_size, 512] int8, rope [num_blocks, block_size, 64] bf16,
+//               and a scale: per token (computed on write), per tensor or per channel (static,
+//               set or calibrated before writing). value = int8 * scale, int8 in [-127, 127].
+// The kernels gather and repack tokens per chunk, so the storage stays token-major for any block
+// size; import/export of the logical content is lossless.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+namespace mla {
+
+constexpr int kLatentDim = 512;  // kv_lora_rank: the latent, also the value
+constexpr int kRopeDim = 64;     // qk_rope_head_dim
+constexpr int kQkDim = kLatentDim + kRopeDim;  // 576
+
+enum class KvDType { bf16, fp16, int8 };
+enum class KvScale { token, tensor, channel };
+const char* kv_dtype_name(KvDType t);
+const char* kv_scale_name(KvScale s);
+KvDType parse_kv_dtype(const std::string& s);  // "bf16" | "fp16" | "int8"
+KvScale parse_kv_scale(const std::string& s);  // "token" | "tensor" | "channel"
+
+// 64-byte aligned storage so the kernels' vector loads never split a cache line.
+template <class T>
+struct AlignedAlloc {
+  using value_type = T;
+  AlignedAlloc() = default;
+  template <class U> AlignedAlloc(const AlignedAlloc<U>&) {}
+  T* allocate(size_t n) {
+    void* p = ::operator new(n * sizeof(T), std::align_val_t(64));
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U> bool operator==(const AlignedAlloc<U>&) const { return true; }
+};
+template <class T> using AlignedVec = std::vector<T, AlignedAlloc<T>>;
+
+struct CacheConfig {
+  int64_t num_blocks = 0;
+  int block_size = 64;
+  KvDType dtype = KvDType::bf16;
+  KvScale scale = KvScale::token;  // int8 only
+};
+
+// The logical content of an int8 cache, as imported and exported (lossless).
+struct Int8CacheContent {
+  std::vector<int8_t> latent;       // [num_slots, 512]
+  std::vector<uint16_t> rope;       // [num_slots, 64] bf16 bits
+  std::vector<float> token_scale;   // [num_slots] (token mode; empty otherwise)
+  float tensor_scale = 0.f;         // tensor mode
+  std::vector<float> channel_scale; // [512] (channel mode; empty otherwise)
+};
+
+class PagedLatentCache {
+ public:
+  explicit PagedLatentCache(const CacheConfig& cfg);
+
+  const CacheConfig& config() const { return cfg_; }
+  int64_t num_blocks() const { return cfg_.num_blocks; }
+  int block_size() const { return cfg_.block_size; }
+  KvDType dtype() const { return cfg_.dtype; }
+  int64_t num_slots() const { return cfg_.num_blocks * cfg_.block_size; }
+
+  // Static int8 scales (tensor / channel mode); must be positive and finite.
+  void set_tensor_scale(float s);
+  void set_channel_scales(const float* s /*[512]*/);
+  // Static scales from max|latent| / 127 over the given slots of kv [num_slots, 576]; only those
+  // slots are read, so garbage (NaN included) elsewhere does not matter. No-op in token mode.
+  void calibrate(const float* kv, const std::vector<int64_t>& slots);
+
+  // Stores one token (576 floats): rounded to bf16/fp16, or quantized (int8).
+  void write(int64_t slot, const float* token);
+  // The token as the kernels see it: the stored 16-bit values, or int8 * scale.
+  void read(int64_t slot, float* token) const;
+  void import_f32(const float* kv /*[num_slots, 576]*/);
+  void export_f32(float* kv /*[num_slots, 576]*/) const;
+
+  // int8 only.
+  Int8CacheContent export_int8() const;
+  void import_int8(const Int8CacheContent& c);  // checks sizes and scales
+
+  // Raw storage for the kernels.
+  const uint16_t* token16(int64_t slot) const { return kv16_.data() + slot * kQkDim; }  // bf16/fp16
+  const int8_t* latent_i8(int64_t slot) const { return latent8_.data() + slot * kLatentDim; }
+  const uint16_t* rope_bf16(int64_t slot) const { return rope16_.data() + slot * kRopeDim; }
+  float token_scale(int64_t slot) const { return token_scale_[slot]; }
+  float tensor_scale() const { return tensor_scale_; }
+  const float* channel_scales() const { return channel_scale_.data(); }
+  KvScale scale_mode() const { return cfg_.scale; }
+
+ private:
+  void check_slot(int64_t slot) const;
+  void require_static_scale() const;
+
+  CacheConfig cfg_;
+  AlignedVec<uint16_t> kv16_;      // bf16 / fp16
+  AlignedVec<int8_t> latent8_;     // int8
+  AlignedVec<uint16_t> rope16_;    // int8: rope in bf16
+  std::vector<float> token_scale_; // int8, token mode
+  float tensor_scale_ = 0.f;       // int8, tensor mode (0: not set)
+  std::vector<float> channel_scale_;  // int8, channel mode (empty: not set)
+};
+
+// Hands out blocks of a pool to sequences. Running out of blocks is an mla::Error and leaves the
+// allocator unchanged.
+class BlockAllocator {
+ public:
+  // shuffle_seed != 0 hands out free blocks in a shuffled order (scattered block tables).
+  BlockAllocator(int64_t num_blocks, int block_size, uint64_t shuffle_seed = 0);
+
+  int add_sequence();                      // a new empty sequence; returns its id
+  // Appends n tokens to sequence `seq`, allocating blocks as needed; returns their slots.
+  std::vector<int64_t> append(int seq, int n);
+  void free(int seq);                      // returns the sequence's blocks to the pool
+  int seq_len(int seq) const;
+  const std::vector<int32_t>& block_table(int seq) const;
+  int64_t slot(int seq, int pos) const;    // slot of token `pos` of sequence `seq`
+  int64_t free_blocks() const { return int64_t(free_.size()); }
+  int num_sequences() const { return int(seqs_.size()); }
+  // Block tables of the given sequences as one [n, max_blocks] array, padded with -1.
+  std::vector<int32_t> block_table_array(const std::vector<int>& seqs, int* max_blocks) const;
+
+ private:
+  struct Seq {
+    bool live = false;
+    int len = 0;
+    std::vector<int32_t> blocks;
+  };
+  const Seq& get(int seq) const;
+  int64_t num_blocks_;
+  int block_size_;
+  std::vector<int32_t> free_;  // a stack; back() is handed out next
+  std::vector<Seq> seqs_;
+};
+
+}  // namespace mla

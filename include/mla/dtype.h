@@ -1,0 +1,49 @@
+// Numeric types: element type tags and the fp16/bf16 <-> fp32 conversions (round to nearest even,
+// NaN and Inf kept). The conversions are inline because the kernels' portable paths use them.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace mla {
+
+enum class DType : uint8_t { f32, f16, bf16, i8, i32, u16 };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);    // "f32", "f16", "bf16", "i8", "i32", "u16"
+DType parse_dtype(const std::string& s);  // accepts "fp32"/"f32", "fp16"/"f16", "bf16", ...
+
+inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float bf16_to_f32(uint16_t h) { return bits_f32(uint32_t(h) << 16); }
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x0040u);  // quiet NaN, sign kept
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even; overflow rounds to Inf
+  return uint16_t(u >> 16);
+}
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+// The value f becomes after a round trip through type t (f32, f16 or bf16).
+inline float round_through(DType t, float f) {
+  switch (t) {
+    case DType::bf16: return bf16_to_f32(f32_to_bf16(f));
+    case DType::f16: return f16_to_f32(f32_to_f16(f));
+    default: return f;
+  }
+}
+
+}  // namespace mla
