@@ -1,0 +1,324 @@
+// Paged latent cache storage, int8 quantization, and the block allocator.
+#include "mla/cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "mla/dtype.h"
+#include "mla/status.h"
+
+namespace mla {
+
+const char* kv_dtype_name(KvDType t) {
+  switch (t) {
+    case KvDType::bf16: return "bf16";
+    case KvDType::fp16: return "fp16";
+    case KvDType::int8: return "int8";
+  }
+  return "?";
+}
+
+const char* kv_scale_name(KvScale s) {
+  switch (s) {
+    case KvScale::token: return "token";
+    case KvScale::tensor: return "tensor";
+    case KvScale::channel: return "channel";
+  }
+  return "?";
+}
+
+KvDType parse_kv_dtype(const std::string& s) {
+  if (s == "bf16") return KvDType::bf16;
+  if (s == "fp16" || s == "f16") return KvDType::fp16;
+  if (s == "int8" || s == "i8") return KvDType::int8;
+  MLA_FAIL("unknown kv dtype '" << s << "' (expected bf16, fp16 or int8)");
+}
+
+KvScale parse_kv_scale(const std::string& s) {
+  if (s == "token") return KvScale::token;
+  if (s == "tensor") return KvScale::tensor;
+  if (s == "channel") return KvScale::channel;
+  MLA_FAIL("unknown kv scale mode '" << s << "' (expected token, tensor or channel)");
+}
+
+namespace {
+
+// Symmetric int8: round to nearest even, saturate at +-127. A zero or non-finite scale stores 0
+// (a zero scale means every value it covers was 0; a NaN scale only comes from garbage slots).
+inline int8_t quantize(float x, float scale) {
+  if (!(scale > 0.f) || !std::isfinite(scale)) return 0;
+  float q = std::nearbyint(x / scale);
+  if (!(q == q)) return 0;
+  return int8_t(std::clamp(q, -127.f, 127.f));
+}
+
+float max_abs(const float* x, int n) {
+  float m = 0.f;
+  for (int i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
+}  // namespace
+
+PagedLatentCache::PagedLatentCache(const CacheConfig& cfg) : cfg_(cfg) {
+  MLA_CHECK(cfg.num_blocks > 0, "cache: num_blocks = " << cfg.num_blocks << " must be positive");
+  MLA_CHECK(cfg.block_size > 0, "cache: block_size = " << cfg.block_size << " must be positive");
+  MLA_CHECK(cfg.num_blocks <= (int64_t(1) << 31) / cfg.block_size,
+            "cache: " << cfg.num_blocks << " blocks x " << cfg.block_size
+                      << " tokens exceeds 2^31 slots");
+  const int64_t n = num_slots();
+  if (cfg.dtype == KvDType::int8) {
+    latent8_.assign(n * kLatentDim, 0);
+    rope16_.assign(n * kRopeDim, 0);
+    if (cfg.scale == KvScale::token) token_scale_.assign(n, 0.f);
+  } else {
+    kv16_.assign(n * kQkDim, 0);
+  }
+}
+
+void PagedLatentCache::check_slot(int64_t slot) const {
+  MLA_CHECK(slot >= 0 && slot < num_slots(),
+            "cache: slot " << slot << " outside the pool of " << num_blocks() << " blocks x "
+                           << block_size() << " tokens");
+}
+
+void PagedLatentCache::set_tensor_scale(float s) {
+  MLA_CHECK(cfg_.dtype == KvDType::int8 && cfg_.scale == KvScale::tensor,
+            "cache: a tensor scale needs an int8 cache in tensor-scale mode");
+  MLA_CHECK(s > 0.f && std::isfinite(s), "cache: tensor scale " << s << " must be positive and finite");
+  tensor_scale_ = s;
+}
+
+void PagedLatentCache::set_channel_scales(const float* s) {
+  MLA_CHECK(cfg_.dtype == KvDType::int8 && cfg_.scale == KvScale::channel,
+            "cache: channel scales need an int8 cache in channel-scale mode");
+  for (int c = 0; c < kLatentDim; ++c)
+    MLA_CHECK(s[c] > 0.f && std::isfinite(s[c]),
+              "cache: channel scale[" << c << "] = " << s[c] << " must be positive and finite");
+  channel_scale_.assign(s, s + kLatentDim);
+}
+
+void PagedLatentCache::calibrate(const float* kv, const std::vector<int64_t>& slots) {
+  if (cfg_.dtype != KvDType::int8 || cfg_.scale == KvScale::token) return;
+  std::vector<float> m(kLatentDim, 0.f);
+  for (int64_t s : slots) {
+    check_slot(s);
+    const float* x = kv + s * kQkDim;
+    for (int c = 0; c < kLatentDim; ++c) {
+      MLA_CHECK(std::isfinite(x[c]), "cache: calibration slot " << s << " channel " << c
+                                         << " holds " << x[c] << " (not finite)");
+      m[c] = std::max(m[c], std::fabs(x[c]));
+    }
+  }
+  // A channel (or tensor) that is 0 everywhere gets scale 1: any scale represents 0 exactly.
+  if (cfg_.scale == KvScale::tensor) {
+    const float t = *std::max_element(m.begin(), m.end());
+    set_tensor_scale(t > 0.f ? t / 127.f : 1.f);
+  } else {
+    for (auto& v : m) v = v > 0.f ? v / 127.f : 1.f;
+    set_channel_scales(m.data());
+  }
+}
+
+void PagedLatentCache::require_static_scale() const {
+  if (cfg_.scale == KvScale::tensor)
+    MLA_CHECK(tensor_scale_ > 0.f, "cache: int8 tensor-scale mode needs set_tensor_scale() or "
+                                   "calibrate() before writing");
+  if (cfg_.scale == KvScale::channel)
+    MLA_CHECK(!channel_scale_.empty(), "cache: int8 channel-scale mode needs "
+                                       "set_channel_scales() or calibrate() before writing");
+}
+
+void PagedLatentCache::write(int64_t slot, const float* x) {
+  check_slot(slot);
+  switch (cfg_.dtype) {
+    case KvDType::bf16: {
+      uint16_t* d = kv16_.data() + slot * kQkDim;
+      for (int i = 0; i < kQkDim; ++i) d[i] = f32_to_bf16(x[i]);
+      return;
+    }
+    case KvDType::fp16: {
+      uint16_t* d = kv16_.data() + slot * kQkDim;
+      for (int i = 0; i < kQkDim; ++i) d[i] = f32_to_f16(x[i]);
+      return;
+    }
+    case KvDType::int8: break;
+  }
+  require_static_scale();
+  int8_t* d = latent8_.data() + slot * kLatentDim;
+  switch (cfg_.scale) {
+    case KvScale::token: {
+      const float s = max_abs(x, kLatentDim) / 127.f;
+      token_scale_[slot] = s;
+      for (int c = 0; c < kLatentDim; ++c) d[c] = quantize(x[c], s);
+      break;
+    }
+    case KvScale::tensor:
+      for (int c = 0; c < kLatentDim; ++c) d[c] = quantize(x[c], tensor_scale_);
+      break;
+    case KvScale::channel:
+      for (int c = 0; c < kLatentDim; ++c) d[c] = quantize(x[c], channel_scale_[c]);
+      break;
+  }
+  uint16_t* r = rope16_.data() + slot * kRopeDim;
+  for (int i = 0; i < kRopeDim; ++i) r[i] = f32_to_bf16(x[kLatentDim + i]);
+}
+
+void PagedLatentCache::read(int64_t slot, float* x) const {
+  check_slot(slot);
+  switch (cfg_.dtype) {
+    case KvDType::bf16: {
+      const uint16_t* s = token16(slot);
+      for (int i = 0; i < kQkDim; ++i) x[i] = bf16_to_f32(s[i]);
+      return;
+    }
+    case KvDType::fp16: {
+      const uint16_t* s = token16(slot);
+      for (int i = 0; i < kQkDim; ++i) x[i] = f16_to_f32(s[i]);
+      return;
+    }
+    case KvDType::int8: break;
+  }
+  const int8_t* q = latent_i8(slot);
+  for (int c = 0; c < kLatentDim; ++c) {
+    const float s = cfg_.scale == KvScale::token    ? token_scale_[slot]
+                    : cfg_.scale == KvScale::tensor ? tensor_scale_
+                                                    : channel_scale_[c];
+    x[c] = float(q[c]) * s;
+  }
+  const uint16_t* r = rope_bf16(slot);
+  for (int i = 0; i < kRopeDim; ++i) x[kLatentDim + i] = bf16_to_f32(r[i]);
+}
+
+void PagedLatentCache::import_f32(const float* kv) {
+  for (int64_t s = 0; s < num_slots(); ++s) write(s, kv + s * kQkDim);
+}
+
+void PagedLatentCache::export_f32(float* kv) const {
+  for (int64_t s = 0; s < num_slots(); ++s) read(s, kv + s * kQkDim);
+}
+
+Int8CacheContent PagedLatentCache::export_int8() const {
+  MLA_CHECK(cfg_.dtype == KvDType::int8, "cache: export_int8 on a " << kv_dtype_name(cfg_.dtype)
+                                                                     << " cache");
+  Int8CacheContent c;
+  c.latent.assign(latent8_.begin(), latent8_.end());
+  c.rope.assign(rope16_.begin(), rope16_.end());
+  c.token_scale = token_scale_;
+  c.tensor_scale = tensor_scale_;
+  c.channel_scale = channel_scale_;
+  return c;
+}
+
+void PagedLatentCache::import_int8(const Int8CacheContent& c) {
+  MLA_CHECK(cfg_.dtype == KvDType::int8, "cache: import_int8 into a "
+                                             << kv_dtype_name(cfg_.dtype) << " cache");
+  const int64_t n = num_slots();
+  MLA_CHECK(int64_t(c.latent.size()) == n * kLatentDim,
+            "cache: int8 import: latent has " << c.latent.size() << " values, expected "
+                                              << n * kLatentDim);
+  MLA_CHECK(int64_t(c.rope.size()) == n * kRopeDim,
+            "cache: int8 import: rope has " << c.rope.size() << " values, expected " << n * kRopeDim);
+  for (size_t i = 0; i < c.latent.size(); ++i)
+    MLA_CHECK(c.latent[i] >= -127, "cache: int8 import: latent value -128 at " << i
+                                       << " (the symmetric format uses -127..127)");
+  switch (cfg_.scale) {
+    case KvScale::token:
+      MLA_CHECK(int64_t(c.token_scale.size()) == n, "cache: int8 import: "
+                                                        << c.token_scale.size()
+                                                        << " token scales, expected " << n);
+      token_scale_ = c.token_scale;
+      break;
+    case KvScale::tensor: set_tensor_scale(c.tensor_scale); break;
+    case KvScale::channel:
+      MLA_CHECK(c.channel_scale.size() == size_t(kLatentDim),
+                "cache: int8 import: " << c.channel_scale.size() << " channel scales, expected 512");
+      set_channel_scales(c.channel_scale.data());
+      break;
+  }
+  latent8_.assign(c.latent.begin(), c.latent.end());
+  rope16_.assign(c.rope.begin(), c.rope.end());
+}
+
+// ---- BlockAllocator -------------------------------------------------------------------------
+
+BlockAllocator::BlockAllocator(int64_t num_blocks, int block_size, uint64_t shuffle_seed)
+    : num_blocks_(num_blocks), block_size_(block_size) {
+  MLA_CHECK(num_blocks > 0 && num_blocks < (int64_t(1) << 31),
+            "allocator: num_blocks = " << num_blocks << " out of range");
+  MLA_CHECK(block_size > 0, "allocator: block_size = " << block_size << " must be positive");
+  free_.resize(num_blocks);
+  // Stack order: block 0 is handed out first unless shuffled.
+  for (int64_t i = 0; i < num_blocks; ++i) free_[i] = int32_t(num_blocks - 1 - i);
+  if (shuffle_seed) {
+    std::mt19937_64 rng(shuffle_seed);
+    std::shuffle(free_.begin(), free_.end(), rng);
+  }
+}
+
+int BlockAllocator::add_sequence() {
+  seqs_.push_back(Seq{.live = true});
+  return int(seqs_.size()) - 1;
+}
+
+const BlockAllocator::Seq& BlockAllocator::get(int seq) const {
+  MLA_CHECK(seq >= 0 && seq < int(seqs_.size()) && seqs_[seq].live,
+            "allocator: sequence " << seq << " does not exist");
+  return seqs_[seq];
+}
+
+std::vector<int64_t> BlockAllocator::append(int seq, int n) {
+  get(seq);
+  MLA_CHECK(n >= 0, "allocator: cannot append " << n << " tokens");
+  Seq& s = seqs_[seq];
+  const int64_t have = int64_t(s.blocks.size()) * block_size_;
+  const int64_t need_tokens = int64_t(s.len) + n;
+  const int64_t need_blocks = (std::max<int64_t>(need_tokens - have, 0) + block_size_ - 1) / block_size_;
+  MLA_CHECK(need_blocks <= free_blocks(),
+            "allocator: out of blocks: sequence " << seq << " needs " << need_blocks
+                                                  << " more blocks, " << free_blocks() << " free");
+  MLA_CHECK(need_tokens < (int64_t(1) << 31), "allocator: sequence length overflow");
+  for (int64_t i = 0; i < need_blocks; ++i) {
+    s.blocks.push_back(free_.back());
+    free_.pop_back();
+  }
+  std::vector<int64_t> slots(n);
+  for (int i = 0; i < n; ++i) slots[i] = slot(seq, s.len + i);
+  s.len += n;
+  return slots;
+}
+
+void BlockAllocator::free(int seq) {
+  get(seq);
+  Seq& s = seqs_[seq];
+  for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) free_.push_back(*it);
+  s = Seq{};
+}
+
+int BlockAllocator::seq_len(int seq) const { return get(seq).len; }
+
+const std::vector<int32_t>& BlockAllocator::block_table(int seq) const { return get(seq).blocks; }
+
+int64_t BlockAllocator::slot(int seq, int pos) const {
+  const Seq& s = get(seq);
+  MLA_CHECK(pos >= 0 && int64_t(pos) < int64_t(s.blocks.size()) * block_size_,
+            "allocator: position " << pos << " of sequence " << seq << " has no block");
+  return int64_t(s.blocks[pos / block_size_]) * block_size_ + pos % block_size_;
+}
+
+std::vector<int32_t> BlockAllocator::block_table_array(const std::vector<int>& seqs,
+                                                       int* max_blocks) const {
+  int mb = 1;
+  for (int q : seqs) mb = std::max(mb, int(get(q).blocks.size()));
+  std::vector<int32_t> t(seqs.size() * mb, -1);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const auto& b = get(seqs[i]).blocks;
+    std::copy(b.begin(), b.end(), t.begin() + i * mb);
+  }
+  *max_blocks = mb;
+  return t;
+}
+
+}  // namespace mla

@@ -1,0 +1,98 @@
+// Element type tags (size, name, parsing) and the portable IEEE half <-> float conversions.
+// Plain integer code, no F16C: this file is built for baseline x86-64, and the AVX-512 kernels
+// convert with their own instructions.
+#include "mla/dtype.h"
+
+#include "mla/status.h"
+
+namespace mla {
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::f16: return 2;
+    case DType::bf16: return 2;
+    case DType::i8: return 1;
+    case DType::i32: return 4;
+    case DType::u16: return 2;
+  }
+  MLA_FAIL("dtype_size: invalid DType value " << int(t));
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::f16: return "f16";
+    case DType::bf16: return "bf16";
+    case DType::i8: return "i8";
+    case DType::i32: return "i32";
+    case DType::u16: return "u16";
+  }
+  MLA_FAIL("dtype_name: invalid DType value " << int(t));
+}
+
+DType parse_dtype(const std::string& s) {
+  struct Alias {
+    const char* name;
+    DType type;
+  };
+  static constexpr Alias kAliases[] = {
+      {"fp32", DType::f32}, {"f32", DType::f32},   {"float32", DType::f32},
+      {"fp16", DType::f16}, {"f16", DType::f16},   {"float16", DType::f16},
+      {"bf16", DType::bf16}, {"bfloat16", DType::bf16},
+      {"i8", DType::i8},    {"int8", DType::i8},
+      {"i32", DType::i32},  {"int32", DType::i32},
+      {"u16", DType::u16},  {"uint16", DType::u16},
+  };
+  for (const Alias& a : kAliases)
+    if (s == a.name) return a.type;
+  MLA_FAIL("unknown dtype '" << s
+                             << "'; accepted: fp32/f32/float32, fp16/f16/float16, bf16/bfloat16, "
+                                "i8/int8, i32/int32, u16/uint16");
+}
+
+//   half:  s eeeee mmmmmmmmmm        bias 15, subnormal when e == 0, Inf/NaN when e == 31
+//   float: s eeeeeeee m(23)          bias 127
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant << 13));  // Inf, or NaN with payload
+  if (exp != 0) return bits_f32(sign | ((exp + 127 - 15) << 23) | (mant << 13));
+  if (mant == 0) return bits_f32(sign);
+  // Subnormal half, mant * 2^-24: shift the leading one up to the implicit bit; every half
+  // subnormal is a normal float.
+  uint32_t e = 127 - 15 + 1;
+  while ((mant & 0x400u) == 0) {
+    mant <<= 1;
+    --e;
+  }
+  return bits_f32(sign | (e << 23) | ((mant & 0x3ffu) << 13));
+}
+
+uint16_t f32_to_f16(float f) {
+  const uint32_t u = f32_bits(f);
+  const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // quiet NaN
+  if (a >= 0x47800000u) return uint16_t(sign | 0x7c00u);  // >= 2^16 (or Inf): beyond any rounding
+  if (a >= 0x38800000u) {
+    // Normal half range, |f| >= 2^-14. Rebias, then round the 13 dropped bits to nearest even; a
+    // carry out of the mantissa bumps the exponent, and past 65504 lands exactly on Inf (0x7c00).
+    const uint32_t r = a - ((127u - 15u) << 23);
+    return uint16_t(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+  }
+  // Subnormal half (units of 2^-24). At most 2^-25 (half the smallest subnormal, a tie that goes to
+  // the even 0) the result is a signed zero; this also covers float zeros and subnormals.
+  if (a <= 0x33000000u) return sign;
+  const uint32_t e = a >> 23;                        // 102 ..< 113
+  const uint32_t m = (a & 0x7fffffu) | 0x800000u;    // f = m * 2^(e - 150)
+  const uint32_t shift = 126 - e;                    // f / 2^-24 = m >> shift, 14 ..< 25
+  uint32_t h = m >> shift;
+  const uint32_t rem = m & ((1u << shift) - 1);
+  const uint32_t half = 1u << (shift - 1);
+  if (rem > half || (rem == half && (h & 1u))) ++h;  // 0x3ff + 1 = 0x400 is the smallest normal
+  return uint16_t(sign | h);
+}
+
+}  // namespace mla

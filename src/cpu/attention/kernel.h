@@ -1,0 +1,85 @@
+// The contract between the decode driver and the attention kernels (DESIGN §4).
+//
+// A kernel runs one work item of the plan: sequence `seq`, heads [head_begin, head_end), cache
+// positions [kv_begin, kv_end). All query tokens and heads of the item are packed as the rows of
+// one matrix, row r = i * nh + (h - head_begin) for query token i < q_len_of(p, seq), so each key
+// is loaded once for all of them. The item's KV range is walked in steps of `chunk` tiles of
+// kKvTile tokens; every step runs the stages QK, SM, PV, UP (Stage below).
+//
+// The kernel writes, for each row it owns, the softmax-normalized output of its KV range and the
+// natural-log lse; a row that sees no key of the range (causal mask) writes o = 0, lse = -inf.
+// For an unsplit item the outputs are the final o/lse; for a split item they are partial buffers
+// that the combine merges. Padding rows (i >= q_len_of) are not the kernel's business.
+//
+// Tokens the item does not own are never read: tails of chunks past kv_end are zero-filled in
+// the kernel's scratch and masked, so garbage (NaN) in unused cache slots cannot leak.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "mla/attention.h"
+#include "mla/cache.h"
+
+namespace mla::cpu {
+
+// One vocabulary for the pipeline stages: the kernels, the profiler and the simulator use it.
+enum class Stage : uint8_t { QK, SM, PV, UP };
+
+struct KernelArgs {
+  const DecodeParams* p = nullptr;
+  const PagedLatentCache* cache = nullptr;
+  const uint16_t* q = nullptr;  // [batch, q_len, H, 576]: bf16 bits (bf16/int8 caches), f16 (fp16)
+  int seq = 0;
+  int head_begin = 0, head_end = 0;
+  int kv_begin = 0, kv_end = 0;  // 0 <= kv_begin < kv_end <= seq_lens[seq]
+  // Row (i, h): o + i * o_stride_i + (h - head_begin) * o_stride_h -> 512 floats,
+  //             lse + i * lse_stride_i + (h - head_begin) * lse_stride_h.
+  float* o = nullptr;
+  int64_t o_stride_i = 0, o_stride_h = 0;
+  float* lse = nullptr;
+  int64_t lse_stride_i = 0, lse_stride_h = 0;
+  int chunk = 4;  // tiles of kKvTile tokens per step, >= 1
+  UpForm up = UpForm::resident;
+};
+
+// Per-worker scratch: 64-byte aligned, grows on demand, never shrinks, contents undefined.
+class Scratch {
+ public:
+  void* get(size_t bytes) {
+    if (buf_.size() < bytes) buf_.resize(bytes);
+    return buf_.data();
+  }
+
+ private:
+  AlignedVec<unsigned char> buf_;
+};
+
+using KernelFn = void (*)(const KernelArgs&, Scratch&);
+
+struct KernelInfo {
+  const char* name;  // dtype, ISA: decode_i8_avx512vnni
+  KvDType kv;
+  bool portable;         // plain C++, runs anywhere
+  bool (*supported)();   // does this CPU have the instructions?
+  KernelFn run;
+};
+
+// Every kernel, portable ones included; tests and benchmarks iterate over it.
+const std::vector<KernelInfo>& kernel_registry();
+// The fastest supported kernel for a cache format, or the portable one.
+const KernelInfo& select_kernel(KvDType kv, Isa isa);
+
+// Cache slot of position `pos` of sequence `b`.
+inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {
+  return int64_t(p.block_table[int64_t(b) * p.max_blocks_per_seq + pos / block_size]) *
+             block_size + pos % block_size;
+}
+
+// The kernels (each in a file of its own).
+extern const KernelInfo kDecodeBf16Portable;
+extern const KernelInfo kDecodeF16Portable;
+extern const KernelInfo kDecodeI8Portable;
+
+}  // namespace mla::cpu

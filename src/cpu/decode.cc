@@ -1,0 +1,63 @@
+// The decode operator's entry point: validation, query conversion to the working type, and the
+// choice between the float64 reference and the fast CPU kernels.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/decode_fast.h"
+#include "mla/attention.h"
+#include "mla/status.h"
+#include "ref/reference.h"
+
+namespace mla {
+
+DType kernel_q_dtype(KvDType cache, DType requested) {
+  (void)requested;
+  return cache == KvDType::fp16 ? DType::f16 : DType::bf16;
+}
+
+namespace {
+
+std::vector<float> query_as_f32(DType t, const void* q, int64_t n) {
+  std::vector<float> out(n);
+  switch (t) {
+    case DType::f32: {
+      const float* s = static_cast<const float*>(q);
+      std::copy(s, s + n, out.begin());
+      break;
+    }
+    case DType::bf16: {
+      const uint16_t* s = static_cast<const uint16_t*>(q);
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(s[i]);
+      break;
+    }
+    case DType::f16: {
+      const uint16_t* s = static_cast<const uint16_t*>(q);
+      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(s[i]);
+      break;
+    }
+    default: MLA_FAIL("query dtype " << dtype_name(t) << " is not supported (f32, bf16 or f16)");
+  }
+  return out;
+}
+
+}  // namespace
+
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+            const DecodeOptions& opt, float* o, float* lse) {
+  validate(p, cache);
+  MLA_CHECK(q_dtype == DType::f32 || q_dtype == DType::bf16 || q_dtype == DType::f16,
+            "query dtype " << dtype_name(q_dtype) << " is not supported (f32, bf16 or f16)");
+  const int64_t rows = int64_t(p.batch) * p.q_len * p.num_heads;
+  if (opt.impl == Impl::fast) {
+    decode_fast(p, q_dtype, q, cache, opt, o, lse);
+    return;
+  }
+  const std::vector<float> qf = query_as_f32(q_dtype, q, rows * kQkDim);
+  std::vector<double> od(rows * kLatentDim), ld(rows);
+  ref::decode(p, qf.data(), cache, od.data(), ld.data());
+  for (int64_t i = 0; i < rows * kLatentDim; ++i) o[i] = float(od[i]);
+  for (int64_t i = 0; i < rows; ++i) lse[i] = float(ld[i]);
+}
+
+}  // namespace mla

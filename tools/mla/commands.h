@@ -1,0 +1,12 @@
+// The `mla` command's subcommands. Each registers itself on the CLI11 app and runs when chosen.
+// Exit codes: 0 success, 1 a failed check (e.g. accuracy), 2 bad input or usage.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace mla::tool {
+
+void add_decode_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+}  // namespace mla::tool

@@ -1,0 +1,26 @@
+// `mla`: MLA decode on files (decode), the benchmark report (bench).
+#include <cstdio>
+#include <exception>
+
+#include "mla/status.h"
+#include "mla/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"mla: multi-head latent attention (DeepSeek MLA) decode on CPUs"};
+  app.require_subcommand(1);
+  mla::tool::add_decode_command(app);
+  mla::tool::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  } catch (const mla::Error& e) {
+    std::fprintf(stderr, "mla: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mla: internal error: %s\n", e.what());
+    return 3;
+  }
+  return 0;
+}
