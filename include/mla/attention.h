@@ -61,12 +61,19 @@ struct DecodeOptions {
   Reduction reduction = Reduction::last;
   UpForm up = UpForm::resident;
   Isa isa = Isa::best;
+  const char* kernel = nullptr;  // a kernel by name (tests, benchmarks); nullptr: chosen by isa
 };
 constexpr int kKvTile = 64;  // tokens per KV tile: FlashMLA's block, whatever the cache's pages
 
 // The query type the kernel computes with, for a cache format and a requested query type:
 // bf16 for bf16 and int8 caches, f16 for an fp16 cache (the int8 path then quantizes it).
 DType kernel_q_dtype(KvDType cache, DType requested);
+
+// The query values the fast kernels compute with, from q already rounded to kernel_q_dtype:
+// unchanged for bf16/fp16 caches; for int8 the latent part quantized per row to int8
+// (scale max|q'|/127, q' = q * channel scale in channel mode) and de-quantized, the rope part as
+// is. q and out: [rows, 576]. A reference on these values sees exactly what the kernel saw.
+void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const float* q, float* out);
 
 // Runs the decode. Validates first; o and lse are untouched when it throws.
 void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,

@@ -259,7 +259,9 @@ BlockAllocator::BlockAllocator(int64_t num_blocks, int block_size, uint64_t shuf
 }
 
 int BlockAllocator::add_sequence() {
-  seqs_.push_back(Seq{.live = true});
+  Seq s;
+  s.live = true;
+  seqs_.push_back(s);
   return int(seqs_.size()) - 1;
 }
 

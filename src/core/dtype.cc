@@ -9,24 +9,36 @@ namespace mla {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::f32: return 4;
-    case DType::f16: return 2;
-    case DType::bf16: return 2;
-    case DType::i8: return 1;
-    case DType::i32: return 4;
-    case DType::u16: return 2;
+    case DType::f32:
+      return 4;
+    case DType::f16:
+      return 2;
+    case DType::bf16:
+      return 2;
+    case DType::i8:
+      return 1;
+    case DType::i32:
+      return 4;
+    case DType::u16:
+      return 2;
   }
   MLA_FAIL("dtype_size: invalid DType value " << int(t));
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::f16: return "f16";
-    case DType::bf16: return "bf16";
-    case DType::i8: return "i8";
-    case DType::i32: return "i32";
-    case DType::u16: return "u16";
+    case DType::f32:
+      return "f32";
+    case DType::f16:
+      return "f16";
+    case DType::bf16:
+      return "bf16";
+    case DType::i8:
+      return "i8";
+    case DType::i32:
+      return "i32";
+    case DType::u16:
+      return "u16";
   }
   MLA_FAIL("dtype_name: invalid DType value " << int(t));
 }
@@ -37,12 +49,11 @@ DType parse_dtype(const std::string& s) {
     DType type;
   };
   static constexpr Alias kAliases[] = {
-      {"fp32", DType::f32}, {"f32", DType::f32},   {"float32", DType::f32},
-      {"fp16", DType::f16}, {"f16", DType::f16},   {"float16", DType::f16},
-      {"bf16", DType::bf16}, {"bfloat16", DType::bf16},
-      {"i8", DType::i8},    {"int8", DType::i8},
-      {"i32", DType::i32},  {"int32", DType::i32},
-      {"u16", DType::u16},  {"uint16", DType::u16},
+      {"fp32", DType::f32},  {"f32", DType::f32},       {"float32", DType::f32},
+      {"fp16", DType::f16},  {"f16", DType::f16},       {"float16", DType::f16},
+      {"bf16", DType::bf16}, {"bfloat16", DType::bf16}, {"i8", DType::i8},
+      {"int8", DType::i8},   {"i32", DType::i32},       {"int32", DType::i32},
+      {"u16", DType::u16},   {"uint16", DType::u16},
   };
   for (const Alias& a : kAliases)
     if (s == a.name) return a.type;
@@ -85,9 +96,9 @@ uint16_t f32_to_f16(float f) {
   // Subnormal half (units of 2^-24). At most 2^-25 (half the smallest subnormal, a tie that goes to
   // the even 0) the result is a signed zero; this also covers float zeros and subnormals.
   if (a <= 0x33000000u) return sign;
-  const uint32_t e = a >> 23;                        // 102 ..< 113
-  const uint32_t m = (a & 0x7fffffu) | 0x800000u;    // f = m * 2^(e - 150)
-  const uint32_t shift = 126 - e;                    // f / 2^-24 = m >> shift, 14 ..< 25
+  const uint32_t e = a >> 23;                      // 102 ..< 113
+  const uint32_t m = (a & 0x7fffffu) | 0x800000u;  // f = m * 2^(e - 150)
+  const uint32_t shift = 126 - e;                  // f / 2^-24 = m >> shift, 14 ..< 25
   uint32_t h = m >> shift;
   const uint32_t rem = m & ((1u << shift) - 1);
   const uint32_t half = 1u << (shift - 1);

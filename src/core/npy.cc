@@ -3,9 +3,9 @@
 // files from any numpy version, or written by hand, load. Every refusal names the file.
 //
 //   file = "\x93NUMPY" major minor header_len header data
-//          header_len: uint16 LE (version 1.0) or uint32 LE (2.0, 3.0; 3.0 has a utf8 header)
-//          header:     "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }" + ' '... + '\n'
-//          data:       numel * itemsize bytes, C order, nothing after it
+//     header_len: uint16 LE (version 1.0) or uint32 LE (2.0, 3.0; 3.0 has a utf8 header)
+//     header:     "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }" + ' '... + '\n'
+//     data:       numel * itemsize bytes, C order, nothing after it
 #include "mla/npy.h"
 
 #include <sys/stat.h>
@@ -39,24 +39,36 @@ constexpr size_t kReadChunk = size_t(64) << 20;
 // numpy's name for each type, used in messages; bf16 travels as uint16 (numpy has no bfloat16).
 const char* numpy_name(DType t) {
   switch (t) {
-    case DType::f32: return "float32";
-    case DType::f16: return "float16";
-    case DType::bf16: return "bfloat16 (stored as uint16)";
-    case DType::i8: return "int8";
-    case DType::i32: return "int32";
-    case DType::u16: return "uint16";
+    case DType::f32:
+      return "float32";
+    case DType::f16:
+      return "float16";
+    case DType::bf16:
+      return "bfloat16 (stored as uint16)";
+    case DType::i8:
+      return "int8";
+    case DType::i32:
+      return "int32";
+    case DType::u16:
+      return "uint16";
   }
   return "?";
 }
 
 const char* descr_for(DType t) {
   switch (t) {
-    case DType::f32: return "<f4";
-    case DType::f16: return "<f2";
-    case DType::bf16: return "<u2";
-    case DType::i8: return "|i1";
-    case DType::i32: return "<i4";
-    case DType::u16: return "<u2";
+    case DType::f32:
+      return "<f4";
+    case DType::f16:
+      return "<f2";
+    case DType::bf16:
+      return "<u2";
+    case DType::i8:
+      return "|i1";
+    case DType::i32:
+      return "<i4";
+    case DType::u16:
+      return "<u2";
   }
   return nullptr;
 }
@@ -256,8 +268,8 @@ class HeaderParser {
 // numpy names of the dtypes we refuse, for a friendlier message.
 std::string describe_descr(const std::string& d) {
   static const char* const kKnown[][2] = {
-      {"f8", "float64"}, {"f16", "float128"}, {"i2", "int16"},   {"i8", "int64"},
-      {"u1", "uint8"},   {"u4", "uint32"},    {"u8", "uint64"},  {"b1", "bool"},
+      {"f8", "float64"},   {"f16", "float128"},   {"i2", "int16"},  {"i8", "int64"},
+      {"u1", "uint8"},     {"u4", "uint32"},      {"u8", "uint64"}, {"b1", "bool"},
       {"c8", "complex64"}, {"c16", "complex128"}, {"O", "object"}};
   const std::string code = d.empty() ? d : d.substr(1);
   for (const auto& k : kKnown)
@@ -269,8 +281,11 @@ DType dtype_from_descr(const std::string& path, const std::string& d) {
   static const struct {
     const char* code;
     DType type;
-  } kTypes[] = {{"f4", DType::f32}, {"f2", DType::f16}, {"i1", DType::i8},
-                {"i4", DType::i32}, {"u2", DType::u16}};
+  } kTypes[] = {{"f4", DType::f32},
+                {"f2", DType::f16},
+                {"i1", DType::i8},
+                {"i4", DType::i32},
+                {"u2", DType::u16}};
   if (d.size() >= 2) {
     const char order = d[0];
     const std::string code = d.substr(1);
@@ -347,10 +362,11 @@ NpyArray read_npy(const std::string& path) {
             path << ": Fortran-order arrays are not supported (fortran_order is True)");
   a.shape = *h.shape;
   for (size_t i = 0; i < a.shape.size(); ++i)
-    MLA_CHECK(a.shape[i] >= 0, path << ": dimension " << i << " of shape " << a.shape_str()
-                                    << " is negative");
+    MLA_CHECK(a.shape[i] >= 0,
+              path << ": dimension " << i << " of shape " << a.shape_str() << " is negative");
   const std::optional<uint64_t> need = byte_count(a.shape, dtype_size(a.dtype));
-  MLA_CHECK(need, path << ": shape " << a.shape_str() << " is too large (its byte count overflows)");
+  MLA_CHECK(need,
+            path << ": shape " << a.shape_str() << " is too large (its byte count overflows)");
 
   // Reserve up front when the file really holds the data, so a large array is read without
   // regrowing; a shape that claims more than the file holds is caught chunk by chunk instead.
@@ -360,8 +376,8 @@ NpyArray read_npy(const std::string& path) {
       *need <= uint64_t(st.st_size) - uint64_t(pos))
     a.bytes.reserve(size_t(*need));
   got = read_up_to(f.get(), a.bytes, *need, path);
-  MLA_CHECK(got == *need, path << ": truncated: expected " << *need << " bytes of data, found "
-                               << got);
+  MLA_CHECK(got == *need,
+            path << ": truncated: expected " << *need << " bytes of data, found " << got);
   std::vector<unsigned char> extra;
   uint64_t extra_n = 0;
   constexpr uint64_t kTailChunk = 1 << 16;
@@ -391,8 +407,8 @@ NpyArray read_npy(const std::string& path, DType want_dtype,
   for (size_t i = 0; i < want_shape.size(); ++i)
     MLA_CHECK(want_shape[i] < 0 || want_shape[i] == a.shape[i],
               path << ": shape is " << a.shape_str() << ", expected "
-                   << shape_to_str(want_shape, true) << " (dimension " << i << " is "
-                   << a.shape[i] << ", expected " << want_shape[i] << ")");
+                   << shape_to_str(want_shape, true) << " (dimension " << i << " is " << a.shape[i]
+                   << ", expected " << want_shape[i] << ")");
   return a;
 }
 
@@ -428,8 +444,8 @@ void write_npy(const std::string& path, DType dtype, const std::vector<int64_t>&
 
   // A counter beside the pid keeps two threads writing the same path from sharing a temp file.
   static std::atomic<uint64_t> counter{0};
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." +
-                          std::to_string(counter.fetch_add(1));
+  const std::string tmp =
+      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
   struct RemoveOnFail {
     const std::string& name;
     bool armed = true;
@@ -445,8 +461,7 @@ void write_npy(const std::string& path, DType dtype, const std::vector<int64_t>&
     MLA_FAIL(path << ": cannot create temporary file " << tmp << ": " << std::strerror(errno));
   }
   bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size();
-  if (ok && *nbytes)
-    ok = std::fwrite(data, 1, size_t(*nbytes), f) == size_t(*nbytes);
+  if (ok && *nbytes) ok = std::fwrite(data, 1, size_t(*nbytes), f) == size_t(*nbytes);
   const int write_errno = errno;
   ok = (std::fclose(f) == 0) && ok;
   MLA_CHECK(ok, path << ": write failed: " << std::strerror(write_errno ? write_errno : errno));

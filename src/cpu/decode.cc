@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/attention/quantize.h"
 #include "cpu/decode_fast.h"
 #include "mla/attention.h"
 #include "mla/status.h"
@@ -14,6 +15,21 @@ namespace mla {
 DType kernel_q_dtype(KvDType cache, DType requested) {
   (void)requested;
   return cache == KvDType::fp16 ? DType::f16 : DType::bf16;
+}
+
+void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const float* q, float* out) {
+  std::copy(q, q + rows * kQkDim, out);
+  if (cache.dtype() != KvDType::int8) return;
+  const float* cs = cache.scale_mode() == KvScale::channel ? cache.channel_scales() : nullptr;
+  float scaled[kLatentDim];
+  int8_t q8[kLatentDim];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + r * kQkDim;
+    for (int c = 0; c < kLatentDim; ++c) scaled[c] = cs ? qr[c] * cs[c] : qr[c];
+    const float s = cpu::quantize_query_row(scaled, q8);
+    for (int c = 0; c < kLatentDim; ++c)
+      out[r * kQkDim + c] = cs ? float(q8[c]) * s / cs[c] : float(q8[c]) * s;
+  }
 }
 
 namespace {

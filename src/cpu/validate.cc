@@ -25,6 +25,8 @@ void validate(const DecodeParams& p, const PagedLatentCache& cache) {
     MLA_CHECK(ql >= 0 && ql <= p.q_len,
               "q_lens[" << b << "] = " << ql << " is outside 0.." << p.q_len << " (the q array's q_len)");
     if (sl == 0) continue;  // padding entry: nothing is read
+    MLA_CHECK(ql >= 1, "q_lens[" << b << "] = 0 for a sequence of " << sl
+                                 << " tokens (only padding entries, seq_len 0, have no query)");
     MLA_CHECK(sl >= ql, "seq_lens[" << b << "] = " << sl << " is shorter than its " << ql
                                     << " query tokens");
     MLA_CHECK(int64_t(sl) <= int64_t(p.max_blocks_per_seq) * bs,

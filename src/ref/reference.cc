@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include "mla/status.h"
+
 namespace mla::ref {
 
 namespace {

@@ -4,7 +4,14 @@
 
 #include <CLI/CLI.hpp>
 
+#include <stdexcept>
+
 namespace mla::tool {
+
+// A check that ran and failed (accuracy, a benchmark row's check): exit code 1.
+struct CheckFailed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 void add_decode_command(CLI::App& app);
 void add_bench_command(CLI::App& app);

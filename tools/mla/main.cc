@@ -15,6 +15,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
+  } catch (const mla::tool::CheckFailed& e) {
+    std::fprintf(stderr, "mla: check failed: %s\n", e.what());
+    return 1;
   } catch (const mla::Error& e) {
     std::fprintf(stderr, "mla: error: %s\n", e.what());
     return 2;

@@ -68,8 +68,9 @@ struct KernelInfo {
 
 // Every kernel, portable ones included; tests and benchmarks iterate over it.
 const std::vector<KernelInfo>& kernel_registry();
-// The fastest supported kernel for a cache format, or the portable one.
-const KernelInfo& select_kernel(KvDType kv, Isa isa);
+// The fastest supported kernel for a cache format, or the portable one; or the one named (which
+// must exist, be supported by this CPU and match the format).
+const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name = nullptr);
 
 // Cache slot of position `pos` of sequence `b`.
 inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {

@@ -1,0 +1,116 @@
+// AVX-512 building blocks shared by the attention kernels (the *_avx512.cc files, compiled with
+// AVX-512 F/BW/VL/DQ/VNNI/BF16 enabled): a fast exp2, a 16 x 16 transpose of 32-bit elements, and
+// the online-softmax step for 16 query rows held in the lanes of a vector. Header-only and inline
+// so that the kernels' hot loops see through them; include it only from *_avx512.cc files.
+#pragma once
+
+// GCC 12 warns about its own _mm512_undefined_* (`__m512 __Y = __Y;`, GCC bug 105593) wherever a
+// masked or widening intrinsic is inlined; the pragma must precede the first <immintrin.h>, so
+// include this header first.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+
+#define MLA_AVX512_INLINE inline __attribute__((always_inline))
+
+namespace mla::cpu::avx512 {
+
+// 2^x for the lanes in `keep`, 0 elsewhere; also 0 where x < -126 (so -inf gives 0 and no NaN,
+// and no denormal is ever produced). x must not be NaN; x > 128 overflows to +inf.
+// 2^x = 2^n * 2^f with n = round(x), f in [-1/2, 1/2]; 2^f by Cephes' exp2f polynomial
+// (relative error about 2e-7 over that interval).
+MLA_AVX512_INLINE __m512 exp2_ps(__m512 x, __mmask16 keep = 0xffff) {
+  keep = _mm512_mask_cmp_ps_mask(keep, x, _mm512_set1_ps(-126.f), _CMP_GE_OQ);
+  const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
+  const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(xc, n);
+  __m512 y = _mm512_set1_ps(1.535336188319500e-4f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.339887440266574e-3f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.618437357674640e-3f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.550332471162809e-2f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.402264791363012e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.931472028550421e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.f));
+  return _mm512_maskz_scalef_ps(keep, y, n);
+}
+
+// In-place transpose of a 16 x 16 matrix of 32-bit elements held in 16 registers.
+MLA_AVX512_INLINE void transpose16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Each register now holds, per 128-bit lane L, 4 consecutive columns of row block L; gather the
+  // lanes: first pair blocks (0,1) and (2,3) of 4 rows, then (0..1, 2..3).
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// ---- online softmax with 16 query rows in the lanes (the fp kernels' SM stage) ----------------
+//
+// Scores are kept in the base-2 domain: x = s * c with c = softmax_scale * log2(e), so that
+// p = 2^(x - m) and lse = ln(2) * (m + log2(l)). Token t of a step is visible to row r iff
+// t <= lim[r] (lim = last visible position minus the step's first position; chunk tails past
+// kv_end and padding rows have lim below them), and invisible scores never enter max or sum.
+
+// Max of the visible scaled scores s[t * ss] over tokens [0, ntok); -inf if none is visible.
+MLA_AVX512_INLINE __m512 rows16_masked_max(const float* s, int64_t ss, int ntok, __m512i lim,
+                                           __m512 c) {
+  __m512 mx0 = _mm512_set1_ps(-__builtin_inff()), mx1 = mx0;
+  int t = 0;
+  for (; t + 2 <= ntok; t += 2) {
+    const __mmask16 k0 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
+    const __mmask16 k1 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t + 1));
+    mx0 = _mm512_mask_max_ps(mx0, k0, mx0, _mm512_mul_ps(_mm512_load_ps(s + t * ss), c));
+    mx1 = _mm512_mask_max_ps(mx1, k1, mx1, _mm512_mul_ps(_mm512_load_ps(s + (t + 1) * ss), c));
+  }
+  if (t < ntok) {
+    const __mmask16 k0 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
+    mx0 = _mm512_mask_max_ps(mx0, k0, mx0, _mm512_mul_ps(_mm512_load_ps(s + t * ss), c));
+  }
+  return _mm512_max_ps(mx0, mx1);
+}
+
+// The running state of 16 rows moved past one step whose visible scaled scores have maximum
+// `step_max`. Returns the shift m_use to subtract from this step's scores (the new maximum, or 0
+// for a row that has seen nothing yet, so that -inf - -inf never happens) and sets
+// *alpha = 2^(m_old - m_use), the factor that rescales the row's l and accumulator (0 while the
+// row is still empty). m is updated; l is rescaled by the caller once the step's sum is known.
+MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* alpha) {
+  const __m512 m_old = _mm512_load_ps(m);
+  const __m512 m_new = _mm512_max_ps(m_old, step_max);
+  const __mmask16 seen =
+      _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(-__builtin_inff()), _CMP_NEQ_OQ);
+  const __m512 m_use = _mm512_maskz_mov_ps(seen, m_new);
+  *alpha = exp2_ps(_mm512_sub_ps(m_old, m_use));  // m_old = -inf: 0
+  _mm512_store_ps(m, m_new);
+  return m_use;
+}
+
+// p = 2^(s * c - m_use) for the visible lanes of token t, 0 for the others.
+MLA_AVX512_INLINE __m512 rows16_prob(const float* s_t, int t, __m512i lim, __m512 c, __m512 m_use) {
+  const __mmask16 k = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
+  return exp2_ps(_mm512_fmsub_ps(_mm512_load_ps(s_t), c, m_use), k);
+}
+
+}  // namespace mla::cpu::avx512

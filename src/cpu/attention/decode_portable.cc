@@ -1,0 +1,215 @@
+// Portable kernels for the three cache formats: plain C++ (the compiler vectorizes the inner
+// loops for whatever the baseline target is). They run the same stages and the same arithmetic as
+// the AVX-512 kernels (int8: integer S_nope and P.V, per-row query scales, P quantized against
+// each row's maximum within the step), so forcing them gives the same answers within tolerance.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "cpu/attention/kernel.h"
+#include "cpu/attention/quantize.h"
+#include "mla/dtype.h"
+
+namespace mla::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Carves one scratch buffer into 64-byte aligned arrays.
+class Carver {
+ public:
+  explicit Carver(unsigned char* base) : base_(base) {}
+  template <class T>
+  T* take(size_t n) {
+    T* p = reinterpret_cast<T*>(base_ + off_);
+    off_ += (n * sizeof(T) + 63) & ~size_t(63);
+    return p;
+  }
+  size_t used() const { return off_; }
+
+ private:
+  unsigned char* base_;
+  size_t off_ = 0;
+};
+
+inline float to_f32(KvDType kv, uint16_t h) {
+  return kv == KvDType::fp16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+template <KvDType KV>
+void run(const KernelArgs& a, Scratch& scratch) {
+  constexpr bool kInt8 = KV == KvDType::int8;
+  const DecodeParams& p = *a.p;
+  const PagedLatentCache& cache = *a.cache;
+  const int nh = a.head_end - a.head_begin;
+  const int ql = q_len_of(p, a.seq);
+  const int R = ql * nh;
+  const int T = a.chunk * kKvTile;
+  const int bs = cache.block_size();
+  const KvScale mode = cache.scale_mode();
+
+  // Scratch layout (sizes in elements): queries, one step of keys, scores, the accumulators.
+  size_t bytes = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    Carver cv(pass ? static_cast<unsigned char*>(scratch.get(bytes)) : nullptr);
+    float* q = cv.take<float>(size_t(R) * kQkDim);     // queries (int8: rope part only used)
+    int8_t* q8 = cv.take<int8_t>(size_t(R) * kLatentDim);
+    float* qs = cv.take<float>(R);                     // int8: per-row query scale
+    float* kf = cv.take<float>(size_t(T) * kQkDim);    // step keys (fp) / rope (int8)
+    int8_t* k8 = cv.take<int8_t>(size_t(T) * kLatentDim);
+    float* ks = cv.take<float>(T);                     // int8: per-token key/value scale
+    float* s = cv.take<float>(size_t(R) * T);          // scores, then probabilities
+    uint8_t* p8 = cv.take<uint8_t>(size_t(R) * T);     // int8: quantized probabilities
+    float* lo = cv.take<float>(size_t(R) * kLatentDim);  // this step's P.V
+    float* go_res = cv.take<float>(size_t(R) * kLatentDim);  // resident accumulator
+    float* m = cv.take<float>(R);
+    float* l = cv.take<float>(R);
+    int* last = cv.take<int>(R);
+    if (pass == 0) {
+      bytes = cv.used();
+      continue;
+    }
+
+    // Rows: r = i * nh + hh. The accumulator `go` is scratch (resident) or the output rows
+    // themselves (spill: moved out and back every step, the seed's old UP).
+    auto go_row = [&](int r) -> float* {
+      const int i = r / nh, hh = r % nh;
+      return a.up == UpForm::resident ? go_res + size_t(r) * kLatentDim
+                                      : a.o + i * a.o_stride_i + hh * a.o_stride_h;
+    };
+    const float* cscale = (kInt8 && mode == KvScale::channel) ? cache.channel_scales() : nullptr;
+    for (int r = 0; r < R; ++r) {
+      const int i = r / nh, h = a.head_begin + r % nh;
+      const uint16_t* src = a.q + ((int64_t(a.seq) * p.q_len + i) * p.num_heads + h) * kQkDim;
+      float* qr = q + size_t(r) * kQkDim;
+      for (int d = 0; d < kQkDim; ++d) qr[d] = to_f32(KV, src[d]);
+      if constexpr (kInt8) {
+        if (cscale)
+          for (int c = 0; c < kLatentDim; ++c) qr[c] *= cscale[c];
+        qs[r] = quantize_query_row(qr, q8 + size_t(r) * kLatentDim);
+      }
+      m[r] = kNegInf;
+      l[r] = 0.f;
+      last[r] = last_visible(p, a.seq, i);
+      std::fill(go_row(r), go_row(r) + kLatentDim, 0.f);
+    }
+
+    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+      const int n = std::min(T, a.kv_end - t0);
+      // Gather the step's tokens (only [kv_begin, kv_end) is ever read).
+      for (int t = 0; t < n; ++t) {
+        const int64_t slot = slot_of(p, bs, a.seq, t0 + t);
+        if constexpr (kInt8) {
+          std::memcpy(k8 + size_t(t) * kLatentDim, cache.latent_i8(slot), kLatentDim);
+          const uint16_t* rp = cache.rope_bf16(slot);
+          for (int d = 0; d < kRopeDim; ++d) kf[size_t(t) * kQkDim + kLatentDim + d] = bf16_to_f32(rp[d]);
+          ks[t] = mode == KvScale::token    ? cache.token_scale(slot)
+                  : mode == KvScale::tensor ? cache.tensor_scale()
+                                            : 1.f;
+        } else {
+          const uint16_t* src = cache.token16(slot);
+          for (int d = 0; d < kQkDim; ++d) kf[size_t(t) * kQkDim + d] = to_f32(KV, src[d]);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        // QK + SM.
+        float* sr = s + size_t(r) * T;
+        const int vis = std::min(n, last[r] - t0 + 1);  // visible tokens of this step
+        float mx = kNegInf;
+        for (int t = 0; t < std::max(vis, 0); ++t) {
+          const float* kr = kf + size_t(t) * kQkDim;
+          float x;
+          if constexpr (kInt8) {
+            const int8_t* qa = q8 + size_t(r) * kLatentDim;
+            const int8_t* ka = k8 + size_t(t) * kLatentDim;
+            int32_t acc = 0;
+            for (int c = 0; c < kLatentDim; ++c) acc += int32_t(qa[c]) * int32_t(ka[c]);
+            float rope = 0.f;
+            const float* qr = q + size_t(r) * kQkDim + kLatentDim;
+            for (int d = 0; d < kRopeDim; ++d) rope += qr[d] * kr[kLatentDim + d];
+            x = (float(acc) * qs[r] * ks[t] + rope) * p.softmax_scale;
+          } else {
+            const float* qr = q + size_t(r) * kQkDim;
+            float acc = 0.f;
+            for (int d = 0; d < kQkDim; ++d) acc += qr[d] * kr[d];
+            x = acc * p.softmax_scale;
+          }
+          sr[t] = x;
+          mx = std::max(mx, x);
+        }
+        float* go = go_row(r);
+        if (vis <= 0) continue;  // fully masked step: the row's state is unchanged
+        const float m_new = std::max(m[r], mx);
+        const float alpha = m[r] == kNegInf ? 0.f : std::exp(m[r] - m_new);
+        float sum = 0.f;
+        for (int t = 0; t < vis; ++t) {
+          sr[t] = std::exp(sr[t] - m_new);
+          sum += sr[t];
+        }
+        l[r] = l[r] * alpha + sum;
+        m[r] = m_new;
+        // PV.
+        float* lor = lo + size_t(r) * kLatentDim;
+        if constexpr (kInt8) {
+          // P' = P * value scale, quantized to u8 against the row's maximum in this step.
+          float pm = 0.f;
+          for (int t = 0; t < vis; ++t) pm = std::max(pm, sr[t] * (mode == KvScale::token ? ks[t] : 1.f));
+          const float inv = pm > 0.f ? 255.f / pm : 0.f;
+          uint8_t* pr = p8 + size_t(r) * T;
+          for (int t = 0; t < vis; ++t)
+            pr[t] = uint8_t(std::nearbyint(sr[t] * (mode == KvScale::token ? ks[t] : 1.f) * inv));
+          int32_t acc[kLatentDim] = {};
+          for (int t = 0; t < vis; ++t) {
+            const int32_t pt = pr[t];
+            const int8_t* v = k8 + size_t(t) * kLatentDim;
+            for (int d = 0; d < kLatentDim; ++d) acc[d] += pt * int32_t(v[d]);
+          }
+          const float dq = pm / 255.f * (mode == KvScale::tensor ? cache.tensor_scale() : 1.f);
+          for (int d = 0; d < kLatentDim; ++d) lor[d] = float(acc[d]) * dq * (cscale ? cscale[d] : 1.f);
+        } else {
+          std::fill(lor, lor + kLatentDim, 0.f);
+          for (int t = 0; t < vis; ++t) {
+            // The bf16 kernel feeds P to its dot product in bf16; round the same way here.
+            const float pt = KV == KvDType::bf16 ? bf16_to_f32(f32_to_bf16(sr[t])) : sr[t];
+            const float* v = kf + size_t(t) * kQkDim;
+            for (int d = 0; d < kLatentDim; ++d) lor[d] += pt * v[d];
+          }
+        }
+        // UP.
+        for (int d = 0; d < kLatentDim; ++d) go[d] = go[d] * alpha + lor[d];
+      }
+    }
+
+    // Finalize: o = go / l, lse = m + log l; rows that saw no key: o = 0, lse = -inf.
+    for (int r = 0; r < R; ++r) {
+      const int i = r / nh, hh = r % nh;
+      float* out = a.o + i * a.o_stride_i + hh * a.o_stride_h;
+      const float* go = go_row(r);
+      if (l[r] > 0.f) {
+        const float inv = 1.f / l[r];
+        for (int d = 0; d < kLatentDim; ++d) out[d] = go[d] * inv;
+        a.lse[i * a.lse_stride_i + hh * a.lse_stride_h] = m[r] + std::log(l[r]);
+      } else {
+        std::fill(out, out + kLatentDim, 0.f);
+        a.lse[i * a.lse_stride_i + hh * a.lse_stride_h] = kNegInf;
+      }
+    }
+  }
+}
+
+bool always() { return true; }
+
+}  // namespace
+
+const KernelInfo kDecodeBf16Portable{.name = "decode_bf16_portable", .kv = KvDType::bf16,
+                                     .portable = true, .supported = always,
+                                     .run = run<KvDType::bf16>};
+const KernelInfo kDecodeF16Portable{.name = "decode_f16_portable", .kv = KvDType::fp16,
+                                    .portable = true, .supported = always,
+                                    .run = run<KvDType::fp16>};
+const KernelInfo kDecodeI8Portable{.name = "decode_i8_portable", .kv = KvDType::int8,
+                                   .portable = true, .supported = always,
+                                   .run = run<KvDType::int8>};
+
+}  // namespace mla::cpu

@@ -1,0 +1,26 @@
+// The int8 path's query quantization (DESIGN §3), shared by every int8 kernel and by
+// kernel_query_values so that the exported q_used is exactly what the kernels saw: per row,
+// q' = q (times the channel scales in channel mode), scale = max|q'| / 127, q8 = round(q' / scale)
+// to nearest even, clamped to +-127 (the clamp never acts, max|q'| maps to 127).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "mla/cache.h"
+
+namespace mla::cpu {
+
+// q: 512 latent values (already including channel scales where used). Returns the row's scale.
+inline float quantize_query_row(const float* q, int8_t* q8) {
+  float mx = 0.f;
+  for (int c = 0; c < kLatentDim; ++c) mx = std::max(mx, std::fabs(q[c]));
+  const float scale = mx / 127.f;
+  const float inv = mx > 0.f ? 127.f / mx : 0.f;
+  for (int c = 0; c < kLatentDim; ++c)
+    q8[c] = int8_t(std::clamp(std::nearbyint(q[c] * inv), -127.f, 127.f));
+  return scale;
+}
+
+}  // namespace mla::cpu

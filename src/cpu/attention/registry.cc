@@ -1,0 +1,36 @@
+// The one list of attention kernels: runtime selection, the tests and the benchmarks all read it,
+// so a kernel added here is tested and benchmarked without further work.
+#include "cpu/attention/kernel.h"
+#include <string_view>
+
+#include "mla/status.h"
+
+namespace mla::cpu {
+
+const std::vector<KernelInfo>& kernel_registry() {
+  // Fastest first within a format: select_kernel takes the first supported one.
+  static const std::vector<KernelInfo> all = {
+      kDecodeBf16Portable,
+      kDecodeF16Portable,
+      kDecodeI8Portable,
+  };
+  return all;
+}
+
+const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name) {
+  if (name) {
+    for (const KernelInfo& k : kernel_registry()) {
+      if (std::string_view(k.name) != name) continue;
+      MLA_CHECK(k.kv == kv, "kernel " << name << " is for a " << kv_dtype_name(k.kv)
+                                      << " cache, not " << kv_dtype_name(kv));
+      MLA_CHECK(k.supported(), "kernel " << name << " needs instructions this CPU lacks");
+      return k;
+    }
+    MLA_FAIL("no kernel named " << name);
+  }
+  for (const KernelInfo& k : kernel_registry())
+    if (k.kv == kv && (isa == Isa::best || k.portable) && k.supported()) return k;
+  MLA_FAIL("no kernel for a " << kv_dtype_name(kv) << " cache");
+}
+
+}  // namespace mla::cpu

@@ -1,0 +1,306 @@
+// The work planner (include/mla/plan.h). How it splits:
+//
+// 1. The work is a list of units (sequence, head group), one per head group of every non-empty
+//    sequence, in (seq, group) order. A unit is laid out on a line of cost: first its fixed overhead
+//    o, then its tiles, each of cost r (r = the group's rows, at least mem_bound_rows):
+//
+//        unit u:   |<-- o -->|<- r ->|<- r ->| ... |<- r ->|   next unit ...
+//        cut at:   ^S_u              ^       ^     ^        ^S_u+1
+//                  (unit start)      (tile boundaries inside)
+//
+// 2. Each worker gets a stretch of the line between two cuts. Allowed cuts are unit starts and tile
+//    boundaries inside a unit, never inside the overhead nor the first tile: there is no point
+//    paying a piece's overhead for less than one tile. A cut inside a unit splits its KV range and the
+//    worker after it pays the overhead once more, which is what the model charges a split. The cuts
+//    minimise the largest worker cost m exactly (binary search on m; filling each worker as far as m
+//    allows decides whether m is feasible). That m is at most ceil(T / W) + r + o (T = the line's
+//    length, W = workers): cutting at the last allowed position at or before w * T / W reaches it,
+//    because the gap above an allowed cut is r, or o + r at a unit start, and a worker that starts
+//    inside a unit pays one extra o. Then a cut that falls inside a unit moves back to the unit's start
+//    when the remaining workers can still finish within m, so no sequence is split that the makespan
+//    does not need split. Pieces of a worker are contiguous on the line, so it walks its sequences'
+//    pages in order.
+// 3. The head-group count G (same for every sequence) is chosen by trying every G from 1 to
+//    min(W, ceil(H / min_heads_per_group)) and keeping the lowest maximum worker cost, then the fewest
+//    partials (no reduction to run), then the lowest total cost. Splitting heads costs nothing in the
+//    model while groups keep at least mem_bound_rows rows (they re-read the keys, but the time is in
+//    the dot products); below that, every group pays the full read of the keys, so few-row cases
+//    (H = 16 at q_len 1) split the KV range instead, and many-row ones (H = 128) split heads.
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "mla/plan.h"
+#include "mla/status.h"
+
+namespace mla {
+namespace {
+
+int q_len_of(const PlanInput& in, int b) { return in.q_lens ? in.q_lens[b] : in.q_len; }
+
+void check_input(const PlanInput& in) {
+  MLA_CHECK(in.batch >= 0, "plan: batch = " << in.batch << " is negative");
+  MLA_CHECK(in.batch == 0 || in.seq_lens, "plan: seq_lens is null for batch = " << in.batch);
+  MLA_CHECK(in.q_len >= 1, "plan: q_len = " << in.q_len << " must be at least 1");
+  MLA_CHECK(in.num_heads >= 1, "plan: num_heads = " << in.num_heads << " must be at least 1");
+  MLA_CHECK(in.num_workers >= 1, "plan: num_workers = " << in.num_workers << " must be at least 1");
+  MLA_CHECK(in.kv_tile >= 1, "plan: kv_tile = " << in.kv_tile << " must be at least 1");
+  MLA_CHECK(in.overhead_tiles >= 0, "plan: overhead_tiles = " << in.overhead_tiles << " is negative");
+  MLA_CHECK(in.min_heads_per_group >= 1,
+            "plan: min_heads_per_group = " << in.min_heads_per_group << " must be at least 1");
+  MLA_CHECK(in.mem_bound_rows >= 0, "plan: mem_bound_rows = " << in.mem_bound_rows << " is negative");
+  for (int b = 0; b < in.batch; ++b) {
+    MLA_CHECK(in.seq_lens[b] >= 0, "plan: seq_lens[" << b << "] = " << in.seq_lens[b] << " is negative");
+    if (in.seq_lens[b] > 0 && in.q_lens) {
+      MLA_CHECK(in.q_lens[b] >= 1 && in.q_lens[b] <= in.q_len,
+                "plan: q_lens[" << b << "] = " << in.q_lens[b] << " is outside 1..q_len = " << in.q_len
+                                << " for a sequence of " << in.seq_lens[b] << " tokens");
+    }
+  }
+}
+
+int64_t tiles_of(const PlanInput& in, int kv_begin, int kv_end) {
+  if (kv_end <= kv_begin) return 0;
+  return (static_cast<int64_t>(kv_end) + in.kv_tile - 1) / in.kv_tile - kv_begin / in.kv_tile;
+}
+
+int64_t rows_cost(const PlanInput& in, int64_t rows) {
+  return std::max<int64_t>(rows, in.mem_bound_rows);
+}
+
+int64_t tile_cost_checked(const PlanInput& in) {
+  int q_max = 0;
+  for (int b = 0; b < in.batch; ++b)
+    if (in.seq_lens[b] > 0) q_max = std::max(q_max, q_len_of(in, b));
+  if (q_max == 0) q_max = in.q_len;
+  return rows_cost(in, static_cast<int64_t>(q_max) * in.num_heads);
+}
+
+// Head groups for a group count g: ceil(H / m) blocks of m heads (the last block may be short),
+// dealt out as evenly as possible, the first groups taking one block more.
+std::vector<std::pair<int, int>> head_groups(int heads, int m, int g) {
+  const int blocks = (heads + m - 1) / m;
+  std::vector<std::pair<int, int>> out;
+  int block = 0;
+  for (int i = 0; i < g; ++i) {
+    const int n = blocks / g + (i < blocks % g ? 1 : 0);
+    out.emplace_back(block * m, std::min(heads, (block + n) * m));
+    block += n;
+  }
+  return out;
+}
+
+struct Unit {
+  int32_t seq, head_begin, head_end;
+  int32_t tiles;
+  int64_t r;      // cost of one tile
+  int64_t start;  // position of the unit on the cost line
+};
+
+struct Cut {
+  int32_t unit;  // units.size() for the end of the line
+  int32_t tile;  // 0: at the unit's start; k >= 1: before tile k of the unit
+  auto operator<=>(const Cut&) const = default;
+};
+
+struct Candidate {
+  std::vector<Unit> units;
+  std::vector<Cut> cuts;  // [W + 1]
+  int64_t total = 0;      // sum of unsplit unit costs (T)
+  int64_t makespan = 0;   // largest worker cost
+  int64_t cost = 0;       // sum of worker costs (T plus one overhead per extra piece)
+  int64_t partials = 0;
+};
+
+// The cost line of one head-group count and the cuts on it.
+class Line {
+ public:
+  Line(const PlanInput& in, int groups, int64_t overhead) : o_(overhead) {
+    for (int b = 0; b < in.batch; ++b) {
+      const int32_t len = in.seq_lens[b];
+      if (len == 0) continue;
+      for (const auto& [hb, he] : head_groups(in.num_heads, in.min_heads_per_group, groups)) {
+        const Unit u{.seq = b,
+                     .head_begin = hb,
+                     .head_end = he,
+                     .tiles = static_cast<int32_t>(tiles_of(in, 0, len)),
+                     .r = rows_cost(in, static_cast<int64_t>(q_len_of(in, b)) * (he - hb)),
+                     .start = total_};
+        total_ += o_ + u.tiles * u.r;
+        units_.push_back(u);
+      }
+    }
+  }
+
+  const std::vector<Unit>& units() const { return units_; }
+  int64_t total() const { return total_; }
+  Cut end() const { return {static_cast<int32_t>(units_.size()), 0}; }
+
+  int64_t pos(const Cut& x) const {
+    if (x == end()) return total_;
+    const Unit& u = units_[x.unit];
+    return u.start + (x.tile == 0 ? 0 : o_ + x.tile * u.r);
+  }
+  // Where the work of a worker starting at x begins to cost: a worker that starts inside a unit pays
+  // that piece's overhead once more.
+  int64_t cost_start(const Cut& x) const { return pos(x) - (x.tile > 0 ? o_ : 0); }
+
+  // The last allowed cut at or before line position p (p >= 0). Allowed: unit starts, and tile
+  // boundaries inside a unit past its overhead and first tile.
+  Cut last_cut_at(int64_t p) const {
+    if (p >= total_) return end();
+    const auto it = std::upper_bound(units_.begin(), units_.end(), p,
+                                     [](int64_t t, const Unit& u) { return t < u.start; });
+    const int32_t ui = static_cast<int32_t>(it - units_.begin()) - 1;
+    const Unit& u = units_[ui];
+    const int64_t off = p - u.start;
+    if (off < o_ + u.r) return {ui, 0};
+    return {ui, static_cast<int32_t>(std::min<int64_t>(u.tiles - 1, (off - o_) / u.r))};
+  }
+
+  // The farthest a worker starting at x gets without costing more than m.
+  Cut farthest(const Cut& x, int64_t m) const { return std::max(x, last_cut_at(cost_start(x) + m)); }
+
+  // Workers needed to finish the line from x when none may cost more than m (taking as much as fits
+  // is optimal: a later cut never leaves more work behind); more than `limit` means "too many".
+  int needed(Cut x, int64_t m, int limit) const {
+    int n = 0;
+    while (x != end() && n <= limit) {
+      const Cut f = farthest(x, m);
+      if (f == x) return limit + 1;
+      x = f;
+      ++n;
+    }
+    return n;
+  }
+
+ private:
+  int64_t o_;
+  int64_t total_ = 0;
+  std::vector<Unit> units_;
+};
+
+// Splits the line for `groups` head groups across the workers: the least possible largest worker
+// cost m (binary search on m; the rounding-down rule of the header comment reaches
+// ceil(T/W) + tile + o, so the search starts there), then, worker by worker, the farthest cut within
+// m, moved back to the start of its unit when the remaining workers can still finish within m: a
+// split that the makespan does not need only adds a reduction.
+Candidate evaluate(const PlanInput& in, int groups, int64_t overhead, int64_t tile) {
+  const Line line(in, groups, overhead);
+  const int W = in.num_workers;
+  const Cut start{0, 0};
+  Candidate c;
+  c.total = line.total();
+  int64_t lo = (c.total + W - 1) / W, hi = lo + tile + overhead;
+  while (line.needed(start, hi, W) > W) hi *= 2;  // never taken; keeps the search total if the bound fails
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (line.needed(start, mid, W) <= W) hi = mid;
+    else lo = mid + 1;
+  }
+  const int64_t m = hi;
+
+  c.cuts.assign(W + 1, line.end());
+  c.cuts[0] = start;
+  for (int w = 0; w + 1 < W; ++w) {
+    Cut f = line.farthest(c.cuts[w], m);
+    if (f.tile > 0) {
+      const Cut unit_start{f.unit, 0};
+      if (c.cuts[w] <= unit_start && line.needed(unit_start, m, W) <= W - w - 1) f = unit_start;
+    }
+    c.cuts[w + 1] = f;
+  }
+
+  std::vector<int32_t> last_inner(line.units().size(), 0);  // last cut inside each unit (cuts are sorted)
+  for (int w = 0; w < W; ++w) {
+    const int64_t cost =
+        c.cuts[w] == c.cuts[w + 1] ? 0 : line.pos(c.cuts[w + 1]) - line.cost_start(c.cuts[w]);
+    c.makespan = std::max(c.makespan, cost);
+    c.cost += cost;
+    const Cut& a = c.cuts[w];
+    if (w > 0 && a.tile > 0 && last_inner[a.unit] != a.tile) {
+      c.partials += last_inner[a.unit] == 0 ? 2 : 1;
+      last_inner[a.unit] = a.tile;
+    }
+  }
+  c.units = line.units();
+  return c;
+}
+
+}  // namespace
+
+int64_t tile_cost(const PlanInput& in) {
+  check_input(in);
+  return tile_cost_checked(in);
+}
+
+int64_t piece_cost(const PlanInput& in, int seq, int heads, int kv_begin, int kv_end) {
+  check_input(in);
+  MLA_CHECK(seq >= 0 && seq < in.batch, "piece_cost: seq = " << seq << " is outside 0.." << in.batch - 1);
+  return tiles_of(in, kv_begin, kv_end) * rows_cost(in, static_cast<int64_t>(q_len_of(in, seq)) * heads) +
+         in.overhead_tiles * tile_cost_checked(in);
+}
+
+Plan make_plan(const PlanInput& in) {
+  check_input(in);
+  const int64_t overhead = in.overhead_tiles * tile_cost_checked(in);
+  const int max_groups = std::min(in.num_workers, (in.num_heads + in.min_heads_per_group - 1) /
+                                                      in.min_heads_per_group);
+  const int64_t tile = tile_cost_checked(in);
+  Candidate best = evaluate(in, 1, overhead, tile);
+  for (int g = 2; g <= max_groups; ++g) {
+    Candidate c = evaluate(in, g, overhead, tile);
+    if (std::tie(c.makespan, c.partials, c.cost) < std::tie(best.makespan, best.partials, best.cost))
+      best = std::move(c);
+  }
+
+  Plan plan;
+  plan.num_workers = in.num_workers;
+  plan.worker_offsets.assign(in.num_workers + 1, 0);
+  std::vector<int32_t> item_unit;
+  const int n = static_cast<int>(best.units.size());
+  for (int w = 0; w < in.num_workers; ++w) {
+    const Cut a = best.cuts[w], b = best.cuts[w + 1];
+    for (int ui = a.unit; ui < n && (ui < b.unit || (ui == b.unit && b.tile > 0)); ++ui) {
+      const Unit& u = best.units[ui];
+      const int32_t t0 = ui == a.unit ? a.tile : 0;
+      const int32_t t1 = ui == b.unit ? b.tile : u.tiles;
+      if (t1 <= t0) continue;
+      const int32_t len = in.seq_lens[u.seq];
+      plan.items.push_back({.seq = u.seq,
+                            .head_begin = u.head_begin,
+                            .head_end = u.head_end,
+                            .kv_begin = t0 * in.kv_tile,
+                            .kv_end = t1 == u.tiles ? len : t1 * in.kv_tile,
+                            .partial = -1});
+      item_unit.push_back(ui);
+    }
+    plan.worker_offsets[w + 1] = static_cast<int32_t>(plan.items.size());
+  }
+
+  // Items of one unit are consecutive (workers walk the line in order): a unit with more than one
+  // item gets a merge group and one partial slot per item, in KV order.
+  plan.item_merge.assign(plan.items.size(), -1);
+  for (size_t i = 0; i < plan.items.size();) {
+    size_t j = i + 1;
+    while (j < plan.items.size() && item_unit[j] == item_unit[i]) ++j;
+    if (j - i > 1) {
+      const WorkItem& first = plan.items[i];
+      const int32_t group = static_cast<int32_t>(plan.merges.size());
+      plan.merges.push_back({.seq = first.seq,
+                             .head_begin = first.head_begin,
+                             .head_end = first.head_end,
+                             .partial_begin = plan.num_partials,
+                             .num_partials = static_cast<int32_t>(j - i)});
+      for (size_t k = i; k < j; ++k) {
+        plan.items[k].partial = plan.num_partials++;
+        plan.item_merge[k] = group;
+      }
+    }
+    i = j;
+  }
+  return plan;
+}
+
+}  // namespace mla

@@ -1,0 +1,616 @@
+// `mla bench`: the seed's table for the paged-attention decode on this machine. One row per shape
+// b{B}_k{K}_c{C}: the time of two kernel configurations ("old" = the straightforward kernel, "new"
+// = the best one, or any two given with --variants), their ratio and its average, the achieved
+// GFLOP/s and fraction of the floor set by the measured ceilings (bench/support/perf_model.h), the
+// time of a baseline composed from OpenBLAS, and a check of every timed output against the float64
+// reference. The shapes, the baseline, the model and the check live in bench/support; this file
+// is the command line, the timing loop and the report.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cpu/ceilings.h"
+#include "mla/commands.h"
+#include "mla/status.h"
+#include "support/blas_baseline.h"
+#include "support/case.h"
+#include "support/parallel.h"
+#include "support/perf_model.h"
+#include "support/stats.h"
+#include "support/variants.h"
+
+namespace mla::tool {
+
+namespace {
+
+using bench::Stats;
+using nlohmann::json;
+
+struct BenchArgs {
+  std::string grid = "seed";
+  std::string b_list, k_list, c_list;
+  int heads = 128;
+  int q_len = 2;
+  std::string kv_dtype = "int8";
+  std::string kv_scale = "token";
+  int chunk = 4;
+  int block_size = 64;
+  std::string variants = "old:new";
+  int reps = 0;  // 0: chosen per row from the run time
+  int warmup = 1;
+  double target_s = 0.25;
+  uint64_t seed = 1;
+  std::string json_path;
+  std::string ceilings_path;
+  bool no_baseline = false;
+  bool no_check = false;
+};
+
+// Repetition bounds when --reps is not given. The kernels: at least 5 runs for a median and a
+// spread, at most 100 (a b1_k512 run takes ~0.3 ms; more adds nothing). The baseline is slower
+// (up to ~1 s for b48_k4096) and only a reference point: 3 to 20 runs.
+constexpr int kMinReps = 5, kMaxReps = 100;
+constexpr int kMinBaselineReps = 3, kMaxBaselineReps = 20;
+
+std::vector<int> parse_int_list(const std::string& text, const char* option) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    MLA_CHECK(used > 0 && used == item.size() && v >= 1 && v <= (1 << 24),
+              option << " '" << text << "': '" << item << "' is not a positive integer");
+    out.push_back(int(v));
+  }
+  MLA_CHECK(!out.empty(), option << " is empty");
+  return out;
+}
+
+// One line on stderr, rewritten in place on a terminal; elsewhere only the row starts are
+// printed, one per line, so a log stays readable.
+class Progress {
+ public:
+  Progress() : tty_(isatty(2) != 0) {}
+  void row(const std::string& msg) { show(msg, true); }
+  void step(const std::string& msg) { show(msg, false); }
+  void clear() {
+    if (tty_ && shown_) std::fprintf(stderr, "\r\033[K");
+    shown_ = false;
+  }
+
+ private:
+  void show(const std::string& msg, bool important) {
+    if (tty_) {
+      std::fprintf(stderr, "\r\033[K%s", msg.c_str());
+      shown_ = true;
+    } else if (important) {
+      std::fprintf(stderr, "%s\n", msg.c_str());
+    }
+    std::fflush(stderr);
+  }
+  bool tty_;
+  bool shown_ = false;
+};
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    MLA_CHECK(f.good(), path << ": cannot open " << tmp << " for writing");
+    f << text;
+    f.flush();
+    if (!f.good()) {
+      std::remove(tmp.c_str());
+      MLA_FAIL(path << ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    MLA_FAIL(path << ": cannot rename " << tmp << " into place");
+  }
+}
+
+// The ceilings per thread count: from --ceilings (must load), else from the default path if the
+// file is there, and any thread count missing from them measured now, briefly.
+struct CeilingSet {
+  std::vector<Ceilings> all;
+  std::vector<std::string> notes;  // where each figure came from, for the report
+  json sources = json::object();   // threads -> file path or "measured"
+};
+
+CeilingSet get_ceilings(const std::string& given, const std::vector<int>& threads) {
+  CeilingSet cs;
+  std::string path = given;
+  if (!given.empty()) {
+    cs.all = ceilings_from_json_file(given);
+  } else {
+    path = default_ceilings_path();
+    if (std::filesystem::exists(path)) {
+      cs.all = ceilings_from_json_file(path);
+    } else {
+      path.clear();
+    }
+  }
+  std::vector<Ceilings> measured;
+  for (int c : threads) {
+    if (find(cs.all, c)) {
+      cs.sources[std::to_string(c)] = path;
+      continue;
+    }
+    std::fprintf(stderr,
+                 "mla bench: no ceilings for %d thread(s)%s%s; measuring them now (0.1 s per "
+                 "test; bench/roofline measures them properly)\n",
+                 c, path.empty() ? "" : " in ", path.c_str());
+    try {
+      measured.push_back(measure_ceilings(c, 0.1));
+      cs.sources[std::to_string(c)] = "measured";
+      cs.notes.push_back("ceilings for c" + std::to_string(c) + " measured briefly by mla bench");
+    } catch (const Error& e) {
+      std::fprintf(stderr, "mla bench: could not measure ceilings: %s\n", e.what());
+      cs.notes.push_back("no ceilings for c" + std::to_string(c) + ": " + e.what());
+    }
+  }
+  for (auto& m : measured) cs.all.push_back(std::move(m));
+  return cs;
+}
+
+struct Timed {
+  bench::Variant variant;  // for the baseline: text "blas"
+  Stats stats;
+  std::optional<bench::CheckResult> check;
+};
+
+struct RowResult {
+  std::string name;
+  int b = 0, k = 0, c = 0;
+  std::vector<Timed> variants;  // old, new
+  std::optional<Timed> baseline;
+  double flops = 0;
+  std::optional<bench::Floor> floor;
+  int reps = 0, baseline_reps = 0;
+  double ratio() const { return variants[0].stats.median / variants[1].stats.median; }
+  double gflops() const { return flops / variants[1].stats.median / 1e9; }
+  std::optional<double> fraction() const {
+    if (!floor) return std::nullopt;
+    return floor->floor_s / variants[1].stats.median;
+  }
+  bool checked() const { return variants[0].check.has_value(); }
+  std::vector<std::string> failures() const {
+    std::vector<std::string> f;
+    for (size_t i = 0; i < variants.size(); ++i)
+      if (variants[i].check && !variants[i].check->pass) f.push_back(i == 0 ? "old" : "new");
+    if (baseline && baseline->check && !baseline->check->pass) f.push_back("blas");
+    return f;
+  }
+  bool sampled() const { return checked() && variants[0].check->sampled; }
+};
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string fmt_us(double s) { return fmt(s * 1e6 >= 1e5 ? "%.0f" : "%.1f", s * 1e6); }
+std::string fmt_pct(double x) { return fmt("%.1f%%", x * 100); }
+
+// Column layout of the table.
+const char* const kHeaderFmt = "%-18s %11s %6s %11s %6s %8s %8s %7s %-7s %11s %6s %8s  %s\n";
+
+void print_header() {
+  std::printf(kHeaderFmt, "row", "old us", "spread", "new us", "spread", "old/new", "GFLOP/s",
+              "floor", "bound", "BLAS us", "spread", "new/BLAS", "check");
+}
+
+void print_row(const RowResult& r) {
+  const Stats& o = r.variants[0].stats;
+  const Stats& n = r.variants[1].stats;
+  const auto frac = r.fraction();
+  std::string bound = "-";
+  if (r.floor) bound = r.floor->compute_bound ? "compute" : (r.floor->bw_level == "l3" ? "L3" : "mem");
+  std::string check = "-";
+  if (r.checked()) {
+    const auto f = r.failures();
+    if (f.empty()) {
+      check = r.sampled() ? "ok*" : "ok";
+    } else {
+      check = "FAIL:";
+      for (size_t i = 0; i < f.size(); ++i) check += (i ? "," : "") + f[i];
+    }
+  }
+  std::printf(kHeaderFmt, r.name.c_str(), fmt_us(o.median).c_str(), fmt_pct(o.spread()).c_str(),
+              fmt_us(n.median).c_str(), fmt_pct(n.spread()).c_str(), fmt("%.3f", r.ratio()).c_str(),
+              fmt("%.1f", r.gflops()).c_str(), frac ? fmt("%.2f", *frac).c_str() : "-",
+              bound.c_str(), r.baseline ? fmt_us(r.baseline->stats.median).c_str() : "-",
+              r.baseline ? fmt_pct(r.baseline->stats.spread()).c_str() : "-",
+              r.baseline ? fmt("%.3f", n.median / r.baseline->stats.median).c_str() : "-",
+              check.c_str());
+  std::fflush(stdout);
+}
+
+json stats_json(const Stats& s) {
+  return json{{"median_us", s.median * 1e6}, {"p10_us", s.p10 * 1e6}, {"p90_us", s.p90 * 1e6},
+              {"min_us", s.min * 1e6},       {"max_us", s.max * 1e6}, {"spread", s.spread()},
+              {"reps", s.n}};
+}
+
+json check_json(const std::optional<bench::CheckResult>& c) {
+  if (!c) return nullptr;
+  return json{{"pass", c->pass},
+              {"rel_err", c->cmp.rel_err},
+              {"cosine", c->cmp.cosine},
+              {"max_lse_err", c->cmp.lse_abs},
+              {"mismatched_nonfinite", c->cmp.mismatched_nonfinite},
+              {"nonfinite", c->nonfinite},
+              {"rows_checked", c->rows_checked},
+              {"sampled", c->sampled}};
+}
+
+json row_json(const RowResult& r, const BenchArgs& a) {
+  const Stats& o = r.variants[0].stats;
+  const Stats& n = r.variants[1].stats;
+  json j = {{"name", r.name},
+            {"b", r.b},
+            {"k", r.k},
+            {"c", r.c},
+            {"heads", a.heads},
+            {"q_len", a.q_len},
+            {"kv_dtype", a.kv_dtype},
+            {"kv_scale", a.kv_scale},
+            {"block_size", a.block_size},
+            {"old_us", o.median * 1e6},
+            {"new_us", n.median * 1e6},
+            {"old_spread", o.spread()},
+            {"new_spread", n.spread()},
+            {"speedup", r.ratio()},
+            {"flops", r.flops},
+            {"gflops", r.gflops()},
+            {"old_variant", r.variants[0].variant.describe()},
+            {"new_variant", r.variants[1].variant.describe()},
+            {"old", stats_json(o)},
+            {"new", stats_json(n)}};
+  j["baseline_us"] = r.baseline ? json(r.baseline->stats.median * 1e6) : json(nullptr);
+  j["baseline_spread"] = r.baseline ? json(r.baseline->stats.spread()) : json(nullptr);
+  j["new_over_baseline"] =
+      r.baseline ? json(n.median / r.baseline->stats.median) : json(nullptr);
+  j["baseline"] = r.baseline ? stats_json(r.baseline->stats) : json(nullptr);
+  const auto frac = r.fraction();
+  j["ceiling_fraction"] = frac ? json(*frac) : json(nullptr);
+  if (r.floor)
+    j["floor"] = {{"floor_us", r.floor->floor_s * 1e6},
+                  {"compute_us", r.floor->compute_s * 1e6},
+                  {"bandwidth_us", r.floor->bandwidth_s * 1e6},
+                  {"bound", r.floor->compute_bound ? "compute" : "bandwidth"},
+                  {"bw_level", r.floor->bw_level},
+                  {"bw_gbs", r.floor->bw_gbs}};
+  else
+    j["floor"] = nullptr;
+  if (!r.checked()) {
+    j["check"] = "skipped";
+  } else {
+    j["check"] = r.failures().empty() ? "pass" : "fail";
+  }
+  j["checks"] = {{"old", check_json(r.variants[0].check)},
+                 {"new", check_json(r.variants[1].check)},
+                 {"baseline", r.baseline ? check_json(r.baseline->check) : json(nullptr)}};
+  return j;
+}
+
+RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
+                  const std::vector<bench::Variant>& variants, const Ceilings* ceil,
+                  int64_t l3_bytes, Progress& progress, const std::string& tag) {
+  RowResult r;
+  r.name = spec.name() + "_c" + std::to_string(c);
+  r.b = spec.batch;
+  r.k = spec.k;
+  r.c = c;
+  const bench::Shape shape{.batch = spec.batch, .k = spec.k, .heads = spec.heads,
+                           .q_len = spec.q_len, .kv = spec.kv_dtype, .scale = spec.kv_scale};
+  r.flops = bench::flops(shape);
+  if (ceil) r.floor = bench::floor_time(shape, *ceil, l3_bytes);
+
+  progress.row(tag + r.name + ": building the case");
+  const bench::Case cs(spec);
+  std::optional<bench::Reference> ref;
+  if (!a.no_check) {
+    progress.step(tag + r.name + ": float64 reference");
+    ref = bench::compute_reference(cs);
+  }
+  std::vector<float> o(cs.o_size()), lse(cs.rows());
+
+  // The runs to time: the variants, then the baseline.
+  std::vector<std::function<void()>> runs;
+  for (const auto& v : variants) {
+    DecodeOptions opt = v.opt;
+    opt.threads = c;
+    runs.push_back([&cs, opt, &o, &lse] { bench::run_decode(cs, opt, o.data(), lse.data()); });
+  }
+  std::unique_ptr<bench::BlasBaseline> blas;
+  if (!a.no_baseline) {
+    blas = std::make_unique<bench::BlasBaseline>(c);
+    runs.push_back([&cs, &blas, &o, &lse] {
+      blas->run(cs.params(), cs.q_f32(), cs.cache(), o.data(), lse.data());
+    });
+  }
+  const size_t nv = variants.size();
+
+  // Warm-up: the first run of each is checked and gives the time estimate for the rep count.
+  std::vector<double> first(runs.size());
+  std::vector<std::optional<bench::CheckResult>> checks(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    progress.step(tag + r.name + ": warm-up and check of " +
+                  (i < nv ? variants[i].text : std::string("the BLAS baseline")));
+    bench::poison(o, lse);
+    const double t0 = bench::now_s();
+    runs[i]();
+    first[i] = bench::now_s() - t0;
+    if (ref)
+      checks[i] = bench::check_output(cs, *ref, o.data(), lse.data(),
+                                      i < nv ? ref::tolerance_for(spec.kv_dtype, variants[i].opt.impl == Impl::ref)
+                                             : bench::kFp32Tolerance);
+    for (int w = 1; w < a.warmup; ++w) runs[i]();
+  }
+  const double slowest = *std::max_element(first.begin(), first.begin() + nv);
+  r.reps = a.reps ? a.reps : bench::choose_reps(slowest, a.target_s, kMinReps, kMaxReps);
+  r.baseline_reps = !blas ? 0
+                    : a.reps ? a.reps
+                             : bench::choose_reps(first.back(), a.target_s, kMinBaselineReps,
+                                                  kMaxBaselineReps);
+
+  // Timed runs, interleaved so that a slow patch of the machine hits every column alike.
+  std::vector<std::vector<double>> samples(runs.size());
+  const int rounds = std::max(r.reps, r.baseline_reps);
+  for (int rep = 0; rep < rounds; ++rep) {
+    progress.step(tag + r.name + ": timing, round " + std::to_string(rep + 1) + "/" +
+                  std::to_string(rounds));
+    for (size_t i = 0; i < runs.size(); ++i) {
+      if (rep >= (i < nv ? r.reps : r.baseline_reps)) continue;
+      const double t0 = bench::now_s();
+      runs[i]();
+      samples[i].push_back(bench::now_s() - t0);
+    }
+  }
+  for (size_t i = 0; i < nv; ++i)
+    r.variants.push_back(Timed{variants[i], bench::summarize(samples[i]), checks[i]});
+  if (blas)
+    r.baseline = Timed{bench::Variant{.text = "blas"}, bench::summarize(samples[nv]), checks[nv]};
+  return r;
+}
+
+void run_bench(const BenchArgs& a) {
+  // ---- the grid and the configuration, all checked before any work ----
+  std::vector<int> bs, ks;
+  if (a.grid == "seed") {
+    bs = {1, 2, 4, 8, 16, 24, 48};
+    ks = {512, 2048, 4096};
+  } else if (a.grid == "small") {
+    bs = {1, 4};
+    ks = {512, 2048};
+  } else {
+    MLA_FAIL("--grid '" << a.grid << "' is not seed or small");
+  }
+  if (!a.b_list.empty()) bs = parse_int_list(a.b_list, "--b");
+  if (!a.k_list.empty()) ks = parse_int_list(a.k_list, "--k");
+  const std::vector<int> cs =
+      a.c_list.empty() ? std::vector<int>{bench::hardware_threads()}
+                       : parse_int_list(a.c_list, "--threads");
+  MLA_CHECK(a.heads >= 1, "--heads = " << a.heads << " must be at least 1");
+  MLA_CHECK(a.q_len >= 1, "--q-len = " << a.q_len << " must be at least 1");
+  for (int k : ks)
+    MLA_CHECK(k >= a.q_len, "--k " << k << " is shorter than --q-len " << a.q_len
+                                   << " (k counts the new tokens too)");
+  MLA_CHECK(a.block_size >= 1, "--block-size = " << a.block_size << " must be at least 1");
+  MLA_CHECK(a.reps >= 0, "--reps = " << a.reps << " must not be negative");
+  MLA_CHECK(a.warmup >= 1, "--warmup = " << a.warmup
+                                         << " must be at least 1 (the first run is the check)");
+  const KvDType kv = parse_kv_dtype(a.kv_dtype);
+  const KvScale scale = parse_kv_scale(a.kv_scale);
+  const std::vector<bench::Variant> variants = bench::parse_variants(a.variants, a.chunk);
+  if (!a.json_path.empty()) {
+    const auto dir = std::filesystem::path(a.json_path).parent_path();
+    MLA_CHECK(dir.empty() || std::filesystem::is_directory(dir),
+              "--json " << a.json_path << ": directory " << dir.string() << " does not exist");
+  }
+
+  const CeilingSet ceilings = get_ceilings(a.ceilings_path, cs);
+  const int64_t l3 = bench::l3_cache_bytes();
+
+  // ---- header ----
+  std::printf("mla bench: %s cache%s, %d heads, q_len %d, block %d; threads %s\n",
+              kv_dtype_name(kv),
+              kv == KvDType::int8 ? (std::string(" (") + kv_scale_name(scale) + " scales)").c_str()
+                                  : "",
+              a.heads, a.q_len, a.block_size,
+              [&] {
+                std::string s;
+                for (size_t i = 0; i < cs.size(); ++i) s += (i ? "," : "") + std::to_string(cs[i]);
+                return s;
+              }()
+                  .c_str());
+  std::printf("  old: %s   [%s]\n  new: %s   [%s]\n", variants[0].describe().c_str(),
+              variants[0].text.c_str(), variants[1].describe().c_str(), variants[1].text.c_str());
+  if (!a.no_baseline)
+    std::printf("  BLAS: OpenBLAS fp32: de-quantize, sgemm Q.K^T, softmax, sgemm P.V\n");
+  for (int c : cs) {
+    const Ceilings* e = find(ceilings.all, c);
+    if (!e) continue;
+    std::printf("  ceilings c%d (%s): int8 dot %.0f GOP/s, bf16 dot %.0f GFLOP/s, fp32 FMA %.0f "
+                "GFLOP/s, read mem %.1f GB/s, L3 %.1f GB/s\n",
+                c, ceilings.sources.value(std::to_string(c), std::string("?")).c_str(),
+                e->int8_dot_gops, e->bf16_dot_gflops, e->fp32_fma_gflops, e->read_bw_mem_gbs,
+                e->read_bw_l3_gbs);
+  }
+  for (const auto& n : ceilings.notes) std::printf("  note: %s\n", n.c_str());
+  std::printf("\n");
+  print_header();
+  std::fflush(stdout);
+
+  // ---- rows ----
+  Progress progress;
+  std::vector<RowResult> rows;
+  const size_t total = cs.size() * bs.size() * ks.size();
+  for (int c : cs)
+    for (int b : bs)
+      for (int k : ks) {
+        const bench::CaseSpec spec{.batch = b, .k = k, .heads = a.heads, .q_len = a.q_len,
+                                   .block_size = a.block_size, .kv_dtype = kv, .kv_scale = scale,
+                                   .seed = a.seed};
+        const std::string tag =
+            "[" + std::to_string(rows.size() + 1) + "/" + std::to_string(total) + "] ";
+        rows.push_back(run_row(a, spec, c, variants, find(ceilings.all, c), l3, progress, tag));
+        progress.clear();
+        print_row(rows.back());
+      }
+
+  // ---- footer ----
+  double sum = 0, log_sum = 0;
+  for (const auto& r : rows) {
+    sum += r.ratio();
+    log_sum += std::log(r.ratio());
+  }
+  const double avg = sum / double(rows.size());
+  const double geo = std::exp(log_sum / double(rows.size()));
+  std::printf("%-18s %11s %6s %11s %6s %8s\n", "AVG", "", "", "", "", fmt("%.3f", avg).c_str());
+  std::vector<std::string> failed;
+  bool any_sampled = false;
+  for (const auto& r : rows) {
+    if (!r.failures().empty()) failed.push_back(r.name);
+    any_sampled = any_sampled || r.sampled();
+  }
+  std::printf("\nold/new: mean %.3f, geometric mean %.3f over %zu rows. Times are medians; spread "
+              "= (p90 - p10) / median.\n",
+              avg, geo, rows.size());
+  std::printf("floor: time the measured ceilings allow (DESIGN §7); the column is floor / new "
+              "time. bound: what sets the floor.\n");
+  if (a.no_check) {
+    std::printf("check: skipped (--no-check)\n");
+  } else if (failed.empty()) {
+    std::printf("check: every timed output within DESIGN §6 of the float64 reference (BLAS: "
+                "1e-4)%s\n",
+                any_sampled ? "; * = on a sample of sequences and heads" : "");
+  } else {
+    std::printf("check: FAILED in %zu row(s):\n", failed.size());
+    for (const auto& r : rows)
+      for (const auto& v : r.variants)
+        if (v.check && !v.check->pass)
+          std::printf("  %s %s: %s\n", r.name.c_str(), v.variant.describe().c_str(),
+                      v.check->summary().c_str());
+    for (const auto& r : rows)
+      if (r.baseline && r.baseline->check && !r.baseline->check->pass)
+        std::printf("  %s blas: %s\n", r.name.c_str(), r.baseline->check->summary().c_str());
+  }
+  std::fflush(stdout);
+
+  if (!a.json_path.empty()) {
+    json doc;
+    doc["tool"] = "mla bench";
+    doc["config"] = {{"grid", a.grid},        {"b", bs},
+                     {"k", ks},               {"c", cs},
+                     {"heads", a.heads},      {"q_len", a.q_len},
+                     {"kv_dtype", a.kv_dtype}, {"kv_scale", a.kv_scale},
+                     {"block_size", a.block_size}, {"chunk", a.chunk},
+                     {"variants", a.variants}, {"reps", a.reps},
+                     {"warmup", a.warmup},     {"seed", a.seed},
+                     {"baseline", !a.no_baseline}, {"check", !a.no_check}};
+    doc["variants"] = {{"old", {{"text", variants[0].text}, {"options", variants[0].describe()}}},
+                       {"new", {{"text", variants[1].text}, {"options", variants[1].describe()}}}};
+    doc["baseline"] = a.no_baseline ? json(nullptr)
+                                    : json("OpenBLAS fp32: de-quantize, sgemm, softmax, sgemm");
+    doc["ceilings"] = ceilings.all.empty() ? json::array()
+                                           : json::parse(ceilings_to_json(ceilings.all));
+    doc["ceilings_source"] = ceilings.sources;
+    doc["l3_bytes"] = l3;
+    doc["rows"] = json::array();
+    for (const auto& r : rows) doc["rows"].push_back(row_json(r, a));
+    doc["avg_speedup"] = avg;
+    doc["geomean_speedup"] = geo;
+    doc["all_pass"] = failed.empty();
+    write_file_atomic(a.json_path, doc.dump(2) + "\n");
+  }
+  if (!failed.empty())
+    throw CheckFailed("mla bench: " + std::to_string(failed.size()) + " row(s) failed the check");
+}
+
+const char* const kFooter = R"(
+Variants (--variants OLD:NEW; the first is the "old" column, the ratio is old/new):
+  CONFIG is a preset, or key=value items separated by commas, optionally after a preset:
+    old               chunk=1,up=spill,red=separate   (the straightforward kernel)
+    new               chunk=<--chunk>,up=resident,red=last   (the best one)
+    chunk=N           KV tiles of 64 tokens per pipeline step (N >= 1)
+    up=resident|spill output accumulator kept in registers, or written out every chunk
+    red=separate|last split-KV partials merged in a separate pass, or by the last worker
+    isa=best|portable portable forces the plain C++ kernels
+    impl=fast|ref     ref runs the float64 reference (slow; for debugging)
+  Keys left out take the "new" values. Examples:
+    --variants old:new   --variants chunk=1:chunk=4   --variants red=separate:red=last
+    --variants "chunk=1,up=spill,red=separate:chunk=4,up=resident,red=last"
+
+Columns: median times over the repetitions, spread = (p90 - p10) / median, GFLOP/s of the new
+variant (flops = 2 * heads * q_len * k * 1088 per sequence), floor = fraction of the time the
+measured ceilings allow (see bench/support/perf_model.h), BLAS = the OpenBLAS-composed baseline,
+check = every timed output against the float64 reference (ok* = on sampled sequences and heads).
+Exit code 1 when a check fails.)";
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Time the paged-attention decode over a grid of shapes: the seed's table");
+  cmd->add_option("--grid", args->grid,
+                  "seed: b {1,2,4,8,16,24,48} x k {512,2048,4096}; small: b {1,4} x k {512,2048}")
+      ->check(CLI::IsMember({"seed", "small"}))
+      ->capture_default_str();
+  cmd->add_option("--b", args->b_list, "batch sizes, comma-separated (replaces the grid's)");
+  cmd->add_option("--k", args->k_list,
+                  "context tokens per sequence, comma-separated (replaces the grid's)");
+  cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
+  cmd->add_option("--q-len", args->q_len, "query tokens per sequence (MTP)")->capture_default_str();
+  cmd->add_option("--kv-dtype", args->kv_dtype, "cache format: int8, bf16 or fp16")
+      ->capture_default_str();
+  cmd->add_option("--kv-scale", args->kv_scale, "int8 scales: token, tensor or channel")
+      ->capture_default_str();
+  cmd->add_option("--threads,--c", args->c_list,
+                  "worker threads, or a comma-separated list (rows per value); default: all cores");
+  cmd->add_option("--chunk", args->chunk, "chunk of the \"new\" preset")->capture_default_str();
+  cmd->add_option("--block-size", args->block_size, "tokens per cache block")
+      ->capture_default_str();
+  cmd->add_option("--variants", args->variants, "the two configurations to compare, OLD:NEW")
+      ->capture_default_str();
+  cmd->add_option("--reps", args->reps,
+                  "timed runs per variant and row (default: adaptive, 5..100; baseline 3..20)");
+  cmd->add_option("--warmup", args->warmup, "untimed runs first (the first one is checked)")
+      ->capture_default_str();
+  cmd->add_option("--time", args->target_s,
+                  "with adaptive reps: seconds of timed runs per variant and row")
+      ->capture_default_str();
+  cmd->add_option("--seed", args->seed, "random seed of the cases")->capture_default_str();
+  cmd->add_option("--json", args->json_path, "also write the results to this file (JSON)");
+  cmd->add_option("--ceilings", args->ceilings_path,
+                  "ceilings file from bench/roofline (default: $MLA_CEILINGS or ./ceilings.json; "
+                  "measured briefly when missing)");
+  cmd->add_flag("--no-baseline", args->no_baseline, "skip the BLAS baseline");
+  cmd->add_flag("--no-check", args->no_check, "skip the checks against the float64 reference");
+  cmd->footer(kFooter);
+  cmd->callback([args] { run_bench(*args); });
+}
+
+}  // namespace mla::tool
