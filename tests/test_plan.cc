@@ -56,7 +56,8 @@ void check_plan(const PlanInput& in, const Plan& plan) {
     }
     if (i > 0) {
       const WorkItem& p = plan.items[i - 1];
-      ASSERT_LT(std::tie(p.seq, p.head_begin, p.kv_begin), std::tie(it.seq, it.head_begin, it.kv_begin));
+      ASSERT_LT(std::tie(p.seq, p.head_begin, p.kv_begin),
+                std::tie(it.seq, it.head_begin, it.kv_begin));
     }
   }
 
@@ -204,7 +205,8 @@ TEST(Plan, RandomSmall) {
 }
 
 PlanInput one_seq(const int32_t* len, int heads, int q_len, int workers) {
-  return PlanInput{.batch = 1, .seq_lens = len, .q_len = q_len, .num_heads = heads, .num_workers = workers};
+  return PlanInput{
+      .batch = 1, .seq_lens = len, .q_len = q_len, .num_heads = heads, .num_workers = workers};
 }
 
 TEST(Plan, ManyHeadsSplitHeadsNotKv) {
@@ -256,7 +258,8 @@ TEST(Plan, BatchEqualsWorkers) {
   for (int heads : {1, 16, 128}) {
     for (int w : {2, 4, 8}) {
       std::vector<int32_t> lens(w, 3000);
-      const PlanInput in{.batch = w, .seq_lens = lens.data(), .q_len = 2, .num_heads = heads, .num_workers = w};
+      const PlanInput in{
+          .batch = w, .seq_lens = lens.data(), .q_len = 2, .num_heads = heads, .num_workers = w};
       const Plan plan = make_plan(in);
       check_plan(in, plan);
       EXPECT_EQ(plan.num_partials, 0);
@@ -302,7 +305,8 @@ TEST(Plan, Deterministic) {
 TEST(Plan, RefusesInvalidInput) {
   std::vector<int32_t> lens = {10, -1};
   std::vector<int32_t> q_lens = {1, 1};
-  const PlanInput good{.batch = 2, .seq_lens = lens.data(), .q_len = 2, .num_heads = 4, .num_workers = 2};
+  const PlanInput good{
+      .batch = 2, .seq_lens = lens.data(), .q_len = 2, .num_heads = 4, .num_workers = 2};
   auto expect_error = [](PlanInput in, const char* what) {
     try {
       make_plan(in);

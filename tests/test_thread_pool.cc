@@ -5,8 +5,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -25,7 +25,8 @@ TEST(ThreadPool, EveryWorkerOnceEveryRun) {
     for (int rep = 0; rep < 50; ++rep) {
       std::vector<std::atomic<int>> hits(8);
       pool.run(n, [&](int w) { hits[w].fetch_add(1); });
-      for (int w = 0; w < 8; ++w) ASSERT_EQ(hits[w].load(), w < n ? 1 : 0) << "n " << n << " w " << w;
+      for (int w = 0; w < 8; ++w)
+        ASSERT_EQ(hits[w].load(), w < n ? 1 : 0) << "n " << n << " w " << w;
     }
   }
 }
@@ -47,8 +48,10 @@ TEST(ThreadPool, ManyRapidRuns) {
   for (int size : {2, 4, 8}) {
     ThreadPool pool(size);
     std::atomic<int64_t> sum{0};
-    const int runs = size == 2 ? 10000 : 3000;  // more threads than 2 cores sleep and wake every run
-    for (int r = 0; r < runs; ++r) pool.run(size, [&](int w) { sum.fetch_add(w + 1, std::memory_order_relaxed); });
+    const int runs =
+        size == 2 ? 10000 : 3000;  // more threads than 2 cores sleep and wake every run
+    for (int r = 0; r < runs; ++r)
+      pool.run(size, [&](int w) { sum.fetch_add(w + 1, std::memory_order_relaxed); });
     EXPECT_EQ(sum.load(), int64_t{runs} * size * (size + 1) / 2) << "size " << size;
   }
 }
@@ -96,16 +99,16 @@ TEST(ThreadPool, ExceptionsReachTheCaller) {
 TEST(ThreadPool, NestedRunsRunInline) {
   ThreadPool pool(3);
   std::vector<std::atomic<int>> hits(9);
-  pool.run(3, [&](int outer) {
-    pool.run(3, [&](int inner) { hits[outer * 3 + inner].fetch_add(1); });
-  });
+  pool.run(
+      3, [&](int outer) { pool.run(3, [&](int inner) { hits[outer * 3 + inner].fetch_add(1); }); });
   for (int i = 0; i < 9; ++i) EXPECT_EQ(hits[i].load(), 1) << i;
   // A nested exception reaches the outer caller.
-  EXPECT_THROW(pool.run(2, [&](int outer) {
-    pool.run(2, [&](int inner) {
-      if (outer == 1 && inner == 1) throw std::logic_error("nested");
-    });
-  }),
+  EXPECT_THROW(pool.run(2,
+                        [&](int outer) {
+                          pool.run(2, [&](int inner) {
+                            if (outer == 1 && inner == 1) throw std::logic_error("nested");
+                          });
+                        }),
                std::logic_error);
 }
 

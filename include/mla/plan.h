@@ -1,12 +1,12 @@
-// The work planner (DESIGN §5): FlashMLA's get_mla_metadata as a pure function. It splits one decode
-// step's attention over `num_workers` workers, by sequence, by range of KV positions and, where that
-// costs less, by group of heads. It runs no kernel and starts no thread, so its invariants are tested
-// on their own (tests/test_plan.cc), and since it depends only on seq_lens, q_lens, H and the worker
-// count, one plan serves every layer of a decode step.
+// The work planner (DESIGN §5): FlashMLA's get_mla_metadata as a pure function. It splits one
+// decode step's attention over `num_workers` workers, by sequence, by range of KV positions and,
+// where that costs less, by group of heads. It runs no kernel and starts no thread, so its
+// invariants are tested on their own (tests/test_plan.cc), and since it depends only on seq_lens,
+// q_lens, H and the worker count, one plan serves every layer of a decode step.
 //
-// A plan is a list of work items per worker. An item is (sequence, head group, token range); an item
-// that covers a whole (sequence, head group) writes the final o / lse, the others write a partial
-// (o_i, lse_i) into a slot that a merge group later combines by log-sum-exp:
+// A plan is a list of work items per worker. An item is (sequence, head group, token range); an
+// item that covers a whole (sequence, head group) writes the final o / lse, the others write a
+// partial (o_i, lse_i) into a slot that a merge group later combines by log-sum-exp:
 //
 //   seq 0, heads 0..127, tokens 0..4095, 2 workers, KV split:
 //     worker 0: [seq 0, h 0..128, kv 0..2048) -> partial 0 --+
@@ -39,8 +39,8 @@ struct PlanInput {
   // the kernels tile query rows by 8 / 16, and smaller groups leave those tiles half empty.
   int min_heads_per_group = 8;
   // Below this many query rows a piece costs as much as if it had this many (see piece_cost): its
-  // keys must be read from memory whatever the number of rows, and at 16 rows reading a 576-wide key
-  // (1152 B in bf16) already takes about as long as 16 rows' dot products over it on one core.
+  // keys must be read from memory whatever the number of rows, and at 16 rows reading a 576-wide
+  // key (1152 B in bf16) already takes about as long as 16 rows' dot products over it on one core.
   int mem_bound_rows = 16;
 };
 
@@ -78,8 +78,8 @@ Plan make_plan(const PlanInput& in);
 //     tiles x max(q_len_b x heads, mem_bound_rows) + overhead_tiles x tile_cost(in)
 // where tiles counts the kv_tile-aligned tiles the range touches, and tile_cost(in) is the cost of
 // one tile for the largest sequence's rows (max q_len_b x H, at least mem_bound_rows).
-// Promise: every worker's total cost is at most ceil(T / num_workers) + tile_cost + overhead, T being
-// the sum over the plan's (seq, head group) units of their cost unsplit.
+// Promise: every worker's total cost is at most ceil(T / num_workers) + tile_cost + overhead, T
+// being the sum over the plan's (seq, head group) units of their cost unsplit.
 int64_t tile_cost(const PlanInput& in);
 int64_t piece_cost(const PlanInput& in, int seq, int heads, int kv_begin, int kv_end);
 

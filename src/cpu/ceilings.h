@@ -19,7 +19,7 @@ struct Ceilings {
   int threads = 0;
   double read_bw_mem_gbs = 0;  // buffers well beyond the L3
   double read_bw_l2_gbs = 0;   // half the L2 per thread
-  double read_bw_l3_gbs = 0;   // L2 + half of each thread's share of the L3
+  double read_bw_l3_gbs = 0;   // L2 + a quarter of each thread's share of the L3
   double fp32_fma_gflops = 0;  // vfmadd231ps: 2 x 16 flops per zmm instruction
   double bf16_dot_gflops = 0;  // vdpbf16ps: 2 x 32 flops per zmm instruction
   double int8_dot_gops = 0;    // vpdpbusd: 2 x 64 ops per zmm instruction

@@ -9,16 +9,22 @@
 //                   the last partial of a group merges that group at once, while the other workers
 //                   still compute (MergeCounters decides who is last).
 //
-// Partial buffers, one slot per partial, rows and heads local to the slot's head group:
-//   partial_o   [num_partials][q_len][slot_heads][dv]   fp32, row i head h at slot[i][h - head_begin]
-//   partial_lse [num_partials][q_len][slot_heads]       fp32
-// Only rows i < q_lens[seq] of a slot are written by the kernel and read here.
+// Partial buffers, compact per merge group g (rows_g = q_lens[g.seq] x heads of g, row r = i x
+// heads
+// + (h - head_begin), the kernels' row order):
+//
+//   partial_lse  ... | group g: [num_partials][rows_g]      | group g+1 ...   (first at offset[g])
+//   partial_o    ... | group g: [num_partials][rows_g][dv]  | group g+1 ...   (first at offset[g] x
+//   dv)
+//
+// Only real rows (i < q_lens[seq]) have a place: padding rows are written elsewhere.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "mla/plan.h"
 
@@ -26,37 +32,39 @@ namespace mla::cpu {
 
 class ThreadPool;
 
-struct CombineParams {
-  int q_len = 1;                        // rows per sequence in o / lse and in each partial slot
-  int num_heads = 0;                    // H
-  int dv = 512;                         // kv_lora_rank
-  const int32_t* q_lens = nullptr;      // [batch] rows per sequence, or nullptr: q_len each
-  const float* partial_o = nullptr;     // [num_partials][q_len][slot_heads][dv]
-  const float* partial_lse = nullptr;   // [num_partials][q_len][slot_heads]
-  int slot_heads = 0;                   // >= every merge group's head count (max_group_heads)
-  float* o = nullptr;                   // [batch, q_len, num_heads, dv]
-  float* lse = nullptr;                 // [batch, q_len, num_heads]
+struct PartialLayout {
+  std::vector<int64_t> offset;  // [merges]: first row of group g's first partial
+  std::vector<int32_t> rows;    // [merges]: rows per partial of group g
+  int64_t total_rows = 0;       // floats in partial_lse; partial_o holds total_rows x dv
+
+  // Row r of the k-th partial (k = item.partial - g.partial_begin) of group g.
+  int64_t row(int g, int k, int r) const {
+    return offset[g] + static_cast<int64_t>(k) * rows[g] + r;
+  }
 };
 
-// Offsets of row i, head h (h counted from the group's first head) of partial slot p.
-inline std::size_t partial_lse_offset(const CombineParams& c, int p, int i, int h) {
-  return (static_cast<std::size_t>(p) * c.q_len + i) * c.slot_heads + h;
-}
-inline std::size_t partial_o_offset(const CombineParams& c, int p, int i, int h) {
-  return partial_lse_offset(c, p, i, h) * c.dv;
-}
+// q_lens: [batch] rows per sequence, or nullptr: q_len each.
+PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len);
 
-// Heads of the largest merge group of the plan: the slot_heads that suffices (0 if none).
-int max_group_heads(const Plan& plan);
+struct CombineParams {
+  int q_len = 1;      // rows per sequence in o / lse
+  int num_heads = 0;  // H
+  int dv = 512;       // kv_lora_rank
+  const PartialLayout* layout = nullptr;
+  const float* partial_o = nullptr;    // [layout->total_rows][dv]
+  const float* partial_lse = nullptr;  // [layout->total_rows]
+  float* o = nullptr;                  // [batch, q_len, num_heads, dv]
+  float* lse = nullptr;                // [batch, q_len, num_heads]
+};
 
-// Merges rows [row_begin, row_end) of group g, row r being query row r / heads, head r % heads of
-// the group (heads = g.head_end - g.head_begin), over the rows i < q_len of g.seq.
-void combine_rows(const MergeGroup& g, const CombineParams& c, int row_begin, int row_end);
-// Merges every row of group g.
-void combine_group(const MergeGroup& g, const CombineParams& c);
+// Merges rows [row_begin, row_end) of merge group `group` of the plan.
+void combine_rows(const Plan& plan, int group, const CombineParams& c, int row_begin, int row_end);
+// Merges every row of merge group `group`.
+void combine_group(const Plan& plan, int group, const CombineParams& c);
 
-// The separate pass: merges every group of the plan, its rows split evenly (by rows x partials)
-// over `threads` workers of `pool` (nullptr or threads <= 1: on the calling thread).
+// The separate pass: merges every group of the plan, its rows split evenly (by rows x partials, so
+// one long group is shared too) over `threads` workers of `pool` (nullptr or threads <= 1: on the
+// calling thread). Returns at once when nothing was split.
 void combine_all(const Plan& plan, const CombineParams& c, ThreadPool* pool, int threads);
 
 // One arrival counter per merge group, for the last-worker strategy.
@@ -81,12 +89,12 @@ class MergeCounters {
 
  private:
   std::unique_ptr<std::atomic<int32_t>[]> count_;
-  std::size_t size_ = 0;
+  std::size_t size_ = 0, capacity_ = 0;
 };
 
-// The last-worker strategy, after the worker has written item `item`'s partial: does nothing for
-// an item without partial; merges the item's group if this was its last partial. Returns whether
-// it merged.
+// The last-worker strategy, after the worker has written plan item `item`'s partial: nothing for an
+// item without partial; merges the item's group if this was its last partial. Returns whether it
+// merged.
 bool finish_partial(const Plan& plan, int item, MergeCounters& counters, const CombineParams& c);
 
 }  // namespace mla::cpu

@@ -1,8 +1,10 @@
-// The online-softmax state of one query row (FlashInfer's state_t), shared by the attention kernels'
-// update stage (UP) and the split-KV combine, so the log-sum-exp algebra lives in this one file.
+// The online-softmax state of one query row (FlashInfer's state_t), shared by the attention
+// kernels' update stage (UP) and the split-KV combine, so the log-sum-exp algebra lives in this one
+// file.
 //
 // A row's state over a set of keys with scaled scores s_t and values v_t is
-//     m = max_t s_t,   l = sum_t exp(s_t - m),   o = sum_t exp(s_t - m) v_t   (o: dv floats, the caller's)
+//     m = max_t s_t,   l = sum_t exp(s_t - m),   o = sum_t exp(s_t - m) v_t   (o: dv floats, the
+//     caller's)
 // and the row's result is o / l with lse = m + log(l). No keys yet: m = -inf, l = 0, o = 0.
 //
 // Fully masked keys have s = -inf. Every exp here is taken against `shift()`, never against a raw
@@ -32,7 +34,7 @@ struct SoftmaxState {
   // The kernel's SM stage for a chunk whose largest scaled score is chunk_max: raises m and returns
   // the factor exp(m_old - m_new) by which the caller multiplies its accumulator (UP's
   // go = go * dm; the accumulator starts at 0, so the factor 0 of the first chunk keeps it 0); l is
-// rescaled here. Then p_t = exp(s_t - shift()), add_sum(sum_t p_t), o += P V.
+  // rescaled here. Then p_t = exp(s_t - shift()), add_sum(sum_t p_t), o += P V.
   float rescale_to(float chunk_max) {
     const float m_new = chunk_max > m ? chunk_max : m;
     const float factor = exp_diff(m, m_new == kNegInf ? 0.f : m_new);
@@ -77,7 +79,8 @@ inline float finalize(const SoftmaxState& s, float* o, int dv) {
 }
 
 // Combines n normalised partial results (o_i, lse_i) of one row, computed over disjoint key sets:
-//     L = max_i lse_i,  w_i = exp(lse_i - L),  o = sum_i w_i o_i / sum_i w_i,  lse = L + log sum_i w_i
+//     L = max_i lse_i,  w_i = exp(lse_i - L),  o = sum_i w_i o_i / sum_i w_i,  lse = L + log sum_i
+//     w_i
 // Parts with lse_i = -inf (no visible key) are skipped, their o_i never read; if every part is
 // -inf: o = 0, lse = -inf. This is merge() of the states (m = lse_i, l = 1, o = o_i) followed by
 // finalize(), with the maximum taken first so each o_i is scaled once. lse_i is read at
@@ -91,7 +94,8 @@ inline float combine(int n, const float* lse, std::ptrdiff_t lse_stride, const f
     if (x > L) L = x;
     nan |= std::isnan(x);
   }
-  if (nan) L = std::numeric_limits<float>::quiet_NaN();  // a NaN part poisons this row, as it should
+  if (nan)
+    L = std::numeric_limits<float>::quiet_NaN();  // a NaN part poisons this row, as it should
   if (L == kNegInf) {
     for (int d = 0; d < dv; ++d) out[d] = 0.f;
     return kNegInf;

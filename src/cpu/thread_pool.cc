@@ -1,4 +1,5 @@
-// The persistent thread pool (thread_pool.h): per-worker wake words, spin-then-futex waiting, pinning.
+// The persistent thread pool (thread_pool.h): per-worker wake words, spin-then-futex waiting,
+// pinning.
 //
 // Hand-off protocol. The caller writes job_, then bumps the epoch word of each worker 1..n-1 (its
 // own cache line) and futex-wakes those that announced they sleep; each worker runs the job and
@@ -43,7 +44,8 @@ inline void cpu_relax() {
 void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
 #if defined(__linux__)
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
 #else
   word->wait(expected);
 #endif
@@ -59,8 +61,8 @@ void futex_wake(std::atomic<uint32_t>* word) {
 
 // Spins while *word == seen (for kSpin when spin is set), then sleeps until it changes; `sleeping`
 // announces the sleep to the writer. Returns the new value.
-uint32_t wait_for_change(std::atomic<uint32_t>& word, uint32_t seen, std::atomic<uint32_t>& sleeping,
-                         bool spin) {
+uint32_t wait_for_change(std::atomic<uint32_t>& word, uint32_t seen,
+                         std::atomic<uint32_t>& sleeping, bool spin) {
   if (spin) {
     const auto deadline = std::chrono::steady_clock::now() + kSpin;
     for (uint32_t i = 1;; ++i) {
@@ -174,7 +176,8 @@ void ThreadPool::start_threads(int size) {
       for (int c : cpus_) CPU_SET(c, &set);
     }
     // Unpinned threads get the whole mask explicitly: they would inherit the creating thread's.
-    pthread_setaffinity_np(slots_[w]->thread.native_handle(), sizeof(set), &set);  // failure: unpinned
+    pthread_setaffinity_np(slots_[w]->thread.native_handle(), sizeof(set),
+                           &set);  // failure: unpinned
   }
 #endif
   size_.store(size, std::memory_order_release);
@@ -262,7 +265,8 @@ void* ThreadPool::scratch(int worker, std::size_t bytes) {
   if (bytes > s.scratch_bytes || !s.scratch) {
     const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, rounded);
-    MLA_CHECK(p, "thread pool: cannot allocate " << rounded << " bytes of scratch for worker " << worker);
+    MLA_CHECK(
+        p, "thread pool: cannot allocate " << rounded << " bytes of scratch for worker " << worker);
     std::free(s.scratch);
     s.scratch = p;
     s.scratch_bytes = rounded;

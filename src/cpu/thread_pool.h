@@ -41,12 +41,14 @@ class ThreadPool {
   // finished. Grows the pool when n > size(). An exception thrown by any fn(w) is rethrown here
   // (the one of the lowest w) after every worker has finished. A run started while another is in
   // progress (from inside a worker's fn, or from another thread) runs fn(0..n-1) one after another
-  // on its calling thread instead: correct, not parallel, and it must not use scratch() (see there).
+  // on its calling thread instead: correct, not parallel, and it must not use scratch() (see
+  // there).
   template <class F>
   void run(int n, F&& fn) {
     using Fn = std::remove_reference_t<F>;
-    run_impl(n, [](void* f, int w) { (*static_cast<Fn*>(f))(w); },
-             const_cast<std::remove_const_t<Fn>*>(&fn));
+    run_impl(
+        n, [](void* f, int w) { (*static_cast<Fn*>(f))(w); },
+        const_cast<std::remove_const_t<Fn>*>(&fn));
   }
 
   // A 64-byte aligned buffer of at least `bytes` bytes for worker w, kept and reused across runs

@@ -1,8 +1,8 @@
 // The work planner (include/mla/plan.h). How it splits:
 //
 // 1. The work is a list of units (sequence, head group), one per head group of every non-empty
-//    sequence, in (seq, group) order. A unit is laid out on a line of cost: first its fixed overhead
-//    o, then its tiles, each of cost r (r = the group's rows, at least mem_bound_rows):
+//    sequence, in (seq, group) order. A unit is laid out on a line of cost: first its fixed
+//    overhead o, then its tiles, each of cost r (r = the group's rows, at least mem_bound_rows):
 //
 //        unit u:   |<-- o -->|<- r ->|<- r ->| ... |<- r ->|   next unit ...
 //        cut at:   ^S_u              ^       ^     ^        ^S_u+1
@@ -10,22 +10,23 @@
 //
 // 2. Each worker gets a stretch of the line between two cuts. Allowed cuts are unit starts and tile
 //    boundaries inside a unit, never inside the overhead nor the first tile: there is no point
-//    paying a piece's overhead for less than one tile. A cut inside a unit splits its KV range and the
-//    worker after it pays the overhead once more, which is what the model charges a split. The cuts
-//    minimise the largest worker cost m exactly (binary search on m; filling each worker as far as m
-//    allows decides whether m is feasible). That m is at most ceil(T / W) + r + o (T = the line's
-//    length, W = workers): cutting at the last allowed position at or before w * T / W reaches it,
-//    because the gap above an allowed cut is r, or o + r at a unit start, and a worker that starts
-//    inside a unit pays one extra o. Then a cut that falls inside a unit moves back to the unit's start
-//    when the remaining workers can still finish within m, so no sequence is split that the makespan
-//    does not need split. Pieces of a worker are contiguous on the line, so it walks its sequences'
-//    pages in order.
+//    paying a piece's overhead for less than one tile. A cut inside a unit splits its KV range and
+//    the worker after it pays the overhead once more, which is what the model charges a split. The
+//    cuts minimise the largest worker cost m exactly (binary search on m; filling each worker as
+//    far as m allows decides whether m is feasible). That m is at most ceil(T / W) + r + o (T = the
+//    line's length, W = workers): cutting at the last allowed position at or before w * T / W
+//    reaches it, because the gap above an allowed cut is r, or o + r at a unit start, and a worker
+//    that starts inside a unit pays one extra o. Then a cut that falls inside a unit moves back to
+//    the unit's start when the remaining workers can still finish within m, so no sequence is split
+//    that the makespan does not need split. Pieces of a worker are contiguous on the line, so it
+//    walks its sequences' pages in order.
 // 3. The head-group count G (same for every sequence) is chosen by trying every G from 1 to
-//    min(W, ceil(H / min_heads_per_group)) and keeping the lowest maximum worker cost, then the fewest
-//    partials (no reduction to run), then the lowest total cost. Splitting heads costs nothing in the
-//    model while groups keep at least mem_bound_rows rows (they re-read the keys, but the time is in
-//    the dot products); below that, every group pays the full read of the keys, so few-row cases
-//    (H = 16 at q_len 1) split the KV range instead, and many-row ones (H = 128) split heads.
+//    min(W, ceil(H / min_heads_per_group)) and keeping the lowest maximum worker cost, then the
+//    fewest partials (no reduction to run), then the lowest total cost. Splitting heads costs
+//    nothing in the model while groups keep at least mem_bound_rows rows (they re-read the keys,
+//    but the time is in the dot products); below that, every group pays the full read of the keys,
+//    so few-row cases (H = 16 at q_len 1) split the KV range instead, and many-row ones (H = 128)
+//    split heads.
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
@@ -46,16 +47,20 @@ void check_input(const PlanInput& in) {
   MLA_CHECK(in.num_heads >= 1, "plan: num_heads = " << in.num_heads << " must be at least 1");
   MLA_CHECK(in.num_workers >= 1, "plan: num_workers = " << in.num_workers << " must be at least 1");
   MLA_CHECK(in.kv_tile >= 1, "plan: kv_tile = " << in.kv_tile << " must be at least 1");
-  MLA_CHECK(in.overhead_tiles >= 0, "plan: overhead_tiles = " << in.overhead_tiles << " is negative");
+  MLA_CHECK(in.overhead_tiles >= 0,
+            "plan: overhead_tiles = " << in.overhead_tiles << " is negative");
   MLA_CHECK(in.min_heads_per_group >= 1,
             "plan: min_heads_per_group = " << in.min_heads_per_group << " must be at least 1");
-  MLA_CHECK(in.mem_bound_rows >= 0, "plan: mem_bound_rows = " << in.mem_bound_rows << " is negative");
+  MLA_CHECK(in.mem_bound_rows >= 0,
+            "plan: mem_bound_rows = " << in.mem_bound_rows << " is negative");
   for (int b = 0; b < in.batch; ++b) {
-    MLA_CHECK(in.seq_lens[b] >= 0, "plan: seq_lens[" << b << "] = " << in.seq_lens[b] << " is negative");
+    MLA_CHECK(in.seq_lens[b] >= 0,
+              "plan: seq_lens[" << b << "] = " << in.seq_lens[b] << " is negative");
     if (in.seq_lens[b] > 0 && in.q_lens) {
       MLA_CHECK(in.q_lens[b] >= 1 && in.q_lens[b] <= in.q_len,
-                "plan: q_lens[" << b << "] = " << in.q_lens[b] << " is outside 1..q_len = " << in.q_len
-                                << " for a sequence of " << in.seq_lens[b] << " tokens");
+                "plan: q_lens[" << b << "] = " << in.q_lens[b]
+                                << " is outside 1..q_len = " << in.q_len << " for a sequence of "
+                                << in.seq_lens[b] << " tokens");
     }
   }
 }
@@ -142,8 +147,8 @@ class Line {
     const Unit& u = units_[x.unit];
     return u.start + (x.tile == 0 ? 0 : o_ + x.tile * u.r);
   }
-  // Where the work of a worker starting at x begins to cost: a worker that starts inside a unit pays
-  // that piece's overhead once more.
+  // Where the work of a worker starting at x begins to cost: a worker that starts inside a unit
+  // pays that piece's overhead once more.
   int64_t cost_start(const Cut& x) const { return pos(x) - (x.tile > 0 ? o_ : 0); }
 
   // The last allowed cut at or before line position p (p >= 0). Allowed: unit starts, and tile
@@ -160,7 +165,9 @@ class Line {
   }
 
   // The farthest a worker starting at x gets without costing more than m.
-  Cut farthest(const Cut& x, int64_t m) const { return std::max(x, last_cut_at(cost_start(x) + m)); }
+  Cut farthest(const Cut& x, int64_t m) const {
+    return std::max(x, last_cut_at(cost_start(x) + m));
+  }
 
   // Workers needed to finish the line from x when none may cost more than m (taking as much as fits
   // is optimal: a later cut never leaves more work behind); more than `limit` means "too many".
@@ -181,28 +188,32 @@ class Line {
   std::vector<Unit> units_;
 };
 
-// Splits the line for `groups` head groups across the workers: the least possible largest worker
-// cost m (binary search on m; the rounding-down rule of the header comment reaches
-// ceil(T/W) + tile + o, so the search starts there), then, worker by worker, the farthest cut within
-// m, moved back to the start of its unit when the remaining workers can still finish within m: a
-// split that the makespan does not need only adds a reduction.
-Candidate evaluate(const PlanInput& in, int groups, int64_t overhead, int64_t tile) {
-  const Line line(in, groups, overhead);
-  const int W = in.num_workers;
+// The least possible largest worker cost for the line: binary search on m, each m decided by
+// filling workers as far as m allows. The rounding-down rule of the header comment reaches
+// ceil(T/W) + tile + o, so the search starts there.
+int64_t min_makespan(const Line& line, int W, int64_t tile, int64_t overhead) {
   const Cut start{0, 0};
-  Candidate c;
-  c.total = line.total();
-  int64_t lo = (c.total + W - 1) / W, hi = lo + tile + overhead;
-  while (line.needed(start, hi, W) > W) hi *= 2;  // never taken; keeps the search total if the bound fails
+  int64_t lo = (line.total() + W - 1) / W, hi = lo + tile + overhead;
+  while (line.needed(start, hi, W) > W)
+    hi *= 2;  // never taken; keeps the search total if the bound fails
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (line.needed(start, mid, W) <= W) hi = mid;
-    else lo = mid + 1;
+    if (line.needed(start, mid, W) <= W)
+      hi = mid;
+    else
+      lo = mid + 1;
   }
-  const int64_t m = hi;
+  return hi;
+}
 
+// Splits the line across the workers within makespan m (feasible): worker by worker, the farthest
+// cut within m, moved back to the start of its unit when the remaining workers can still finish
+// within m: a split that the makespan does not need only adds a reduction.
+Candidate split(const Line& line, int W, int64_t m) {
+  Candidate c;
+  c.total = line.total();
   c.cuts.assign(W + 1, line.end());
-  c.cuts[0] = start;
+  c.cuts[0] = {0, 0};
   for (int w = 0; w + 1 < W; ++w) {
     Cut f = line.farthest(c.cuts[w], m);
     if (f.tile > 0) {
@@ -212,7 +223,8 @@ Candidate evaluate(const PlanInput& in, int groups, int64_t overhead, int64_t ti
     c.cuts[w + 1] = f;
   }
 
-  std::vector<int32_t> last_inner(line.units().size(), 0);  // last cut inside each unit (cuts are sorted)
+  std::vector<int32_t> last_inner(line.units().size(),
+                                  0);  // last cut inside each unit (cuts are sorted)
   for (int w = 0; w < W; ++w) {
     const int64_t cost =
         c.cuts[w] == c.cuts[w + 1] ? 0 : line.pos(c.cuts[w + 1]) - line.cost_start(c.cuts[w]);
@@ -228,6 +240,19 @@ Candidate evaluate(const PlanInput& in, int groups, int64_t overhead, int64_t ti
   return c;
 }
 
+// ceil(T / W) for `groups` head groups, without building the line.
+int64_t lower_bound_makespan(const PlanInput& in, int groups, int64_t overhead) {
+  const auto hg = head_groups(in.num_heads, in.min_heads_per_group, groups);
+  int64_t total = 0;
+  for (int b = 0; b < in.batch; ++b) {
+    if (in.seq_lens[b] == 0) continue;
+    const int64_t tiles = tiles_of(in, 0, in.seq_lens[b]);
+    for (const auto& [hb, he] : hg)
+      total += overhead + tiles * rows_cost(in, static_cast<int64_t>(q_len_of(in, b)) * (he - hb));
+  }
+  return (total + in.num_workers - 1) / in.num_workers;
+}
+
 }  // namespace
 
 int64_t tile_cost(const PlanInput& in) {
@@ -237,21 +262,35 @@ int64_t tile_cost(const PlanInput& in) {
 
 int64_t piece_cost(const PlanInput& in, int seq, int heads, int kv_begin, int kv_end) {
   check_input(in);
-  MLA_CHECK(seq >= 0 && seq < in.batch, "piece_cost: seq = " << seq << " is outside 0.." << in.batch - 1);
-  return tiles_of(in, kv_begin, kv_end) * rows_cost(in, static_cast<int64_t>(q_len_of(in, seq)) * heads) +
+  MLA_CHECK(seq >= 0 && seq < in.batch,
+            "piece_cost: seq = " << seq << " is outside 0.." << in.batch - 1);
+  return tiles_of(in, kv_begin, kv_end) *
+             rows_cost(in, static_cast<int64_t>(q_len_of(in, seq)) * heads) +
          in.overhead_tiles * tile_cost_checked(in);
 }
 
 Plan make_plan(const PlanInput& in) {
   check_input(in);
-  const int64_t overhead = in.overhead_tiles * tile_cost_checked(in);
-  const int max_groups = std::min(in.num_workers, (in.num_heads + in.min_heads_per_group - 1) /
-                                                      in.min_heads_per_group);
   const int64_t tile = tile_cost_checked(in);
-  Candidate best = evaluate(in, 1, overhead, tile);
-  for (int g = 2; g <= max_groups; ++g) {
-    Candidate c = evaluate(in, g, overhead, tile);
-    if (std::tie(c.makespan, c.partials, c.cost) < std::tie(best.makespan, best.partials, best.cost))
+  const int64_t overhead = in.overhead_tiles * tile;
+  const int max_groups = std::min(
+      in.num_workers, (in.num_heads + in.min_heads_per_group - 1) / in.min_heads_per_group);
+  // The makespan of every head-group count first (cheap), then the full split of those that reach
+  // the least one, compared by partials and total cost.
+  std::vector<int64_t> makespan(max_groups + 1, -1);
+  int64_t least = 0;
+  for (int g = 1; g <= max_groups; ++g) {
+    // Skip a g whose total cannot beat the least makespan even split perfectly (more groups add
+    // overhead, so with many sequences this skips every g > 1 cheaply).
+    if (g > 1 && lower_bound_makespan(in, g, overhead) > least) continue;
+    makespan[g] = min_makespan(Line(in, g, overhead), in.num_workers, tile, overhead);
+    if (g == 1 || makespan[g] < least) least = makespan[g];
+  }
+  Candidate best;
+  for (int g = 1; g <= max_groups; ++g) {
+    if (makespan[g] != least) continue;
+    Candidate c = split(Line(in, g, overhead), in.num_workers, least);
+    if (best.cuts.empty() || std::tie(c.partials, c.cost) < std::tie(best.partials, best.cost))
       best = std::move(c);
   }
 

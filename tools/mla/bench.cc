@@ -273,8 +273,8 @@ json row_json(const RowResult& r, const BenchArgs& a) {
             {"c", r.c},
             {"heads", a.heads},
             {"q_len", a.q_len},
-            {"kv_dtype", a.kv_dtype},
-            {"kv_scale", a.kv_scale},
+            {"kv_dtype", kv_dtype_name(parse_kv_dtype(a.kv_dtype))},
+            {"kv_scale", kv_scale_name(parse_kv_scale(a.kv_scale))},
             {"block_size", a.block_size},
             {"old_us", o.median * 1e6},
             {"new_us", n.median * 1e6},
@@ -391,7 +391,7 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
   for (size_t i = 0; i < nv; ++i)
     r.variants.push_back(Timed{variants[i], bench::summarize(samples[i]), checks[i]});
   if (blas)
-    r.baseline = Timed{bench::Variant{.text = "blas"}, bench::summarize(samples[nv]), checks[nv]};
+    r.baseline = Timed{bench::Variant{.text = "blas", .opt = {}}, bench::summarize(samples[nv]), checks[nv]};
   return r;
 }
 
@@ -534,8 +534,11 @@ void run_bench(const BenchArgs& a) {
                        {"new", {{"text", variants[1].text}, {"options", variants[1].describe()}}}};
     doc["baseline"] = a.no_baseline ? json(nullptr)
                                     : json("OpenBLAS fp32: de-quantize, sgemm, softmax, sgemm");
-    doc["ceilings"] = ceilings.all.empty() ? json::array()
-                                           : json::parse(ceilings_to_json(ceilings.all));
+    // ceilings_to_json: {"cpu": ..., "ceilings": [...]}.
+    const json cj = ceilings.all.empty() ? json::object()
+                                         : json::parse(ceilings_to_json(ceilings.all));
+    doc["cpu"] = cj.value("cpu", std::string());
+    doc["ceilings"] = cj.value("ceilings", json::array());
     doc["ceilings_source"] = ceilings.sources;
     doc["l3_bytes"] = l3;
     doc["rows"] = json::array();

@@ -12,7 +12,12 @@
 #endif
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+
+#include "cpu/attention/kernel.h"
 
 #define MLA_AVX512_INLINE inline __attribute__((always_inline))
 
@@ -111,6 +116,91 @@ MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* a
 MLA_AVX512_INLINE __m512 rows16_prob(const float* s_t, int t, __m512i lim, __m512 c, __m512 m_use) {
   const __mmask16 k = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
   return exp2_ps(_mm512_fmsub_ps(_mm512_load_ps(s_t), c, m_use), k);
+}
+
+// ---- work-item plumbing shared by the AVX-512 kernels ------------------------------------------
+
+// Carves one scratch buffer into 64-byte aligned arrays; a first pass with a null base sizes it.
+class ScratchCarver {
+ public:
+  explicit ScratchCarver(unsigned char* base) : base_(base) {}
+  template <class T>
+  T* take(size_t n) {
+    T* p = reinterpret_cast<T*>(base_ + off_);
+    off_ += (n * sizeof(T) + 63) & ~size_t(63);
+    return p;
+  }
+  size_t used() const { return off_; }
+
+ private:
+  unsigned char* base_;
+  size_t off_ = 0;
+};
+
+// The rows of a work item: r = i * nh + (h - head_begin), output row and lse of each.
+struct ItemRows {
+  const KernelArgs& a;
+  int nh, rows;
+  explicit ItemRows(const KernelArgs& args)
+      : a(args), nh(args.head_end - args.head_begin), rows(q_len_of(*args.p, args.seq) * nh) {}
+  float* o(int r) const { return a.o + (r / nh) * a.o_stride_i + (r % nh) * a.o_stride_h; }
+  float* lse(int r) const { return a.lse + (r / nh) * a.lse_stride_i + (r % nh) * a.lse_stride_h; }
+  // The query row's 576 values (bf16 or f16 bits) in q [batch, q_len, H, 576].
+  const uint16_t* q(int r) const {
+    const DecodeParams& p = *a.p;
+    return a.q + ((int64_t(a.seq) * p.q_len + r / nh) * p.num_heads + a.head_begin + r % nh) * kQkDim;
+  }
+  // Last position row r sees within the item's range (< kv_begin: none), or -1 for r >= rows.
+  int last(int r) const {
+    return r < rows ? std::min(last_visible(*a.p, a.seq, r / nh), a.kv_end - 1) : -1;
+  }
+};
+
+// Pointers to the 16-bit cache rows of positions [t0, t0 + n), walking the block table once per
+// block (no division per token); entries [n, n_pad) point at `zero` (a zero token), so that chunk
+// tails never touch a slot the item does not own.
+inline void step_token_ptrs(const KernelArgs& a, int t0, int n, int n_pad, const uint16_t* zero,
+                            const uint16_t** kptr) {
+  const DecodeParams& p = *a.p;
+  const int bs = a.cache->block_size();
+  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
+  int blk = t0 / bs, off = t0 % bs;
+  for (int t = 0; t < n; ++t) {
+    kptr[t] = a.cache->token16(int64_t(table[blk]) * bs + off);
+    if (++off == bs) off = 0, ++blk;
+  }
+  for (int t = n; t < n_pad; ++t) kptr[t] = zero;
+}
+
+// UP in the seed's old form: the accumulator is the item's output row, read and written back
+// every step: go = go * alpha + lo.
+inline void up_spill(const ItemRows& ir, const float* lo, const float* alpha) {
+  for (int r = 0; r < ir.rows; ++r) {
+    float* go = ir.o(r);
+    const float* l = lo + size_t(r) * kLatentDim;
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+    for (int d = 0; d < kLatentDim; d += 16)
+      _mm512_storeu_ps(go + d, _mm512_fmadd_ps(_mm512_loadu_ps(go + d), al, _mm512_load_ps(l + d)));
+  }
+}
+
+// After the last step: o = go / l and lse = ln 2 * (m + log2 l) (m in the base-2 domain); a row
+// that saw no key gets o = 0, lse = -inf. go [rows][512] (resident) or nullptr: the output rows.
+inline void finalize_rows(const ItemRows& ir, const float* go_resident, const float* m,
+                          const float* l) {
+  for (int r = 0; r < ir.rows; ++r) {
+    float* o = ir.o(r);
+    const float* go = go_resident ? go_resident + size_t(r) * kLatentDim : o;
+    if (l[r] > 0.f) {
+      const __m512 inv = _mm512_set1_ps(1.f / l[r]);
+      for (int d = 0; d < kLatentDim; d += 16)
+        _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(go + d), inv));
+      *ir.lse(r) = float((double(m[r]) + std::log2(double(l[r]))) * 0.6931471805599453);
+    } else {
+      std::memset(o, 0, kLatentDim * sizeof(float));
+      *ir.lse(r) = -__builtin_inff();
+    }
+  }
 }
 
 }  // namespace mla::cpu::avx512

@@ -9,12 +9,13 @@
 //                        tile of tokens is not contiguous there)
 //   s   [T][Rp]    f32   scores, rows in lanes             QK: acc[t][rows] += qp[kp] * k[t][kp]
 //   pp  [T/2][Rp]  u32   bf16 probability pairs (p[r][2j], p[r][2j+1])
-//   vp  [T/2][512] u32   value pairs (v[2j][d], v[2j+1][d])  repacked per step
-//   go  [rows][512] f32  dims in lanes                       PV: go[r][d] += pp[j][r] * vp[j][d]
+//   v   cache rows       value pairs (v[2j][d], v[2j+1][d]) interleaved in registers by PV
+//   go  [rows][512] f32  dims in lanes                       PV: go[r][d] += pp[j][r] * v[j][d]
 //
 // With the rows in the lanes, QK needs no key repack (the keys are broadcast straight from the
 // cache), SM needs no horizontal reduction (max and sum run down the token axis), and the
-// probabilities come out of SM already in the layout PV broadcasts from. Only V is repacked.
+// probabilities come out of SM already in the layout PV broadcasts from. Nothing is repacked
+// per step but the probabilities.
 //
 // Register tiles (32 zmm; GCC 12 keeps them in registers, checked with objdump): QK 3 row
 // vectors x 8 tokens (24 accumulators + 3 query registers), or 2 x 8 / 1 x 16 for what remains;
@@ -38,23 +39,6 @@ constexpr int kTokTile = 16;           // tokens per QK staging tile
 constexpr int kPvDims = 64;            // dims per PV register tile (4 zmm)
 constexpr int kPvRows = 6;             // rows per PV register tile
 constexpr float kLog2e = 1.4426950408889634f;
-
-// Carves one scratch buffer into 64-byte aligned arrays (a first pass with a null base sizes it).
-class Carver {
- public:
-  explicit Carver(unsigned char* base) : base_(base) {}
-  template <class T>
-  T* take(size_t n) {
-    T* p = reinterpret_cast<T*>(base_ + off_);
-    off_ += (n * sizeof(T) + 63) & ~size_t(63);
-    return p;
-  }
-  size_t used() const { return off_; }
-
- private:
-  unsigned char* base_;
-  size_t off_ = 0;
-};
 
 // ---- QK: s[t][r] for RV row vectors (16 rows each) x NT tokens ---------------------------------
 // qp points at the tile's first row in [288][rs]; k at the first token's pairs, tokens 288 pairs
@@ -92,19 +76,30 @@ void qk_token_tile(const uint32_t* qp, int64_t rs, int nrv, const uint32_t* k, f
 }
 
 // ---- PV (+ UP): R rows x 64 dims ---------------------------------------------------------------
-// vp at the tile's first dim in [T/2][512]; pp at the tile's first row in [T/2][rs]; acc at
-// [r0][d0] in [rows][512]. Resident: acc is the accumulator go, updated go = go * alpha + lo in
-// the register epilogue. Spill: acc receives lo.
+// vdpbf16ps wants V as pairs of tokens per dim. They are interleaved in registers as the tile
+// loads them, from the two tokens' cache rows (vpunpck{l,h}wd: one shuffle per 4 dot products
+// at 6 rows, which Zen 4 issues beside them), rather than repacked into scratch per step: the
+// repack's stores cost about 10% of the step at 16 rows, the shuffles under 2%.
+//
+// The unpacks work within 128-bit lanes, so the accumulators hold the dims permuted: in each
+// group of 32 dims, register X holds dims {0-3, 8-11, 16-19, 24-27} and register Y the others.
+// go stays in that order across steps; unpermute_dims32 restores it at the end.
 template <int R, bool kResident>
-MLA_AVX512_INLINE void pv_tile(const uint32_t* vp, const uint32_t* pp, int64_t rs, int npairs,
-                               float* acc_out, const float* alpha) {
+MLA_AVX512_INLINE void pv_tile(const uint16_t* const* kptr, int d0, const uint32_t* pp,
+                               int64_t rs, int npairs, float* acc_out, const float* alpha) {
   constexpr int ND = kPvDims / 16;
   __m512 acc[R][ND];
   for (int r = 0; r < R; ++r)
     for (int d = 0; d < ND; ++d) acc[r][d] = _mm512_setzero_ps();
   for (int j = 0; j < npairs; ++j) {
+    const uint16_t* ta = kptr[2 * j] + d0;
+    const uint16_t* tb = kptr[2 * j + 1] + d0;
     __m512bh v[ND];
-    for (int d = 0; d < ND; ++d) v[d] = (__m512bh)_mm512_load_si512(vp + j * kLatentDim + 16 * d);
+    for (int d = 0; d < ND; d += 2) {
+      const __m512i a = _mm512_loadu_si512(ta + 16 * d), b = _mm512_loadu_si512(tb + 16 * d);
+      v[d] = (__m512bh)_mm512_unpacklo_epi16(a, b);
+      v[d + 1] = (__m512bh)_mm512_unpackhi_epi16(a, b);
+    }
     for (int r = 0; r < R; ++r) {
       const __m512bh pb = (__m512bh)_mm512_set1_epi32(int(pp[j * rs + r]));
       for (int d = 0; d < ND; ++d) acc[r][d] = _mm512_dpbf16_ps(acc[r][d], v[d], pb);
@@ -123,79 +118,62 @@ MLA_AVX512_INLINE void pv_tile(const uint32_t* vp, const uint32_t* pp, int64_t r
 }
 
 template <bool kResident>
-void pv_rows(int R, const uint32_t* vp, const uint32_t* pp, int64_t rs, int npairs, float* acc,
-             const float* alpha) {
+void pv_rows(int R, const uint16_t* const* kptr, int d0, const uint32_t* pp, int64_t rs,
+             int npairs, float* acc, const float* alpha) {
   switch (R) {
-    case 1: pv_tile<1, kResident>(vp, pp, rs, npairs, acc, alpha); break;
-    case 2: pv_tile<2, kResident>(vp, pp, rs, npairs, acc, alpha); break;
-    case 3: pv_tile<3, kResident>(vp, pp, rs, npairs, acc, alpha); break;
-    case 4: pv_tile<4, kResident>(vp, pp, rs, npairs, acc, alpha); break;
-    case 5: pv_tile<5, kResident>(vp, pp, rs, npairs, acc, alpha); break;
-    default: pv_tile<6, kResident>(vp, pp, rs, npairs, acc, alpha); break;
+    case 1: pv_tile<1, kResident>(kptr, d0, pp, rs, npairs, acc, alpha); break;
+    case 2: pv_tile<2, kResident>(kptr, d0, pp, rs, npairs, acc, alpha); break;
+    case 3: pv_tile<3, kResident>(kptr, d0, pp, rs, npairs, acc, alpha); break;
+    case 4: pv_tile<4, kResident>(kptr, d0, pp, rs, npairs, acc, alpha); break;
+    case 5: pv_tile<5, kResident>(kptr, d0, pp, rs, npairs, acc, alpha); break;
+    default: pv_tile<6, kResident>(kptr, d0, pp, rs, npairs, acc, alpha); break;
   }
 }
 
 // All rows x all dims. Row tiles are balanced (16 rows: 6 + 5 + 5, not 6 + 6 + 4) so that no
 // tile is left with too few rows to hide the dot-product latency.
 template <bool kResident>
-void pv_all(int rows, const uint32_t* vp, const uint32_t* pp, int64_t rs, int npairs, float* acc,
-            const float* alpha) {
+void pv_all(int rows, const uint16_t* const* kptr, const uint32_t* pp, int64_t rs, int npairs,
+            float* acc, const float* alpha) {
   const int ntiles = (rows + kPvRows - 1) / kPvRows;
-  for (int d0 = 0; d0 < kLatentDim; d0 += kPvDims) {
-    int r0 = 0;
-    for (int t = 0; t < ntiles; ++t) {
-      const int r1 = int(int64_t(rows) * (t + 1) / ntiles);
-      pv_rows<kResident>(r1 - r0, vp + d0, pp + r0, rs, npairs, acc + int64_t(r0) * kLatentDim + d0,
-                         alpha + r0);
-      r0 = r1;
-    }
+  int r0 = 0;
+  for (int t = 0; t < ntiles; ++t) {
+    const int r1 = int(int64_t(rows) * (t + 1) / ntiles);
+    for (int d0 = 0; d0 < kLatentDim; d0 += kPvDims)
+      pv_rows<kResident>(r1 - r0, kptr, d0, pp + r0, rs, npairs,
+                         acc + int64_t(r0) * kLatentDim + d0, alpha + r0);
+    r0 = r1;
+  }
+}
+
+// The inverse of PV's dim order, for one row of 512 accumulators (in place allowed).
+void unpermute_dims(const float* go, float* o) {
+  alignas(64) static const int32_t kLo[16] = {0, 1, 2, 3, 16, 17, 18, 19,
+                                              4, 5, 6, 7, 20, 21, 22, 23};
+  alignas(64) static const int32_t kHi[16] = {8,  9,  10, 11, 24, 25, 26, 27,
+                                              12, 13, 14, 15, 28, 29, 30, 31};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_load_si512(kHi);
+  for (int d = 0; d < kLatentDim; d += 32) {
+    const __m512 x = _mm512_loadu_ps(go + d), y = _mm512_loadu_ps(go + d + 16);
+    _mm512_storeu_ps(o + d, _mm512_permutex2var_ps(x, lo, y));
+    _mm512_storeu_ps(o + d + 16, _mm512_permutex2var_ps(x, hi, y));
   }
 }
 
 // ---- repacks -----------------------------------------------------------------------------------
 
 // qp[kp][r] = pair kp of query row r, for row vectors of 16 rows; rows >= rows are zero.
-void pack_queries(const KernelArgs& a, int nh, int rows, int rows_pad, uint32_t* qp) {
-  const DecodeParams& p = *a.p;
+void pack_queries(const ItemRows& ir, int rows_pad, int64_t rs, uint32_t* qp) {
   for (int r0 = 0; r0 < rows_pad; r0 += 16) {
     const uint32_t* src[16];
-    for (int j = 0; j < 16; ++j) {
-      const int r = r0 + j;
-      src[j] = nullptr;
-      if (r < rows) {
-        const int i = r / nh, h = a.head_begin + r % nh;
-        src[j] = reinterpret_cast<const uint32_t*>(
-            a.q + ((int64_t(a.seq) * p.q_len + i) * p.num_heads + h) * kQkDim);
-      }
-    }
+    for (int j = 0; j < 16; ++j)
+      src[j] = r0 + j < ir.rows ? reinterpret_cast<const uint32_t*>(ir.q(r0 + j)) : nullptr;
     for (int kb = 0; kb < kPairs; kb += 16) {
       __m512i m[16];
       for (int j = 0; j < 16; ++j)
         m[j] = src[j] ? _mm512_loadu_si512(src[j] + kb) : _mm512_setzero_si512();
       transpose16x16_epi32(m);
-      for (int j = 0; j < 16; ++j) _mm512_store_si512(qp + int64_t(kb + j) * rows_pad + r0, m[j]);
-    }
-  }
-}
-
-// vp[j][d] = (v[2j][d], v[2j+1][d]) for the step's token pairs.
-void pack_values(const uint16_t* const* kptr, int npairs, uint32_t* vp) {
-  // vpermt2w indices interleaving the words of a (0..31) and b (32..63).
-  alignas(64) static const uint16_t kLo[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
-                                                37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
-                                                11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  alignas(64) static const uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
-                                                53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
-                                                27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_load_si512(kHi);
-  for (int j = 0; j < npairs; ++j) {
-    const uint16_t* a = kptr[2 * j];
-    const uint16_t* b = kptr[2 * j + 1];
-    uint32_t* out = vp + int64_t(j) * kLatentDim;
-    for (int d = 0; d < kLatentDim; d += 32) {
-      const __m512i va = _mm512_loadu_si512(a + d), vb = _mm512_loadu_si512(b + d);
-      _mm512_store_si512(out + d, _mm512_permutex2var_epi16(va, lo, vb));
-      _mm512_store_si512(out + d + 16, _mm512_permutex2var_epi16(va, hi, vb));
+      for (int j = 0; j < 16; ++j) _mm512_store_si512(qp + (kb + j) * rs + r0, m[j]);
     }
   }
 }
@@ -231,28 +209,26 @@ void softmax_step(const float* s, int64_t rs, int rows_pad, int ntok, const int3
 // ---- the kernel ----------------------------------------------------------------------------------
 
 void run(const KernelArgs& a, Scratch& scratch) {
-  const DecodeParams& p = *a.p;
-  const PagedLatentCache& cache = *a.cache;
-  const int nh = a.head_end - a.head_begin;
-  const int ql = q_len_of(p, a.seq);
-  const int rows = ql * nh;
+  const ItemRows ir(a);
+  const int rows = ir.rows;
   const int rows_pad = (rows + 15) & ~15;
   const int nrv = rows_pad / 16;
+  // Stride of the row-in-lanes arrays: an odd number of cache lines, so that walking them down
+  // the token axis spreads over all L1 sets (at 256 rows, 1 KiB apart, they hit 4 of 64 sets).
+  const int64_t rs = rows_pad + (nrv % 2 == 0 ? 16 : 0);
   const int T = a.chunk * kKvTile;  // a multiple of kTokTile
-  const int bs = cache.block_size();
   const bool resident = a.up == UpForm::resident;
 
-  Carver sizer(nullptr);
+  ScratchCarver sizer(nullptr);
   for (int pass = 0; pass < 2; ++pass) {
-    Carver cv(pass ? static_cast<unsigned char*>(scratch.get(sizer.used())) : nullptr);
-    uint32_t* qp = cv.take<uint32_t>(size_t(kPairs) * rows_pad);
+    ScratchCarver cv(pass ? static_cast<unsigned char*>(scratch.get(sizer.used())) : nullptr);
+    uint32_t* qp = cv.take<uint32_t>(size_t(kPairs) * rs);
     float* m = cv.take<float>(rows_pad);
     float* l = cv.take<float>(rows_pad);
     float* alpha = cv.take<float>(rows_pad);
     int32_t* last = cv.take<int32_t>(rows_pad);
-    float* s = cv.take<float>(size_t(T) * rows_pad);
-    uint32_t* pp = cv.take<uint32_t>(size_t(T / 2) * rows_pad);
-    uint32_t* vp = cv.take<uint32_t>(size_t(T / 2) * kLatentDim);
+    float* s = cv.take<float>(size_t(T) * rs);
+    uint32_t* pp = cv.take<uint32_t>(size_t(T / 2) * rs);
     float* acc = cv.take<float>(size_t(rows) * kLatentDim);  // go (resident) or lo (spill)
     uint16_t* stage = cv.take<uint16_t>(size_t(kTokTile) * kQkDim);
     uint16_t* zero = cv.take<uint16_t>(kQkDim);
@@ -262,34 +238,21 @@ void run(const KernelArgs& a, Scratch& scratch) {
       continue;
     }
 
-    auto out_row = [&](int r) { return a.o + (r / nh) * a.o_stride_i + (r % nh) * a.o_stride_h; };
-
-    pack_queries(a, nh, rows, rows_pad, qp);
+    pack_queries(ir, rows_pad, rs, qp);
     for (int r = 0; r < rows_pad; ++r) {
       m[r] = -__builtin_inff();
       l[r] = 0.f;
-      // Last visible position, clipped to the item's range; -1 (sees nothing) for padding.
-      last[r] = r < rows ? std::min(last_visible(p, a.seq, r / nh), a.kv_end - 1) : -1;
+      last[r] = ir.last(r);
     }
     std::memset(zero, 0, kQkDim * sizeof(uint16_t));
     for (int r = 0; r < rows; ++r)
-      std::memset(resident ? acc + size_t(r) * kLatentDim : out_row(r), 0,
-                  kLatentDim * sizeof(float));
+      std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
 
-    const float c = p.softmax_scale * kLog2e;
-    const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
+    const float c = a.p->softmax_scale * kLog2e;
     for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
       const int n = std::min(T, a.kv_end - t0);
       const int ntok = (n + kTokTile - 1) / kTokTile * kTokTile;  // n rounded up to tiles
-      // Token pointers; the tail past kv_end points at zeros (never at cache slots we do not own).
-      {
-        int blk = t0 / bs, off = t0 % bs;
-        for (int t = 0; t < n; ++t) {
-          kptr[t] = cache.token16(int64_t(table[blk]) * bs + off);
-          if (++off == bs) off = 0, ++blk;
-        }
-        for (int t = n; t < ntok; ++t) kptr[t] = zero;
-      }
+      step_token_ptrs(a, t0, n, ntok, zero, kptr);
 
       // QK, one 16-token tile at a time: keys straight from the cache where the tile is
       // contiguous there, else from a staging copy.
@@ -302,45 +265,23 @@ void run(const KernelArgs& a, Scratch& scratch) {
             std::memcpy(stage + j * kQkDim, kptr[t + j], kQkDim * sizeof(uint16_t));
           k = stage;
         }
-        qk_token_tile(qp, rows_pad, nrv, reinterpret_cast<const uint32_t*>(k),
-                      s + int64_t(t) * rows_pad);
+        qk_token_tile(qp, rs, nrv, reinterpret_cast<const uint32_t*>(k), s + t * rs);
       }
 
-      softmax_step(s, rows_pad, rows_pad, ntok, last, t0, c, m, l, alpha, pp);
+      softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha, pp);
 
       const int npairs = (n + 1) / 2;
-      pack_values(kptr, npairs, vp);
       if (resident) {
-        pv_all<true>(rows, vp, pp, rows_pad, npairs, acc, alpha);
+        pv_all<true>(rows, kptr, pp, rs, npairs, acc, alpha);
       } else {
-        pv_all<false>(rows, vp, pp, rows_pad, npairs, acc, alpha);
-        // UP, the seed's old form: the accumulator lives in the output rows and moves every step.
-        for (int r = 0; r < rows; ++r) {
-          float* go = out_row(r);
-          const float* lo = acc + size_t(r) * kLatentDim;
-          const __m512 al = _mm512_set1_ps(alpha[r]);
-          for (int d = 0; d < kLatentDim; d += 16)
-            _mm512_storeu_ps(go + d, _mm512_fmadd_ps(_mm512_loadu_ps(go + d), al,
-                                                     _mm512_load_ps(lo + d)));
-        }
+        pv_all<false>(rows, kptr, pp, rs, npairs, acc, alpha);
+        up_spill(ir, acc, alpha);
       }
     }
-
-    // Finalize: o = go / l, lse = ln 2 * (m + log2 l); rows that saw no key: o = 0, lse = -inf.
-    for (int r = 0; r < rows; ++r) {
-      float* o = out_row(r);
-      const float* go = resident ? acc + size_t(r) * kLatentDim : o;
-      float* lse = a.lse + (r / nh) * a.lse_stride_i + (r % nh) * a.lse_stride_h;
-      if (l[r] > 0.f) {
-        const __m512 inv = _mm512_set1_ps(1.f / l[r]);
-        for (int d = 0; d < kLatentDim; d += 16)
-          _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(go + d), inv));
-        *lse = float((double(m[r]) + std::log2(double(l[r]))) * 0.6931471805599453);
-      } else {
-        std::memset(o, 0, kLatentDim * sizeof(float));
-        *lse = -__builtin_inff();
-      }
-    }
+    // go is in PV's dim order: put it back before normalizing.
+    for (int r = 0; r < rows; ++r)
+      unpermute_dims(resident ? acc + size_t(r) * kLatentDim : ir.o(r), ir.o(r));
+    finalize_rows(ir, nullptr, m, l);
   }
 }
 

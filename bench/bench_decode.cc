@@ -1,0 +1,157 @@
+// Google Benchmark cases for the whole decode operator (plan, kernels on the thread pool,
+// reduction) through mla::decode, for every kernel in the registry (src/cpu/attention/kernel.h),
+// beside the OpenBLAS-composed baseline, at the shapes the issue names:
+//   128 heads x q_len 2 (256 query rows per sequence) and 16 heads x q_len 1, b 1 and 8, k 4096.
+// Counters: GFLOPs (per second; 2 * H * q_len * k * 1088 per sequence) and, when a ceilings file is found
+// ($MLA_CEILINGS or ./ceilings.json, written by bench/roofline), floor = the fraction of the
+// floor time of bench/support/perf_model.h. Kernels this CPU cannot run are listed as skipped.
+//
+//   bench_decode                                  everything (all cores)
+//   bench_decode --benchmark_filter='i8.*b8'      one kernel, one batch
+//   bench_decode --benchmark_filter=blas          the baseline only
+#include <benchmark/benchmark.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/attention/kernel.h"
+#include "cpu/ceilings.h"
+#include "mla/attention.h"
+#include "mla/status.h"
+#include "support/blas_baseline.h"
+#include "support/case.h"
+#include "support/parallel.h"
+#include "support/perf_model.h"
+#include "support/variants.h"
+
+namespace mla {
+namespace {
+
+struct ShapeArgs {
+  int batch, k, heads, q_len;
+};
+constexpr ShapeArgs kShapes[] = {
+    {.batch = 1, .k = 4096, .heads = 128, .q_len = 2},
+    {.batch = 8, .k = 4096, .heads = 128, .q_len = 2},
+    {.batch = 1, .k = 4096, .heads = 16, .q_len = 1},
+    {.batch = 8, .k = 4096, .heads = 16, .q_len = 1},
+};
+
+std::string shape_name(const ShapeArgs& s) {
+  std::string n = "b";  // appended piecewise: GCC 12 warns (-Wrestrict) on "b" + to_string()
+  n += std::to_string(s.batch);
+  n += "_k" + std::to_string(s.k);
+  n += "_h" + std::to_string(s.heads);
+  n += "_q" + std::to_string(s.q_len);
+  return n;
+}
+
+// Cases are built on first use (a b8 case takes a fraction of a second) and kept.
+const bench::Case& get_case(KvDType kv, const ShapeArgs& s) {
+  static std::vector<std::unique_ptr<bench::Case>> cases;
+  for (const auto& c : cases) {
+    const bench::CaseSpec& cs = c->spec();
+    if (cs.kv_dtype == kv && cs.batch == s.batch && cs.k == s.k && cs.heads == s.heads &&
+        cs.q_len == s.q_len)
+      return *c;
+  }
+  cases.push_back(std::make_unique<bench::Case>(bench::CaseSpec{
+      .batch = s.batch, .k = s.k, .heads = s.heads, .q_len = s.q_len, .kv_dtype = kv}));
+  return *cases.back();
+}
+
+// The ceilings for `threads`, if a ceilings file is there.
+const Ceilings* ceilings_for(int threads) {
+  static const std::vector<Ceilings> all = [] {
+    const std::string path = default_ceilings_path();
+    if (!std::filesystem::exists(path)) return std::vector<Ceilings>{};
+    try {
+      return ceilings_from_json_file(path);
+    } catch (const Error&) {
+      return std::vector<Ceilings>{};
+    }
+  }();
+  return find(all, threads);
+}
+
+void set_counters(benchmark::State& state, KvDType kv, const ShapeArgs& s, int threads) {
+  const bench::Shape shape{.batch = s.batch, .k = s.k, .heads = s.heads, .q_len = s.q_len,
+                           .kv = kv, .scale = KvScale::token};
+  const double flops = bench::flops(shape);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+  if (const Ceilings* c = ceilings_for(threads)) {
+    const bench::Floor f = bench::floor_time(shape, *c, bench::l3_cache_bytes());
+    // floor_s per iteration over the measured time per iteration.
+    state.counters["floor"] =
+        benchmark::Counter(f.floor_s, benchmark::Counter::kIsIterationInvariantRate);
+  }
+}
+
+void BM_Decode(benchmark::State& state, const cpu::KernelInfo* kernel, ShapeArgs s,
+               DecodeOptions opt) {
+  if (!kernel->supported()) return state.SkipWithError("this CPU lacks the kernel's instructions");
+  const bench::Case& c = get_case(kernel->kv, s);
+  opt.kernel = kernel->name;
+  opt.threads = bench::hardware_threads();
+  std::vector<float> o(c.o_size()), lse(c.rows());
+  bench::run_decode(c, opt, o.data(), lse.data());  // warm: pool started, scratch allocated
+  for (auto _ : state) {
+    bench::run_decode(c, opt, o.data(), lse.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, kernel->kv, s, opt.threads);
+}
+
+void BM_Blas(benchmark::State& state, KvDType kv, ShapeArgs s) {
+  const bench::Case& c = get_case(kv, s);
+  bench::BlasBaseline blas(bench::hardware_threads());
+  std::vector<float> o(c.o_size()), lse(c.rows());
+  blas.run(c.params(), c.q_f32(), c.cache(), o.data(), lse.data());
+  for (auto _ : state) {
+    blas.run(c.params(), c.q_f32(), c.cache(), o.data(), lse.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, kv, s, blas.threads());
+}
+
+void register_all() {
+  // Every registered kernel with the best configuration; the straightforward ("old")
+  // configuration beside it for the kernel mla::decode picks for each format.
+  for (const cpu::KernelInfo& k : cpu::kernel_registry()) {
+    const bool is_default = k.supported() && &cpu::select_kernel(k.kv, Isa::best) == &k;
+    for (const ShapeArgs& s : kShapes) {
+      const std::string base = std::string("decode/") + k.name + "/" + shape_name(s);
+      benchmark::RegisterBenchmark((base + "/new").c_str(), BM_Decode, &k, s,
+                                   bench::new_options(4))
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+      if (is_default)
+        benchmark::RegisterBenchmark((base + "/old").c_str(), BM_Decode, &k, s,
+                                     bench::old_options())
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
+    }
+  }
+  for (KvDType kv : {KvDType::int8, KvDType::bf16, KvDType::fp16})
+    for (const ShapeArgs& s : kShapes)
+      benchmark::RegisterBenchmark(
+          (std::string("blas/") + kv_dtype_name(kv) + "/" + shape_name(s)).c_str(), BM_Blas, kv, s)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+}  // namespace mla
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  mla::register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,248 @@
+// The fp16 attention kernel for AVX-512 CPUs: fp16 cache and fp16 query, widened to fp32 with
+// vcvtph2ps and multiplied with fp32 FMA (x86 before AVX512-FP16 has no fp16 dot product). Its own
+// file: one instantiation file per dtype and ISA.
+//
+// Layouts (T = chunk * 64 tokens per step, Rp = rows rounded up to 16):
+//
+//   qf  [576][Rp]  f32   queries, rows in lanes             widened and transposed once per item
+//   kf  [T][576]   f32   the step's keys, token-major       widened once per step (tail: zeros)
+//   s   [T][Rp]    f32   scores, rows in lanes              QK: acc[t][rows] += qf[d] * kf[t][d]
+//                        -> probabilities p in place        SM
+//   go  [rows][512] f32  dims in lanes                       PV: go[r][d] += p[t][r] * kf[t][d]
+//
+// Each key is widened once per step and then serves every row, so the conversion costs one
+// instruction per 16 values per step instead of one per 16 values per row tile; QK broadcasts
+// fp32 keys straight from kf (vfmadd231ps with a {1to16} memory operand) and PV broadcasts p
+// straight from s, so neither product repacks anything. With the rows in the lanes SM needs no
+// horizontal reduction.
+//
+// Register tiles as in the bf16 kernel: QK 3 row vectors x 8 tokens (24 accumulators), PV up to
+// 6 rows x 64 dims (24 accumulators + 4 value registers).
+#include "cpu/attention/avx512_common.h"  // first: see the note there
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/attention/kernel.h"
+
+namespace mla::cpu {
+namespace {
+
+using namespace avx512;
+
+constexpr int kTokTile = 16;  // tokens per QK tile loop
+constexpr int kPvDims = 64;   // dims per PV register tile (4 zmm)
+constexpr int kPvRows = 6;    // rows per PV register tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---- QK: s[t][r] for RV row vectors (16 rows each) x NT tokens ---------------------------------
+// qf at the tile's first row in [576][rs]; k at the first token in [T][576]; s at [t0][r0].
+template <int RV, int NT>
+MLA_AVX512_INLINE void qk_tile(const float* qf, int64_t rs, const float* k, float* s) {
+  __m512 acc[NT][RV];
+  for (int j = 0; j < NT; ++j)
+    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (int d = 0; d < kQkDim; ++d) {
+    __m512 q[RV];
+    for (int v = 0; v < RV; ++v) q[v] = _mm512_load_ps(qf + d * rs + 16 * v);
+    for (int j = 0; j < NT; ++j) {
+      const __m512 kb = _mm512_set1_ps(k[j * kQkDim + d]);
+      for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_fmadd_ps(q[v], kb, acc[j][v]);
+    }
+  }
+  for (int j = 0; j < NT; ++j)
+    for (int v = 0; v < RV; ++v) _mm512_store_ps(s + j * rs + 16 * v, acc[j][v]);
+}
+
+void qk_token_tile(const float* qf, int64_t rs, int nrv, const float* k, float* s) {
+  int v = 0;
+  for (; v + 3 <= nrv; v += 3) {
+    qk_tile<3, 8>(qf + 16 * v, rs, k, s + 16 * v);
+    qk_tile<3, 8>(qf + 16 * v, rs, k + 8 * kQkDim, s + 8 * rs + 16 * v);
+  }
+  if (nrv - v == 2) {
+    qk_tile<2, 8>(qf + 16 * v, rs, k, s + 16 * v);
+    qk_tile<2, 8>(qf + 16 * v, rs, k + 8 * kQkDim, s + 8 * rs + 16 * v);
+  } else if (nrv - v == 1) {
+    qk_tile<1, 16>(qf + 16 * v, rs, k, s + 16 * v);
+  }
+}
+
+// ---- PV (+ UP): R rows x 64 dims ---------------------------------------------------------------
+// v at the tile's first dim in kf [T][576]; p at the tile's first row in [T][rs]; acc at [r0][d0]
+// in [rows][512]. Resident: go = go * alpha + lo in the register epilogue; spill: acc gets lo.
+template <int R, bool kResident>
+MLA_AVX512_INLINE void pv_tile(const float* v, const float* p, int64_t rs, int ntok,
+                               float* acc_out, const float* alpha) {
+  constexpr int ND = kPvDims / 16;
+  __m512 acc[R][ND];
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < ND; ++d) acc[r][d] = _mm512_setzero_ps();
+  for (int t = 0; t < ntok; ++t) {
+    __m512 vv[ND];
+    for (int d = 0; d < ND; ++d) vv[d] = _mm512_load_ps(v + t * kQkDim + 16 * d);
+    for (int r = 0; r < R; ++r) {
+      const __m512 pb = _mm512_set1_ps(p[t * rs + r]);
+      for (int d = 0; d < ND; ++d) acc[r][d] = _mm512_fmadd_ps(vv[d], pb, acc[r][d]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* o = acc_out + r * kLatentDim;
+    if constexpr (kResident) {
+      const __m512 a = _mm512_set1_ps(alpha[r]);
+      for (int d = 0; d < ND; ++d)
+        _mm512_store_ps(o + 16 * d, _mm512_fmadd_ps(_mm512_load_ps(o + 16 * d), a, acc[r][d]));
+    } else {
+      for (int d = 0; d < ND; ++d) _mm512_store_ps(o + 16 * d, acc[r][d]);
+    }
+  }
+}
+
+template <bool kResident>
+void pv_rows(int R, const float* v, const float* p, int64_t rs, int ntok, float* acc,
+             const float* alpha) {
+  switch (R) {
+    case 1: pv_tile<1, kResident>(v, p, rs, ntok, acc, alpha); break;
+    case 2: pv_tile<2, kResident>(v, p, rs, ntok, acc, alpha); break;
+    case 3: pv_tile<3, kResident>(v, p, rs, ntok, acc, alpha); break;
+    case 4: pv_tile<4, kResident>(v, p, rs, ntok, acc, alpha); break;
+    case 5: pv_tile<5, kResident>(v, p, rs, ntok, acc, alpha); break;
+    default: pv_tile<6, kResident>(v, p, rs, ntok, acc, alpha); break;
+  }
+}
+
+// All rows x all dims, in balanced row tiles (16 rows: 6 + 5 + 5).
+template <bool kResident>
+void pv_all(int rows, const float* kf, const float* p, int64_t rs, int ntok, float* acc,
+            const float* alpha) {
+  const int ntiles = (rows + kPvRows - 1) / kPvRows;
+  for (int d0 = 0; d0 < kLatentDim; d0 += kPvDims) {
+    int r0 = 0;
+    for (int t = 0; t < ntiles; ++t) {
+      const int r1 = int(int64_t(rows) * (t + 1) / ntiles);
+      pv_rows<kResident>(r1 - r0, kf + d0, p + r0, rs, ntok, acc + int64_t(r0) * kLatentDim + d0,
+                         alpha + r0);
+      r0 = r1;
+    }
+  }
+}
+
+// ---- conversions -------------------------------------------------------------------------------
+
+// qf[d][r] = query row r, dim d, widened; rows >= rows are zero.
+void pack_queries(const ItemRows& ir, int rows_pad, float* qf) {
+  for (int r0 = 0; r0 < rows_pad; r0 += 16) {
+    for (int d0 = 0; d0 < kQkDim; d0 += 16) {
+      __m512i m[16];
+      for (int j = 0; j < 16; ++j)
+        m[j] = r0 + j < ir.rows ? _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(
+                                      reinterpret_cast<const __m256i*>(ir.q(r0 + j) + d0))))
+                                : _mm512_setzero_si512();
+      transpose16x16_epi32(m);
+      for (int j = 0; j < 16; ++j) _mm512_store_si512(qf + int64_t(d0 + j) * rows_pad + r0, m[j]);
+    }
+  }
+}
+
+// kf[t] = key t widened to fp32.
+void widen_keys(const uint16_t* const* kptr, int ntok, float* kf) {
+  for (int t = 0; t < ntok; ++t) {
+    const uint16_t* src = kptr[t];
+    float* dst = kf + int64_t(t) * kQkDim;
+    for (int d = 0; d < kQkDim; d += 16)
+      _mm512_store_ps(dst + d, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                   reinterpret_cast<const __m256i*>(src + d))));
+  }
+}
+
+// ---- SM: scores -> fp32 probabilities in place, running max and sum -----------------------------
+void softmax_step(float* s, int64_t rs, int rows_pad, int ntok, const int32_t* last, int t0,
+                  float c, float* m, float* l, float* alpha) {
+  const __m512 cv = _mm512_set1_ps(c);
+  for (int r0 = 0; r0 < rows_pad; r0 += 16) {
+    const __m512i lim = _mm512_sub_epi32(_mm512_load_si512(last + r0), _mm512_set1_epi32(t0));
+    const __m512 mx = rows16_masked_max(s + r0, rs, ntok, lim, cv);
+    __m512 a;
+    const __m512 m_use = rows16_advance_max(m + r0, mx, &a);
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
+    for (int t = 0; t < ntok; t += 2) {
+      float* s0 = s + t * rs + r0;
+      float* s1 = s0 + rs;
+      const __m512 p0 = rows16_prob(s0, t, lim, cv, m_use);
+      const __m512 p1 = rows16_prob(s1, t + 1, lim, cv, m_use);
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+      _mm512_store_ps(s0, p0);
+      _mm512_store_ps(s1, p1);
+    }
+    _mm512_store_ps(l + r0, _mm512_fmadd_ps(_mm512_load_ps(l + r0), a, _mm512_add_ps(sum0, sum1)));
+    _mm512_store_ps(alpha + r0, a);
+  }
+}
+
+// ---- the kernel ----------------------------------------------------------------------------------
+
+void run(const KernelArgs& a, Scratch& scratch) {
+  const ItemRows ir(a);
+  const int rows = ir.rows;
+  const int rows_pad = (rows + 15) & ~15;
+  const int nrv = rows_pad / 16;
+  const int T = a.chunk * kKvTile;  // a multiple of kTokTile
+  const bool resident = a.up == UpForm::resident;
+
+  ScratchCarver sizer(nullptr);
+  for (int pass = 0; pass < 2; ++pass) {
+    ScratchCarver cv(pass ? static_cast<unsigned char*>(scratch.get(sizer.used())) : nullptr);
+    float* qf = cv.take<float>(size_t(kQkDim) * rows_pad);
+    float* m = cv.take<float>(rows_pad);
+    float* l = cv.take<float>(rows_pad);
+    float* alpha = cv.take<float>(rows_pad);
+    int32_t* last = cv.take<int32_t>(rows_pad);
+    float* s = cv.take<float>(size_t(T) * rows_pad);
+    float* kf = cv.take<float>(size_t(T) * kQkDim);
+    float* acc = cv.take<float>(size_t(rows) * kLatentDim);  // go (resident) or lo (spill)
+    uint16_t* zero = cv.take<uint16_t>(kQkDim);
+    const uint16_t** kptr = cv.take<const uint16_t*>(T);
+    if (pass == 0) {
+      sizer = cv;
+      continue;
+    }
+
+    pack_queries(ir, rows_pad, qf);
+    for (int r = 0; r < rows_pad; ++r) {
+      m[r] = -__builtin_inff();
+      l[r] = 0.f;
+      last[r] = ir.last(r);
+    }
+    std::memset(zero, 0, kQkDim * sizeof(uint16_t));
+    for (int r = 0; r < rows; ++r)
+      std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
+
+    const float c = a.p->softmax_scale * kLog2e;
+    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+      const int n = std::min(T, a.kv_end - t0);
+      const int ntok = (n + kTokTile - 1) / kTokTile * kTokTile;  // n rounded up to tiles
+      step_token_ptrs(a, t0, n, ntok, zero, kptr);
+      widen_keys(kptr, ntok, kf);
+      for (int t = 0; t < ntok; t += kTokTile)
+        qk_token_tile(qf, rows_pad, nrv, kf + int64_t(t) * kQkDim, s + int64_t(t) * rows_pad);
+      softmax_step(s, rows_pad, rows_pad, ntok, last, t0, c, m, l, alpha);
+      if (resident) {
+        pv_all<true>(rows, kf, s, rows_pad, n, acc, alpha);
+      } else {
+        pv_all<false>(rows, kf, s, rows_pad, n, acc, alpha);
+        up_spill(ir, acc, alpha);
+      }
+    }
+    finalize_rows(ir, resident ? acc : nullptr, m, l);
+  }
+}
+
+bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c"); }
+
+}  // namespace
+
+extern const KernelInfo kDecodeF16Avx512{.name = "decode_f16_avx512f", .kv = KvDType::fp16,
+                                         .portable = false, .supported = supported, .run = run};
+
+}  // namespace mla::cpu
