@@ -9,12 +9,11 @@
 
 #include "cpu/attention/kernel.h"
 #include "cpu/attention/quantize.h"
+#include "cpu/softmax_state.h"
 #include "mla/dtype.h"
 
 namespace mla::cpu {
 namespace {
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Carves one scratch buffer into 64-byte aligned arrays.
 class Carver {
@@ -63,8 +62,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
     uint8_t* p8 = cv.take<uint8_t>(size_t(R) * T);     // int8: quantized probabilities
     float* lo = cv.take<float>(size_t(R) * kLatentDim);  // this step's P.V
     float* go_res = cv.take<float>(size_t(R) * kLatentDim);  // resident accumulator
-    float* m = cv.take<float>(R);
-    float* l = cv.take<float>(R);
+    SoftmaxState* st = cv.take<SoftmaxState>(R);
     int* last = cv.take<int>(R);
     if (pass == 0) {
       bytes = cv.used();
@@ -89,8 +87,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
           for (int c = 0; c < kLatentDim; ++c) qr[c] *= cscale[c];
         qs[r] = quantize_query_row(qr, q8 + size_t(r) * kLatentDim);
       }
-      m[r] = kNegInf;
-      l[r] = 0.f;
+      st[r] = SoftmaxState{};
       last[r] = last_visible(p, a.seq, i);
       std::fill(go_row(r), go_row(r) + kLatentDim, 0.f);
     }
@@ -140,15 +137,14 @@ void run(const KernelArgs& a, Scratch& scratch) {
         }
         float* go = go_row(r);
         if (vis <= 0) continue;  // fully masked step: the row's state is unchanged
-        const float m_new = std::max(m[r], mx);
-        const float alpha = m[r] == kNegInf ? 0.f : std::exp(m[r] - m_new);
+        const float alpha = st[r].rescale_to(mx);
+        const float shift = st[r].shift();
         float sum = 0.f;
         for (int t = 0; t < vis; ++t) {
-          sr[t] = std::exp(sr[t] - m_new);
+          sr[t] = std::exp(sr[t] - shift);
           sum += sr[t];
         }
-        l[r] = l[r] * alpha + sum;
-        m[r] = m_new;
+        st[r].add_sum(sum);
         // PV.
         float* lor = lo + size_t(r) * kLatentDim;
         if constexpr (kInt8) {
@@ -186,14 +182,8 @@ void run(const KernelArgs& a, Scratch& scratch) {
       const int i = r / nh, hh = r % nh;
       float* out = a.o + i * a.o_stride_i + hh * a.o_stride_h;
       const float* go = go_row(r);
-      if (l[r] > 0.f) {
-        const float inv = 1.f / l[r];
-        for (int d = 0; d < kLatentDim; ++d) out[d] = go[d] * inv;
-        a.lse[i * a.lse_stride_i + hh * a.lse_stride_h] = m[r] + std::log(l[r]);
-      } else {
-        std::fill(out, out + kLatentDim, 0.f);
-        a.lse[i * a.lse_stride_i + hh * a.lse_stride_h] = kNegInf;
-      }
+      if (go != out) std::copy(go, go + kLatentDim, out);
+      a.lse[i * a.lse_stride_i + hh * a.lse_stride_h] = finalize(st[r], out, kLatentDim);
     }
   }
 }
