@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cpu/attention/kernel.h"
-#include "cpu/softmax_state.h"
+#include "cpu/combine.h"
 #include "cpu/thread_pool.h"
 #include "mla/plan.h"
 #include "mla/status.h"
@@ -23,38 +23,6 @@ namespace {
 
 using cpu::KernelArgs;
 using cpu::KernelInfo;
-
-// Partial results of one merge group: `num_partials` slices of rows x 512 (o) and rows (lse),
-// rows = q_len_b x heads of the group, row r = i * nh + hh as in the kernels.
-struct PartialLayout {
-  std::vector<int64_t> o_off, lse_off;  // per merge group
-  int64_t o_size = 0, lse_size = 0;
-};
-
-PartialLayout layout_partials(const Plan& plan, const DecodeParams& p) {
-  PartialLayout l;
-  for (const MergeGroup& g : plan.merges) {
-    const int64_t rows = int64_t(q_len_of(p, g.seq)) * (g.head_end - g.head_begin);
-    l.o_off.push_back(l.o_size);
-    l.lse_off.push_back(l.lse_size);
-    l.o_size += rows * kLatentDim * g.num_partials;
-    l.lse_size += rows * g.num_partials;
-  }
-  return l;
-}
-
-void combine_group(const DecodeParams& p, const MergeGroup& g, const PartialLayout& l, int gi,
-                   const float* po, const float* pl, float* o, float* lse) {
-  const int nh = g.head_end - g.head_begin;
-  const int64_t rows = int64_t(q_len_of(p, g.seq)) * nh;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int i = int(r / nh), h = g.head_begin + int(r % nh);
-    const int64_t row = (int64_t(g.seq) * p.q_len + i) * p.num_heads + h;
-    lse[row] = cpu::combine(g.num_partials, pl + l.lse_off[gi] + r, rows,
-                            po + l.o_off[gi] + r * kLatentDim, rows * kLatentDim, kLatentDim,
-                            o + row * kLatentDim);
-  }
-}
 
 // Rows no kernel writes: padding rows (i >= q_len_b) and every row of a seq_len 0 entry.
 void write_padding_rows(const DecodeParams& p, float* o, float* lse) {
@@ -95,10 +63,12 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Page
   const Plan plan = make_plan(PlanInput{.batch = p.batch, .seq_lens = p.seq_lens, .q_lens = p.q_lens,
                                         .q_len = p.q_len, .num_heads = p.num_heads,
                                         .num_workers = workers, .kv_tile = kKvTile});
-  const PartialLayout layout = layout_partials(plan, p);
-  std::vector<float> part_o(layout.o_size), part_lse(layout.lse_size);
-  std::unique_ptr<std::atomic<int>[]> done(new std::atomic<int>[plan.merges.size()]);
-  for (size_t g = 0; g < plan.merges.size(); ++g) done[g].store(0, std::memory_order_relaxed);
+  const cpu::PartialLayout layout = cpu::layout_partials(plan, p.q_lens, p.q_len);
+  std::vector<float> part_o(layout.total_rows * kLatentDim), part_lse(layout.total_rows);
+  cpu::MergeCounters counters(plan.merges.size());
+  const cpu::CombineParams cp{.q_len = p.q_len, .num_heads = p.num_heads, .dv = kLatentDim,
+                              .layout = &layout, .partial_o = part_o.data(),
+                              .partial_lse = part_lse.data(), .o = o, .lse = lse};
 
   write_padding_rows(p, o, lse);
 
@@ -122,33 +92,22 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Page
         a.lse_stride_i = p.num_heads;
         a.lse_stride_h = 1;
       } else {
-        const MergeGroup& g = plan.merges[gi];
-        const int64_t rows = int64_t(q_len_of(p, item.seq)) * nh;
-        const int k = item.partial - g.partial_begin;
-        a.o = part_o.data() + layout.o_off[gi] + k * rows * kLatentDim;
+        const int64_t row0 = layout.row(gi, item.partial - plan.merges[gi].partial_begin, 0);
+        a.o = part_o.data() + row0 * kLatentDim;
         a.o_stride_i = int64_t(nh) * kLatentDim;
         a.o_stride_h = kLatentDim;
-        a.lse = part_lse.data() + layout.lse_off[gi] + k * rows;
+        a.lse = part_lse.data() + row0;
         a.lse_stride_i = nh;
         a.lse_stride_h = 1;
       }
       kernel.run(a, scratch);
-      // The last worker to finish a partial of a group merges it; acq_rel makes the other
-      // workers' partial writes visible to it.
-      if (gi >= 0 && opt.reduction == Reduction::last &&
-          done[gi].fetch_add(1, std::memory_order_acq_rel) == plan.merges[gi].num_partials - 1)
-        combine_group(p, plan.merges[gi], layout, gi, part_o.data(), part_lse.data(), o, lse);
+      // The last worker to finish a partial of a group merges it.
+      if (opt.reduction == Reduction::last) cpu::finish_partial(plan, it, counters, cp);
     }
   });
 
-  if (opt.reduction == Reduction::separate && !plan.merges.empty()) {
-    // A separate pass over the merge groups, spread over the same workers.
-    const int n = std::min<int>(plan.num_workers, int(plan.merges.size()));
-    pool.run(n, [&](int w) {
-      for (size_t g = w; g < plan.merges.size(); g += n)
-        combine_group(p, plan.merges[g], layout, int(g), part_o.data(), part_lse.data(), o, lse);
-    });
-  }
+  if (opt.reduction == Reduction::separate)  // a separate pass after all workers
+    cpu::combine_all(plan, cp, &pool, plan.num_workers);
 }
 
 }  // namespace mla

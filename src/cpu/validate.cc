@@ -14,9 +14,9 @@ void validate(const DecodeParams& p, const PagedLatentCache& cache) {
   MLA_CHECK(std::isfinite(p.softmax_scale), "softmax_scale = " << p.softmax_scale << " is not finite");
   if (p.batch == 0) return;
   MLA_CHECK(p.seq_lens != nullptr, "seq_lens is missing");
-  MLA_CHECK(p.block_table != nullptr, "block_table is missing");
   MLA_CHECK(p.max_blocks_per_seq >= 1, "block_table has " << p.max_blocks_per_seq
                                                           << " columns; at least 1 is needed");
+  MLA_CHECK(p.block_table != nullptr, "block_table is missing");
   const int bs = cache.block_size();
   for (int b = 0; b < p.batch; ++b) {
     const int sl = p.seq_lens[b];

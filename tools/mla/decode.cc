@@ -9,6 +9,8 @@
 #include <random>
 #include <thread>
 
+#include <unistd.h>
+
 #include "mla/attention.h"
 #include "mla/commands.h"
 #include "mla/npy.h"
@@ -169,13 +171,51 @@ Problem random_problem(const DecodeArgs& a, uint64_t seed) {
 }
 
 void check_problem_files(const Problem& pr, KvDType kv, KvScale mode) {
-  if (kv != KvDType::int8) return;
+  if (kv != KvDType::int8) {
+    MLA_CHECK(!pr.tensor_scale && !pr.channel_scale,
+              (pr.tensor_scale ? "kv_tensor_scale.npy" : "kv_channel_scale.npy")
+                  << " is given but the cache is " << kv_dtype_name(kv)
+                  << " (scales are for --kv-dtype int8)");
+    return;
+  }
   if (pr.tensor_scale)
     MLA_CHECK(mode == KvScale::tensor, "kv_tensor_scale.npy is given but --kv-scale is "
                                            << kv_scale_name(mode) << " (use --kv-scale tensor)");
   if (pr.channel_scale)
     MLA_CHECK(mode == KvScale::channel, "kv_channel_scale.npy is given but --kv-scale is "
                                             << kv_scale_name(mode) << " (use --kv-scale channel)");
+}
+
+struct OutFile {
+  const char* name;
+  std::vector<int64_t> shape;
+  const float* data;
+};
+
+// All or nothing: every file is written into a staging directory inside `dir`, then renamed into
+// place; if any step fails, the files already moved are removed again and the error is reported.
+void write_outputs(const std::string& dir, const std::vector<OutFile>& files) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  MLA_CHECK(fs::is_directory(dir), "--out " << dir << " is not a directory and cannot be made");
+  const fs::path stage = fs::path(dir) / (".mla-partial-" + std::to_string(::getpid()));
+  std::vector<fs::path> placed;
+  try {
+    fs::create_directories(stage);
+    for (const OutFile& f : files)
+      write_npy((stage / f.name).string(), DType::f32, f.shape, f.data);
+    for (const OutFile& f : files) {
+      const fs::path to = fs::path(dir) / f.name;
+      MLA_CHECK(!fs::is_directory(to), to.string() << " is a directory");
+      fs::rename(stage / f.name, to);
+      placed.push_back(to);
+    }
+  } catch (const std::exception& e) {
+    for (const fs::path& f : placed) fs::remove(f, ec);
+    fs::remove_all(stage, ec);
+    MLA_FAIL("writing the outputs to " << dir << " failed, nothing written: " << e.what());
+  }
+  fs::remove_all(stage, ec);
 }
 
 void run_decode(const DecodeArgs& a) {
@@ -228,14 +268,11 @@ void run_decode(const DecodeArgs& a) {
     decode(p, qt, qdata, cache, opt, o.data(), lse.data());
     std::vector<float> kv_used(pr.kv.size());
     cache.export_f32(kv_used.data());
-    std::error_code ec;
-    fs::create_directories(a.out, ec);
-    MLA_CHECK(fs::is_directory(a.out), "--out " << a.out << " is not a directory and cannot be made");
-    auto path = [&](const char* f) { return (fs::path(a.out) / f).string(); };
-    write_npy(path("o.npy"), DType::f32, {p.batch, p.q_len, p.num_heads, kLatentDim}, o.data());
-    write_npy(path("lse.npy"), DType::f32, {p.batch, p.q_len, p.num_heads}, lse.data());
-    write_npy(path("q_used.npy"), DType::f32, {p.batch, p.q_len, p.num_heads, kQkDim}, wq.f32.data());
-    write_npy(path("kv_used.npy"), DType::f32, {pr.num_blocks, pr.block_size, kQkDim}, kv_used.data());
+    write_outputs(a.out, {
+        {"o.npy", {p.batch, p.q_len, p.num_heads, kLatentDim}, o.data()},
+        {"lse.npy", {p.batch, p.q_len, p.num_heads}, lse.data()},
+        {"q_used.npy", {p.batch, p.q_len, p.num_heads, kQkDim}, wq.f32.data()},
+        {"kv_used.npy", {pr.num_blocks, pr.block_size, kQkDim}, kv_used.data()}});
     std::printf("wrote o.npy, lse.npy, q_used.npy, kv_used.npy to %s\n", a.out.c_str());
     return;
   }
