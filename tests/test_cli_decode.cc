@@ -1174,6 +1174,35 @@ TEST(CliDecode, RefusalsExit2WithAMessageAndWriteNothing) {
   }
 }
 
+// A failure while writing the outputs (here: a directory in the way of lse.npy) leaves none of
+// the four files behind; a scale file given for a 16-bit cache is refused.
+TEST(CliDecode, FailedOutputWriteLeavesNothingAndScalesNeedInt8) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(trace(seed));
+  const TestDir tmp;
+  const fs::path& dir = tmp.path;
+  const Spec s{.batch = 2, .q_len = 1, .heads = 2, .block_size = 16, .seq_lens = {30, 5},
+               .q_lens = {1, 1}};
+  const FileCase c = make_case(s, seed);
+  const fs::path in = dir / "in", out = dir / "out";
+  write_case(c, in);
+  fs::create_directories(out / "lse.npy" / "occupied");
+  RunResult r = run_cli(decode_args(c, in, out, ""), dir);
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("lse.npy"), std::string::npos) << r.describe();
+  std::string listing;
+  for (const auto& e : fs::directory_iterator(out)) listing += e.path().filename().string() + " ";
+  EXPECT_EQ(listing, "lse.npy ") << "the out dir holds: " << listing;
+
+  const float scale = 0.05f;
+  write_npy((in / "kv_tensor_scale.npy").string(), DType::f32, {1}, &scale);
+  const fs::path out2 = dir / "out2";
+  r = run_cli(decode_args(c, in, out2, ""), dir);
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("kv_tensor_scale.npy"), std::string::npos) << r.describe();
+  EXPECT_FALSE(fs::exists(out2 / "o.npy"));
+}
+
 // The base case of the refusals runs (so each refusal comes from its own change).
 TEST(CliDecode, RefusalBaseCaseRuns) {
   const uint64_t seed = test::test_seed();
