@@ -14,6 +14,7 @@
 #include <array>
 #include <atomic>
 #include <barrier>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -24,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include "mla/status.h"
@@ -544,11 +546,24 @@ Ceilings measure_ceilings_limited(int threads, double seconds_per_test, IsaLimit
             work / std::chrono::duration<double>(now - t0).count();
       }
     }
-    g_sink.fetch_add(uint64_t(std::fabs(s.sink)) & 1, std::memory_order_relaxed);
+    g_sink.fetch_add(std::bit_cast<uint64_t>(s.sink), std::memory_order_relaxed);
   };
   std::vector<std::thread> pool;
-  for (int i = 0; i < threads; ++i) pool.emplace_back(body, i);
+  std::string start_error;
+  for (int i = 0; i < threads; ++i) {
+    try {
+      pool.emplace_back(body, i);
+    } catch (const std::system_error& e) {
+      // The threads already running wait at the barrier for all `threads`: take the missing ones
+      // out of it so that they finish, then report.
+      start_error = "roofline: cannot start thread " + std::to_string(i + 1) + " of " +
+                    std::to_string(threads) + ": " + e.what();
+      for (int k = i; k < threads; ++k) sync.arrive_and_drop();
+      break;
+    }
+  }
   for (std::thread& th : pool) th.join();
+  MLA_CHECK(start_error.empty(), start_error);
 
   // Threads of one trial ran at the same time, so their rates add; the best trial counts.
   auto best = [&](int t) {
