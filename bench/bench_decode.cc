@@ -2,15 +2,16 @@
 // reduction) through mla::decode, for every kernel in the registry (src/cpu/attention/kernel.h),
 // beside the OpenBLAS-composed baseline, at the shapes the issue names:
 //   128 heads x q_len 2 (256 query rows per sequence) and 16 heads x q_len 1, b 1 and 8, k 4096.
-// Counters: GFLOPs (per second; 2 * H * q_len * k * 1088 per sequence) and, when a ceilings file is found
+// Counters: GFLOP/s (2 * H * q_len * k * 1088 per sequence) and, when a ceilings file is found
 // ($MLA_CEILINGS or ./ceilings.json, written by bench/roofline), floor = the fraction of the
-// floor time of bench/support/perf_model.h. Kernels this CPU cannot run are listed as skipped.
+// floor time of bench/support/perf_model.h reached. Kernels this CPU cannot run are skipped.
 //
 //   bench_decode                                  everything (all cores)
 //   bench_decode --benchmark_filter='i8.*b8'      one kernel, one batch
 //   bench_decode --benchmark_filter=blas          the baseline only
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -24,6 +25,7 @@
 #include "support/case.h"
 #include "support/parallel.h"
 #include "support/perf_model.h"
+#include "support/stats.h"
 #include "support/variants.h"
 
 namespace mla {
@@ -76,19 +78,22 @@ const Ceilings* ceilings_for(int threads) {
   return find(all, threads);
 }
 
-void set_counters(benchmark::State& state, KvDType kv, const ShapeArgs& s, int threads) {
-  const bench::Shape shape{.batch = s.batch, .k = s.k, .heads = s.heads, .q_len = s.q_len,
-                           .kv = kv, .scale = KvScale::token};
-  const double flops = bench::flops(shape);
-  state.counters["GFLOPs"] =
-      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+// GFLOP/s and floor fraction from the wall time of the timed loop (the decode runs on several
+// threads, so the CPU time of the calling thread says nothing).
+void set_counters(benchmark::State& state, KvDType kv, const ShapeArgs& s, int threads,
+                  double loop_s) {
+  const bench::Shape shape{.batch = s.batch,
+                           .k = s.k,
+                           .heads = s.heads,
+                           .q_len = s.q_len,
+                           .kv = kv,
+                           .scale = KvScale::token};
+  const double per_iter = loop_s / double(std::max<int64_t>(1, state.iterations()));
+  state.counters["GFLOP/s"] = bench::flops(shape) / per_iter * 1e-9;
   state.counters["threads"] = threads;
-  if (const Ceilings* c = ceilings_for(threads)) {
-    const bench::Floor f = bench::floor_time(shape, *c, bench::l3_cache_bytes());
-    // floor_s per iteration over the measured time per iteration.
+  if (const Ceilings* c = ceilings_for(threads))
     state.counters["floor"] =
-        benchmark::Counter(f.floor_s, benchmark::Counter::kIsIterationInvariantRate);
-  }
+        bench::floor_time(shape, *c, bench::l3_cache_bytes()).floor_s / per_iter;
 }
 
 void BM_Decode(benchmark::State& state, const cpu::KernelInfo* kernel, ShapeArgs s,
@@ -99,11 +104,12 @@ void BM_Decode(benchmark::State& state, const cpu::KernelInfo* kernel, ShapeArgs
   opt.threads = bench::hardware_threads();
   std::vector<float> o(c.o_size()), lse(c.rows());
   bench::run_decode(c, opt, o.data(), lse.data());  // warm: pool started, scratch allocated
+  const double t0 = bench::now_s();
   for (auto _ : state) {
     bench::run_decode(c, opt, o.data(), lse.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, kernel->kv, s, opt.threads);
+  set_counters(state, kernel->kv, s, opt.threads, bench::now_s() - t0);
 }
 
 void BM_Blas(benchmark::State& state, KvDType kv, ShapeArgs s) {
@@ -111,11 +117,12 @@ void BM_Blas(benchmark::State& state, KvDType kv, ShapeArgs s) {
   bench::BlasBaseline blas(bench::hardware_threads());
   std::vector<float> o(c.o_size()), lse(c.rows());
   blas.run(c.params(), c.q_f32(), c.cache(), o.data(), lse.data());
+  const double t0 = bench::now_s();
   for (auto _ : state) {
     blas.run(c.params(), c.q_f32(), c.cache(), o.data(), lse.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, kv, s, blas.threads());
+  set_counters(state, kv, s, blas.threads(), bench::now_s() - t0);
 }
 
 void register_all() {
@@ -125,8 +132,7 @@ void register_all() {
     const bool is_default = k.supported() && &cpu::select_kernel(k.kv, Isa::best) == &k;
     for (const ShapeArgs& s : kShapes) {
       const std::string base = std::string("decode/") + k.name + "/" + shape_name(s);
-      benchmark::RegisterBenchmark((base + "/new").c_str(), BM_Decode, &k, s,
-                                   bench::new_options(4))
+      benchmark::RegisterBenchmark((base + "/new").c_str(), BM_Decode, &k, s, bench::new_options(4))
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
       if (is_default)

@@ -3,13 +3,17 @@
 // this core's bf16-dot and fp32-FMA peaks, so every kernel case reports the fraction of its floor
 // it reached (DESIGN §7): flops = 2 * rows * k * 1088 (576 for Q.K, 512 for P.V) per item.
 //
-//   bench_kernel_fp --benchmark_filter=bf16     counters: GFLOP/s, frac_peak (of the bf16 dot or
-//                                               fp32 FMA rate measured by the peak cases)
+//   bench_kernel_fp --benchmark_filter=bf16     counters: GFLOP/s, peak, frac_peak (of the bf16
+//                                               dot or fp32 FMA rate, measured in-process)
+//
+// Times are the thread's CPU time, so a shared machine's other load inflates them less; cache
+// contention from that load still shows. Cases: 256 rows (128 heads x q_len 2) at chunk 1..8 and
+// both UP forms, 16 rows (16 heads x q_len 1), and the item sizes a two-core split produces.
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
-
 #include <time.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -41,30 +45,32 @@ struct Clock {
 // array, GCC 12 stores the array to the stack every iteration and the loop measures the stores.
 
 // Eight independent instructions (an asm statement takes at most 30 operands; "+v" counts twice).
-#define MLA_PEAK_8(insn, x0, x1, x2, x3, x4, x5, x6, x7)                                       \
-  asm volatile(insn " %8, %8, %0\n\t" insn " %8, %8, %1\n\t" insn " %8, %8, %2\n\t"            \
-               insn " %8, %8, %3\n\t" insn " %8, %8, %4\n\t" insn " %8, %8, %5\n\t"            \
-               insn " %8, %8, %6\n\t" insn " %8, %8, %7"                                       \
+#define MLA_PEAK_8(insn, x0, x1, x2, x3, x4, x5, x6, x7)                                        \
+  asm volatile(insn " %8, %8, %0\n\t" insn " %8, %8, %1\n\t" insn " %8, %8, %2\n\t" insn        \
+                    " %8, %8, %3\n\t" insn " %8, %8, %4\n\t" insn " %8, %8, %5\n\t" insn        \
+                    " %8, %8, %6\n\t" insn " %8, %8, %7"                                        \
                : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3), "+v"(x4), "+v"(x5), "+v"(x6), "+v"(x7) \
                : "v"(one))
-#define MLA_PEAK_BODY(insn)                                  \
-  MLA_PEAK_8(insn, a0, a1, a2, a3, a4, a5, a6, a7);          \
+#define MLA_PEAK_BODY(insn)                         \
+  MLA_PEAK_8(insn, a0, a1, a2, a3, a4, a5, a6, a7); \
   MLA_PEAK_8(insn, a8, a9, a10, a11, a12, a13, a14, a15)
 
 // Runs `iters` iterations of 16 instructions `insn` (zmm, AT&T operand order) and returns a value
 // that depends on every accumulator.
-#define MLA_PEAK_LOOP(insn, one_value)                                                         \
+#define MLA_PEAK_LOOP(insn, one_value)                                                            \
   __m512 a0 = _mm512_set1_ps(0.f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, \
-         a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;          \
-  const __m512 one = one_value;                                                                \
-  for (int64_t i = 0; i < iters; ++i) { MLA_PEAK_BODY(insn); }                                   \
-  const __m512 sum = _mm512_add_ps(                                                            \
-      _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),               \
-                    _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),              \
-      _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)),             \
-                    _mm512_add_ps(_mm512_add_ps(a12, a13), _mm512_add_ps(a14, a15))));         \
-  alignas(64) float lanes[16];                                                                 \
-  _mm512_store_ps(lanes, sum);                                                                 \
+         a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;            \
+  const __m512 one = one_value;                                                                   \
+  for (int64_t i = 0; i < iters; ++i) {                                                           \
+    MLA_PEAK_BODY(insn);                                                                          \
+  }                                                                                               \
+  const __m512 sum = _mm512_add_ps(                                                               \
+      _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),                  \
+                    _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),                 \
+      _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)),                \
+                    _mm512_add_ps(_mm512_add_ps(a12, a13), _mm512_add_ps(a14, a15))));            \
+  alignas(64) float lanes[16];                                                                    \
+  _mm512_store_ps(lanes, sum);                                                                    \
   return lanes[0] + lanes[15];
 
 constexpr int kChains = 16;
@@ -87,7 +93,7 @@ double measure_peak(Loop loop, double flops_per_iter) {
     const int64_t iters = 2'000'000;
     const auto t0 = Clock::now();
     benchmark::DoNotOptimize(loop(iters));
-    const double s = (Clock::now() - t0);
+    const double s = Clock::now() - t0;
     best = std::max(best, flops_per_iter * iters / s * 1e-9);
   }
   return best;
@@ -108,7 +114,7 @@ void run_peak(benchmark::State& state, Loop loop, double flops_per_iter) {
   const int64_t iters = 100'000;
   const auto t0 = Clock::now();
   for (auto _ : state) benchmark::DoNotOptimize(loop(iters));
-  const double s = (Clock::now() - t0);
+  const double s = Clock::now() - t0;
   state.counters["GFLOP/s"] = flops_per_iter * iters * double(state.iterations()) / s * 1e-9;
 }
 
@@ -148,11 +154,22 @@ void BM_Kernel(benchmark::State& state, const cpu::KernelInfo* kernel) {
   const DecodeParams p = c.params();
   std::vector<float> o(c.o_size()), lse(c.rows());
   cpu::Scratch scratch;
-  const cpu::KernelArgs args{.p = &p, .cache = &c.cache(), .q = c.q(), .seq = 0,
-                             .head_begin = 0, .head_end = heads, .kv_begin = 0, .kv_end = k,
-                             .o = o.data(), .o_stride_i = int64_t(heads) * kLatentDim,
-                             .o_stride_h = kLatentDim, .lse = lse.data(), .lse_stride_i = heads,
-                             .lse_stride_h = 1, .chunk = chunk, .up = up};
+  const cpu::KernelArgs args{.p = &p,
+                             .cache = &c.cache(),
+                             .q = c.q(),
+                             .seq = 0,
+                             .head_begin = 0,
+                             .head_end = heads,
+                             .kv_begin = 0,
+                             .kv_end = k,
+                             .o = o.data(),
+                             .o_stride_i = int64_t(heads) * kLatentDim,
+                             .o_stride_h = kLatentDim,
+                             .lse = lse.data(),
+                             .lse_stride_i = heads,
+                             .lse_stride_h = 1,
+                             .chunk = chunk,
+                             .up = up};
   kernel->run(args, scratch);  // warm: scratch allocated, cache in L3
   const double peak = kernel->kv == KvDType::bf16 ? bf16_peak() : fp32_peak();
   const auto t0 = Clock::now();
@@ -160,7 +177,7 @@ void BM_Kernel(benchmark::State& state, const cpu::KernelInfo* kernel) {
     kernel->run(args, scratch);
     benchmark::ClobberMemory();
   }
-  const double s = (Clock::now() - t0);
+  const double s = Clock::now() - t0;
   const double flops = 2.0 * heads * q_len * double(k) * (kQkDim + kLatentDim);
   const double gflops = flops * double(state.iterations()) / s * 1e-9;
   state.counters["GFLOP/s"] = gflops;
@@ -172,9 +189,10 @@ void BM_Kernel(benchmark::State& state, const cpu::KernelInfo* kernel) {
 void kernel_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"heads", "q_len", "k", "chunk", "spill"});
   for (int chunk : {1, 2, 4, 8}) b->Args({128, 2, 4096, chunk, 0});  // 256 rows
-  b->Args({128, 2, 4096, 4, 1});                                      // the old UP form
-  for (int chunk : {1, 4}) b->Args({16, 1, 4096, chunk, 0});          // 16 rows
+  b->Args({128, 2, 4096, 4, 1});                                     // the old UP form
+  for (int chunk : {1, 4}) b->Args({16, 1, 4096, chunk, 0});         // 16 rows
   b->Args({16, 1, 4096, 4, 1});
+  b->Args({64, 2, 4096, 4, 0});  // 256 rows split by heads over two cores: one core's item
   b->Args({64, 1, 4096, 4, 0});
   b->Args({128, 1, 4096, 4, 0});
   b->Unit(benchmark::kMillisecond)->MinTime(0.3);

@@ -46,8 +46,14 @@ const KvFormat kFormats[] = {{KvDType::bf16, KvScale::token},
                              {KvDType::int8, KvScale::channel}};
 
 bench::CaseSpec small_spec(KvFormat f, uint64_t seed = 5) {
-  return bench::CaseSpec{.batch = 3, .k = 100, .heads = 4, .q_len = 2, .block_size = 16,
-                         .kv_dtype = f.kv, .kv_scale = f.scale, .seed = seed};
+  return bench::CaseSpec{.batch = 3,
+                         .k = 100,
+                         .heads = 4,
+                         .q_len = 2,
+                         .block_size = 16,
+                         .kv_dtype = f.kv,
+                         .kv_scale = f.scale,
+                         .seed = seed};
 }
 
 TEST(CaseBuilder, NanExactlyInUnusedSlots) {
@@ -87,8 +93,8 @@ TEST(CaseBuilder, NanExactlyInUnusedSlots) {
 }
 
 TEST(CaseBuilder, BlockTablesAreScatteredAndDisjoint) {
-  const bench::Case c(bench::CaseSpec{.batch = 4, .k = 640, .heads = 2, .q_len = 1,
-                                      .block_size = 64, .kv_dtype = KvDType::bf16});
+  const bench::Case c(bench::CaseSpec{
+      .batch = 4, .k = 640, .heads = 2, .q_len = 1, .block_size = 64, .kv_dtype = KvDType::bf16});
   const DecodeParams p = c.params();
   ASSERT_EQ(p.max_blocks_per_seq, 10);
   std::set<int32_t> seen;
@@ -166,8 +172,8 @@ TEST(CaseBuilder, RefusesBadSpecs) {
 std::vector<float> as_float(const std::vector<double>& v) { return {v.begin(), v.end()}; }
 
 TEST(Check, SampledReferenceMatchesFullReference) {
-  const bench::Case c(bench::CaseSpec{.batch = 7, .k = 96, .heads = 12, .q_len = 2,
-                                      .block_size = 32, .kv_dtype = KvDType::bf16});
+  const bench::Case c(bench::CaseSpec{
+      .batch = 7, .k = 96, .heads = 12, .q_len = 2, .block_size = 32, .kv_dtype = KvDType::bf16});
   const bench::Reference full = bench::compute_reference(c, 1e12);
   EXPECT_FALSE(full.sampled);
   EXPECT_EQ(full.seqs.size(), 7u);
@@ -189,8 +195,8 @@ TEST(Check, SampledReferenceMatchesFullReference) {
 }
 
 TEST(Check, PassesTheReferenceAndCatchesErrors) {
-  const bench::Case c(bench::CaseSpec{.batch = 3, .k = 80, .heads = 8, .q_len = 2,
-                                      .block_size = 16, .kv_dtype = KvDType::int8});
+  const bench::Case c(bench::CaseSpec{
+      .batch = 3, .k = 80, .heads = 8, .q_len = 2, .block_size = 16, .kv_dtype = KvDType::int8});
   const bench::Reference full = bench::compute_reference(c, 1e12);
   std::vector<float> o = as_float(full.o), lse = as_float(full.lse);
   const ref::Tolerance tol = ref::tolerance_for(KvDType::bf16, false);
@@ -242,8 +248,8 @@ TEST(BlasBaseline, MatchesReferenceOnEveryFormat) {
 }
 
 TEST(BlasBaseline, UnevenQueryLengthsPaddingAndNonCausal) {
-  const bench::Case c(bench::CaseSpec{.batch = 4, .k = 150, .heads = 3, .q_len = 3,
-                                      .block_size = 32, .kv_dtype = KvDType::bf16});
+  const bench::Case c(bench::CaseSpec{
+      .batch = 4, .k = 150, .heads = 3, .q_len = 3, .block_size = 32, .kv_dtype = KvDType::bf16});
   // Shorter sequences within the same block tables, one padding entry, MTP drafts of uneven length.
   const std::vector<int32_t> seq_lens = {150, 0, 37, 64};
   const std::vector<int32_t> q_lens = {3, 0, 1, 2};
@@ -280,10 +286,10 @@ TEST(PerfModel, HandComputedExample) {
   c.fp32_fma_gflops = 250;
   c.bf16_dot_gflops = 500;
   c.int8_dot_gops = 1000;
-  bench::Shape s{.batch = 2, .k = 1000, .heads = 4, .q_len = 3, .kv = KvDType::int8,
-                 .scale = KvScale::token};
+  bench::Shape s{
+      .batch = 2, .k = 1000, .heads = 4, .q_len = 3, .kv = KvDType::int8, .scale = KvScale::token};
   // 2 sequences x 12 rows x 1000 keys = 24000 row-keys.
-  EXPECT_DOUBLE_EQ(bench::flops(s), 2.0 * 24000 * 1088);  // 52,224,000
+  EXPECT_DOUBLE_EQ(bench::flops(s), 2.0 * 24000 * 1088);   // 52,224,000
   EXPECT_DOUBLE_EQ(bench::kv_bytes(s), 2.0 * 1000 * 644);  // 1,288,000
   // int8: 2*24000*1024 / 1e12 + 2*24000*64 / 5e11 = 4.9152e-5 + 6.144e-6 s.
   bench::Floor f = bench::floor_time(s, c, 0);
@@ -349,11 +355,27 @@ TEST(Variants, GoodSpecs) {
 }
 
 TEST(Variants, BadSpecsAreErrors) {
-  for (const char* bad :
-       {"", "old", "old:new:old", ":new", "old:", "chunk=0:new", "chunk=-1:new", "chunk=x:new",
-        "chunk=2.5:new", "chunk=:new", "chunk:new", "foo=1:new", "up=maybe:new", "red=first:new",
-        "isa=avx:new", "impl=slow:new", "chunk=1,chunk=2:new", "red=last,reduction=last:new",
-        "chunk=2,old:new", "old,:new", "newest:old"}) {
+  for (const char* bad : {"",
+                          "old",
+                          "old:new:old",
+                          ":new",
+                          "old:",
+                          "chunk=0:new",
+                          "chunk=-1:new",
+                          "chunk=x:new",
+                          "chunk=2.5:new",
+                          "chunk=:new",
+                          "chunk:new",
+                          "foo=1:new",
+                          "up=maybe:new",
+                          "red=first:new",
+                          "isa=avx:new",
+                          "impl=slow:new",
+                          "chunk=1,chunk=2:new",
+                          "red=last,reduction=last:new",
+                          "chunk=2,old:new",
+                          "old,:new",
+                          "newest:old"}) {
     SCOPED_TRACE(std::string("spec '") + bad + "'");
     EXPECT_THROW(bench::parse_variants(bad, 4), Error);
   }
@@ -424,11 +446,17 @@ int run_cli(const std::string& args, std::string* out, std::string* err) {
 std::string write_ceilings() {
   std::vector<Ceilings> all;
   for (int t : {1, 2})
-    all.push_back(Ceilings{.cpu = "test", .threads = t, .read_bw_mem_gbs = 20.0 * t,
-                           .read_bw_l2_gbs = 200.0 * t, .read_bw_l3_gbs = 100.0 * t,
-                           .fp32_fma_gflops = 100.0 * t, .bf16_dot_gflops = 200.0 * t,
-                           .int8_dot_gops = 400.0 * t, .fp32_isa = "avx512f",
-                           .bf16_isa = "avx512_bf16", .int8_isa = "avx512_vnni",
+    all.push_back(Ceilings{.cpu = "test",
+                           .threads = t,
+                           .read_bw_mem_gbs = 20.0 * t,
+                           .read_bw_l2_gbs = 200.0 * t,
+                           .read_bw_l3_gbs = 100.0 * t,
+                           .fp32_fma_gflops = 100.0 * t,
+                           .bf16_dot_gflops = 200.0 * t,
+                           .int8_dot_gops = 400.0 * t,
+                           .fp32_isa = "avx512f",
+                           .bf16_isa = "avx512_bf16",
+                           .int8_isa = "avx512_vnni",
                            .read_isa = "avx512f"});
   const fs::path p = test_dir() / "ceilings.json";
   std::ofstream(p) << ceilings_to_json(all);
@@ -440,10 +468,11 @@ TEST(MlaBench, TinyGridWritesTheTableAndJson) {
   const fs::path json_path = test_dir() / "bench.json";
   fs::remove(json_path);
   std::string out, err;
-  const int rc = run_cli("bench --b 1,3 --k 130 --heads 4 --q-len 2 --kv-dtype bf16 --threads "
-                         "1,2 --block-size 32 --reps 2 --ceilings " +
-                             quote(write_ceilings()) + " --json " + quote(json_path.string()),
-                         &out, &err);
+  const int rc = run_cli(
+      "bench --b 1,3 --k 130 --heads 4 --q-len 2 --kv-dtype bf16 --threads "
+      "1,2 --block-size 32 --reps 2 --ceilings " +
+          quote(write_ceilings()) + " --json " + quote(json_path.string()),
+      &out, &err);
   ASSERT_EQ(rc, 0) << out << err;
   for (const char* row : {"b1_k130_c1", "b3_k130_c1", "b1_k130_c2", "b3_k130_c2", "AVG"})
     EXPECT_NE(out.find(row), std::string::npos) << row << " missing from\n" << out;
@@ -458,10 +487,9 @@ TEST(MlaBench, TinyGridWritesTheTableAndJson) {
   double sum = 0;
   for (const auto& r : doc["rows"]) {
     SCOPED_TRACE(r.dump());
-    for (const char* key :
-         {"b", "k", "c", "heads", "q_len", "kv_dtype", "old_us", "new_us", "speedup",
-          "baseline_us", "gflops", "ceiling_fraction", "check", "old_spread", "new_spread",
-          "old_variant", "new_variant"})
+    for (const char* key : {"b", "k", "c", "heads", "q_len", "kv_dtype", "old_us", "new_us",
+                            "speedup", "baseline_us", "gflops", "ceiling_fraction", "check",
+                            "old_spread", "new_spread", "old_variant", "new_variant"})
       EXPECT_TRUE(r.contains(key)) << key;
     const int b = r["b"], c = r["c"];
     EXPECT_EQ(r["name"], "b" + std::to_string(b) + "_k130_c" + std::to_string(c));

@@ -55,11 +55,22 @@ ItemRun run_item(const KernelInfo& k, const Case& c, int seq, int hb, int he, in
       std::fill_n(r.o.data() + i * r.o_si() + hh * kLatentDim, kLatentDim, std::nanf(""));
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
-  cpu::KernelArgs a{.p = &c.p, .cache = &c.cache, .q = c.q16.data(), .seq = seq,
-                    .head_begin = hb, .head_end = he, .kv_begin = kb, .kv_end = ke,
-                    .o = r.o.data(), .o_stride_i = r.o_si(), .o_stride_h = kLatentDim,
-                    .lse = r.lse.data(), .lse_stride_i = r.lse_si(), .lse_stride_h = 1,
-                    .chunk = chunk, .up = up};
+  cpu::KernelArgs a{.p = &c.p,
+                    .cache = &c.cache,
+                    .q = c.q16.data(),
+                    .seq = seq,
+                    .head_begin = hb,
+                    .head_end = he,
+                    .kv_begin = kb,
+                    .kv_end = ke,
+                    .o = r.o.data(),
+                    .o_stride_i = r.o_si(),
+                    .o_stride_h = kLatentDim,
+                    .lse = r.lse.data(),
+                    .lse_stride_i = r.lse_si(),
+                    .lse_stride_h = 1,
+                    .chunk = chunk,
+                    .up = up};
   k.run(a, scratch);
   return r;
 }
@@ -92,7 +103,8 @@ void ref_range(const Case& c, int seq, int hb, int he, int kb, int ke, std::vect
   std::vector<double> s(ke - kb);
   for (int i = 0; i < ql; ++i)
     for (int hh = 0; hh < nh; ++hh) {
-      const float* q = c.q.data() + ((int64_t(seq) * c.p.q_len + i) * c.p.num_heads + hb + hh) * kQkDim;
+      const float* q =
+          c.q.data() + ((int64_t(seq) * c.p.q_len + i) * c.p.num_heads + hb + hh) * kQkDim;
       const int last = std::min(last_visible(c.p, seq, i), ke - 1);
       if (last < kb) continue;
       double mx = -std::numeric_limits<double>::infinity();
@@ -131,9 +143,9 @@ void gather(const ItemRun& r, std::vector<float>* o, std::vector<float>* lse) {
                                    const std::vector<double>& ref_lse, KvDType kv) {
   std::vector<float> o, lse;
   gather(r, &o, &lse);
-  const ref::Comparison cmp = ref::compare(o.data(), lse.data(), ref_o.data(), ref_lse.data(),
-                                           int64_t(r.ql) * r.nh, kLatentDim,
-                                           ref::tolerance_for(kv, false));
+  const ref::Comparison cmp =
+      ref::compare(o.data(), lse.data(), ref_o.data(), ref_lse.data(), int64_t(r.ql) * r.nh,
+                   kLatentDim, ref::tolerance_for(kv, false));
   for (float x : o)
     if (std::isnan(x)) return ::testing::AssertionFailure() << "NaN in o; " << cmp.summary();
   for (float x : lse)
@@ -147,7 +159,8 @@ void gather(const ItemRun& r, std::vector<float>* o, std::vector<float>* lse) {
 void poison_outside(Case& c, int seq, int kb, int ke) {
   const std::vector<float> nan_token(kQkDim, std::nanf(""));
   for (int t = 0; t < c.seq_lens[seq]; ++t)
-    if (t < kb || t >= ke) c.cache.write(cpu::slot_of(c.p, c.cache.block_size(), seq, t), nan_token.data());
+    if (t < kb || t >= ke)
+      c.cache.write(cpu::slot_of(c.p, c.cache.block_size(), seq, t), nan_token.data());
 }
 void restore_sequence(Case& c, int seq) {
   for (int t = 0; t < c.seq_lens[seq]; ++t) {
@@ -168,7 +181,8 @@ struct Sweep {
 class KernelAvx512Fp : public ::testing::TestWithParam<const KernelInfo*> {
  protected:
   void SetUp() override {
-    if (!GetParam()->supported()) GTEST_SKIP() << GetParam()->name << ": CPU lacks the instructions";
+    if (!GetParam()->supported())
+      GTEST_SKIP() << GetParam()->name << ": CPU lacks the instructions";
   }
   KvDType kv() const { return GetParam()->kv; }
   cpu::Scratch scratch_;
@@ -197,20 +211,29 @@ TEST_P(KernelAvx512Fp, FullRangeMatchesReference) {
       {33, 4, 1, {95}, {}, true, 2.f, false, 2},
       {7, 2, 128, {600}, {}, false, 2.f, true, 8},
       {64, 2, 64, {520}, {1}, true, 3.f, false, 4},
+      // Causal rows that see nothing of the last step (m, l carried across a fully masked step).
+      {3, 4, 16, {129, 66}, {}, true, 2.f, false, 1},
   };
   for (const Sweep& sw : sweeps)
     for (UpForm up : {UpForm::resident, UpForm::spill}) {
       SCOPED_TRACE(describe(sw, up));
-      CaseSpec spec{.batch = int(sw.seq_lens.size()), .q_len = sw.q_len, .heads = sw.heads,
-                    .block_size = sw.block_size, .seq_lens = sw.seq_lens, .q_lens = sw.q_lens,
-                    .kv = kv(), .causal = sw.causal, .score_std = sw.score_std, .sink = sw.sink};
+      CaseSpec spec{.batch = int(sw.seq_lens.size()),
+                    .q_len = sw.q_len,
+                    .heads = sw.heads,
+                    .block_size = sw.block_size,
+                    .seq_lens = sw.seq_lens,
+                    .q_lens = sw.q_lens,
+                    .kv = kv(),
+                    .causal = sw.causal,
+                    .score_std = sw.score_std,
+                    .sink = sw.sink};
       const Case c = test::make_case(spec, seed + sw.heads * 7 + sw.block_size);
       const int64_t rows = int64_t(c.p.batch) * c.p.q_len * c.p.num_heads;
       std::vector<double> ref_o(rows * kLatentDim), ref_lse(rows);
       ref::decode(c.p, c.q.data(), c.cache, ref_o.data(), ref_lse.data());
       for (int b = 0; b < c.p.batch; ++b) {
-        const ItemRun r = run_item(*GetParam(), c, b, 0, sw.heads, 0, c.seq_lens[b], sw.chunk, up,
-                                   scratch_);
+        const ItemRun r =
+            run_item(*GetParam(), c, b, 0, sw.heads, 0, c.seq_lens[b], sw.chunk, up, scratch_);
         const int ql = r.ql;
         const auto row0 = size_t(b) * c.p.q_len * sw.heads;  // padding rows i >= ql not compared
         std::vector<double> o(ref_o.begin() + row0 * kLatentDim,
@@ -235,11 +258,17 @@ TEST_P(KernelAvx512Fp, SplitRangesMatchSubRangeAndCombine) {
   };
   const std::vector<Split> splits = {
       {16, 2, 64, 700, true, 4},  {128, 2, 128, 300, true, 2}, {3, 4, 1, 170, true, 1},
-      {20, 3, 16, 450, false, 8}, {9, 4, 64, 200, true, 4},   {16, 1, 16, 1000, true, 4},
+      {20, 3, 16, 450, false, 8}, {9, 4, 64, 200, true, 4},    {16, 1, 16, 1000, true, 4},
   };
   for (const Split& sp : splits) {
-    CaseSpec spec{.batch = 1, .q_len = sp.q_len, .heads = sp.heads, .block_size = sp.block_size,
-                  .seq_lens = {sp.seq_len}, .kv = kv(), .causal = sp.causal};
+    CaseSpec spec{.batch = 1,
+                  .q_len = sp.q_len,
+                  .heads = sp.heads,
+                  .block_size = sp.block_size,
+                  .seq_lens = {sp.seq_len},
+                  .q_lens = {},
+                  .kv = kv(),
+                  .causal = sp.causal};
     Case c = test::make_case(spec, seed + sp.seq_len);
     const int rows = sp.q_len * sp.heads;
     std::vector<double> full_o(size_t(rows) * kLatentDim), full_lse(rows);
@@ -298,9 +327,9 @@ TEST_P(KernelAvx512Fp, SplitRangesMatchSubRangeAndCombine) {
                     ro.begin() + size_t(row) * kLatentDim);
         rl[row] = full_lse[size_t(i) * sp.heads + hb + hh];
       }
-      const ref::Comparison cmp = ref::compare(mo.data(), ml.data(), ro.data(), rl.data(),
-                                               int64_t(sp.q_len) * nh, kLatentDim,
-                                               ref::tolerance_for(kv(), false));
+      const ref::Comparison cmp =
+          ref::compare(mo.data(), ml.data(), ro.data(), rl.data(), int64_t(sp.q_len) * nh,
+                       kLatentDim, ref::tolerance_for(kv(), false));
       EXPECT_TRUE(cmp.pass) << "combined pieces: " << cmp.summary();
     }
   }
@@ -311,8 +340,15 @@ TEST_P(KernelAvx512Fp, SplitRangesMatchSubRangeAndCombine) {
 TEST_P(KernelAvx512Fp, ShortRangesAndTails) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
-  CaseSpec spec{.batch = 1, .q_len = 2, .heads = 16, .block_size = 16, .seq_lens = {150},
-                .kv = kv(), .causal = true, .score_std = 3.f};
+  CaseSpec spec{.batch = 1,
+                .q_len = 2,
+                .heads = 16,
+                .block_size = 16,
+                .seq_lens = {150},
+                .q_lens = {},
+                .kv = kv(),
+                .causal = true,
+                .score_std = 3.f};
   Case c = test::make_case(spec, seed + 5);
   const std::vector<std::pair<int, int>> ranges = {{0, 1},   {149, 150}, {148, 150}, {5, 22},
                                                    {17, 81}, {0, 129},   {63, 150},  {1, 2}};
@@ -337,15 +373,23 @@ TEST_P(KernelAvx512Fp, SinkAndWideScores) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   for (float std_ : {1.f, 3.f, 8.f}) {
-    CaseSpec spec{.batch = 2, .q_len = 2, .heads = 32, .block_size = 64, .seq_lens = {333, 70},
-                  .q_lens = {2, 1}, .kv = kv(), .causal = true, .score_std = std_, .sink = true};
+    CaseSpec spec{.batch = 2,
+                  .q_len = 2,
+                  .heads = 32,
+                  .block_size = 64,
+                  .seq_lens = {333, 70},
+                  .q_lens = {2, 1},
+                  .kv = kv(),
+                  .causal = true,
+                  .score_std = std_,
+                  .sink = true};
     const Case c = test::make_case(spec, seed + 11);
     for (int b = 0; b < 2; ++b) {
       SCOPED_TRACE("score std " + std::to_string(std_) + " sequence " + std::to_string(b));
       std::vector<double> ro, rl;
       ref_range(c, b, 0, 32, 0, c.seq_lens[b], &ro, &rl);
-      const ItemRun r = run_item(*GetParam(), c, b, 0, 32, 0, c.seq_lens[b], 4, UpForm::resident,
-                                 scratch_);
+      const ItemRun r =
+          run_item(*GetParam(), c, b, 0, 32, 0, c.seq_lens[b], 4, UpForm::resident, scratch_);
       EXPECT_TRUE(matches(r, ro, rl, kv()));
     }
   }

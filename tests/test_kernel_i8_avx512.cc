@@ -92,7 +92,6 @@ void rows_of(const ItemRun& r, int i, std::vector<float>* o, std::vector<float>*
     const ref::Comparison cmp = ref::compare(
         o.data(), lse.data(), ref_o.data() + size_t(i) * r.nh * kLatentDim,
         ref_lse.data() + size_t(i) * r.nh, r.nh, kLatentDim, ref::tolerance_for(KvDType::int8, false));
-    if (getenv("I8DBG")) printf("%s %s\n", cmp.summary().c_str(), ::testing::UnitTest::GetInstance()->current_test_info()->name());
     if (!cmp.pass) return ::testing::AssertionFailure() << "query " << i << ": " << cmp.summary();
   }
   for (size_t x = 0; x < r.o.size(); ++x) {
@@ -178,9 +177,16 @@ Int8CacheContent poison_outside(Case& c, int seq, int kb, int ke) {
 
 // A case whose c.q holds what the kernel computes with (DESIGN §6: the reference runs on the
 // same, already rounded inputs): the latent part quantized per row to int8 and de-quantized.
-Case make(const CaseSpec& spec, uint64_t seed) {
+// Every zero_every-th query row (0: none) gets an all-zero latent part (query scale 0).
+Case make(const CaseSpec& spec, uint64_t seed, int zero_every = 0) {
   Case c = test::make_case(spec, seed);
   poison_unused(c);
+  if (zero_every > 0)
+    for (size_t r = 0; r * kQkDim < c.q.size(); r += zero_every)
+      for (int d = 0; d < kLatentDim; ++d) {
+        c.q[r * kQkDim + d] = 0.f;
+        c.q16[r * kQkDim + d] = 0;
+      }
   const int64_t rows = int64_t(c.p.batch) * c.p.q_len * c.p.num_heads;
   std::vector<float> q_used(c.q.size());
   kernel_query_values(c.cache, rows, c.q.data(), q_used.data());
@@ -238,7 +244,7 @@ TEST_F(KernelI8Avx512, FullRangeMatchesReference) {
                     .block_size = sw.block_size, .seq_lens = sw.seq_lens, .q_lens = sw.q_lens,
                     .kv = KvDType::int8, .scale = mode, .causal = sw.causal,
                     .score_std = sw.score_std, .sink = sw.sink};
-      const Case c = make(spec, seed + sw.heads * 7 + sw.block_size + int(mode));
+      const Case c = make(spec, seed + sw.heads * 7 + sw.block_size + int(mode), w % 3 == 0 ? 5 : 0);
       const int64_t rows = int64_t(c.p.batch) * c.p.q_len * c.p.num_heads;
       std::vector<double> ref_o(rows * kLatentDim), ref_lse(rows);
       ref::decode(c.p, c.q.data(), c.cache, ref_o.data(), ref_lse.data());
@@ -370,12 +376,14 @@ TEST_F(KernelI8Avx512, ShortRangesAndTails) {
   const std::vector<std::pair<int, int>> ranges = {{0, 1},   {149, 150}, {148, 150}, {5, 22},
                                                    {17, 81}, {0, 129},   {63, 150},  {1, 2}};
   for (int bs : {1, 16, 64, 128}) {
+    const KvScale mode = bs == 16 ? KvScale::tensor : bs == 128 ? KvScale::channel : KvScale::token;
     CaseSpec spec{.batch = 1, .q_len = 2, .heads = 16, .block_size = bs, .seq_lens = {150},
-                  .kv = KvDType::int8, .scale = KvScale::token, .causal = true, .score_std = 3.f};
+                  .kv = KvDType::int8, .scale = mode, .causal = true, .score_std = 3.f};
     Case c = make(spec, seed + 5 + bs);
     for (int chunk : {1, 2, 4, 8})
       for (auto [kb, ke] : ranges) {
-        SCOPED_TRACE("block " + std::to_string(bs) + " kv [" + std::to_string(kb) + ", " +
+        SCOPED_TRACE(std::string(kv_scale_name(mode)) + " block " + std::to_string(bs) + " kv [" +
+                     std::to_string(kb) + ", " +
                      std::to_string(ke) + ") chunk " + std::to_string(chunk));
         std::vector<double> ro, rl;
         ref_range(c, 0, 0, 16, kb, ke, &ro, &rl);
@@ -410,6 +418,31 @@ TEST_F(KernelI8Avx512, SinkWideScoresAndOddScales) {
         EXPECT_TRUE(matches(r, ro, rl));
       }
     }
+}
+
+// Scores that keep growing along the sequence (key scales rising with the position), so that the
+// running maximum moves in most steps, by small and by large amounts: every rescale path of SM/UP.
+TEST_F(KernelI8Avx512, GrowingScoresMoveTheMaximum) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
+  for (float growth : {2.f, 8.f}) {
+    CaseSpec spec{.batch = 1, .q_len = 2, .heads = 24, .block_size = 64, .seq_lens = {1500},
+                  .kv = KvDType::int8, .scale = KvScale::token, .score_std = 1.f};
+    Case c = make(spec, seed + 23);
+    Int8CacheContent ct = c.cache.export_int8();
+    for (int t = 0; t < 1500; ++t)
+      ct.token_scale[cpu::slot_of(c.p, 64, 0, t)] *= 1.f + growth * float(t) / 1500.f;
+    c.cache.import_int8(ct);
+    std::vector<double> ro, rl;
+    ref_range(c, 0, 0, 24, 0, 1500, &ro, &rl);
+    for (int chunk : {1, 4})
+      for (UpForm up : {UpForm::resident, UpForm::spill}) {
+        SCOPED_TRACE("growth " + std::to_string(growth) + " chunk " + std::to_string(chunk) +
+                     (up == UpForm::resident ? " resident" : " spill"));
+        const ItemRun r = run_item(c, 0, 0, 24, 0, 1500, chunk, up, scratch_);
+        EXPECT_TRUE(matches(r, ro, rl));
+      }
+  }
 }
 
 // DeepSeek-V3's decode shape (128 heads x q_len 2) over a long sequence, every chunk.

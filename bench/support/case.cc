@@ -46,7 +46,9 @@ void check_spec(const CaseSpec& s) {
             "case: score_std = " << s.score_std << " must be positive");
 }
 
-int64_t blocks_per_seq(const CaseSpec& s) { return (int64_t(s.k) + s.block_size - 1) / s.block_size; }
+int64_t blocks_per_seq(const CaseSpec& s) {
+  return (int64_t(s.k) + s.block_size - 1) / s.block_size;
+}
 
 // The sequences' blocks plus spares (1/8 more, at least 2) that stay unused and hold NaN.
 CacheConfig cache_config(const CaseSpec& s) {

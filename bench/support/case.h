@@ -27,7 +27,7 @@ namespace mla::bench {
 
 struct CaseSpec {
   int batch = 1;
-  int k = 4096;       // seq_len of every sequence: context tokens, its q_len new ones included
+  int k = 4096;  // seq_len of every sequence: context tokens, its q_len new ones included
   int heads = 128;
   int q_len = 2;
   int block_size = 64;
@@ -51,7 +51,7 @@ class Case {
   // The decode parameters; the pointers stay valid as long as the Case lives.
   DecodeParams params() const;
   const PagedLatentCache& cache() const { return cache_; }
-  DType q_dtype() const { return q_dtype_; }         // bf16 (bf16 and int8 caches) or f16 (fp16)
+  DType q_dtype() const { return q_dtype_; }            // bf16 (bf16 and int8 caches) or f16 (fp16)
   const uint16_t* q() const { return q_bits_.data(); }  // [B, q_len, H, 576] in q_dtype
   const float* q_f32() const { return q_f32_.data(); }  // the same values as float
   int64_t rows() const { return int64_t(spec_.batch) * spec_.q_len * spec_.heads; }
@@ -100,7 +100,7 @@ struct CheckResult {
   int64_t nonfinite = 0;     // non-finite values anywhere in o or lse (every row is a real query)
   int64_t rows_checked = 0;  // rows compared with the reference
   bool sampled = false;
-  bool pass = false;         // cmp.pass and no non-finite value anywhere
+  bool pass = false;            // cmp.pass and no non-finite value anywhere
   std::string summary() const;  // "rel 3.1e-03 cos 0.999990 lse 2.0e-04 (sampled 64 rows)"
 };
 // Compares o [B, q_len, H, 512] and lse [B, q_len, H] with the reference on its rows

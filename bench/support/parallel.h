@@ -11,7 +11,8 @@
 
 namespace mla::bench {
 
-// Calls fn(begin, end) on `threads` contiguous parts of [0, n), the first part on the calling thread.
+// Calls fn(begin, end) on `threads` contiguous parts of [0, n), the first part on the calling
+// thread.
 template <class Fn>
 void parallel_for(int64_t n, int threads, Fn&& fn) {
   const int t = int(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
@@ -21,8 +22,7 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
   }
   std::vector<std::thread> pool;
   pool.reserve(t - 1);
-  for (int i = 1; i < t; ++i)
-    pool.emplace_back([&fn, i, t, n] { fn(n * i / t, n * (i + 1) / t); });
+  for (int i = 1; i < t; ++i) pool.emplace_back([&fn, i, t, n] { fn(n * i / t, n * (i + 1) / t); });
   fn(int64_t(0), n / t);
   for (auto& th : pool) th.join();
 }

@@ -39,16 +39,16 @@ struct Shape {
 
 constexpr int kFlopsPerKeyRow = 2 * (kQkDim + kLatentDim);  // 2 * 1088
 
-double flops(const Shape& s);          // 2 * H * q_len * k * 1088 * batch
+double flops(const Shape& s);  // 2 * H * q_len * k * 1088 * batch
 double kv_bytes_per_token(KvDType kv, KvScale scale);
-double kv_bytes(const Shape& s);       // batch * k * kv_bytes_per_token
+double kv_bytes(const Shape& s);  // batch * k * kv_bytes_per_token
 
 struct Floor {
   double compute_s = 0;
   double bandwidth_s = 0;
-  double floor_s = 0;      // max of the two
+  double floor_s = 0;  // max of the two
   bool compute_bound = true;
-  std::string bw_level;    // "mem" or "l3": which read bandwidth set bandwidth_s
+  std::string bw_level;  // "mem" or "l3": which read bandwidth set bandwidth_s
   double bw_gbs = 0;
 };
 

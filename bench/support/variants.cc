@@ -81,8 +81,7 @@ Variant parse_variant(const std::string& config, int default_chunk) {
     const std::string item = trim(items[n]);
     MLA_CHECK(!item.empty(), "variant '" << v.text << "': empty item");
     if (item == "old" || item == "new") {
-      MLA_CHECK(n == 0, "variant '" << v.text << "': the preset '" << item
-                                    << "' must come first");
+      MLA_CHECK(n == 0, "variant '" << v.text << "': the preset '" << item << "' must come first");
       v.opt = item == "old" ? old_options() : new_options(default_chunk);
       continue;
     }
@@ -92,8 +91,8 @@ Variant parse_variant(const std::string& config, int default_chunk) {
     std::string key = trim(item.substr(0, eq));
     const std::string val = trim(item.substr(eq + 1));
     if (key == "reduction") key = "red";
-    MLA_CHECK(seen.insert(key).second, "variant '" << v.text << "': key '" << key
-                                                   << "' given twice");
+    MLA_CHECK(seen.insert(key).second,
+              "variant '" << v.text << "': key '" << key << "' given twice");
     if (key == "chunk") {
       v.opt.chunk = parse_chunk(val, item);
     } else if (key == "up") {
@@ -113,8 +112,7 @@ Variant parse_variant(const std::string& config, int default_chunk) {
                 "variant item '" << item << "': impl must be fast or ref");
       v.opt.impl = val == "fast" ? Impl::fast : Impl::ref;
     } else {
-      MLA_FAIL("variant item '" << item
-                                << "': unknown key '" << key
+      MLA_FAIL("variant item '" << item << "': unknown key '" << key
                                 << "' (expected chunk, up, red, isa or impl)");
     }
   }

@@ -1,15 +1,15 @@
 // Kernel configurations the benchmark compares, written as text on the command line:
 //
-//   SPEC    := CONFIG ':' CONFIG            the first is the "old" column, the second "new"
+//   SPEC    := CONFIG ':' CONFIG        the first is the "old" column, the second "new"
 //   CONFIG  := PRESET | [PRESET ','] ITEM (',' ITEM)*
-//   PRESET  := 'old'                        chunk=1,up=spill,red=separate (the straightforward kernel)
-//            | 'new'                        chunk=<--chunk>,up=resident,red=last (the best one)
-//   ITEM    := 'chunk=' N                   KV tiles of 64 tokens per pipeline step, N >= 1
-//            | 'up=' ('resident' | 'spill') output accumulator kept in registers/L1, or moved out
-//                                           and back every chunk (the seed's "GO move")
-//            | ('red=' | 'reduction=') ('separate' | 'last')   who merges split-KV partials
-//            | 'isa=' ('best' | 'portable') portable forces the plain C++ kernels
-//            | 'impl=' ('fast' | 'ref')     ref: the float64 reference (slow; for debugging)
+//   PRESET  := 'old'                    chunk=1,up=spill,red=separate (the straightforward kernel)
+//            | 'new'                    chunk=<--chunk>,up=resident,red=last (the best one)
+//   ITEM    := 'chunk=' N               KV tiles of 64 tokens per pipeline step, N >= 1
+//            | 'up=' UP                 UP: resident (output accumulator kept in registers/L1)
+//                                       or spill (moved out and back every chunk: no "GO move")
+//            | ('red=' | 'reduction=') RED   RED: separate or last (who merges split-KV partials)
+//            | 'isa=' ISA               ISA: best or portable (forces the plain C++ kernels)
+//            | 'impl=' IMPL             IMPL: fast or ref (the float64 reference; for debugging)
 //
 // Keys a configuration leaves out take the "new" preset's values; items after a preset override
 // it. Examples: "old:new" (the default), "chunk=1:chunk=4", "red=separate:red=last",
@@ -24,13 +24,13 @@
 namespace mla::bench {
 
 struct Variant {
-  std::string text;     // as given: "old", "chunk=1,up=spill"
-  DecodeOptions opt;    // threads not set here (the caller's --threads)
+  std::string text;              // as given: "old", "chunk=1,up=spill"
+  DecodeOptions opt;             // threads not set here (the caller's --threads)
   std::string describe() const;  // every key: "chunk=1,up=spill,red=separate,isa=best,impl=fast"
 };
 
-DecodeOptions old_options();                 // chunk 1, spill, separate
-DecodeOptions new_options(int chunk);        // chunk, resident, last
+DecodeOptions old_options();           // chunk 1, spill, separate
+DecodeOptions new_options(int chunk);  // chunk, resident, last
 
 // One CONFIG. Throws mla::Error naming the offending item.
 Variant parse_variant(const std::string& config, int default_chunk);

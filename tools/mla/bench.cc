@@ -63,6 +63,9 @@ struct BenchArgs {
 // (up to ~1 s for b48_k4096) and only a reference point: 3 to 20 runs.
 constexpr int kMinReps = 5, kMaxReps = 100;
 constexpr int kMinBaselineReps = 3, kMaxBaselineReps = 20;
+// A spread above this flags the row in the footer: on a quiet machine the kernels' runs vary by
+// a few percent.
+constexpr double kNoisySpread = 0.2;
 
 std::vector<int> parse_int_list(const std::string& text, const char* option) {
   std::vector<int> out;
@@ -225,7 +228,8 @@ void print_row(const RowResult& r) {
   const Stats& n = r.variants[1].stats;
   const auto frac = r.fraction();
   std::string bound = "-";
-  if (r.floor) bound = r.floor->compute_bound ? "compute" : (r.floor->bw_level == "l3" ? "L3" : "mem");
+  if (r.floor)
+    bound = r.floor->compute_bound ? "compute" : (r.floor->bw_level == "l3" ? "L3" : "mem");
   std::string check = "-";
   if (r.checked()) {
     const auto f = r.failures();
@@ -247,8 +251,12 @@ void print_row(const RowResult& r) {
 }
 
 json stats_json(const Stats& s) {
-  return json{{"median_us", s.median * 1e6}, {"p10_us", s.p10 * 1e6}, {"p90_us", s.p90 * 1e6},
-              {"min_us", s.min * 1e6},       {"max_us", s.max * 1e6}, {"spread", s.spread()},
+  return json{{"median_us", s.median * 1e6},
+              {"p10_us", s.p10 * 1e6},
+              {"p90_us", s.p90 * 1e6},
+              {"min_us", s.min * 1e6},
+              {"max_us", s.max * 1e6},
+              {"spread", s.spread()},
               {"reps", s.n}};
 }
 
@@ -289,11 +297,12 @@ json row_json(const RowResult& r, const BenchArgs& a) {
             {"new", stats_json(n)}};
   j["baseline_us"] = r.baseline ? json(r.baseline->stats.median * 1e6) : json(nullptr);
   j["baseline_spread"] = r.baseline ? json(r.baseline->stats.spread()) : json(nullptr);
-  j["new_over_baseline"] =
-      r.baseline ? json(n.median / r.baseline->stats.median) : json(nullptr);
+  j["new_over_baseline"] = r.baseline ? json(n.median / r.baseline->stats.median) : json(nullptr);
   j["baseline"] = r.baseline ? stats_json(r.baseline->stats) : json(nullptr);
   const auto frac = r.fraction();
   j["ceiling_fraction"] = frac ? json(*frac) : json(nullptr);
+  j["old_gflops"] = r.flops / o.median / 1e9;
+  j["old_ceiling_fraction"] = r.floor ? json(r.floor->floor_s / o.median) : json(nullptr);
   if (r.floor)
     j["floor"] = {{"floor_us", r.floor->floor_s * 1e6},
                   {"compute_us", r.floor->compute_s * 1e6},
@@ -322,8 +331,12 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
   r.b = spec.batch;
   r.k = spec.k;
   r.c = c;
-  const bench::Shape shape{.batch = spec.batch, .k = spec.k, .heads = spec.heads,
-                           .q_len = spec.q_len, .kv = spec.kv_dtype, .scale = spec.kv_scale};
+  const bench::Shape shape{.batch = spec.batch,
+                           .k = spec.k,
+                           .heads = spec.heads,
+                           .q_len = spec.q_len,
+                           .kv = spec.kv_dtype,
+                           .scale = spec.kv_scale};
   r.flops = bench::flops(shape);
   if (ceil) r.floor = bench::floor_time(shape, *ceil, l3_bytes);
 
@@ -363,17 +376,20 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
     runs[i]();
     first[i] = bench::now_s() - t0;
     if (ref)
-      checks[i] = bench::check_output(cs, *ref, o.data(), lse.data(),
-                                      i < nv ? ref::tolerance_for(spec.kv_dtype, variants[i].opt.impl == Impl::ref)
-                                             : bench::kFp32Tolerance);
+      checks[i] = bench::check_output(
+          cs, *ref, o.data(), lse.data(),
+          i < nv ? ref::tolerance_for(spec.kv_dtype, variants[i].opt.impl == Impl::ref)
+                 : bench::kFp32Tolerance);
     for (int w = 1; w < a.warmup; ++w) runs[i]();
   }
   const double slowest = *std::max_element(first.begin(), first.begin() + nv);
   r.reps = a.reps ? a.reps : bench::choose_reps(slowest, a.target_s, kMinReps, kMaxReps);
-  r.baseline_reps = !blas ? 0
-                    : a.reps ? a.reps
-                             : bench::choose_reps(first.back(), a.target_s, kMinBaselineReps,
-                                                  kMaxBaselineReps);
+  // Runs over a second (a slow kernel, a debugging variant) get 3: the grid must stay short.
+  if (!a.reps && slowest > 1.0) r.reps = 3;
+  r.baseline_reps =
+      !blas    ? 0
+      : a.reps ? a.reps
+               : bench::choose_reps(first.back(), a.target_s, kMinBaselineReps, kMaxBaselineReps);
 
   // Timed runs, interleaved so that a slow patch of the machine hits every column alike.
   std::vector<std::vector<double>> samples(runs.size());
@@ -391,8 +407,145 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
   for (size_t i = 0; i < nv; ++i)
     r.variants.push_back(Timed{variants[i], bench::summarize(samples[i]), checks[i]});
   if (blas)
-    r.baseline = Timed{bench::Variant{.text = "blas", .opt = {}}, bench::summarize(samples[nv]), checks[nv]};
+    r.baseline =
+        Timed{bench::Variant{.text = "blas", .opt = {}}, bench::summarize(samples[nv]), checks[nv]};
   return r;
+}
+
+struct Summary {
+  double avg = 0, geo = 0;          // of the old/new ratios
+  std::vector<std::string> failed;  // rows with a failed check
+  bool any_sampled = false;
+};
+
+Summary summarize_rows(const std::vector<RowResult>& rows) {
+  Summary s;
+  double sum = 0, log_sum = 0;
+  for (const auto& r : rows) {
+    sum += r.ratio();
+    log_sum += std::log(r.ratio());
+    if (!r.failures().empty()) s.failed.push_back(r.name);
+    s.any_sampled = s.any_sampled || r.sampled();
+  }
+  s.avg = sum / double(rows.size());
+  s.geo = std::exp(log_sum / double(rows.size()));
+  return s;
+}
+
+void print_footer(const BenchArgs& a, const std::vector<RowResult>& rows, const Summary& s) {
+  std::printf("%-18s %11s %6s %11s %6s %8s\n", "AVG", "", "", "", "", fmt("%.3f", s.avg).c_str());
+  std::printf(
+      "\nold/new: mean %.3f, geometric mean %.3f over %zu rows. Times are medians; "
+      "spread = (p90 - p10) / median.\n",
+      s.avg, s.geo, rows.size());
+  std::printf(
+      "floor: time the measured ceilings allow (DESIGN §7); the column is floor / new "
+      "time. bound: what sets the floor.\n");
+  int noisy = 0, above_one = 0;
+  for (const auto& r : rows) {
+    noisy +=
+        r.variants[0].stats.spread() > kNoisySpread || r.variants[1].stats.spread() > kNoisySpread;
+    above_one += r.fraction().value_or(0) > 1.0;
+  }
+  if (noisy)
+    std::printf(
+        "note: %d row(s) with a spread above %.0f%%: the machine was busy or throttling; "
+        "the medians of those rows are not to be trusted\n",
+        noisy, kNoisySpread * 100);
+  if (above_one)
+    std::printf(
+        "note: %d row(s) above 1.0 of the floor: the ceilings were measured low (a busy "
+        "machine?); run bench/roofline again on a quiet one\n",
+        above_one);
+  if (a.no_check) {
+    std::printf("check: skipped (--no-check)\n");
+  } else if (s.failed.empty()) {
+    std::printf(
+        "check: every timed output within DESIGN §6 of the float64 reference (BLAS: "
+        "1e-4)%s\n",
+        s.any_sampled ? "; * = on a sample of sequences and heads" : "");
+  } else {
+    std::printf("check: FAILED in %zu row(s):\n", s.failed.size());
+    for (const auto& r : rows) {
+      for (const auto& v : r.variants)
+        if (v.check && !v.check->pass)
+          std::printf("  %s %s: %s\n", r.name.c_str(), v.variant.describe().c_str(),
+                      v.check->summary().c_str());
+      if (r.baseline && r.baseline->check && !r.baseline->check->pass)
+        std::printf("  %s blas: %s\n", r.name.c_str(), r.baseline->check->summary().c_str());
+    }
+  }
+  std::fflush(stdout);
+}
+
+json report_json(const BenchArgs& a, const std::vector<int>& bs, const std::vector<int>& ks,
+                 const std::vector<int>& cs, const std::vector<bench::Variant>& variants,
+                 const CeilingSet& ceilings, int64_t l3, const std::vector<RowResult>& rows,
+                 const Summary& s) {
+  json doc;
+  doc["tool"] = "mla bench";
+  doc["config"] = {{"grid", a.grid},
+                   {"b", bs},
+                   {"k", ks},
+                   {"c", cs},
+                   {"heads", a.heads},
+                   {"q_len", a.q_len},
+                   {"kv_dtype", a.kv_dtype},
+                   {"kv_scale", a.kv_scale},
+                   {"block_size", a.block_size},
+                   {"chunk", a.chunk},
+                   {"variants", a.variants},
+                   {"reps", a.reps},
+                   {"warmup", a.warmup},
+                   {"seed", a.seed},
+                   {"baseline", !a.no_baseline},
+                   {"check", !a.no_check}};
+  doc["variants"] = {{"old", {{"text", variants[0].text}, {"options", variants[0].describe()}}},
+                     {"new", {{"text", variants[1].text}, {"options", variants[1].describe()}}}};
+  doc["baseline"] =
+      a.no_baseline ? json(nullptr) : json("OpenBLAS fp32: de-quantize, sgemm, softmax, sgemm");
+  // ceilings_to_json: {"cpu": ..., "ceilings": [...]}.
+  const json cj =
+      ceilings.all.empty() ? json::object() : json::parse(ceilings_to_json(ceilings.all));
+  doc["cpu"] = cj.value("cpu", std::string());
+  doc["ceilings"] = cj.value("ceilings", json::array());
+  doc["ceilings_source"] = ceilings.sources;
+  doc["l3_bytes"] = l3;
+  doc["rows"] = json::array();
+  for (const auto& r : rows) doc["rows"].push_back(row_json(r, a));
+  doc["avg_speedup"] = s.avg;
+  doc["geomean_speedup"] = s.geo;
+  doc["all_pass"] = s.failed.empty();
+  return doc;
+}
+
+std::string join(const std::vector<int>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+void print_preamble(const BenchArgs& a, KvDType kv, KvScale scale, const std::vector<int>& cs,
+                    const std::vector<bench::Variant>& variants, const CeilingSet& ceilings) {
+  const std::string scales =
+      kv == KvDType::int8 ? std::string(" (") + kv_scale_name(scale) + " scales)" : "";
+  std::printf("mla bench: %s cache%s, %d heads, q_len %d, block %d; threads %s\n",
+              kv_dtype_name(kv), scales.c_str(), a.heads, a.q_len, a.block_size, join(cs).c_str());
+  std::printf("  old: %s   [%s]\n  new: %s   [%s]\n", variants[0].describe().c_str(),
+              variants[0].text.c_str(), variants[1].describe().c_str(), variants[1].text.c_str());
+  if (!a.no_baseline)
+    std::printf("  BLAS: OpenBLAS fp32: de-quantize, sgemm Q.K^T, softmax, sgemm P.V\n");
+  for (int c : cs) {
+    const Ceilings* e = find(ceilings.all, c);
+    if (!e) continue;
+    const std::string from = ceilings.sources.value(std::to_string(c), std::string("?"));
+    std::printf(
+        "  ceilings c%d (%s): int8 dot %.0f GOP/s, bf16 dot %.0f GFLOP/s, fp32 FMA %.0f "
+        "GFLOP/s, read mem %.1f GB/s, L3 %.1f GB/s\n",
+        c, from.c_str(), e->int8_dot_gops, e->bf16_dot_gflops, e->fp32_fma_gflops,
+        e->read_bw_mem_gbs, e->read_bw_l3_gbs);
+  }
+  for (const auto& n : ceilings.notes) std::printf("  note: %s\n", n.c_str());
 }
 
 void run_bench(const BenchArgs& a) {
@@ -409,9 +562,8 @@ void run_bench(const BenchArgs& a) {
   }
   if (!a.b_list.empty()) bs = parse_int_list(a.b_list, "--b");
   if (!a.k_list.empty()) ks = parse_int_list(a.k_list, "--k");
-  const std::vector<int> cs =
-      a.c_list.empty() ? std::vector<int>{bench::hardware_threads()}
-                       : parse_int_list(a.c_list, "--threads");
+  const std::vector<int> cs = a.c_list.empty() ? std::vector<int>{bench::hardware_threads()}
+                                               : parse_int_list(a.c_list, "--threads");
   MLA_CHECK(a.heads >= 1, "--heads = " << a.heads << " must be at least 1");
   MLA_CHECK(a.q_len >= 1, "--q-len = " << a.q_len << " must be at least 1");
   for (int k : ks)
@@ -419,8 +571,11 @@ void run_bench(const BenchArgs& a) {
                                    << " (k counts the new tokens too)");
   MLA_CHECK(a.block_size >= 1, "--block-size = " << a.block_size << " must be at least 1");
   MLA_CHECK(a.reps >= 0, "--reps = " << a.reps << " must not be negative");
-  MLA_CHECK(a.warmup >= 1, "--warmup = " << a.warmup
-                                         << " must be at least 1 (the first run is the check)");
+  MLA_CHECK(a.target_s > 0 && a.target_s <= 3600,
+            "--time = " << a.target_s << " must be in (0, 3600] seconds");
+  for (int c : cs) MLA_CHECK(c <= 1024, "--threads " << c << " is more than 1024");
+  MLA_CHECK(a.warmup >= 1,
+            "--warmup = " << a.warmup << " must be at least 1 (the first run is the check)");
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvScale scale = parse_kv_scale(a.kv_scale);
   const std::vector<bench::Variant> variants = bench::parse_variants(a.variants, a.chunk);
@@ -433,32 +588,7 @@ void run_bench(const BenchArgs& a) {
   const CeilingSet ceilings = get_ceilings(a.ceilings_path, cs);
   const int64_t l3 = bench::l3_cache_bytes();
 
-  // ---- header ----
-  std::printf("mla bench: %s cache%s, %d heads, q_len %d, block %d; threads %s\n",
-              kv_dtype_name(kv),
-              kv == KvDType::int8 ? (std::string(" (") + kv_scale_name(scale) + " scales)").c_str()
-                                  : "",
-              a.heads, a.q_len, a.block_size,
-              [&] {
-                std::string s;
-                for (size_t i = 0; i < cs.size(); ++i) s += (i ? "," : "") + std::to_string(cs[i]);
-                return s;
-              }()
-                  .c_str());
-  std::printf("  old: %s   [%s]\n  new: %s   [%s]\n", variants[0].describe().c_str(),
-              variants[0].text.c_str(), variants[1].describe().c_str(), variants[1].text.c_str());
-  if (!a.no_baseline)
-    std::printf("  BLAS: OpenBLAS fp32: de-quantize, sgemm Q.K^T, softmax, sgemm P.V\n");
-  for (int c : cs) {
-    const Ceilings* e = find(ceilings.all, c);
-    if (!e) continue;
-    std::printf("  ceilings c%d (%s): int8 dot %.0f GOP/s, bf16 dot %.0f GFLOP/s, fp32 FMA %.0f "
-                "GFLOP/s, read mem %.1f GB/s, L3 %.1f GB/s\n",
-                c, ceilings.sources.value(std::to_string(c), std::string("?")).c_str(),
-                e->int8_dot_gops, e->bf16_dot_gflops, e->fp32_fma_gflops, e->read_bw_mem_gbs,
-                e->read_bw_l3_gbs);
-  }
-  for (const auto& n : ceilings.notes) std::printf("  note: %s\n", n.c_str());
+  print_preamble(a, kv, scale, cs, variants, ceilings);
   std::printf("\n");
   print_header();
   std::fflush(stdout);
@@ -470,8 +600,13 @@ void run_bench(const BenchArgs& a) {
   for (int c : cs)
     for (int b : bs)
       for (int k : ks) {
-        const bench::CaseSpec spec{.batch = b, .k = k, .heads = a.heads, .q_len = a.q_len,
-                                   .block_size = a.block_size, .kv_dtype = kv, .kv_scale = scale,
+        const bench::CaseSpec spec{.batch = b,
+                                   .k = k,
+                                   .heads = a.heads,
+                                   .q_len = a.q_len,
+                                   .block_size = a.block_size,
+                                   .kv_dtype = kv,
+                                   .kv_scale = scale,
                                    .seed = a.seed};
         const std::string tag =
             "[" + std::to_string(rows.size() + 1) + "/" + std::to_string(total) + "] ";
@@ -480,76 +615,14 @@ void run_bench(const BenchArgs& a) {
         print_row(rows.back());
       }
 
-  // ---- footer ----
-  double sum = 0, log_sum = 0;
-  for (const auto& r : rows) {
-    sum += r.ratio();
-    log_sum += std::log(r.ratio());
-  }
-  const double avg = sum / double(rows.size());
-  const double geo = std::exp(log_sum / double(rows.size()));
-  std::printf("%-18s %11s %6s %11s %6s %8s\n", "AVG", "", "", "", "", fmt("%.3f", avg).c_str());
-  std::vector<std::string> failed;
-  bool any_sampled = false;
-  for (const auto& r : rows) {
-    if (!r.failures().empty()) failed.push_back(r.name);
-    any_sampled = any_sampled || r.sampled();
-  }
-  std::printf("\nold/new: mean %.3f, geometric mean %.3f over %zu rows. Times are medians; spread "
-              "= (p90 - p10) / median.\n",
-              avg, geo, rows.size());
-  std::printf("floor: time the measured ceilings allow (DESIGN §7); the column is floor / new "
-              "time. bound: what sets the floor.\n");
-  if (a.no_check) {
-    std::printf("check: skipped (--no-check)\n");
-  } else if (failed.empty()) {
-    std::printf("check: every timed output within DESIGN §6 of the float64 reference (BLAS: "
-                "1e-4)%s\n",
-                any_sampled ? "; * = on a sample of sequences and heads" : "");
-  } else {
-    std::printf("check: FAILED in %zu row(s):\n", failed.size());
-    for (const auto& r : rows)
-      for (const auto& v : r.variants)
-        if (v.check && !v.check->pass)
-          std::printf("  %s %s: %s\n", r.name.c_str(), v.variant.describe().c_str(),
-                      v.check->summary().c_str());
-    for (const auto& r : rows)
-      if (r.baseline && r.baseline->check && !r.baseline->check->pass)
-        std::printf("  %s blas: %s\n", r.name.c_str(), r.baseline->check->summary().c_str());
-  }
-  std::fflush(stdout);
-
-  if (!a.json_path.empty()) {
-    json doc;
-    doc["tool"] = "mla bench";
-    doc["config"] = {{"grid", a.grid},        {"b", bs},
-                     {"k", ks},               {"c", cs},
-                     {"heads", a.heads},      {"q_len", a.q_len},
-                     {"kv_dtype", a.kv_dtype}, {"kv_scale", a.kv_scale},
-                     {"block_size", a.block_size}, {"chunk", a.chunk},
-                     {"variants", a.variants}, {"reps", a.reps},
-                     {"warmup", a.warmup},     {"seed", a.seed},
-                     {"baseline", !a.no_baseline}, {"check", !a.no_check}};
-    doc["variants"] = {{"old", {{"text", variants[0].text}, {"options", variants[0].describe()}}},
-                       {"new", {{"text", variants[1].text}, {"options", variants[1].describe()}}}};
-    doc["baseline"] = a.no_baseline ? json(nullptr)
-                                    : json("OpenBLAS fp32: de-quantize, sgemm, softmax, sgemm");
-    // ceilings_to_json: {"cpu": ..., "ceilings": [...]}.
-    const json cj = ceilings.all.empty() ? json::object()
-                                         : json::parse(ceilings_to_json(ceilings.all));
-    doc["cpu"] = cj.value("cpu", std::string());
-    doc["ceilings"] = cj.value("ceilings", json::array());
-    doc["ceilings_source"] = ceilings.sources;
-    doc["l3_bytes"] = l3;
-    doc["rows"] = json::array();
-    for (const auto& r : rows) doc["rows"].push_back(row_json(r, a));
-    doc["avg_speedup"] = avg;
-    doc["geomean_speedup"] = geo;
-    doc["all_pass"] = failed.empty();
-    write_file_atomic(a.json_path, doc.dump(2) + "\n");
-  }
-  if (!failed.empty())
-    throw CheckFailed("mla bench: " + std::to_string(failed.size()) + " row(s) failed the check");
+  const Summary sum = summarize_rows(rows);
+  print_footer(a, rows, sum);
+  if (!a.json_path.empty())
+    write_file_atomic(a.json_path,
+                      report_json(a, bs, ks, cs, variants, ceilings, l3, rows, sum).dump(2) + "\n");
+  if (!sum.failed.empty())
+    throw CheckFailed("mla bench: " + std::to_string(sum.failed.size()) +
+                      " row(s) failed the check");
 }
 
 const char* const kFooter = R"(

@@ -5,8 +5,8 @@
 #pragma once
 
 // GCC 12 warns about its own _mm512_undefined_* (`__m512 __Y = __Y;`, GCC bug 105593) wherever a
-// masked or widening intrinsic is inlined; the pragma must precede the first <immintrin.h>, so
-// include this header first.
+// masked or widening intrinsic is inlined. The pragma only helps if it precedes the first
+// <immintrin.h> of the file, so the .cc files that include this header repeat it at their top.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
@@ -104,8 +104,7 @@ MLA_AVX512_INLINE __m512 rows16_masked_max(const float* s, int64_t ss, int ntok,
 MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* alpha) {
   const __m512 m_old = _mm512_load_ps(m);
   const __m512 m_new = _mm512_max_ps(m_old, step_max);
-  const __mmask16 seen =
-      _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(-__builtin_inff()), _CMP_NEQ_OQ);
+  const __mmask16 seen = _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(-__builtin_inff()), _CMP_NEQ_OQ);
   const __m512 m_use = _mm512_maskz_mov_ps(seen, m_new);
   *alpha = exp2_ps(_mm512_sub_ps(m_old, m_use));  // m_old = -inf: 0
   _mm512_store_ps(m, m_new);
@@ -148,7 +147,8 @@ struct ItemRows {
   // The query row's 576 values (bf16 or f16 bits) in q [batch, q_len, H, 576].
   const uint16_t* q(int r) const {
     const DecodeParams& p = *a.p;
-    return a.q + ((int64_t(a.seq) * p.q_len + r / nh) * p.num_heads + a.head_begin + r % nh) * kQkDim;
+    return a.q +
+           ((int64_t(a.seq) * p.q_len + r / nh) * p.num_heads + a.head_begin + r % nh) * kQkDim;
   }
   // Last position row r sees within the item's range (< kv_begin: none), or -1 for r >= rows.
   int last(int r) const {
@@ -201,6 +201,27 @@ inline void finalize_rows(const ItemRows& ir, const float* go_resident, const fl
       *ir.lse(r) = -__builtin_inff();
     }
   }
+}
+
+// ---- appended for the int8 kernel (decode_i8_avx512.cc); usable by any kernel -----------------
+
+// 2^x for x < 128 (meant for the x <= 0 of softmax), with nothing but 5 FMAs on the FMA pipes: on Zen 4,
+// vfmadd/vmulps/vcmpps share their pipes with vpdpbusd and vdpbf16ps, while max, roundscale, sub
+// and scalef do not, so this costs the dot products 5 slots where exp2_ps costs 7.
+// x <= -200, -inf and NaN give exactly 0 (max() maps NaN to -200 and 2^-200 rounds to 0); results
+// below 2^-126 are denormal, not flushed. Degree-5 minimax polynomial for 2^f on [-1/2, 1/2]:
+// relative error about 2.5e-7.
+MLA_AVX512_INLINE __m512 exp2_fma5_ps(__m512 x) {
+  const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-200.f));  // first operand NaN -> -200
+  const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(xc, n);
+  __m512 y = _mm512_set1_ps(1.339086331e-3f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.676031768e-3f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.550356954e-2f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.402210683e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.931471825e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.000000119e+0f));
+  return _mm512_scalef_ps(y, n);
 }
 
 }  // namespace mla::cpu::avx512

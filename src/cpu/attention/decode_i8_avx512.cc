@@ -2,24 +2,30 @@
 // on vpdpbusd (u8 x s8 -> int32, 64 products per instruction), S_rope on vdpbf16ps. Its own file:
 // one instantiation file per dtype and ISA.
 //
-// Rows (query token x head) are held in the lanes of every vector, so the only operands that need
-// a layout of their own are the query (packed once per work item) and V (repacked per step):
+// Rows (query token x head, r = i * nh + h) are held in the lanes of every vector, so the only
+// operands that need a layout of their own are the query (packed once per work item) and V
+// (repacked per step of T = chunk * 64 tokens):
 //
-//   qp  [128][Rp] u32   4 latent channels of a query row, as u8 (q8 + 128)     once per item
-//   qr  [32][Rp]  u32   2 rope values of a query row, bf16                      once per item
-//   K   cache            4 latent channels / 2 rope values of a token, broadcast straight from
-//                        the cache (or from a staging copy for blocks of fewer than 16 tokens)
-//   s   [T][RV][16] f32  scores of one row tile (RV vectors of 16 rows)
-//   pp  [T/4][RV][16] u32  4 tokens' probabilities of a row, u8, quantized per row and step
-//   vp  [T/4][512][4] s8  4 tokens' values of a latent channel              repacked per step
+//   qp  [128][Rp] u32     4 latent channels of a query row, as u8 (q8 + 128)     once per item
+//   qr  [32][Rp]  u32     2 rope values of a query row, bf16                      once per item
+//   K   cache             4 latent channels / 2 rope values of a token, broadcast straight from
+//                         the cache (or from a staging copy for blocks of fewer than 16 tokens)
+//   s   [T][RV][16] f32   scores of one row tile (RV vectors of 16 rows)
+//   pp  [T/4][RV][16] u32 4 tokens' probabilities of a row, u8, quantized per row and step
+//   vp  [T/4][512][4] s8  4 tokens' values of a latent channel                  repacked per step
 //   go  [Rp/16][512][16] f32  output accumulator, rows in lanes (resident form)
 //
 // QK:  acc[t][rows] += qp[g][rows] . k[t][g]    (u8 query x s8 key; K is the broadcast operand,
 //      which vpdpbusd needs signed, so the query carries the +128 and each token's accumulator
 //      starts at -128 * sum_c k[t][c], computed during the V repack: the product is exact)
+// SM:  running max down the token axis (no horizontal reductions), p = 2^(s * c - m), row sums,
+//      P' = P * value scale quantized to u8 against each row's maximum within the step
 // PV:  acc[d][rows] += pp[j][rows] . vp[j][d]   (u8 probabilities x s8 values, both exact)
 // UP:  go[d][rows] = go * alpha[rows] + acc * dq[rows]  in the PV register epilogue (resident), or
 //      lo -> scratch and a separate pass over the output rows (spill, the seed's old form).
+//
+// Per step, for each row tile: QK over the step's tokens -> SM -> PV with UP fused, so s and pp
+// stay in L1 and only K, vp and go (L2) are shared by the row tiles.
 //
 // The V repack interleaves 4 tokens byte-wise with two in-lane unpacks per 64 values, which
 // leaves the latent channels of each 64-channel group in a fixed permuted order:
@@ -30,10 +36,17 @@
 // final write (and the spill form's UP) read positions back in channel order, so the permutation
 // never shows outside this file and costs no shuffles in the repack.
 //
-// Register tiles (32 zmm; GCC 12 keeps them in registers, checked with objdump -d for zmm spills
-// in the k loops): 2 row vectors x 12 tokens / 12 channels (24 accumulators + 2 operand
-// registers), or 1 row vector x 24 for 16 rows. Each dot product has its broadcast operand
-// embedded ({1to16}); one full-width load per 12 or 24 dot products.
+// What the time goes to, besides the dot products (Zen 4, measured): vfmadd, vmulps, vcmpps and
+// every 64-byte store take issue slots from vpdpbusd/vdpbf16ps (a store about 1.6), while loads,
+// adds, max, converts, shuffles, roundscale and scalef do not. So the repack (512 bytes of stores
+// per token) is what 16-row items pay most for; the next step's repack runs in slices between
+// this step's PV tiles, which hides a little of it. The softmax uses an exp2 with 5 FMAs and
+// rescales lazily (see softmax_rows), so most steps' UP is one FMA per accumulator.
+//
+// Register tiles (32 zmm): QK 2 row vectors x 8 tokens or 1 x 16, PV 2 x 12 positions or 1 x 24;
+// the dot products are inline asm with the broadcast operand embedded ({1to16}), so GCC 12 keeps
+// every accumulator in its register (checked with objdump -d: no zmm stack traffic in the k
+// loops; the intrinsics version spilled them).
 // GCC 12 also raises -Wuninitialized (not only -Wmaybe-uninitialized) on its own
 // _mm512_undefined_* here (GCC bug 105593); like avx512_common.h's pragma, this must precede
 // <immintrin.h>.
@@ -63,13 +76,13 @@ constexpr int kVRowBytes = kLatentDim * 4;  // one 4-token group of repacked V
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -__builtin_inff();
+constexpr float kLazyRescale = 8.f;  // log2 units: p up to 256 between rescales
 
 // Blocks shorter than this are staged into a contiguous copy per step, so QK tiles stay long.
 constexpr int kMinDirectBlock = 16;
 
-// 32-bit load from any address (the broadcast operands: 4 int8 or 2 bf16).
+// 32 bits at any address (the broadcast operands: 4 int8 or 2 bf16).
 typedef int32_t i32_unaligned __attribute__((may_alias, aligned(1)));
-MLA_AVX512_INLINE int32_t ld32(const void* p) { return *static_cast<const i32_unaligned*>(p); }
 
 // acc += a . broadcast(32 bits at p), as one instruction with an embedded broadcast. Written as
 // inline asm because GCC 12 compiles the intrinsics' accumulator chains into register copies and
@@ -97,6 +110,12 @@ class Carver {
   unsigned char* base_;
   size_t off_ = 0;
 };
+
+// 16 bf16 values widened to fp32.
+MLA_AVX512_INLINE __m512 bf16x16_to_ps(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
 
 // Position of latent channel d in the repacked layout (see the header comment).
 constexpr int position_of(int d) {
@@ -276,8 +295,11 @@ MLA_AVX512_INLINE void repack4(const int8_t* const k[4], int8_t* vp, int32_t* ks
   __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
 #pragma GCC unroll 8
   for (int c = 0; c < kLatentDim; c += 64) {
-    const __m512i a = _mm512_loadu_si512(k[0] + c), b = _mm512_loadu_si512(k[1] + c);
-    const __m512i e = _mm512_loadu_si512(k[2] + c), d = _mm512_loadu_si512(k[3] + c);
+    __m512i a = _mm512_loadu_si512(k[0] + c), b = _mm512_loadu_si512(k[1] + c);
+    __m512i e = _mm512_loadu_si512(k[2] + c), d = _mm512_loadu_si512(k[3] + c);
+    // One load per 64 bytes: without this GCC folds each load into all three of its users,
+    // which triples the load traffic, the repack's bottleneck.
+    asm("" : "+v"(a), "+v"(b), "+v"(e), "+v"(d));
     s0 = _mm512_dpbusd_epi32(s0, ones, a);
     s1 = _mm512_dpbusd_epi32(s1, ones, b);
     s2 = _mm512_dpbusd_epi32(s2, ones, e);
@@ -303,63 +325,79 @@ MLA_AVX512_INLINE void repack4(const int8_t* const k[4], int8_t* vp, int32_t* ks
 
 // ---- the kernel -----------------------------------------------------------------------------------
 
-// Register tile shapes per count of row vectors RV: tokens per QK tile and positions per PV tile,
-// 24 accumulators each (or 16/18 where the token count has to divide a 64-token block).
+// Register tile shapes per count of row vectors RV (16 rows each): tokens per QK tile (a divisor
+// of 64, so that QK tiles never straddle a block of 16, 64 or 128 tokens) and positions per PV
+// tile. The rows are covered by tiles of kMainRV vectors and at most one of 1. Measured at 256 rows
+// (same within noise unless noted): QK 2 x 12 (with 4-token tails per block), 2 x 8, 3 x 8, and
+// 4 x 6 (-3 points); PV 2 x 12 and 3 x 8. The micro-kernels run at 0.98-0.99 of the vpdpbusd
+// rate from L1/L2; what the item loses is outside them (SM, epilogues, repack).
 template <int RV> struct Shape;
-template <> struct Shape<1> { static constexpr int kQk = 24, kPv = 24; };
-#ifndef XQK2
-#define XQK2 12
-#define XPV2 12
-#define XRV 2
-#endif
-template <> struct Shape<2> { static constexpr int kQk = XQK2, kPv = XPV2; };
-template <> struct Shape<3> { static constexpr int kQk = 8, kPv = 8; };
-template <> struct Shape<4> { static constexpr int kQk = 6, kPv = 6; };
-constexpr int kMainRV = XRV;  // row vectors per tile; the remainder of the rows gets one smaller tile
+template <> struct Shape<1> { static constexpr int kQk = 16, kPv = 24; };
+template <> struct Shape<2> { static constexpr int kQk = 8, kPv = 12; };
+constexpr int kMainRV = 2;
 
 // Quantizes the item's query rows and packs them (qp, qr), rows in lanes; rows >= R are zero.
 // The rounding is quantize_query_row's (q * (127 / max|q|), to nearest even), vectorized, so the
 // kernel computes with exactly kernel_query_values(). The tensor scale is folded into qs.
+// 16 rows at a time: each row's 64 channels (16 groups of 4 bytes) go into one register, and a
+// 16 x 16 transpose turns them into 16 group vectors with the rows in the lanes.
 void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const float* cs,
                   float tensor, uint8_t* qp, uint16_t* qr, float* qs) {
   const DecodeParams& p = *a.p;
   uint32_t* qp32 = reinterpret_cast<uint32_t*>(qp);
   uint32_t* qr32 = reinterpret_cast<uint32_t*>(qr);
-  alignas(64) float row[kLatentDim];
-  for (int r = 0; r < Rp; ++r) {
-    if (r >= R) {
-      for (int g = 0; g < kGroups; ++g) qp32[int64_t(g) * Rp + r] = 0x80808080u;  // q8 = 0
-      for (int j = 0; j < kRopePairs; ++j) qr32[int64_t(j) * Rp + r] = 0;
-      qs[r] = 0.f;
-      continue;
+  alignas(64) static const uint16_t kZero[kQkDim] = {};
+  for (int r0 = 0; r0 < Rp; r0 += 16) {
+    const uint16_t* src[16];
+    __m512 inv[16];
+    for (int e = 0; e < 16; ++e) {
+      const int r = r0 + e;
+      if (r >= R) {
+        src[e] = kZero;
+        inv[e] = _mm512_setzero_ps();
+        qs[r] = 0.f;
+        continue;
+      }
+      const int i = r / nh, h = a.head_begin + r % nh;
+      src[e] = a.q + ((int64_t(a.seq) * p.q_len + i) * p.num_heads + h) * kQkDim;
+      __m512 mx = _mm512_setzero_ps();
+      for (int c = 0; c < kLatentDim; c += 16) {
+        __m512 x = bf16x16_to_ps(src[e] + c);
+        if (cs) x = _mm512_mul_ps(x, _mm512_loadu_ps(cs + c));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(x));
+      }
+      const float m = _mm512_reduce_max_ps(mx);
+      const float iv = m > 0.f ? 127.f / m : 0.f;
+      qs[r] = m / 127.f * tensor;
+      inv[e] = _mm512_set1_ps(negate ? -iv : iv);
     }
-    const int i = r / nh, h = a.head_begin + r % nh;
-    const uint16_t* src = a.q + ((int64_t(a.seq) * p.q_len + i) * p.num_heads + h) * kQkDim;
-    __m512 mx = _mm512_setzero_ps();
-    for (int c = 0; c < kLatentDim; c += 16) {
-      __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c))),
-          16));
-      if (cs) x = _mm512_mul_ps(x, _mm512_loadu_ps(cs + c));
-      _mm512_store_ps(row + c, x);
-      mx = _mm512_max_ps(mx, _mm512_abs_ps(x));
+    for (int c0 = 0; c0 < kLatentDim; c0 += 64) {
+      __m512i w[16];
+      for (int e = 0; e < 16; ++e) {
+        __m128i b[4];
+        for (int j = 0; j < 4; ++j) {
+          const int c = c0 + 16 * j;
+          __m512 x = bf16x16_to_ps(src[e] + c);
+          if (cs) x = _mm512_mul_ps(x, _mm512_loadu_ps(cs + c));
+          __m512 y = _mm512_roundscale_ps(_mm512_mul_ps(x, inv[e]),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
+          b[j] = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(y), _mm512_set1_epi32(128)));
+        }
+        w[e] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(b[1], b[0])),
+                                  _mm256_set_m128i(b[3], b[2]), 1);
+      }
+      transpose16x16_epi32(w);
+      for (int g = 0; g < 16; ++g) _mm512_store_si512(qp32 + int64_t(c0 / 4 + g) * Rp + r0, w[g]);
     }
-    const float m = _mm512_reduce_max_ps(mx);
-    const float inv = m > 0.f ? 127.f / m : 0.f;
-    qs[r] = m / 127.f * tensor;
-    const __m512 vinv = _mm512_set1_ps(negate ? -inv : inv);
-    for (int c = 0; c < kLatentDim; c += 16) {
-      __m512 y = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_load_ps(row + c), vinv),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
-      const __m512i u = _mm512_add_epi32(_mm512_cvtps_epi32(y), _mm512_set1_epi32(128));
-      alignas(16) uint32_t w[4];
-      _mm_store_si128(reinterpret_cast<__m128i*>(w), _mm512_cvtepi32_epi8(u));
-      for (int e = 0; e < 4; ++e) qp32[int64_t(c / 4 + e) * Rp + r] = w[e];
+    const __m512i flip = _mm512_set1_epi32(negate ? int(0x80008000u) : 0);
+    for (int j0 = 0; j0 < kRopePairs; j0 += 16) {
+      __m512i w[16];
+      for (int e = 0; e < 16; ++e)
+        w[e] = _mm512_xor_si512(_mm512_loadu_si512(src[e] + kLatentDim + 2 * j0), flip);
+      transpose16x16_epi32(w);
+      for (int j = 0; j < 16; ++j) _mm512_store_si512(qr32 + int64_t(j0 + j) * Rp + r0, w[j]);
     }
-    const uint32_t flip = negate ? 0x80008000u : 0u;
-    for (int j = 0; j < kRopePairs; ++j)
-      qr32[int64_t(j) * Rp + r] = ld32(src + kLatentDim + 2 * j) ^ flip;
   }
 }
 
@@ -381,19 +419,69 @@ struct Item {
   const float* cs_pos;  // channel scales by position
   float* s;             // [T][RVmax][16]
   uint8_t* pp;          // [T/4][RVmax][16] u32
+  const int8_t* zero;   // 512 zero bytes: the latent of tokens past the range
 };
 
-// The current step's gathered tokens.
+// One step's gathered tokens. Two of them alternate: the next step's V repack runs in slices
+// between this step's PV tiles, so that its stores (the repack is bound by L1/L2 write traffic)
+// overlap the dot products instead of adding to them.
+struct StepBuf {
+  int t0 = 0, n = 0, groups = 0;
+  int repacked = 0;      // groups of 4 tokens repacked so far
+  int8_t* vp;            // [T/4][512][4]
+  int32_t* ksum_neg;     // [T] -128 * sum of the token's latent values
+  float* ks;             // [T] token scales (token mode; 0 past the range)
+  int64_t* slot;         // [T]
+};
+
+// The current step: its tokens, and the next step's (repacked during this one).
 struct Step {
   int t0, n, groups;
   bool first;
-  const int8_t* vp = nullptr;
-  const int32_t* ksum_neg = nullptr;
-  const float* ks = nullptr;
-  const int64_t* slot = nullptr;
-  const int8_t* kstage = nullptr;
-  const uint16_t* rstage = nullptr;
+  const int8_t* vp;
+  const int32_t* ksum_neg;
+  const float* ks;
+  const int64_t* slot;
+  const int8_t* kstage;   // staging copies (blocks shorter than kMinDirectBlock)
+  const uint16_t* rstage;
+  StepBuf* next;          // nullptr in the last step
 };
+
+// Slots and key scales of the tokens [t0, t0 + n); nothing is repacked yet.
+void prepare(const Item& it, StepBuf& b, int t0, int n) {
+  const KernelArgs& a = *it.a;
+  const DecodeParams& p = *a.p;
+  const PagedLatentCache& cache = *it.cache;
+  const int bs = cache.block_size();
+  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
+  b.t0 = t0;
+  b.n = n;
+  b.groups = (n + 3) / 4;
+  b.repacked = 0;
+  int blk = t0 / bs, off = t0 % bs;
+  for (int t = 0; t < n; ++t) {
+    b.slot[t] = int64_t(table[blk]) * bs + off;
+    if (++off == bs) off = 0, ++blk;
+  }
+  if (it.tok) {
+    for (int t = 0; t < n; ++t) b.ks[t] = cache.token_scale(b.slot[t]);
+    for (int t = n; t < 4 * b.groups; ++t) b.ks[t] = 0.f;
+  }
+}
+
+// Repacks groups [b.repacked, g_end) of 4 tokens; tokens past the range are zeros, never cache
+// reads.
+void repack_to(const Item& it, StepBuf& b, int g_end) {
+  for (int j = b.repacked; j < g_end; ++j) {
+    const int8_t* k4[4];
+    for (int e = 0; e < 4; ++e) {
+      const int t = 4 * j + e;
+      k4[e] = t < b.n ? it.cache->latent_i8(b.slot[t]) : it.zero;
+    }
+    repack4(k4, b.vp + int64_t(j) * kVRowBytes, b.ksum_neg + 4 * j);
+  }
+  b.repacked = std::max(b.repacked, g_end);
+}
 
 template <int RV>
 const std::array<QkFn, Shape<RV>::kQk>& qk_fns(bool tok) {
@@ -402,21 +490,26 @@ const std::array<QkFn, Shape<RV>::kQk>& qk_fns(bool tok) {
   return tok ? t : f;
 }
 
+// All 512 positions for one row tile; after each tile, the next slice of `next`'s repack.
 template <int RV, Epi E, bool kChan>
-void pv_rows(const PvArgs& a) {
+void pv_rows(const PvArgs& a, const Item& it, StepBuf* next) {
   constexpr int N = Shape<RV>::kPv, kTail = kLatentDim % N;
+  constexpr int kTiles = kLatentDim / N + (kTail > 0);
   int p0 = 0;
-  for (; p0 + N <= kLatentDim; p0 += N) pv_tile<N, RV, E, kChan>(a, p0);
+  for (int i = 0; p0 + N <= kLatentDim; p0 += N, ++i) {
+    pv_tile<N, RV, E, kChan>(a, p0);
+    if (next) repack_to(it, *next, (i + 1) * next->groups / kTiles);
+  }
   if constexpr (kTail > 0) pv_tile<kTail, RV, E, kChan>(a, p0);
 }
 
 template <int RV, bool kChan>
-void pv_dispatch(const PvArgs& a, Epi e) {
+void pv_dispatch(const PvArgs& a, Epi e, const Item& it, StepBuf* next) {
   switch (e) {
-    case Epi::first: pv_rows<RV, Epi::first, kChan>(a); break;
-    case Epi::rescale: pv_rows<RV, Epi::rescale, kChan>(a); break;
-    case Epi::add: pv_rows<RV, Epi::add, kChan>(a); break;
-    case Epi::spill: pv_rows<RV, Epi::spill, false>(a); break;
+    case Epi::first: pv_rows<RV, Epi::first, kChan>(a, it, next); break;
+    case Epi::rescale: pv_rows<RV, Epi::rescale, kChan>(a, it, next); break;
+    case Epi::add: pv_rows<RV, Epi::add, kChan>(a, it, next); break;
+    case Epi::spill: pv_rows<RV, Epi::spill, false>(a, it, next); break;
   }
 }
 
@@ -433,19 +526,21 @@ void qk_rows(const Item& it, const Step& st, int v0, float* mx) {
   }
   const QkRows rows{it.qp + 4 * r0, it.qr + 2 * r0, it.Rp, it.qs + r0, it.lim + r0};
   const auto& fns = qk_fns<RV>(it.tok);
+  const PagedLatentCache& cache = *it.cache;
+  // (No software prefetch of the next step's keys: measured, it costs more than it saves.)
   for (int t = 0; t < st.n;) {
     // A tile of up to N tokens, consecutive in one block of the cache (or in the staging copy).
     const int len = it.staged ? std::min(N, st.n - t)
-                              : std::min({N, st.n - t, bs - int((st.t0 + t) % bs)});
+                              : std::min({N, st.n - t, bs - (st.t0 + t) % bs});
     const int pos0 = st.t0 + t;
     float* s = it.s + int64_t(t) * 16 * RV;
     if (pos0 > lim_max) {  // invisible to every row of the tile
       std::fill_n(s, len * 16 * RV, kNegInf);
     } else {
       const int8_t* k = it.staged ? st.kstage + int64_t(t) * kLatentDim
-                                  : it.cache->latent_i8(st.slot[t]);
+                                  : cache.latent_i8(st.slot[t]);
       const uint16_t* kr = it.staged ? st.rstage + int64_t(t) * kRopeDim
-                                     : it.cache->rope_bf16(st.slot[t]);
+                                     : cache.rope_bf16(st.slot[t]);
       fns[len - 1](rows, k, kr, st.ksum_neg + t, st.ks + t, pos0, pos0 + len - 1 > lim_min, s, mx);
     }
     t += len;
@@ -471,14 +566,28 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
     // The step maximum in the scaled domain (-inf stays -inf even when c2 = 0).
     const __mmask16 any = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ);
     const __m512 m_old = _mm512_load_ps(it.m + rv);
-    __m512 al;
-    m_use[v] = rows16_advance_max(it.m + rv, _mm512_mask_mul_ps(x, any, x, c2), &al);
-    same_max &= _mm512_cmp_ps_mask(m_old, _mm512_load_ps(it.m + rv), _CMP_EQ_OQ) == 0xffff;
-    _mm512_store_ps(it.alpha + rv, al);
+    const __m512 cand = _mm512_max_ps(m_old, _mm512_mask_mul_ps(x, any, x, c2));
+    // Lazy rescaling: the reference maximum m moves only when the step's exceeds it by more than
+    // kLazyRescale (or when there was none), so most steps leave go and l as they are (UP adds
+    // without the multiply). Meanwhile p = 2^(s - m) may reach 2^kLazyRescale; go, l and lse are
+    // all relative to the same m, so the algebra is unchanged, and P is quantized against its
+    // own step maximum anyway.
+    const __mmask16 move = _mm512_cmp_ps_mask(
+        cand, _mm512_add_ps(m_old, _mm512_set1_ps(kLazyRescale)), _CMP_GT_OQ);
+    const __m512 m_new = _mm512_mask_mov_ps(m_old, move, cand);
+    same_max &= move == 0;
+    // alpha = 2^(m_old - m_new): 0 where m_old = -inf, 1 where m stays.
+    _mm512_store_ps(it.alpha + rv, _mm512_mask_blend_ps(move, _mm512_set1_ps(1.f),
+                                                          exp2_fma5_ps(_mm512_sub_ps(m_old, m_new))));
+    _mm512_store_ps(it.m + rv, m_new);
+    // What the step's scores are taken against: m, or 0 while a row has seen nothing (its scores
+    // are all -inf then, and -inf - -inf would be NaN).
+    const __mmask16 seen = _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ);
+    m_use[v] = _mm512_maskz_mov_ps(seen, m_new);
     sum[v] = _mm512_setzero_ps();
   }
   auto prob = [&](const float* s, int v) {
-    return exp2_ps(_mm512_fmsub_ps(_mm512_load_ps(s), c2, m_use[v]));
+    return exp2_fma5_ps(_mm512_fmsub_ps(_mm512_load_ps(s), c2, m_use[v]));
   };
   auto quant = [&](__m512 p, int v) {
     return _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(p, inv[v])), cap);
@@ -520,7 +629,7 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
   } else {
     // p' = p: its maximum is the p of the largest score, known before the exp pass.
     for (int v = 0; v < RV; ++v) {
-      pm[v] = exp2_ps(_mm512_fmsub_ps(mxs[v], c2, m_use[v]));
+      pm[v] = exp2_fma5_ps(_mm512_fmsub_ps(mxs[v], c2, m_use[v]));
       inv[v] = inverse(pm[v]);
     }
     for (int j = 0; j < st.groups; ++j) {
@@ -588,10 +697,12 @@ void row_tile(const Item& it, const Step& st, int v0) {
                 : st.first   ? Epi::first
                 : same_max   ? Epi::add
                              : Epi::rescale;
+  // The next step's repack rides along with the first row tile's PV.
+  StepBuf* next = v0 == 0 ? st.next : nullptr;
   if (it.cs)
-    pv_dispatch<RV, true>(pa, e);
+    pv_dispatch<RV, true>(pa, e, it, next);
   else
-    pv_dispatch<RV, false>(pa, e);
+    pv_dispatch<RV, false>(pa, e, it, next);
   if (!it.resident) update_spill<RV>(it, st, v0);
 }
 
@@ -601,47 +712,6 @@ void row_tile_any(const Item& it, const Step& st, int v0, int rv) {
     if (rv < RV) return row_tile_any<RV - 1>(it, st, v0, rv);
   }
   row_tile<RV>(it, st, v0);
-}
-
-// Gathers the step's tokens: slots, key scales, the V repack with the key sums, and (small
-// blocks) a contiguous copy of the keys. Tokens past the range are zeros, never cache reads.
-void gather(const Item& it, Step& st, int8_t* vp, int32_t* ksum_neg, float* ks, int64_t* slot,
-            int8_t* kstage, uint16_t* rstage, const int8_t* zero) {
-  const KernelArgs& a = *it.a;
-  const DecodeParams& p = *a.p;
-  const PagedLatentCache& cache = *it.cache;
-  const int bs = cache.block_size();
-  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
-  int blk = st.t0 / bs, off = st.t0 % bs;
-  for (int t = 0; t < st.n; ++t) {
-    slot[t] = int64_t(table[blk]) * bs + off;
-    if (++off == bs) off = 0, ++blk;
-  }
-  if (it.tok) {
-    for (int t = 0; t < st.n; ++t) ks[t] = cache.token_scale(slot[t]);
-    for (int t = st.n; t < 4 * st.groups; ++t) ks[t] = 0.f;
-  }
-  for (int j = 0; j < st.groups; ++j) {
-    const int8_t* k4[4];
-    for (int e = 0; e < 4; ++e) {
-      const int t = 4 * j + e;
-      k4[e] = t < st.n ? cache.latent_i8(slot[t]) : zero;
-    }
-    repack4(k4, vp + int64_t(j) * kVRowBytes, ksum_neg + 4 * j);
-  }
-  if (it.staged) {
-    for (int t = 0; t < st.n; ++t) {
-      std::memcpy(kstage + int64_t(t) * kLatentDim, cache.latent_i8(slot[t]), kLatentDim);
-      std::memcpy(rstage + int64_t(t) * kRopeDim, cache.rope_bf16(slot[t]),
-                  kRopeDim * sizeof(uint16_t));
-    }
-  }
-  st.vp = vp;
-  st.ksum_neg = ksum_neg;
-  st.ks = ks;
-  st.slot = slot;
-  st.kstage = kstage;
-  st.rstage = rstage;
 }
 
 // Finalize: o = go / l, lse = ln2 * m + ln l; rows that saw no key: o = 0, lse = -inf.
@@ -705,10 +775,13 @@ void run(const KernelArgs& a, Scratch& scratch) {
     float* alpha = cv.take<float>(Rp);
     float* dq = cv.take<float>(Rp);
     float* go = cv.take<float>(size_t(kLatentDim) * (resident ? Rp : 16 * rv_max));
-    int8_t* vp = cv.take<int8_t>(size_t(T) * kLatentDim);
-    int32_t* ksum_neg = cv.take<int32_t>(T);
-    float* ks = cv.take<float>(T);
-    int64_t* slot = cv.take<int64_t>(T);
+    StepBuf buf[2];
+    for (StepBuf& b : buf) {
+      b.vp = cv.take<int8_t>(size_t(T) * kLatentDim);
+      b.ksum_neg = cv.take<int32_t>(T);
+      b.ks = cv.take<float>(T);
+      b.slot = cv.take<int64_t>(T);
+    }
     int8_t* kstage = cv.take<int8_t>(staged ? size_t(T) * kLatentDim : 0);
     uint16_t* rstage = cv.take<uint16_t>(staged ? size_t(T) * kRopeDim : 0);
     float* s = cv.take<float>(size_t(T) * 16 * rv_max);
@@ -736,17 +809,29 @@ void run(const KernelArgs& a, Scratch& scratch) {
                   .tok = mode == KvScale::token, .resident = resident, .staged = staged,
                   .c2 = std::fabs(p.softmax_scale) * kLog2e, .tensor = tensor, .cs = cs,
                   .qp = qp, .qr = qr, .qs = qs, .lim = lim, .m = m, .l = l, .alpha = alpha,
-                  .dq = dq, .go = go, .cs_pos = cs_pos, .s = s, .pp = pp};
+                  .dq = dq, .go = go, .cs_pos = cs_pos, .s = s, .pp = pp, .zero = zero};
 
-    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
-      Step st{.t0 = t0, .n = std::min(T, a.kv_end - t0), .groups = 0, .first = t0 == a.kv_begin};
-      st.groups = (st.n + 3) / 4;
-      gather(it, st, vp, ksum_neg, ks, slot, kstage, rstage, zero);
+    prepare(it, buf[0], a.kv_begin, std::min(T, a.kv_end - a.kv_begin));
+    repack_to(it, buf[0], buf[0].groups);
+    for (int step = 0, t0 = a.kv_begin; t0 < a.kv_end; ++step, t0 += T) {
+      StepBuf& cur = buf[step & 1];
+      StepBuf* next = t0 + T < a.kv_end ? &buf[(step + 1) & 1] : nullptr;
+      if (next) prepare(it, *next, t0 + T, std::min(T, a.kv_end - t0 - T));
+      if (staged)
+        for (int t = 0; t < cur.n; ++t) {
+          std::memcpy(kstage + int64_t(t) * kLatentDim, cache.latent_i8(cur.slot[t]), kLatentDim);
+          std::memcpy(rstage + int64_t(t) * kRopeDim, cache.rope_bf16(cur.slot[t]),
+                      kRopeDim * sizeof(uint16_t));
+        }
+      const Step st{.t0 = t0, .n = cur.n, .groups = cur.groups, .first = step == 0, .vp = cur.vp,
+                    .ksum_neg = cur.ksum_neg, .ks = cur.ks, .slot = cur.slot, .kstage = kstage,
+                    .rstage = rstage, .next = next};
       for (int v0 = 0; v0 < nrv;) {
         const int rv = std::min(kMainRV, nrv - v0);
         row_tile_any<kMainRV>(it, st, v0, rv);
         v0 += rv;
       }
+      if (next) repack_to(it, *next, next->groups);
     }
     finalize(it);
   }

@@ -82,5 +82,7 @@ inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {
 extern const KernelInfo kDecodeBf16Portable;
 extern const KernelInfo kDecodeF16Portable;
 extern const KernelInfo kDecodeI8Portable;
+extern const KernelInfo kDecodeBf16Avx512;  // decode_bf16_avx512bf16
+extern const KernelInfo kDecodeF16Avx512;   // decode_f16_avx512f
 
 }  // namespace mla::cpu

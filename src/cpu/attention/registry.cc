@@ -10,7 +10,9 @@ namespace mla::cpu {
 const std::vector<KernelInfo>& kernel_registry() {
   // Fastest first within a format: select_kernel takes the first supported one.
   static const std::vector<KernelInfo> all = {
+      kDecodeBf16Avx512,
       kDecodeBf16Portable,
+      kDecodeF16Avx512,
       kDecodeF16Portable,
       kDecodeI8Portable,
   };
