@@ -76,9 +76,13 @@ const bench::Case& get_case(int heads, int q_len, int k, KvScale scale) {
     if (c->spec().heads == heads && c->spec().q_len == q_len && c->spec().k == k &&
         c->spec().kv_scale == scale)
       return *c;
-  cases.push_back(std::make_unique<bench::Case>(
-      bench::CaseSpec{.batch = 1, .k = k, .heads = heads, .q_len = q_len, .block_size = 64,
-                      .kv_dtype = KvDType::int8, .kv_scale = scale}));
+  cases.push_back(std::make_unique<bench::Case>(bench::CaseSpec{.batch = 1,
+                                                                .k = k,
+                                                                .heads = heads,
+                                                                .q_len = q_len,
+                                                                .block_size = 64,
+                                                                .kv_dtype = KvDType::int8,
+                                                                .kv_scale = scale}));
   return *cases.back();
 }
 
@@ -96,11 +100,22 @@ void BM_KernelI8(benchmark::State& state) {
   const DecodeParams p = c.params();
   std::vector<float> o(c.o_size()), lse(c.rows());
   cpu::Scratch scratch;
-  const cpu::KernelArgs args{.p = &p, .cache = &c.cache(), .q = c.q(), .seq = 0,
-                             .head_begin = 0, .head_end = heads, .kv_begin = 0, .kv_end = k,
-                             .o = o.data(), .o_stride_i = int64_t(heads) * kLatentDim,
-                             .o_stride_h = kLatentDim, .lse = lse.data(), .lse_stride_i = heads,
-                             .lse_stride_h = 1, .chunk = chunk, .up = up};
+  const cpu::KernelArgs args{.p = &p,
+                             .cache = &c.cache(),
+                             .q = c.q(),
+                             .seq = 0,
+                             .head_begin = 0,
+                             .head_end = heads,
+                             .kv_begin = 0,
+                             .kv_end = k,
+                             .o = o.data(),
+                             .o_stride_i = int64_t(heads) * kLatentDim,
+                             .o_stride_h = kLatentDim,
+                             .lse = lse.data(),
+                             .lse_stride_i = heads,
+                             .lse_stride_h = 1,
+                             .chunk = chunk,
+                             .up = up};
   kernel.run(args, scratch);  // warm: scratch allocated, cache in L3
   const double rows = double(heads) * q_len;
   const double floor_s =
@@ -121,8 +136,8 @@ void kernel_args(benchmark::internal::Benchmark* b) {
   for (int chunk : {1, 2, 4, 8}) b->Args({128, 2, 4096, chunk, 0, 0});  // 256 rows
   b->Args({128, 2, 4096, 1, 1, 0});                                     // the seed's old form
   b->Args({128, 2, 4096, 4, 1, 0});
-  b->Args({128, 2, 4096, 4, 0, 1});  // tensor scale
-  b->Args({128, 2, 4096, 4, 0, 2});  // channel scales
+  b->Args({128, 2, 4096, 4, 0, 1});                                 // tensor scale
+  b->Args({128, 2, 4096, 4, 0, 2});                                 // channel scales
   for (int chunk : {1, 4, 8}) b->Args({16, 1, 4096, chunk, 0, 0});  // 16 rows
   b->Args({64, 2, 4096, 4, 0, 0});   // 256 rows split by heads over two cores: one core's item
   b->Args({128, 2, 2048, 4, 0, 0});  // ... or by the KV range

@@ -56,11 +56,22 @@ ItemRun run_item(const Case& c, int seq, int hb, int he, int kb, int ke, int chu
       std::fill_n(r.o.data() + i * r.o_si() + hh * kLatentDim, kLatentDim, std::nanf(""));
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
-  const cpu::KernelArgs a{.p = &c.p, .cache = &c.cache, .q = c.q16.data(), .seq = seq,
-                          .head_begin = hb, .head_end = he, .kv_begin = kb, .kv_end = ke,
-                          .o = r.o.data(), .o_stride_i = r.o_si(), .o_stride_h = kLatentDim,
-                          .lse = r.lse.data(), .lse_stride_i = r.lse_si(), .lse_stride_h = 1,
-                          .chunk = chunk, .up = up};
+  const cpu::KernelArgs a{.p = &c.p,
+                          .cache = &c.cache,
+                          .q = c.q16.data(),
+                          .seq = seq,
+                          .head_begin = hb,
+                          .head_end = he,
+                          .kv_begin = kb,
+                          .kv_end = ke,
+                          .o = r.o.data(),
+                          .o_stride_i = r.o_si(),
+                          .o_stride_h = kLatentDim,
+                          .lse = r.lse.data(),
+                          .lse_stride_i = r.lse_si(),
+                          .lse_stride_h = 1,
+                          .chunk = chunk,
+                          .up = up};
   kernel().run(a, scratch);
   return r;
 }
@@ -89,9 +100,10 @@ void rows_of(const ItemRun& r, int i, std::vector<float>* o, std::vector<float>*
     for (float x : lse)
       if (std::isnan(x) || x == std::numeric_limits<float>::infinity())
         return ::testing::AssertionFailure() << "query " << i << ": lse = " << x;
-    const ref::Comparison cmp = ref::compare(
-        o.data(), lse.data(), ref_o.data() + size_t(i) * r.nh * kLatentDim,
-        ref_lse.data() + size_t(i) * r.nh, r.nh, kLatentDim, ref::tolerance_for(KvDType::int8, false));
+    const ref::Comparison cmp =
+        ref::compare(o.data(), lse.data(), ref_o.data() + size_t(i) * r.nh * kLatentDim,
+                     ref_lse.data() + size_t(i) * r.nh, r.nh, kLatentDim,
+                     ref::tolerance_for(KvDType::int8, false));
     if (!cmp.pass) return ::testing::AssertionFailure() << "query " << i << ": " << cmp.summary();
   }
   for (size_t x = 0; x < r.o.size(); ++x) {
@@ -147,7 +159,8 @@ void ref_range(const Case& c, int seq, int hb, int he, int kb, int ke, std::vect
 
 // Garbage in a slot: latents at the int8 extremes, NaN rope, and (token mode) a NaN scale.
 void poison_slot(Int8CacheContent& ct, int64_t slot, KvScale mode) {
-  for (int d = 0; d < kLatentDim; ++d) ct.latent[slot * kLatentDim + d] = int8_t(d & 1 ? 127 : -127);
+  for (int d = 0; d < kLatentDim; ++d)
+    ct.latent[slot * kLatentDim + d] = int8_t(d & 1 ? 127 : -127);
   std::fill_n(ct.rope.begin() + slot * kRopeDim, kRopeDim, kBf16NaN);
   if (mode == KvScale::token) ct.token_scale[slot] = std::nanf("");
 }
@@ -169,8 +182,8 @@ void poison_unused(Case& c) {
 Int8CacheContent poison_outside(Case& c, int seq, int kb, int ke) {
   Int8CacheContent saved = c.cache.export_int8(), ct = saved;
   for (int t = 0; t < c.seq_lens[seq]; ++t)
-    if (t < kb || t >= ke) poison_slot(ct, cpu::slot_of(c.p, c.cache.block_size(), seq, t),
-                                       c.cache.scale_mode());
+    if (t < kb || t >= ke)
+      poison_slot(ct, cpu::slot_of(c.p, c.cache.block_size(), seq, t), c.cache.scale_mode());
   c.cache.import_int8(ct);
   return saved;
 }
@@ -234,17 +247,26 @@ TEST_F(KernelI8Avx512, FullRangeMatchesReference) {
       {33, 4, 1, {95}, {}, true, 2.f, false, 2},
       {7, 2, 128, {600}, {}, false, 2.f, true, 8},
       {40, 2, 64, {520}, {1}, true, 3.f, false, 4},
+      {128, 4, 64, {150}, {}, true, 2.f, false, 2},
   };
   for (KvScale mode : {KvScale::token, KvScale::tensor, KvScale::channel})
     for (size_t w = 0; w < sweeps.size(); ++w) {
       const Sweep& sw = sweeps[w];
       const UpForm up = (w + int(mode)) % 2 ? UpForm::spill : UpForm::resident;
       SCOPED_TRACE(describe(sw, mode, up));
-      CaseSpec spec{.batch = int(sw.seq_lens.size()), .q_len = sw.q_len, .heads = sw.heads,
-                    .block_size = sw.block_size, .seq_lens = sw.seq_lens, .q_lens = sw.q_lens,
-                    .kv = KvDType::int8, .scale = mode, .causal = sw.causal,
-                    .score_std = sw.score_std, .sink = sw.sink};
-      const Case c = make(spec, seed + sw.heads * 7 + sw.block_size + int(mode), w % 3 == 0 ? 5 : 0);
+      CaseSpec spec{.batch = int(sw.seq_lens.size()),
+                    .q_len = sw.q_len,
+                    .heads = sw.heads,
+                    .block_size = sw.block_size,
+                    .seq_lens = sw.seq_lens,
+                    .q_lens = sw.q_lens,
+                    .kv = KvDType::int8,
+                    .scale = mode,
+                    .causal = sw.causal,
+                    .score_std = sw.score_std,
+                    .sink = sw.sink};
+      const Case c =
+          make(spec, seed + sw.heads * 7 + sw.block_size + int(mode), w % 3 == 0 ? 5 : 0);
       const int64_t rows = int64_t(c.p.batch) * c.p.q_len * c.p.num_heads;
       std::vector<double> ref_o(rows * kLatentDim), ref_lse(rows);
       ref::decode(c.p, c.q.data(), c.cache, ref_o.data(), ref_lse.data());
@@ -264,13 +286,20 @@ TEST_F(KernelI8Avx512, UpFormsAgree) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   for (KvScale mode : {KvScale::token, KvScale::tensor, KvScale::channel}) {
-    CaseSpec spec{.batch = 1, .q_len = 3, .heads = 24, .block_size = 64, .seq_lens = {777},
-                  .kv = KvDType::int8, .scale = mode, .score_std = 2.5f};
+    CaseSpec spec{.batch = 1,
+                  .q_len = 3,
+                  .heads = 24,
+                  .block_size = 64,
+                  .seq_lens = {777},
+                  .kv = KvDType::int8,
+                  .scale = mode,
+                  .score_std = 2.5f};
     const Case c = make(spec, seed + 3);
     const ItemRun a = run_item(c, 0, 0, 24, 0, 777, 2, UpForm::resident, scratch_);
     const ItemRun b = run_item(c, 0, 0, 24, 0, 777, 2, UpForm::spill, scratch_);
     for (size_t x = 0; x < a.o.size(); ++x)
-      ASSERT_NEAR(a.o[x], b.o[x], 1e-5f * (1.f + std::fabs(a.o[x]))) << kv_scale_name(mode) << " " << x;
+      ASSERT_NEAR(a.o[x], b.o[x], 1e-5f * (1.f + std::fabs(a.o[x])))
+          << kv_scale_name(mode) << " " << x;
     for (size_t x = 0; x < a.lse.size(); ++x)
       ASSERT_EQ(a.lse[x], b.lse[x]) << kv_scale_name(mode) << " " << x;
   }
@@ -290,13 +319,18 @@ TEST_F(KernelI8Avx512, SplitRangesMatchSubRangeAndCombine) {
     KvScale mode;
   };
   const std::vector<Split> splits = {
-      {16, 2, 64, 700, true, 4, KvScale::token},    {128, 2, 128, 300, true, 2, KvScale::tensor},
-      {3, 4, 1, 170, true, 1, KvScale::channel},    {20, 3, 16, 450, false, 8, KvScale::token},
-      {9, 4, 64, 200, true, 4, KvScale::channel},   {16, 1, 16, 1000, true, 4, KvScale::tensor},
+      {16, 2, 64, 700, true, 4, KvScale::token},  {128, 2, 128, 300, true, 2, KvScale::tensor},
+      {3, 4, 1, 170, true, 1, KvScale::channel},  {20, 3, 16, 450, false, 8, KvScale::token},
+      {9, 4, 64, 200, true, 4, KvScale::channel}, {16, 1, 16, 1000, true, 4, KvScale::tensor},
   };
   for (const Split& sp : splits) {
-    CaseSpec spec{.batch = 1, .q_len = sp.q_len, .heads = sp.heads, .block_size = sp.block_size,
-                  .seq_lens = {sp.seq_len}, .kv = KvDType::int8, .scale = sp.mode,
+    CaseSpec spec{.batch = 1,
+                  .q_len = sp.q_len,
+                  .heads = sp.heads,
+                  .block_size = sp.block_size,
+                  .seq_lens = {sp.seq_len},
+                  .kv = KvDType::int8,
+                  .scale = sp.mode,
                   .causal = sp.causal};
     Case c = make(spec, seed + sp.seq_len);
     const int rows = sp.q_len * sp.heads;
@@ -377,14 +411,21 @@ TEST_F(KernelI8Avx512, ShortRangesAndTails) {
                                                    {17, 81}, {0, 129},   {63, 150},  {1, 2}};
   for (int bs : {1, 16, 64, 128}) {
     const KvScale mode = bs == 16 ? KvScale::tensor : bs == 128 ? KvScale::channel : KvScale::token;
-    CaseSpec spec{.batch = 1, .q_len = 2, .heads = 16, .block_size = bs, .seq_lens = {150},
-                  .kv = KvDType::int8, .scale = mode, .causal = true, .score_std = 3.f};
+    CaseSpec spec{.batch = 1,
+                  .q_len = 2,
+                  .heads = 16,
+                  .block_size = bs,
+                  .seq_lens = {150},
+                  .kv = KvDType::int8,
+                  .scale = mode,
+                  .causal = true,
+                  .score_std = 3.f};
     Case c = make(spec, seed + 5 + bs);
     for (int chunk : {1, 2, 4, 8})
       for (auto [kb, ke] : ranges) {
         SCOPED_TRACE(std::string(kv_scale_name(mode)) + " block " + std::to_string(bs) + " kv [" +
-                     std::to_string(kb) + ", " +
-                     std::to_string(ke) + ") chunk " + std::to_string(chunk));
+                     std::to_string(kb) + ", " + std::to_string(ke) + ") chunk " +
+                     std::to_string(chunk));
         std::vector<double> ro, rl;
         ref_range(c, 0, 0, 16, kb, ke, &ro, &rl);
         const Int8CacheContent saved = poison_outside(c, 0, kb, ke);
@@ -404,14 +445,22 @@ TEST_F(KernelI8Avx512, SinkWideScoresAndOddScales) {
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   for (float std_ : {1.f, 3.f})
     for (float scale_mul : {1.f, -1.f, 0.f}) {
-      CaseSpec spec{.batch = 2, .q_len = 2, .heads = 32, .block_size = 64, .seq_lens = {1333, 70},
-                    .q_lens = {2, 1}, .kv = KvDType::int8, .scale = KvScale::token,
-                    .causal = true, .score_std = std_, .sink = true};
+      CaseSpec spec{.batch = 2,
+                    .q_len = 2,
+                    .heads = 32,
+                    .block_size = 64,
+                    .seq_lens = {1333, 70},
+                    .q_lens = {2, 1},
+                    .kv = KvDType::int8,
+                    .scale = KvScale::token,
+                    .causal = true,
+                    .score_std = std_,
+                    .sink = true};
       Case c = make(spec, seed + 11);
       c.p.softmax_scale *= scale_mul;
       for (int b = 0; b < 2; ++b) {
-        SCOPED_TRACE("score std " + std::to_string(std_) + " scale x " +
-                     std::to_string(scale_mul) + " sequence " + std::to_string(b));
+        SCOPED_TRACE("score std " + std::to_string(std_) + " scale x " + std::to_string(scale_mul) +
+                     " sequence " + std::to_string(b));
         std::vector<double> ro, rl;
         ref_range(c, b, 0, 32, 0, c.seq_lens[b], &ro, &rl);
         const ItemRun r = run_item(c, b, 0, 32, 0, c.seq_lens[b], 4, UpForm::resident, scratch_);
@@ -426,8 +475,14 @@ TEST_F(KernelI8Avx512, GrowingScoresMoveTheMaximum) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   for (float growth : {2.f, 8.f}) {
-    CaseSpec spec{.batch = 1, .q_len = 2, .heads = 24, .block_size = 64, .seq_lens = {1500},
-                  .kv = KvDType::int8, .scale = KvScale::token, .score_std = 1.f};
+    CaseSpec spec{.batch = 1,
+                  .q_len = 2,
+                  .heads = 24,
+                  .block_size = 64,
+                  .seq_lens = {1500},
+                  .kv = KvDType::int8,
+                  .scale = KvScale::token,
+                  .score_std = 1.f};
     Case c = make(spec, seed + 23);
     Int8CacheContent ct = c.cache.export_int8();
     for (int t = 0; t < 1500; ++t)
@@ -449,8 +504,14 @@ TEST_F(KernelI8Avx512, GrowingScoresMoveTheMaximum) {
 TEST_F(KernelI8Avx512, ManyHeadsLongSequence) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
-  CaseSpec spec{.batch = 1, .q_len = 2, .heads = 128, .block_size = 64, .seq_lens = {2100},
-                .kv = KvDType::int8, .scale = KvScale::token, .score_std = 2.f};
+  CaseSpec spec{.batch = 1,
+                .q_len = 2,
+                .heads = 128,
+                .block_size = 64,
+                .seq_lens = {2100},
+                .kv = KvDType::int8,
+                .scale = KvScale::token,
+                .score_std = 2.f};
   const Case c = make(spec, seed + 17);
   std::vector<double> ro(size_t(256) * kLatentDim), rl(256);
   ref::decode(c.p, c.q.data(), c.cache, ro.data(), rl.data());

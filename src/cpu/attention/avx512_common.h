@@ -119,23 +119,6 @@ MLA_AVX512_INLINE __m512 rows16_prob(const float* s_t, int t, __m512i lim, __m51
 
 // ---- work-item plumbing shared by the AVX-512 kernels ------------------------------------------
 
-// Carves one scratch buffer into 64-byte aligned arrays; a first pass with a null base sizes it.
-class ScratchCarver {
- public:
-  explicit ScratchCarver(unsigned char* base) : base_(base) {}
-  template <class T>
-  T* take(size_t n) {
-    T* p = reinterpret_cast<T*>(base_ + off_);
-    off_ += (n * sizeof(T) + 63) & ~size_t(63);
-    return p;
-  }
-  size_t used() const { return off_; }
-
- private:
-  unsigned char* base_;
-  size_t off_ = 0;
-};
-
 // The rows of a work item: r = i * nh + (h - head_begin), output row and lse of each.
 struct ItemRows {
   const KernelArgs& a;

@@ -15,23 +15,6 @@
 namespace mla::cpu {
 namespace {
 
-// Carves one scratch buffer into 64-byte aligned arrays.
-class Carver {
- public:
-  explicit Carver(unsigned char* base) : base_(base) {}
-  template <class T>
-  T* take(size_t n) {
-    T* p = reinterpret_cast<T*>(base_ + off_);
-    off_ += (n * sizeof(T) + 63) & ~size_t(63);
-    return p;
-  }
-  size_t used() const { return off_; }
-
- private:
-  unsigned char* base_;
-  size_t off_ = 0;
-};
-
 inline float to_f32(KvDType kv, uint16_t h) {
   return kv == KvDType::fp16 ? f16_to_f32(h) : bf16_to_f32(h);
 }
@@ -51,7 +34,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
   // Scratch layout (sizes in elements): queries, one step of keys, scores, the accumulators.
   size_t bytes = 0;
   for (int pass = 0; pass < 2; ++pass) {
-    Carver cv(pass ? static_cast<unsigned char*>(scratch.get(bytes)) : nullptr);
+    ScratchCarver cv(pass ? static_cast<unsigned char*>(scratch.get(bytes)) : nullptr);
     float* q = cv.take<float>(size_t(R) * kQkDim);     // queries (int8: rope part only used)
     int8_t* q8 = cv.take<int8_t>(size_t(R) * kLatentDim);
     float* qs = cv.take<float>(R);                     // int8: per-row query scale

@@ -56,6 +56,23 @@ class Scratch {
   AlignedVec<unsigned char> buf_;
 };
 
+// Carves one scratch buffer into 64-byte aligned arrays; a first pass with a null base sizes it.
+class ScratchCarver {
+ public:
+  explicit ScratchCarver(unsigned char* base) : base_(base) {}
+  template <class T>
+  T* take(size_t n) {
+    T* p = reinterpret_cast<T*>(base_ + off_);
+    off_ += (n * sizeof(T) + 63) & ~size_t(63);
+    return p;
+  }
+  size_t used() const { return off_; }
+
+ private:
+  unsigned char* base_;
+  size_t off_ = 0;
+};
+
 using KernelFn = void (*)(const KernelArgs&, Scratch&);
 
 struct KernelInfo {
@@ -84,5 +101,6 @@ extern const KernelInfo kDecodeF16Portable;
 extern const KernelInfo kDecodeI8Portable;
 extern const KernelInfo kDecodeBf16Avx512;  // decode_bf16_avx512bf16
 extern const KernelInfo kDecodeF16Avx512;   // decode_f16_avx512f
+extern const KernelInfo kDecodeI8Avx512Vnni;  // decode_i8_avx512vnni
 
 }  // namespace mla::cpu

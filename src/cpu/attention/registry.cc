@@ -14,6 +14,7 @@ const std::vector<KernelInfo>& kernel_registry() {
       kDecodeBf16Portable,
       kDecodeF16Avx512,
       kDecodeF16Portable,
+      kDecodeI8Avx512Vnni,
       kDecodeI8Portable,
   };
   return all;
