@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -368,7 +370,7 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
   // Warm-up: the first run of each is checked and gives the time estimate for the rep count.
   std::vector<double> first(runs.size());
   std::vector<std::optional<bench::CheckResult>> checks(runs.size());
-  for (size_t i = 0; i < runs.size(); ++i) {
+  auto warm_up = [&](size_t i) {
     progress.step(tag + r.name + ": warm-up and check of " +
                   (i < nv ? variants[i].text : std::string("the BLAS baseline")));
     bench::poison(o, lse);
@@ -381,28 +383,38 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
           i < nv ? ref::tolerance_for(spec.kv_dtype, variants[i].opt.impl == Impl::ref)
                  : bench::kFp32Tolerance);
     for (int w = 1; w < a.warmup; ++w) runs[i]();
-  }
+  };
+  for (size_t i = 0; i < nv; ++i) warm_up(i);
   const double slowest = *std::max_element(first.begin(), first.begin() + nv);
   r.reps = a.reps ? a.reps : bench::choose_reps(slowest, a.target_s, kMinReps, kMaxReps);
   // Runs over a second (a slow kernel, a debugging variant) get 3: the grid must stay short.
   if (!a.reps && slowest > 1.0) r.reps = 3;
-  r.baseline_reps =
-      !blas    ? 0
-      : a.reps ? a.reps
-               : bench::choose_reps(first.back(), a.target_s, kMinBaselineReps, kMaxBaselineReps);
 
-  // Timed runs, interleaved so that a slow patch of the machine hits every column alike.
+  // Timed runs of the variants, interleaved so that a slow patch of the machine hits every column
+  // alike; then the baseline's, warm-up included. The baseline is kept apart because OpenBLAS's
+  // threads busy-wait for a while after each call (about 2^28 cycles): interleaved, they took a
+  // core from the variants and spread their times over 100%. A pause after it lets them go to
+  // sleep before the next row.
   std::vector<std::vector<double>> samples(runs.size());
-  const int rounds = std::max(r.reps, r.baseline_reps);
-  for (int rep = 0; rep < rounds; ++rep) {
-    progress.step(tag + r.name + ": timing, round " + std::to_string(rep + 1) + "/" +
-                  std::to_string(rounds));
-    for (size_t i = 0; i < runs.size(); ++i) {
-      if (rep >= (i < nv ? r.reps : r.baseline_reps)) continue;
-      const double t0 = bench::now_s();
-      runs[i]();
-      samples[i].push_back(bench::now_s() - t0);
+  auto time_runs = [&](size_t i_begin, size_t i_end, int rounds) {
+    for (int rep = 0; rep < rounds; ++rep) {
+      progress.step(tag + r.name + ": timing " + (i_begin < nv ? "variants" : "baseline") +
+                    ", round " + std::to_string(rep + 1) + "/" + std::to_string(rounds));
+      for (size_t i = i_begin; i < i_end; ++i) {
+        const double t0 = bench::now_s();
+        runs[i]();
+        samples[i].push_back(bench::now_s() - t0);
+      }
     }
+  };
+  time_runs(0, nv, r.reps);
+  if (blas) {
+    warm_up(nv);
+    r.baseline_reps = a.reps ? a.reps
+                             : bench::choose_reps(first[nv], a.target_s, kMinBaselineReps,
+                                                  kMaxBaselineReps);
+    time_runs(nv, nv + 1, r.baseline_reps);
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
   }
   for (size_t i = 0; i < nv; ++i)
     r.variants.push_back(Timed{variants[i], bench::summarize(samples[i]), checks[i]});
