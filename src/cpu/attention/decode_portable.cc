@@ -131,21 +131,31 @@ void run(const KernelArgs& a, Scratch& scratch) {
         // PV.
         float* lor = lo + size_t(r) * kLatentDim;
         if constexpr (kInt8) {
-          // P' = P * value scale, quantized to u8 against the row's maximum in this step.
+          // P' = P * value scale. The row's largest P' of the step (an attention sink, say) is
+          // applied exactly in fp32; the others are quantized to u8 against the largest of them,
+          // so one dominant key does not cost the rest of the step their resolution.
+          int top = 0;
+          for (int t = 1; t < vis; ++t)
+            if (sr[t] * (mode == KvScale::token ? ks[t] : 1.f) > sr[top] * (mode == KvScale::token ? ks[top] : 1.f)) top = t;
+          const float p_top = sr[top] * (mode == KvScale::token ? ks[top] : 1.f);
           float pm = 0.f;
-          for (int t = 0; t < vis; ++t) pm = std::max(pm, sr[t] * (mode == KvScale::token ? ks[t] : 1.f));
+          for (int t = 0; t < vis; ++t)
+            if (t != top) pm = std::max(pm, sr[t] * (mode == KvScale::token ? ks[t] : 1.f));
           const float inv = pm > 0.f ? 255.f / pm : 0.f;
           uint8_t* pr = p8 + size_t(r) * T;
           for (int t = 0; t < vis; ++t)
-            pr[t] = uint8_t(std::nearbyint(sr[t] * (mode == KvScale::token ? ks[t] : 1.f) * inv));
+            pr[t] = t == top ? 0 : uint8_t(std::nearbyint(sr[t] * (mode == KvScale::token ? ks[t] : 1.f) * inv));
           int32_t acc[kLatentDim] = {};
           for (int t = 0; t < vis; ++t) {
             const int32_t pt = pr[t];
             const int8_t* v = k8 + size_t(t) * kLatentDim;
             for (int d = 0; d < kLatentDim; ++d) acc[d] += pt * int32_t(v[d]);
           }
-          const float dq = pm / 255.f * (mode == KvScale::tensor ? cache.tensor_scale() : 1.f);
-          for (int d = 0; d < kLatentDim; ++d) lor[d] = float(acc[d]) * dq * (cscale ? cscale[d] : 1.f);
+          const float ts = mode == KvScale::tensor ? cache.tensor_scale() : 1.f;
+          const float dq = pm / 255.f * ts;
+          const int8_t* vt = k8 + size_t(top) * kLatentDim;
+          for (int d = 0; d < kLatentDim; ++d)
+            lor[d] = (float(acc[d]) * dq + p_top * ts * float(vt[d])) * (cscale ? cscale[d] : 1.f);
         } else {
           std::fill(lor, lor + kLatentDim, 0.f);
           for (int t = 0; t < vis; ++t) {
