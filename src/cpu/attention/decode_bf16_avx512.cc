@@ -46,15 +46,25 @@ constexpr int kPvDims = 64;         // dims per PV register tile (4 zmm)
 constexpr int kPvRows = 6;          // rows per PV register tile
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Software prefetch distance in tokens (avx512_common.h); 32 to 128 measured alike.
+constexpr int kPrefetchDist = 64;
+
 // ---- QK: s[t][r] for RV row vectors (16 rows each) x NT tokens ---------------------------------
 // qp points at the tile's first row in [288][rs]; k at the first token's pairs, tokens 288 pairs
 // apart; s at [t0][r0] in [T][rs].
+// pf: npf tokens' cache rows to prefetch, one line (of 18 a token) per k-step.
 template <int RV, int NT>
-MLA_AVX512_INLINE void qk_tile(const uint32_t* qp, int64_t rs, const uint32_t* k, float* s) {
+MLA_AVX512_INLINE void qk_tile(const uint32_t* qp, int64_t rs, const uint32_t* k, float* s,
+                               const uint16_t* const* pf = nullptr, int npf = 0) {
   __m512 acc[NT][RV];
   for (int j = 0; j < NT; ++j)
     for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
-  for (int kp = 0; kp < kPairs; ++kp) {
+  const int pf_lines = npf * (kQkDim / 32);
+  for (int kp = 0, pt = 0, pl = 0; kp < kPairs; ++kp) {
+    if (kp < pf_lines) {
+      prefetch_line(pf[pt] + 32 * pl);
+      if (++pl == kQkDim / 32) pl = 0, ++pt;
+    }
     __m512bh q[RV];
     for (int v = 0; v < RV; ++v) q[v] = (__m512bh)_mm512_load_si512(qp + kp * rs + 16 * v);
     for (int j = 0; j < NT; ++j) {
@@ -66,18 +76,20 @@ MLA_AVX512_INLINE void qk_tile(const uint32_t* qp, int64_t rs, const uint32_t* k
     for (int v = 0; v < RV; ++v) _mm512_store_ps(s + j * rs + 16 * v, acc[j][v]);
 }
 
-// One 16-token tile of keys against row vectors [0, nrv).
-void qk_token_tile(const uint32_t* qp, int64_t rs, int nrv, const uint32_t* k, float* s) {
+// One 16-token tile of keys against row vectors [0, nrv); the first register tile prefetches
+// the npf (<= 16) tokens' rows at pf (288 k-steps, 16 x 18 lines).
+void qk_token_tile(const uint32_t* qp, int64_t rs, int nrv, const uint32_t* k, float* s,
+                   const uint16_t* const* pf, int npf) {
   int v = 0;
   for (; v + 3 <= nrv; v += 3) {
-    qk_tile<3, 8>(qp + 16 * v, rs, k, s + 16 * v);
+    qk_tile<3, 8>(qp + 16 * v, rs, k, s + 16 * v, pf, v == 0 ? npf : 0);
     qk_tile<3, 8>(qp + 16 * v, rs, k + 8 * kPairs, s + 8 * rs + 16 * v);
   }
   if (nrv - v == 2) {
-    qk_tile<2, 8>(qp + 16 * v, rs, k, s + 16 * v);
+    qk_tile<2, 8>(qp + 16 * v, rs, k, s + 16 * v, pf, v == 0 ? npf : 0);
     qk_tile<2, 8>(qp + 16 * v, rs, k + 8 * kPairs, s + 8 * rs + 16 * v);
   } else if (nrv - v == 1) {
-    qk_tile<1, 16>(qp + 16 * v, rs, k, s + 16 * v);
+    qk_tile<1, 16>(qp + 16 * v, rs, k, s + 16 * v, pf, v == 0 ? npf : 0);
   }
 }
 
@@ -251,11 +263,15 @@ void run(const KernelArgs& a, Scratch& scratch) {
     uint16_t* stage = cv.take<uint16_t>(size_t(kTokTile) * kQkDim);
     uint16_t* zero = cv.take<uint16_t>(kQkDim);
     const uint16_t** kptr = cv.take<const uint16_t*>(T);
+    const uint16_t** pfptr = cv.take<const uint16_t*>(std::max(T, kPrefetchDist));
     if (pass == 0) {
       sizer = cv;
       continue;
     }
 
+    // The first tokens, which no QK tile prefetches, start on their way while the queries are
+    // packed.
+    prefetch_rows16(pfptr, token_ptrs_clipped(a, a.kv_begin, kPrefetchDist, pfptr));
     pack_queries(ir, rows_pad, rs, qp);
     for (int r = 0; r < rows_pad; ++r) {
       m[r] = -__builtin_inff();
@@ -271,6 +287,8 @@ void run(const KernelArgs& a, Scratch& scratch) {
       const int n = std::min(T, a.kv_end - t0);
       const int ntok = (n + kTokTile - 1) / kTokTile * kTokTile;  // n rounded up to tiles
       step_token_ptrs(a, t0, n, ntok, zero, kptr);
+      // What the step's QK tiles prefetch: the positions kPrefetchDist after its own.
+      const int npf = token_ptrs_clipped(a, t0 + kPrefetchDist, n, pfptr);
 
       // QK, one 16-token tile at a time: keys straight from the cache where the tile is
       // contiguous there, else from a staging copy.
@@ -286,7 +304,8 @@ void run(const KernelArgs& a, Scratch& scratch) {
             std::memcpy(stage + j * kQkDim, kptr[t + j], kQkDim * sizeof(uint16_t));
           k = stage;
         }
-        qk_token_tile(qp, rs, nrv, reinterpret_cast<const uint32_t*>(k), s + t * rs);
+        qk_token_tile(qp, rs, nrv, reinterpret_cast<const uint32_t*>(k), s + t * rs, pfptr + t,
+                      std::clamp(npf - t, 0, kTokTile));
       }
 
       softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha, pp);

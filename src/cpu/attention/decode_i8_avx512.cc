@@ -78,6 +78,11 @@ constexpr float kLazyRescale = 8.f;  // log2 units: p up to 256 between rescales
 // Blocks shorter than this are staged into a contiguous copy per step, so QK tiles stay long.
 constexpr int kMinDirectBlock = 16;
 
+// Software prefetch distance in tokens (avx512_common.h): what a row tile's first step has
+// prefetched ahead of its QK; later steps' first T / 2 tokens come from the previous step's PV.
+// 32 to 128 measured alike at 16 rows from DRAM.
+constexpr int kPrefetchDist = 64;
+
 // QK register tiles per count of row vectors RV (16 rows each): tokens per tile, a divisor of 64
 // so that tiles never straddle a block of 16, 64 or 128 tokens. The rows are covered by tiles of
 // kMainRV vectors and at most one of 1. Measured at 256 rows, within noise of each other: 2 x 8,
@@ -155,12 +160,33 @@ struct QkRows {
   const int32_t* lim;       // [RV*16] last visible position
 };
 
+// Tokens whose cache lines a QK tile prefetches while it runs (software prefetch: with 16 query
+// rows the keys stream from DRAM at ~0.6 us per 16 tokens and the hardware prefetchers fall
+// behind the 16 interleaved 512-byte-stride streams of a tile). Token i: latent row lat[i], rope
+// row rope + 64 * slot[i]; n tokens (0: none).
+struct QkPrefetch {
+  const int8_t* const* lat;
+  const int64_t* slot;
+  const uint16_t* rope;
+  int n;
+};
+
+// Every line of n tokens: latent rows tok[i], rope rows rope + 64 * slot[i].
+void prefetch_tokens(const int8_t* const* tok, const int64_t* slot, const uint16_t* rope, int n) {
+  for (int t = 0; t < n; ++t) {
+    for (int c = 0; c < kLatentDim; c += 64) prefetch_line(tok[t] + c);
+    prefetch_line(rope + slot[t] * kRopeDim);
+    prefetch_line(rope + slot[t] * kRopeDim + 32);
+  }
+}
+
 // s[t][v][16] = (S_nope * qs * ks[t] + S_rope) for tokens k (latent, 512 bytes apart) and kr
 // (rope, 64 bf16 apart); positions past lim[] get -inf where `mask`. mx[v] = max(mx[v], s[.][v]).
 // kTok: per-token key scales ks (token mode), else 1.
 template <int N, int RV, bool kTok>
 __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const uint16_t* kr,
-                                       const float* ks, int pos0, bool mask, float* s, float* mx) {
+                                       const float* ks, int pos0, bool mask, float* s, float* mx,
+                                       const QkPrefetch& pf) {
   __m512i acc[N][RV];
   {
     __m512i init[RV];
@@ -174,7 +200,10 @@ __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const u
   const __m512i flip = _mm512_set1_epi8(char(0x80));
   const uint8_t* qp = q.qp;
   const int64_t step = q.rs * 4;
+  // One latent line of the prefetched tokens per k-step (8 lines a token, 128 k-steps).
+  const int pf_lines = 8 * pf.n;
   for (int g = 0; g < kGroups; ++g) {
+    if (g < pf_lines) prefetch_line(pf.lat[g >> 3] + 64 * (g & 7));
     __m512i b[RV];
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) b[v] = _mm512_load_si512(qp + 64 * v);
@@ -201,7 +230,9 @@ __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const u
     }
   }
   const uint16_t* qr = q.qr;
+  const int pf_rope = 2 * pf.n;  // 2 rope lines a token, 32 k-steps
   for (int j = 0; j < kRopePairs; ++j) {
+    if (j < pf_rope) prefetch_line(pf.rope + pf.slot[j >> 1] * kRopeDim + 32 * (j & 1));
     __m512i b[RV];
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) b[v] = _mm512_load_si512(qr + 32 * v);
@@ -237,7 +268,7 @@ __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const u
 }
 
 using QkFn = void (*)(const QkRows&, const int8_t*, const uint16_t*, const float*, int, bool,
-                      float*, float*);
+                      float*, float*, const QkPrefetch&);
 
 // Table of qk_tile<n, RV, kTok> for n = 1..N, so a tile cut short by a block boundary or the end
 // of the range still runs in one call.
@@ -267,6 +298,14 @@ struct PvArgs {
   const float* dq;           // [RT] per row: p dequantization (x tensor scale)
   const float* cs;           // [512] channel scales by position (channel mode)
   float* go;                 // [RT][512] by position: the accumulator (resident) or int32 lo
+  const float* ptop;         // [RT] per row: the step's largest P' (x tensor scale), applied in fp32
+  const int32_t* top;        // [RT] per row: its token in the step (tok[top])
+  // Tokens (of the next step) whose channel block d0 the tile prefetches, 2 per group of the
+  // step: latent rows pf_tok[i], rope rows rope + 64 * pf_slot[i] (line d0 / 64 of them, d0 < 128).
+  const int8_t* const* pf_tok;
+  const int64_t* pf_slot;
+  const uint16_t* rope;
+  int pf_n;
 };
 
 template <int RT, Epi E, bool kChan>
@@ -279,6 +318,13 @@ __attribute__((noinline)) void pv_tile(const PvArgs& a, int d0) {
   const int8_t* const* tok = a.tok;
   const uint32_t* pp = a.pp;
   for (int j = 0; j < a.groups; ++j, tok += 4, pp += a.ps) {
+    if (2 * j < a.pf_n) {
+      const int i = 2 * j, e = std::min(i + 2, a.pf_n);
+      for (int u = i; u < e; ++u) {
+        prefetch_line(a.pf_tok[u] + d0);
+        if (d0 < 128) prefetch_line(a.rope + a.pf_slot[u] * kRopeDim + d0 / 2);
+      }
+    }
     // 64 channels of 4 tokens, interleaved to (t0 t1 t2 t3) bytes per channel.
     const __m512i x0 = _mm512_loadu_si512(tok[0] + d0), x1 = _mm512_loadu_si512(tok[1] + d0);
     const __m512i x2 = _mm512_loadu_si512(tok[2] + d0), x3 = _mm512_loadu_si512(tok[3] + d0);
@@ -303,15 +349,25 @@ __attribute__((noinline)) void pv_tile(const PvArgs& a, int d0) {
     } else {
       const __m512 dq = _mm512_set1_ps(a.dq[r]);
       const __m512 al = E == Epi::rescale ? _mm512_set1_ps(a.alpha[r]) : dq;
+      // The top token, applied exactly: its 64 channels interleaved like V above (each byte in
+      // the top of its 32-bit lane, so 2^24 times its value; ptop carries the 2^-24).
+      const __m512 pt = _mm512_set1_ps(a.ptop[r] * 0x1p-24f);
+      const __m512i zero = _mm512_setzero_si512();
+      const __m512i xt = _mm512_loadu_si512(a.tok[a.top[r]] + d0);
+      const __m512i lt = _mm512_unpacklo_epi8(zero, xt), ht = _mm512_unpackhi_epi8(zero, xt);
+      const __m512i vt[4] = {_mm512_unpacklo_epi16(zero, lt), _mm512_unpackhi_epi16(zero, lt),
+                             _mm512_unpacklo_epi16(zero, ht), _mm512_unpackhi_epi16(zero, ht)};
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) {
-        const __m512 d = kChan ? _mm512_mul_ps(dq, _mm512_load_ps(a.cs + d0 + 16 * i)) : dq;
+        const __m512 c = kChan ? _mm512_load_ps(a.cs + d0 + 16 * i) : dq;
+        const __m512 d = kChan ? _mm512_mul_ps(dq, c) : dq;
         const __m512 lo = _mm512_cvtepi32_ps(acc[r][i]);
         __m512 x;
         if constexpr (E == Epi::first) x = _mm512_mul_ps(lo, d);
         if constexpr (E == Epi::rescale)
           x = _mm512_fmadd_ps(lo, d, _mm512_mul_ps(_mm512_load_ps(g + 16 * i), al));
         if constexpr (E == Epi::add) x = _mm512_fmadd_ps(lo, d, _mm512_load_ps(g + 16 * i));
+        x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(vt[i]), kChan ? _mm512_mul_ps(pt, c) : pt, x);
         _mm512_store_ps(g + 16 * i, x);
       }
     }
@@ -331,7 +387,10 @@ void pv_rows_impl(const PvArgs& a, int rows, std::integer_sequence<int, I...>) {
       t.pp = a.pp + r;
       t.alpha = a.alpha + r;
       t.dq = a.dq + r;
+      t.ptop = a.ptop + r;
+      t.top = a.top + r;
       t.go = a.go + int64_t(r) * kLatentDim;
+      t.pf_n = r == 0 ? a.pf_n : 0;
       if (n == kPvRows)
         pv_tile<kPvRows, E, kChan>(t, d0);
       else
@@ -436,6 +495,7 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
 struct Item {
   const KernelArgs* a;
   const PagedLatentCache* cache;
+  const uint16_t* rope;  // the cache's rope rows (slot 0)
   int R, Rp, nh;
   bool tok, resident, staged;
   float c2;         // |softmax_scale| * log2(e)
@@ -447,6 +507,8 @@ struct Item {
   const float* qs;
   const int32_t* lim;
   float *m, *l, *alpha, *dq;
+  float* ptop;          // [Rp] the step's largest P' of each row x tensor scale, applied in fp32
+  int32_t* top;         // [Rp] its token in the step
   float* go;            // the row tile's [32][512]: accumulator (resident) or lo (spill)
   const float* cs_pos;  // channel scales by position
   float* s;             // [T][RV][16] the row tile's scores in the step
@@ -462,6 +524,8 @@ struct Step {
   const float* ks;           // [4 * groups] token scales (token mode; 0 past the range)
   const int8_t* kstage;      // staging copies (blocks shorter than kMinDirectBlock)
   const uint16_t* rstage;
+  int pf_from;               // QK prefetches the step's tokens from here on (those before
+                             // were prefetched by the previous step's PV or the row tile's start)
 };
 
 // QK: the step's tokens against row vectors [v0, v0 + RV): s (masked) and the step maximum mx.
@@ -492,7 +556,14 @@ void qk_rows(const Item& it, const Step& st, int v0, float* mx) {
           it.staged ? st.kstage + int64_t(t) * kLatentDim : cache.latent_i8(st.slot[t]);
       const uint16_t* kr =
           it.staged ? st.rstage + int64_t(t) * kRopeDim : cache.rope_bf16(st.slot[t]);
-      fns[len - 1](rows, k, kr, st.ks + t, pos0, pos0 + len - 1 > lim_min, s, mx);
+      // Prefetch the step's tokens st.pf_from after the tile's own, as many as the tile has, up
+      // to the step's end (the next step's first T / 2 come from this step's PV).
+      const int pf0 = t + st.pf_from;
+      const QkPrefetch pf{.lat = st.tok + pf0,
+                          .slot = st.slot + pf0,
+                          .rope = it.rope,
+                          .n = it.staged ? 0 : std::max(0, std::min(len, st.n - pf0))};
+      fns[len - 1](rows, k, kr, st.ks + t, pos0, pos0 + len - 1 > lim_min, s, mx, pf);
     }
     t += len;
   }
@@ -508,12 +579,11 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
   const __m512 c2 = _mm512_set1_ps(it.c2);
   const __m512i cap = _mm512_set1_epi32(255);
   constexpr int64_t ss = 16 * RV;  // token stride in s, floats
-  __m512 m_use[RV], pm[RV], inv[RV], sum[RV], mxs[RV];
+  __m512 m_use[RV], inv[RV], sum[RV];
   bool same_max = true;
   for (int v = 0; v < RV; ++v) {
     const int rv = r0 + 16 * v;
     const __m512 x = _mm512_load_ps(mx + 16 * v);
-    mxs[v] = x;
     // The step maximum in the scaled domain (-inf stays -inf even when c2 = 0).
     const __mmask16 any = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ);
     const __m512 m_old = _mm512_load_ps(it.m + rv);
@@ -548,55 +618,66 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
     return _mm512_maskz_div_ps(pos, _mm512_set1_ps(255.f), x);
   };
   uint32_t* pp = reinterpret_cast<uint32_t*>(it.pp);
-  if (it.tok) {
-    // p' = p * vs[t] has its maximum anywhere: pass 1 computes p' (kept in s) and its maximum,
-    // pass 2 quantizes.
-    for (int v = 0; v < RV; ++v) pm[v] = _mm512_setzero_ps();
-    for (int t = 0; t < 4 * st.groups; t += 2) {
-      float* s = it.s + t * ss;
-      const __m512 vs0 = _mm512_set1_ps(st.ks[t]), vs1 = _mm512_set1_ps(st.ks[t + 1]);
+  // The row's largest p' = p * value scale of the step (an attention sink, say) is applied
+  // exactly in fp32 after P.V (ptop, top); the others are quantized against the largest of them
+  // (max2), so one dominant key does not cost the rest of the step their resolution. Pass 1
+  // computes p' (kept in s), the row sums, max2 and the top token: the largest key of
+  // p' bits (>= 0, so ordered as integers) with the token index in the low bits (ties within
+  // the dropped bits go to the later token; any choice is exact, max2 then caps at 255).
+  // Pass 2 quantizes.
+  const int nt = 4 * st.groups;
+  const int ibits = 32 - __builtin_clz(unsigned(std::max(nt - 1, 1)));
+  const __m512i keep = _mm512_set1_epi32(int(~((1u << ibits) - 1)));
+  __m512 m1[RV], m2[RV];
+  __m512i key[RV];
+  for (int v = 0; v < RV; ++v) {
+    m1[v] = m2[v] = _mm512_setzero_ps();
+    key[v] = _mm512_setzero_si512();
+  }
+  for (int t = 0; t < nt; t += 2) {
+    float* s = it.s + t * ss;
+    const __m512i t0 = _mm512_set1_epi32(t), t1 = _mm512_set1_epi32(t + 1);
 #pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) {
-        const __m512 p0 = prob(s + 16 * v, v), p1 = prob(s + ss + 16 * v, v);
-        sum[v] = _mm512_add_ps(sum[v], _mm512_add_ps(p0, p1));
-        const __m512 q0 = _mm512_mul_ps(p0, vs0), q1 = _mm512_mul_ps(p1, vs1);
-        pm[v] = _mm512_max_ps(pm[v], _mm512_max_ps(q0, q1));
-        _mm512_store_ps(s + 16 * v, q0);
-        _mm512_store_ps(s + ss + 16 * v, q1);
-      }
-    }
-    for (int v = 0; v < RV; ++v) inv[v] = inverse(pm[v]);
-    for (int j = 0; j < st.groups; ++j) {
-      const float* s = it.s + 4 * j * ss;
-#pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) {
-        const __m512i w01 =
-            _mm512_or_si512(quant(_mm512_load_ps(s + 16 * v), v),
-                            _mm512_slli_epi32(quant(_mm512_load_ps(s + ss + 16 * v), v), 8));
-        const __m512i w23 =
-            _mm512_or_si512(_mm512_slli_epi32(quant(_mm512_load_ps(s + 2 * ss + 16 * v), v), 16),
-                            _mm512_slli_epi32(quant(_mm512_load_ps(s + 3 * ss + 16 * v), v), 24));
-        _mm512_store_si512(pp + (j * RV + v) * 16, _mm512_or_si512(w01, w23));
-      }
-    }
-  } else {
-    // p' = p: its maximum is the p of the largest score, known before the exp pass.
     for (int v = 0; v < RV; ++v) {
-      pm[v] = exp2_fma5_ps(_mm512_fmsub_ps(mxs[v], c2, m_use[v]));
-      inv[v] = inverse(pm[v]);
-    }
-    for (int j = 0; j < st.groups; ++j) {
-      const float* s = it.s + 4 * j * ss;
-#pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) {
-        const __m512 p0 = prob(s + 16 * v, v), p1 = prob(s + ss + 16 * v, v);
-        const __m512 p2 = prob(s + 2 * ss + 16 * v, v), p3 = prob(s + 3 * ss + 16 * v, v);
-        sum[v] = _mm512_add_ps(sum[v], _mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)));
-        const __m512i w01 = _mm512_or_si512(quant(p0, v), _mm512_slli_epi32(quant(p1, v), 8));
-        const __m512i w23 = _mm512_or_si512(_mm512_slli_epi32(quant(p2, v), 16),
-                                            _mm512_slli_epi32(quant(p3, v), 24));
-        _mm512_store_si512(pp + (j * RV + v) * 16, _mm512_or_si512(w01, w23));
+      __m512 q0 = prob(s + 16 * v, v), q1 = prob(s + ss + 16 * v, v);
+      sum[v] = _mm512_add_ps(sum[v], _mm512_add_ps(q0, q1));
+      if (it.tok) {
+        q0 = _mm512_mul_ps(q0, _mm512_set1_ps(st.ks[t]));
+        q1 = _mm512_mul_ps(q1, _mm512_set1_ps(st.ks[t + 1]));
       }
+      const __m512 hi = _mm512_max_ps(q0, q1), lo = _mm512_min_ps(q0, q1);
+      m2[v] = _mm512_max_ps(_mm512_max_ps(m2[v], lo), _mm512_min_ps(m1[v], hi));
+      m1[v] = _mm512_max_ps(m1[v], hi);
+      const __m512i k0 = _mm512_ternarylogic_epi32(_mm512_castps_si512(q0), keep, t0, 0xea);
+      const __m512i k1 = _mm512_ternarylogic_epi32(_mm512_castps_si512(q1), keep, t1, 0xea);
+      key[v] = _mm512_max_epi32(key[v], _mm512_max_epi32(k0, k1));
+      _mm512_store_ps(s + 16 * v, q0);
+      _mm512_store_ps(s + ss + 16 * v, q1);
+    }
+  }
+  for (int v = 0; v < RV; ++v) inv[v] = inverse(m2[v]);
+  for (int j = 0; j < st.groups; ++j) {
+    const float* s = it.s + 4 * j * ss;
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) {
+      const __m512i w01 =
+          _mm512_or_si512(quant(_mm512_load_ps(s + 16 * v), v),
+                          _mm512_slli_epi32(quant(_mm512_load_ps(s + ss + 16 * v), v), 8));
+      const __m512i w23 =
+          _mm512_or_si512(_mm512_slli_epi32(quant(_mm512_load_ps(s + 2 * ss + 16 * v), v), 16),
+                          _mm512_slli_epi32(quant(_mm512_load_ps(s + 3 * ss + 16 * v), v), 24));
+      _mm512_store_si512(pp + (j * RV + v) * 16, _mm512_or_si512(w01, w23));
+    }
+  }
+  // The top token of each row: its p' (x tensor scale) to ptop, its u8 to 0.
+  for (int v = 0; v < RV; ++v) {
+    alignas(64) int32_t kt[16];
+    _mm512_store_si512(kt, key[v]);
+    for (int e = 0; e < 16; ++e) {
+      const int t = kt[e] & int((1u << ibits) - 1), r = r0 + 16 * v + e;
+      it.top[r] = t;
+      it.ptop[r] = it.s[t * ss + 16 * v + e] * it.tensor;
+      reinterpret_cast<uint8_t*>(pp + ((t >> 2) * RV + v) * 16 + e)[t & 3] = 0;
     }
   }
   const __m512 dq_scale = _mm512_set1_ps(it.tensor / 255.f);
@@ -604,7 +685,7 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
     const int rv = r0 + 16 * v;
     const __m512 l = _mm512_load_ps(it.l + rv);
     _mm512_store_ps(it.l + rv, _mm512_fmadd_ps(l, _mm512_load_ps(it.alpha + rv), sum[v]));
-    _mm512_store_ps(it.dq + rv, _mm512_mul_ps(pm[v], dq_scale));
+    _mm512_store_ps(it.dq + rv, _mm512_mul_ps(m2[v], dq_scale));
   }
   return same_max;
 }
@@ -618,6 +699,8 @@ void update_spill(const Item& it, const Step& st, int r0, int rows) {
     const int r = r0 + e;
     float* o = a.o + (r / it.nh) * a.o_stride_i + (r % it.nh) * a.o_stride_h;
     const __m512 dq = _mm512_set1_ps(it.dq[r]), al = _mm512_set1_ps(it.alpha[r]);
+    const __m512 pt = _mm512_set1_ps(it.ptop[r]);
+    const int8_t* vt = st.tok[it.top[r]];  // the top token, applied exactly
     for (int d0 = 0; d0 < kLatentDim; d0 += 64) {
       __m512 x[4];
       for (int i = 0; i < 4; ++i)
@@ -626,9 +709,13 @@ void update_spill(const Item& it, const Step& st, int r0, int rows) {
       for (int i = 0; i < 4; ++i) {
         const __m512 d = it.cs ? _mm512_mul_ps(dq, _mm512_loadu_ps(it.cs + d0 + 16 * i)) : dq;
         float* oi = o + d0 + 16 * i;
-        _mm512_storeu_ps(
-            oi, st.first ? _mm512_mul_ps(x[i], d)
-                         : _mm512_fmadd_ps(x[i], d, _mm512_mul_ps(_mm512_loadu_ps(oi), al)));
+        const __m512 y =
+            st.first ? _mm512_mul_ps(x[i], d)
+                     : _mm512_fmadd_ps(x[i], d, _mm512_mul_ps(_mm512_loadu_ps(oi), al));
+        const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(vt + d0 + 16 * i))));
+        const __m512 pc = it.cs ? _mm512_mul_ps(pt, _mm512_loadu_ps(it.cs + d0 + 16 * i)) : pt;
+        _mm512_storeu_ps(oi, _mm512_fmadd_ps(v, pc, y));
       }
     }
   }
@@ -636,7 +723,8 @@ void update_spill(const Item& it, const Step& st, int r0, int rows) {
 
 // One row tile through the step: QK -> SM -> PV (+ UP).
 template <int RV>
-void row_tile(const Item& it, const Step& st, int v0) {
+void row_tile(const Item& it, const Step& st, int v0, const int8_t* const* pf_tok,
+              const int64_t* pf_slot, int pf_n) {
   alignas(64) float mx[16 * RV];
   std::fill_n(mx, 16 * RV, kNegInf);
   qk_rows<RV>(it, st, v0, mx);
@@ -650,7 +738,13 @@ void row_tile(const Item& it, const Step& st, int v0) {
                   .alpha = it.alpha + r0,
                   .dq = it.dq + r0,
                   .cs = it.cs_pos,
-                  .go = it.go};
+                  .go = it.go,
+                  .ptop = it.ptop + r0,
+                  .top = it.top + r0,
+                  .pf_tok = pf_tok,
+                  .pf_slot = pf_slot,
+                  .rope = it.rope,
+                  .pf_n = pf_n};
   const Epi e = !it.resident ? Epi::spill
                 : st.first   ? Epi::first
                 : same_max   ? Epi::add
@@ -695,6 +789,8 @@ void run_rows(const Item& it, int v0, const int64_t* slot, const int8_t* const* 
               const float* ks, int8_t* kstage, uint16_t* rstage) {
   const KernelArgs& a = *it.a;
   const int T = std::min(a.chunk, 1024) * kKvTile;  // as in run()
+  if (v0 > 0 && !it.staged)  // the first row tile's were prefetched in run()
+    prefetch_tokens(tok, slot, it.rope, std::min(a.kv_end - a.kv_begin, kPrefetchDist));
   for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
     const int n = std::min(T, a.kv_end - t0), i0 = t0 - a.kv_begin;
     if (it.staged)
@@ -711,8 +807,12 @@ void run_rows(const Item& it, int v0, const int64_t* slot, const int8_t* const* 
                   .tok = tok + i0,
                   .ks = ks + i0,
                   .kstage = kstage,
-                  .rstage = rstage};
-    row_tile<RV>(it, st, v0);
+                  .rstage = rstage,
+                  .pf_from = t0 == a.kv_begin ? kPrefetchDist : T / 2};
+    // PV prefetches the next step's first T / 2 tokens, QK the step's others.
+    const int next = i0 + n, ntok = a.kv_end - a.kv_begin;
+    const int pf_n = it.staged ? 0 : std::clamp(ntok - next, 0, T / 2);
+    row_tile<RV>(it, st, v0, tok + next, slot + next, pf_n);
   }
   finalize(it, 16 * v0, std::min(16 * RV, it.R - 16 * v0));
 }
@@ -744,6 +844,8 @@ void run(const KernelArgs& a, Scratch& scratch) {
     float* l = cv.take<float>(Rp);
     float* alpha = cv.take<float>(Rp);
     float* dq = cv.take<float>(Rp);
+    float* ptop = cv.take<float>(Rp);
+    int32_t* top = cv.take<int32_t>(Rp);
     float* go = cv.take<float>(size_t(kLatentDim) * 16 * rv_max);
     // Slots, latent rows and key scales of the whole range, the last group of 4 tokens padded
     // with a zero row (never a cache read) and scale 0.
@@ -764,6 +866,16 @@ void run(const KernelArgs& a, Scratch& scratch) {
     const bool negate = p.softmax_scale < 0.f;
     const float* cs = mode == KvScale::channel ? cache.channel_scales() : nullptr;
     const float tensor = mode == KvScale::tensor ? cache.tensor_scale() : 1.f;
+    const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
+    for (int t = 0, blk = a.kv_begin / bs, off = a.kv_begin % bs; t < ntok; ++t) {
+      slot[t] = int64_t(table[blk]) * bs + off;
+      tok[t] = cache.latent_i8(slot[t]);
+      if (++off == bs) off = 0, ++blk;
+    }
+    std::fill(tok + ntok, tok + npad, zero);
+    // The first tokens, which no QK tile prefetches, start on their way while the queries are
+    // packed.
+    if (!staged) prefetch_tokens(tok, slot, cache.rope_bf16(0), std::min(ntok, kPrefetchDist));
     pack_queries(a, nh, R, Rp, negate, cs, tensor, qp, qr, qsum_neg, qs);
     if (cs)
       for (int d = 0; d < kLatentDim; ++d) cs_pos[position_of(d)] = cs[d];
@@ -776,6 +888,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
     }
     const Item it{.a = &a,
                   .cache = &cache,
+                  .rope = cache.rope_bf16(0),
                   .R = R,
                   .Rp = Rp,
                   .nh = nh,
@@ -794,18 +907,13 @@ void run(const KernelArgs& a, Scratch& scratch) {
                   .l = l,
                   .alpha = alpha,
                   .dq = dq,
+                  .ptop = ptop,
+                  .top = top,
                   .go = go,
                   .cs_pos = cs_pos,
                   .s = s,
                   .pp = pp};
 
-    const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
-    for (int t = 0, blk = a.kv_begin / bs, off = a.kv_begin % bs; t < ntok; ++t) {
-      slot[t] = int64_t(table[blk]) * bs + off;
-      tok[t] = cache.latent_i8(slot[t]);
-      if (++off == bs) off = 0, ++blk;
-    }
-    std::fill(tok + ntok, tok + npad, zero);
     if (it.tok) {
       for (int t = 0; t < ntok; ++t) ks[t] = cache.token_scale(slot[t]);
       std::fill(ks + ntok, ks + npad, 0.f);
