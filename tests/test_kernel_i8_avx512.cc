@@ -119,42 +119,10 @@ void rows_of(const ItemRun& r, int i, std::vector<float>* o, std::vector<float>*
   return ::testing::AssertionSuccess();
 }
 
-// Float64 attention of rows (i, h in [hb, he)) of sequence `seq` over positions [kb, ke) only,
-// on the de-quantized cache. o [ql, nh, 512], lse [ql, nh]; no visible key: o = 0, lse = -inf.
+// Float64 attention of rows (i, h in [hb, he)) of sequence `seq` over positions [kb, ke) only.
 void ref_range(const Case& c, int seq, int hb, int he, int kb, int ke, std::vector<double>* o,
                std::vector<double>* lse) {
-  const int ql = q_len_of(c.p, seq), nh = he - hb, bs = c.cache.block_size();
-  std::vector<float> keys(size_t(ke - kb) * kQkDim);
-  for (int t = kb; t < ke; ++t)
-    c.cache.read(cpu::slot_of(c.p, bs, seq, t), keys.data() + size_t(t - kb) * kQkDim);
-  o->assign(size_t(ql) * nh * kLatentDim, 0.0);
-  lse->assign(size_t(ql) * nh, -std::numeric_limits<double>::infinity());
-  std::vector<double> s(ke - kb);
-  for (int i = 0; i < ql; ++i)
-    for (int hh = 0; hh < nh; ++hh) {
-      const float* q =
-          c.q.data() + ((int64_t(seq) * c.p.q_len + i) * c.p.num_heads + hb + hh) * kQkDim;
-      const int last = std::min(last_visible(c.p, seq, i), ke - 1);
-      if (last < kb) continue;
-      double mx = -std::numeric_limits<double>::infinity();
-      for (int t = kb; t <= last; ++t) {
-        const float* k = keys.data() + size_t(t - kb) * kQkDim;
-        double dot = 0;
-        for (int d = 0; d < kQkDim; ++d) dot += double(q[d]) * k[d];
-        s[t - kb] = dot * c.p.softmax_scale;
-        mx = std::max(mx, s[t - kb]);
-      }
-      double l = 0;
-      double* out = o->data() + (size_t(i) * nh + hh) * kLatentDim;
-      for (int t = kb; t <= last; ++t) {
-        const double pt = std::exp(s[t - kb] - mx);
-        l += pt;
-        const float* v = keys.data() + size_t(t - kb) * kQkDim;
-        for (int d = 0; d < kLatentDim; ++d) out[d] += pt * v[d];
-      }
-      for (int d = 0; d < kLatentDim; ++d) out[d] /= l;
-      (*lse)[size_t(i) * nh + hh] = mx + std::log(l);
-    }
+  ref::decode_range(c.p, c.q.data(), c.cache, seq, hb, he, kb, ke, o, lse);
 }
 
 // Garbage in a slot: latents at the int8 extremes, NaN rope, and (token mode) a NaN scale.

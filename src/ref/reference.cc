@@ -40,34 +40,50 @@ void softmax_sum(const std::vector<double>& s, const std::vector<double>& vals, 
 
 }  // namespace
 
+void decode_range(const DecodeParams& p, const float* q, const PagedLatentCache& cache, int seq,
+                  int head_begin, int head_end, int kv_begin, int kv_end, std::vector<double>* o,
+                  std::vector<double>* lse) {
+  const int ql = q_len_of(p, seq), nh = head_end - head_begin, n = kv_end - kv_begin;
+  // The range's keys, de-quantized once; the values are their first 512.
+  std::vector<float> tok(kQkDim);
+  std::vector<double> keys(size_t(n) * kQkDim), vals(size_t(n) * kLatentDim);
+  for (int t = 0; t < n; ++t) {
+    cache.read(slot_of(p, cache, seq, kv_begin + t), tok.data());
+    for (int d = 0; d < kQkDim; ++d) keys[size_t(t) * kQkDim + d] = tok[d];
+    for (int d = 0; d < kLatentDim; ++d) vals[size_t(t) * kLatentDim + d] = tok[d];
+  }
+  o->assign(size_t(ql) * nh * kLatentDim, 0.0);
+  lse->assign(size_t(ql) * nh, kNegInf);
+  for (int i = 0; i < ql; ++i) {
+    const int visible = std::min(last_visible(p, seq, i), kv_end - 1) - kv_begin + 1;
+    for (int hh = 0; hh < nh; ++hh) {
+      const float* qr = q + ((int64_t(seq) * p.q_len + i) * p.num_heads + head_begin + hh) * kQkDim;
+      std::vector<double> s(std::max(visible, 0));
+      for (int t = 0; t < visible; ++t) {
+        double acc = 0;
+        for (int d = 0; d < kQkDim; ++d) acc += double(qr[d]) * keys[size_t(t) * kQkDim + d];
+        s[t] = acc * double(p.softmax_scale);
+      }
+      softmax_sum(s, vals, kLatentDim, o->data() + (size_t(i) * nh + hh) * kLatentDim,
+                  lse->data() + size_t(i) * nh + hh);
+    }
+  }
+}
+
 void decode(const DecodeParams& p, const float* q, const PagedLatentCache& cache, double* o,
             double* lse) {
   validate(p, cache);
   const int H = p.num_heads;
-  std::vector<float> tok(kQkDim);
+  std::vector<double> so, sl;
   for (int b = 0; b < p.batch; ++b) {
-    const int sl = p.seq_lens[b];
-    // The sequence's keys, de-quantized once.
-    std::vector<double> keys(size_t(sl) * kQkDim), vals(size_t(sl) * kLatentDim);
-    for (int t = 0; t < sl; ++t) {
-      cache.read(slot_of(p, cache, b, t), tok.data());
-      for (int d = 0; d < kQkDim; ++d) keys[size_t(t) * kQkDim + d] = tok[d];
-      for (int d = 0; d < kLatentDim; ++d) vals[size_t(t) * kLatentDim + d] = tok[d];
-    }
-    for (int i = 0; i < p.q_len; ++i) {
-      const int last = last_visible(p, b, i);
-      for (int h = 0; h < H; ++h) {
-        const int64_t row = (int64_t(b) * p.q_len + i) * H + h;
-        const float* qr = q + row * kQkDim;
-        std::vector<double> s(last + 1);
-        for (int t = 0; t <= last; ++t) {
-          double acc = 0;
-          for (int d = 0; d < kQkDim; ++d) acc += double(qr[d]) * keys[size_t(t) * kQkDim + d];
-          s[t] = acc * double(p.softmax_scale);
-        }
-        softmax_sum(s, vals, kLatentDim, o + row * kLatentDim, lse + row);
-      }
-    }
+    // Padding rows (i >= q_len_b, or a seq_len 0 entry): o = 0, lse = -inf.
+    const int64_t row0 = int64_t(b) * p.q_len * H;
+    std::fill(o + row0 * kLatentDim, o + (row0 + int64_t(p.q_len) * H) * kLatentDim, 0.0);
+    std::fill(lse + row0, lse + row0 + int64_t(p.q_len) * H, kNegInf);
+    if (p.seq_lens[b] == 0) continue;
+    decode_range(p, q, cache, b, 0, H, 0, p.seq_lens[b], &so, &sl);
+    std::copy(so.begin(), so.end(), o + row0 * kLatentDim);
+    std::copy(sl.begin(), sl.end(), lse + row0);
   }
 }
 

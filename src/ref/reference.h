@@ -16,6 +16,13 @@ namespace mla::ref {
 void decode(const DecodeParams& p, const float* q, const PagedLatentCache& cache, double* o,
             double* lse);
 
+// The rows (i, h) of sequence `seq`, heads [head_begin, head_end), over cache positions
+// [kv_begin, kv_end) only: what one work item of a split plan computes. o [q_len_b, nh, 512],
+// lse [q_len_b, nh]; a row that sees no key of the range: o = 0, lse = -inf. No validation.
+void decode_range(const DecodeParams& p, const float* q, const PagedLatentCache& cache, int seq,
+                  int head_begin, int head_end, int kv_begin, int kv_end, std::vector<double>* o,
+                  std::vector<double>* lse);
+
 // Merges n partial results (o_i [dv], lse_i) of one query row (DESIGN §5). All -inf: o = 0,
 // lse = -inf.
 void combine(int n, int dv, const double* o_parts, const double* lse_parts, double* o, double* lse);
