@@ -37,6 +37,15 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+// Element i of an array of type t (f32, f16 or bf16) as a float.
+inline float load_f32(DType t, const void* data, int64_t i) {
+  switch (t) {
+    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    default: return static_cast<const float*>(data)[i];
+  }
+}
+
 // The value f becomes after a round trip through type t (f32, f16 or bf16).
 inline float round_through(DType t, float f) {
   switch (t) {

@@ -32,33 +32,6 @@ void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const floa
   }
 }
 
-namespace {
-
-std::vector<float> query_as_f32(DType t, const void* q, int64_t n) {
-  std::vector<float> out(n);
-  switch (t) {
-    case DType::f32: {
-      const float* s = static_cast<const float*>(q);
-      std::copy(s, s + n, out.begin());
-      break;
-    }
-    case DType::bf16: {
-      const uint16_t* s = static_cast<const uint16_t*>(q);
-      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(s[i]);
-      break;
-    }
-    case DType::f16: {
-      const uint16_t* s = static_cast<const uint16_t*>(q);
-      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(s[i]);
-      break;
-    }
-    default: MLA_FAIL("query dtype " << dtype_name(t) << " is not supported (f32, bf16 or f16)");
-  }
-  return out;
-}
-
-}  // namespace
-
 void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
             const DecodeOptions& opt, float* o, float* lse) {
   validate(p, cache);
@@ -69,7 +42,8 @@ void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLate
     decode_fast(p, q_dtype, q, cache, opt, o, lse);
     return;
   }
-  const std::vector<float> qf = query_as_f32(q_dtype, q, rows * kQkDim);
+  std::vector<float> qf(rows * kQkDim);
+  for (int64_t i = 0; i < rows * kQkDim; ++i) qf[i] = load_f32(q_dtype, q, i);
   std::vector<double> od(rows * kLatentDim), ld(rows);
   ref::decode(p, qf.data(), cache, od.data(), ld.data());
   for (int64_t i = 0; i < rows * kLatentDim; ++i) o[i] = float(od[i]);

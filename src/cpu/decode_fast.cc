@@ -51,9 +51,7 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Page
   if (q_dtype != kt) {
     qconv.resize(nq);
     for (int64_t i = 0; i < nq; ++i) {
-      const float v = q_dtype == DType::f32   ? static_cast<const float*>(q)[i]
-                      : q_dtype == DType::bf16 ? bf16_to_f32(static_cast<const uint16_t*>(q)[i])
-                                               : f16_to_f32(static_cast<const uint16_t*>(q)[i]);
+      const float v = load_f32(q_dtype, q, i);
       qconv[i] = kt == DType::f16 ? f32_to_f16(v) : f32_to_bf16(v);
     }
     qk = qconv.data();
