@@ -83,14 +83,23 @@ void qk_token_tile(const float* qf, int64_t rs, int nrv, const float* k, float* 
 // memory operand: measured free beside 24 FMAs per token at 6 rows). p at the tile's first row in
 // [T][rs]; acc at [r0][d0] in [rows][512]. Resident: go = go * alpha + lo in the register
 // epilogue; spill: acc gets lo.
+// pf: npf tokens of the next step whose lines at d0 (and, for d0 < 128, rope line d0 / 64) the
+// tile prefetches, one token per 2 of the step (pv_all spreads them over its tiles).
 template <int R, bool kResident>
 MLA_AVX512_INLINE void pv_tile(const uint16_t* const* kptr, int d0, const float* p, int64_t rs,
-                               int ntok, float* acc_out, const float* alpha) {
+                               int ntok, float* acc_out, const float* alpha,
+                               const uint16_t* const* pf, int npf) {
   constexpr int ND = kPvDims / 16;
   __m512 acc[R][ND];
   for (int r = 0; r < R; ++r)
     for (int d = 0; d < ND; ++d) acc[r][d] = _mm512_setzero_ps();
   for (int t = 0; t < ntok; ++t) {
+    if (!(t & 1) && t / 2 < npf) {
+      const uint16_t* f = pf[t / 2];
+      prefetch_line(f + d0);
+      prefetch_line(f + d0 + 32);
+      if (d0 < 2 * kRopeDim) prefetch_line(f + kLatentDim + d0 / 2);
+    }
     const uint16_t* v = kptr[t] + d0;
     __m512 vv[ND];
     for (int d = 0; d < ND; ++d)
@@ -114,40 +123,42 @@ MLA_AVX512_INLINE void pv_tile(const uint16_t* const* kptr, int d0, const float*
 
 template <bool kResident>
 void pv_rows(int R, const uint16_t* const* kptr, int d0, const float* p, int64_t rs, int ntok,
-             float* acc, const float* alpha) {
+             float* acc, const float* alpha, const uint16_t* const* pf, int npf) {
   switch (R) {
     case 1:
-      pv_tile<1, kResident>(kptr, d0, p, rs, ntok, acc, alpha);
+      pv_tile<1, kResident>(kptr, d0, p, rs, ntok, acc, alpha, pf, npf);
       break;
     case 2:
-      pv_tile<2, kResident>(kptr, d0, p, rs, ntok, acc, alpha);
+      pv_tile<2, kResident>(kptr, d0, p, rs, ntok, acc, alpha, pf, npf);
       break;
     case 3:
-      pv_tile<3, kResident>(kptr, d0, p, rs, ntok, acc, alpha);
+      pv_tile<3, kResident>(kptr, d0, p, rs, ntok, acc, alpha, pf, npf);
       break;
     case 4:
-      pv_tile<4, kResident>(kptr, d0, p, rs, ntok, acc, alpha);
+      pv_tile<4, kResident>(kptr, d0, p, rs, ntok, acc, alpha, pf, npf);
       break;
     case 5:
-      pv_tile<5, kResident>(kptr, d0, p, rs, ntok, acc, alpha);
+      pv_tile<5, kResident>(kptr, d0, p, rs, ntok, acc, alpha, pf, npf);
       break;
     default:
-      pv_tile<6, kResident>(kptr, d0, p, rs, ntok, acc, alpha);
+      pv_tile<6, kResident>(kptr, d0, p, rs, ntok, acc, alpha, pf, npf);
       break;
   }
 }
 
-// All rows x all dims, in balanced row tiles (16 rows: 6 + 5 + 5).
+// All rows x all dims, in balanced row tiles (16 rows: 6 + 5 + 5). The npf tokens at pf (of the
+// next step) are prefetched spread over the row tiles, each tile a share of them.
 template <bool kResident>
 void pv_all(int rows, const uint16_t* const* kptr, const float* p, int64_t rs, int ntok, float* acc,
-            const float* alpha) {
+            const float* alpha, const uint16_t* const* pf, int npf) {
   const int ntiles = (rows + kPvRows - 1) / kPvRows;
   int r0 = 0;
   for (int t = 0; t < ntiles; ++t) {
     const int r1 = int(int64_t(rows) * (t + 1) / ntiles);
+    const int f0 = int(int64_t(npf) * t / ntiles), f1 = int(int64_t(npf) * (t + 1) / ntiles);
     for (int d0 = 0; d0 < kLatentDim; d0 += kPvDims)
       pv_rows<kResident>(r1 - r0, kptr, d0, p + r0, rs, ntok, acc + int64_t(r0) * kLatentDim + d0,
-                         alpha + r0);
+                         alpha + r0, pf + f0, f1 - f0);
     r0 = r1;
   }
 }
@@ -262,8 +273,10 @@ void run(const KernelArgs& a, Scratch& scratch) {
       const int n = std::min(T, a.kv_end - t0);
       const int ntok = (n + kTokTile - 1) / kTokTile * kTokTile;  // n rounded up to tiles
       step_token_ptrs(a, t0, n, ntok, zero, kptr);
-      // What the step's tiles prefetch: the positions kPrefetchDist after its own.
-      const int npf = token_ptrs_clipped(a, t0 + kPrefetchDist, n, pfptr);
+      // What the step's QK tiles prefetch: the step's positions from pf_from on, pf_from after
+      // their own (those before were prefetched at the start or by the previous step's PV).
+      const int pf_from = t0 == a.kv_begin ? kPrefetchDist : T / 2;
+      const int npf = token_ptrs_clipped(a, t0 + pf_from, std::max(0, n - pf_from), pfptr);
       // QK one tile of keys at a time, widened into a buffer that stays in L1/L2 (widening the
       // whole step at once wrote 590 KB per step at chunk 4 and cost about 15% at 16 rows).
       for (int t = 0; t < ntok; t += kTokTile) {
@@ -271,10 +284,12 @@ void run(const KernelArgs& a, Scratch& scratch) {
         qk_token_tile(qf, rs, nrv, kf, s + t * rs);
       }
       softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha);
+      // PV prefetches the next step's first T / 2 positions (pfptr is free again after QK).
+      const int npv = token_ptrs_clipped(a, t0 + n, T / 2, pfptr);
       if (resident) {
-        pv_all<true>(rows, kptr, s, rs, n, acc, alpha);
+        pv_all<true>(rows, kptr, s, rs, n, acc, alpha, pfptr, npv);
       } else {
-        pv_all<false>(rows, kptr, s, rs, n, acc, alpha);
+        pv_all<false>(rows, kptr, s, rs, n, acc, alpha, pfptr, npv);
         up_spill(ir, acc, alpha);
       }
     }
