@@ -1,8 +1,9 @@
 // Portable kernels for the three cache formats: plain C++ that the compiler vectorizes for the
 // baseline target. The dot products' reductions are marked `omp simd` (built with -fopenmp-simd):
 // without it GCC keeps a float sum in order, scalar, and the fp kernels ran 4x slower.
-// They run the same stages and the same arithmetic as the AVX-512 kernels (int8: integer S_nope and P.V, per-row query scales, P quantized against
-// each row's maximum within the step), so forcing them gives the same answers within tolerance.
+// They run the same stages and the same arithmetic as the AVX-512 kernels (int8: integer S_nope
+// and P.V, per-row query scales, P quantized against each row's largest value within the step,
+// the largest applied exactly), so forcing them gives the same answers within tolerance.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
