@@ -154,22 +154,8 @@ void BM_Kernel(benchmark::State& state, const cpu::KernelInfo* kernel) {
   const DecodeParams p = c.params();
   std::vector<float> o(c.o_size()), lse(c.rows());
   cpu::Scratch scratch;
-  const cpu::KernelArgs args{.p = &p,
-                             .cache = &c.cache(),
-                             .q = c.q(),
-                             .seq = 0,
-                             .head_begin = 0,
-                             .head_end = heads,
-                             .kv_begin = 0,
-                             .kv_end = k,
-                             .o = o.data(),
-                             .o_stride_i = int64_t(heads) * kLatentDim,
-                             .o_stride_h = kLatentDim,
-                             .lse = lse.data(),
-                             .lse_stride_i = heads,
-                             .lse_stride_h = 1,
-                             .chunk = chunk,
-                             .up = up};
+  const cpu::KernelArgs args =
+      bench::whole_sequence_item(c, p, o.data(), lse.data(), chunk, up);
   kernel->run(args, scratch);  // warm: scratch allocated, cache in L3
   const double peak = kernel->kv == KvDType::bf16 ? bf16_peak() : fp32_peak();
   const auto t0 = Clock::now();

@@ -244,4 +244,25 @@ void poison(std::vector<float>& o, std::vector<float>& lse) {
   std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
 }
 
+cpu::KernelArgs whole_sequence_item(const Case& c, const DecodeParams& p, float* o, float* lse,
+                                    int chunk, UpForm up) {
+  const int heads = c.spec().heads;
+  return cpu::KernelArgs{.p = &p,
+                         .cache = &c.cache(),
+                         .q = c.q(),
+                         .seq = 0,
+                         .head_begin = 0,
+                         .head_end = heads,
+                         .kv_begin = 0,
+                         .kv_end = c.spec().k,
+                         .o = o,
+                         .o_stride_i = int64_t(heads) * kLatentDim,
+                         .o_stride_h = kLatentDim,
+                         .lse = lse,
+                         .lse_stride_i = heads,
+                         .lse_stride_h = 1,
+                         .chunk = chunk,
+                         .up = up};
+}
+
 }  // namespace mla::bench

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/attention/kernel.h"
 #include "mla/attention.h"
 #include "mla/cache.h"
 #include "mla/dtype.h"
@@ -110,5 +111,11 @@ CheckResult check_output(const Case& c, const Reference& ref, const float* o, co
 
 // Fills o and lse with NaN, so that an element the run does not write fails the check.
 void poison(std::vector<float>& o, std::vector<float>& lse);
+
+// One work item over all of sequence 0 of the case (every head, positions [0, k)), writing
+// o [q_len, heads, 512] and lse [q_len, heads]: what the single-kernel benchmarks time. `p` must
+// outlive the returned arguments.
+cpu::KernelArgs whole_sequence_item(const Case& c, const DecodeParams& p, float* o, float* lse,
+                                    int chunk, UpForm up);
 
 }  // namespace mla::bench

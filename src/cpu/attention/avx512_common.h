@@ -142,6 +142,13 @@ struct ItemRows {
 // Pointers to the 16-bit cache rows of positions [t0, t0 + n), walking the block table once per
 // block (no division per token); entries [n, n_pad) point at `zero` (a zero token), so that chunk
 // tails never touch a slot the item does not own.
+// Stride of the row-in-lanes arrays for rows_pad rows (a multiple of 16): an odd number of cache
+// lines, so that walking them down the token axis spreads over all L1 sets (at 256 rows, 1 KiB
+// apart, they would hit 4 of 64 sets).
+inline int64_t lanes_row_stride(int rows_pad) {
+  return rows_pad + ((rows_pad / 16) % 2 == 0 ? 16 : 0);
+}
+
 inline void step_token_ptrs(const KernelArgs& a, int t0, int n, int n_pad, const uint16_t* zero,
                             const uint16_t** kptr) {
   const DecodeParams& p = *a.p;

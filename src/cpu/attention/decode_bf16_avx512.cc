@@ -243,9 +243,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
   const int rows = ir.rows;
   const int rows_pad = (rows + 15) & ~15;
   const int nrv = rows_pad / 16;
-  // Stride of the row-in-lanes arrays: an odd number of cache lines, so that walking them down
-  // the token axis spreads over all L1 sets (at 256 rows, 1 KiB apart, they hit 4 of 64 sets).
-  const int64_t rs = rows_pad + (nrv % 2 == 0 ? 16 : 0);
+  const int64_t rs = lanes_row_stride(rows_pad);
   const int T = a.chunk * kKvTile;  // a multiple of kTokTile
   const bool resident = a.up == UpForm::resident;
 
