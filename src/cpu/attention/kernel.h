@@ -4,7 +4,7 @@
 // positions [kv_begin, kv_end). All query tokens and heads of the item are packed as the rows of
 // one matrix, row r = i * nh + (h - head_begin) for query token i < q_len_of(p, seq), so each key
 // is loaded once for all of them. The item's KV range is walked in steps of `chunk` tiles of
-// kKvTile tokens; every step runs the stages QK, SM, PV, UP (Stage below).
+// kKvTile tokens; every step runs the stages of core/stages.h.
 //
 // The kernel writes, for each row it owns, the softmax-normalized output of its KV range and the
 // natural-log lse; a row that sees no key of the range (causal mask) writes o = 0, lse = -inf.
@@ -19,13 +19,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/stages.h"
 #include "mla/attention.h"
 #include "mla/cache.h"
 
 namespace mla::cpu {
-
-// One vocabulary for the pipeline stages: the kernels, the profiler and the simulator use it.
-enum class Stage : uint8_t { QK, SM, PV, UP };
 
 struct KernelArgs {
   const DecodeParams* p = nullptr;
