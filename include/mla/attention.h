@@ -20,6 +20,7 @@
 #include <string>
 
 #include "mla/cache.h"
+#include "mla/decode_plan.h"
 #include "mla/dtype.h"
 
 namespace mla {
@@ -75,8 +76,17 @@ DType kernel_q_dtype(KvDType cache, DType requested);
 // is. q and out: [rows, 576]. A reference on these values sees exactly what the kernel saw.
 void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const float* q, float* out);
 
-// Runs the decode. Validates first; o and lse are untouched when it throws.
+// Runs the decode. Validates first; o and lse are untouched when it throws. Plans the step on
+// every call (a convenience: a decode step of many layers makes one DecodePlan instead).
 void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
             const DecodeOptions& opt, float* o, float* lse);
+
+// Runs the decode with a plan made by make_decode_plan for this shape and these lengths (refused,
+// naming the difference, otherwise; so is opt.threads other than 0 or the plan's workers). No
+// planning, no allocation: the partials go to `workspace` (plan.workspace_bytes() bytes, 64-byte
+// aligned), or to the plan's own workspace when it is null.
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+            const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
+            void* workspace = nullptr);
 
 }  // namespace mla

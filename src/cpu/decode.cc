@@ -32,22 +32,52 @@ void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const floa
   }
 }
 
-void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
-            const DecodeOptions& opt, float* o, float* lse) {
+namespace {
+
+void check_call(const DecodeParams& p, DType q_dtype, const PagedLatentCache& cache,
+                const DecodeOptions& opt) {
   validate(p, cache);
   MLA_CHECK(q_dtype == DType::f32 || q_dtype == DType::bf16 || q_dtype == DType::f16,
             "query dtype " << dtype_name(q_dtype) << " is not supported (f32, bf16 or f16)");
+  MLA_CHECK(opt.chunk >= 1, "chunk = " << opt.chunk << " must be at least 1");
+  MLA_CHECK(opt.threads >= 0, "threads = " << opt.threads << " is negative");
+}
+
+void decode_ref(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+                float* o, float* lse) {
   const int64_t rows = int64_t(p.batch) * p.q_len * p.num_heads;
-  if (opt.impl == Impl::fast) {
-    decode_fast(p, q_dtype, q, cache, opt, o, lse);
-    return;
-  }
   std::vector<float> qf(rows * kQkDim);
   for (int64_t i = 0; i < rows * kQkDim; ++i) qf[i] = load_f32(q_dtype, q, i);
   std::vector<double> od(rows * kLatentDim), ld(rows);
   ref::decode(p, qf.data(), cache, od.data(), ld.data());
   for (int64_t i = 0; i < rows * kLatentDim; ++i) o[i] = float(od[i]);
   for (int64_t i = 0; i < rows; ++i) lse[i] = float(ld[i]);
+}
+
+}  // namespace
+
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+            const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
+            void* workspace) {
+  check_call(p, q_dtype, cache, opt);
+  plan.check_matches(p);
+  MLA_CHECK(opt.threads == 0 || opt.threads == plan.workers(),
+            "threads = " << opt.threads << " differs from the decode plan's " << plan.workers()
+                         << " workers");
+  if (opt.impl == Impl::ref) return decode_ref(p, q_dtype, q, cache, o, lse);
+  decode_fast(p, q_dtype, q, cache, opt, plan, workspace ? workspace : plan.owned_workspace(), o,
+              lse);
+}
+
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+            const DecodeOptions& opt, float* o, float* lse) {
+  check_call(p, q_dtype, cache, opt);
+  if (opt.impl == Impl::ref) return decode_ref(p, q_dtype, q, cache, o, lse);
+  const DecodePlan plan = make_decode_plan({.batch = p.batch, .q_len = p.q_len,
+                                            .num_heads = p.num_heads, .seq_lens = p.seq_lens,
+                                            .q_lens = p.q_lens, .workers = opt.threads,
+                                            .kv_tile = kKvTile});
+  decode_fast(p, q_dtype, q, cache, opt, plan, plan.owned_workspace(), o, lse);
 }
 
 }  // namespace mla

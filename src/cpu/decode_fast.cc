@@ -1,5 +1,5 @@
-// The fast decode driver: converts the query to the kernel's type, plans the work (a pure
-// function of the lengths, heads and workers), runs the kernel on each worker's items, and merges
+// The fast decode driver: converts the query to the kernel's type, runs the kernel on each
+// worker's items of the decode plan (made by the caller, or by decode() per call), and merges
 // split-KV partials, either in a separate pass after all workers or by the last worker to finish
 // a merge group (DESIGN §5).
 #include "cpu/decode_fast.h"
@@ -38,39 +38,37 @@ void write_padding_rows(const DecodeParams& p, float* o, float* lse) {
 }  // namespace
 
 void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
-                 const DecodeOptions& opt, float* o, float* lse) {
-  MLA_CHECK(opt.chunk >= 1, "chunk = " << opt.chunk << " must be at least 1");
-  MLA_CHECK(opt.threads >= 0, "threads = " << opt.threads << " is negative");
+                 const DecodeOptions& opt, const DecodePlan& dplan, void* workspace, float* o,
+                 float* lse) {
   const KernelInfo& kernel = cpu::select_kernel(cache.dtype(), opt.isa, opt.kernel);
   const int64_t nq = int64_t(p.batch) * p.q_len * p.num_heads * kQkDim;
+  const Plan& plan = dplan.work();
+  const PartialLayout& layout = dplan.partials();
+  const WorkspaceLayout wl = workspace_layout(layout, plan.merges.size(), nq);
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
 
   // The query in the kernel's type (bf16 bits, or f16 for an fp16 cache).
   const DType kt = kernel_q_dtype(cache.dtype(), q_dtype);
-  std::vector<uint16_t> qconv;
   const uint16_t* qk = static_cast<const uint16_t*>(q);
   if (q_dtype != kt) {
-    qconv.resize(nq);
+    uint16_t* qconv = reinterpret_cast<uint16_t*>(ws + wl.query);
     for (int64_t i = 0; i < nq; ++i) {
       const float v = load_f32(q_dtype, q, i);
       qconv[i] = kt == DType::f16 ? f32_to_f16(v) : f32_to_bf16(v);
     }
-    qk = qconv.data();
+    qk = qconv;
   }
 
-  const int workers = opt.threads > 0 ? opt.threads : cpu::ThreadPool::available_cpus();
-  const Plan plan = make_plan(PlanInput{.batch = p.batch, .seq_lens = p.seq_lens, .q_lens = p.q_lens,
-                                        .q_len = p.q_len, .num_heads = p.num_heads,
-                                        .num_workers = workers, .kv_tile = kKvTile});
-  const cpu::PartialLayout layout = cpu::layout_partials(plan, p.q_lens, p.q_len);
-  std::vector<float> part_o(layout.total_rows * kLatentDim), part_lse(layout.total_rows);
-  cpu::MergeCounters counters(plan.merges.size());
+  float* part_o = reinterpret_cast<float*>(ws + wl.partial_o);
+  float* part_lse = reinterpret_cast<float*>(ws + wl.partial_lse);
+  cpu::MergeCounters counters(reinterpret_cast<int32_t*>(ws + wl.counters), plan.merges.size());
   const cpu::CombineParams cp{.q_len = p.q_len, .num_heads = p.num_heads, .dv = kLatentDim,
-                              .layout = &layout, .partial_o = part_o.data(),
-                              .partial_lse = part_lse.data(), .o = o, .lse = lse};
+                              .layout = &layout, .partial_o = part_o,
+                              .partial_lse = part_lse, .o = o, .lse = lse};
 
   write_padding_rows(p, o, lse);
 
-  cpu::ThreadPool& pool = cpu::thread_pool(workers);
+  cpu::ThreadPool& pool = cpu::thread_pool(plan.num_workers);
   pool.run(plan.num_workers, [&](int w) {
     thread_local cpu::Scratch scratch;
     for (int32_t it = plan.worker_offsets[w]; it < plan.worker_offsets[w + 1]; ++it) {
@@ -91,10 +89,10 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Page
         a.lse_stride_h = 1;
       } else {
         const int64_t row0 = layout.row(gi, item.partial - plan.merges[gi].partial_begin, 0);
-        a.o = part_o.data() + row0 * kLatentDim;
+        a.o = part_o + row0 * kLatentDim;
         a.o_stride_i = int64_t(nh) * kLatentDim;
         a.o_stride_h = kLatentDim;
-        a.lse = part_lse.data() + row0;
+        a.lse = part_lse + row0;
         a.lse_stride_i = nh;
         a.lse_stride_h = 1;
       }

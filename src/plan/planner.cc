@@ -28,6 +28,7 @@
 //    so few-row cases (H = 16 at q_len 1) split the KV range instead, and many-row ones (H = 128)
 //    split heads.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -269,7 +270,25 @@ int64_t piece_cost(const PlanInput& in, int seq, int heads, int kv_begin, int kv
          in.overhead_tiles * tile_cost_checked(in);
 }
 
+namespace {
+std::atomic<uint64_t> g_plan_count{0};
+}  // namespace
+
+uint64_t plan_count() { return g_plan_count.load(std::memory_order_relaxed); }
+
+PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len) {
+  PartialLayout l;
+  for (const MergeGroup& g : plan.merges) {
+    const int32_t rows = (q_lens ? q_lens[g.seq] : q_len) * (g.head_end - g.head_begin);
+    l.offset.push_back(l.total_rows);
+    l.rows.push_back(rows);
+    l.total_rows += static_cast<int64_t>(rows) * g.num_partials;
+  }
+  return l;
+}
+
 Plan make_plan(const PlanInput& in) {
+  g_plan_count.fetch_add(1, std::memory_order_relaxed);
   check_input(in);
   const int64_t tile = tile_cost_checked(in);
   const int64_t overhead = in.overhead_tiles * tile;
