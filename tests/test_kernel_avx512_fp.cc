@@ -56,7 +56,7 @@ ItemRun run_item(const KernelInfo& k, const Case& c, int seq, int hb, int he, in
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
   cpu::KernelArgs a{.p = &c.p,
-                    .cache = &c.cache,
+                    .cache = &c.view,
                     .q = c.q16.data(),
                     .seq = seq,
                     .head_begin = hb,

@@ -57,7 +57,7 @@ ItemRun run_item(const Case& c, int seq, int hb, int he, int kb, int ke, int chu
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
   const cpu::KernelArgs a{.p = &c.p,
-                          .cache = &c.cache,
+                          .cache = &c.view,
                           .q = c.q16.data(),
                           .seq = seq,
                           .head_begin = hb,

@@ -248,7 +248,7 @@ cpu::KernelArgs whole_sequence_item(const Case& c, const DecodeParams& p, float*
                                     int chunk, UpForm up) {
   const int heads = c.spec().heads;
   return cpu::KernelArgs{.p = &p,
-                         .cache = &c.cache(),
+                         .cache = &c.view(),
                          .q = c.q(),
                          .seq = 0,
                          .head_begin = 0,

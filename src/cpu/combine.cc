@@ -14,12 +14,14 @@ void combine_rows(const Plan& plan, int group, const CombineParams& c, int row_b
   const MergeGroup& g = plan.merges[group];
   const int heads = g.head_end - g.head_begin;
   const std::ptrdiff_t stride = c.layout->rows[group];  // between consecutive partials of a row
+  const OutputStrides os = resolved(c.o_strides, c.q_len, c.num_heads, c.dv);
+  const OutputStrides ls = resolved(c.lse_strides, c.q_len, c.num_heads, 1);
   for (int r = row_begin; r < row_end; ++r) {
     const int i = r / heads, h = g.head_begin + r % heads;
     const int64_t first = c.layout->row(group, 0, r);
-    const int64_t out = (static_cast<int64_t>(g.seq) * c.q_len + i) * c.num_heads + h;
-    c.lse[out] = combine(g.num_partials, c.partial_lse + first, stride, c.partial_o + first * c.dv,
-                         stride * c.dv, c.dv, c.o + out * c.dv);
+    c.lse[g.seq * ls.b + i * ls.i + h * ls.h] =
+        combine(g.num_partials, c.partial_lse + first, stride, c.partial_o + first * c.dv,
+                stride * c.dv, c.dv, c.o + g.seq * os.b + i * os.i + h * os.h);
   }
 }
 

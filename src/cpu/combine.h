@@ -18,6 +18,7 @@
 #include <memory>
 #include <vector>
 
+#include "mla/attention.h"
 #include "mla/plan.h"
 
 namespace mla::cpu {
@@ -34,8 +35,9 @@ struct CombineParams {
   const PartialLayout* layout = nullptr;
   const float* partial_o = nullptr;    // [layout->total_rows][dv]
   const float* partial_lse = nullptr;  // [layout->total_rows]
-  float* o = nullptr;                  // [batch, q_len, num_heads, dv]
-  float* lse = nullptr;                // [batch, q_len, num_heads]
+  float* o = nullptr;                  // [batch, q_len, num_heads, dv] by o_strides
+  float* lse = nullptr;                // [batch, q_len, num_heads] by lse_strides
+  OutputStrides o_strides, lse_strides;  // all zero: dense
 };
 
 // Merges rows [row_begin, row_end) of merge group `group` of the plan.

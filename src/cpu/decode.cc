@@ -17,7 +17,7 @@ DType kernel_q_dtype(KvDType cache, DType requested) {
   return cache == KvDType::fp16 ? DType::f16 : DType::bf16;
 }
 
-void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const float* q, float* out) {
+void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, float* out) {
   std::copy(q, q + rows * kQkDim, out);
   if (cache.dtype() != KvDType::int8) return;
   const float* cs = cache.scale_mode() == KvScale::channel ? cache.channel_scales() : nullptr;
@@ -34,7 +34,7 @@ void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const floa
 
 namespace {
 
-void check_call(const DecodeParams& p, DType q_dtype, const PagedLatentCache& cache,
+void check_call(const DecodeParams& p, DType q_dtype, const CacheView& cache,
                 const DecodeOptions& opt) {
   validate(p, cache);
   MLA_CHECK(q_dtype == DType::f32 || q_dtype == DType::bf16 || q_dtype == DType::f16,
@@ -43,20 +43,28 @@ void check_call(const DecodeParams& p, DType q_dtype, const PagedLatentCache& ca
   MLA_CHECK(opt.threads >= 0, "threads = " << opt.threads << " is negative");
 }
 
-void decode_ref(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+void decode_ref(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
                 float* o, float* lse) {
   const int64_t rows = int64_t(p.batch) * p.q_len * p.num_heads;
   std::vector<float> qf(rows * kQkDim);
   for (int64_t i = 0; i < rows * kQkDim; ++i) qf[i] = load_f32(q_dtype, q, i);
   std::vector<double> od(rows * kLatentDim), ld(rows);
   ref::decode(p, qf.data(), cache, od.data(), ld.data());
-  for (int64_t i = 0; i < rows * kLatentDim; ++i) o[i] = float(od[i]);
-  for (int64_t i = 0; i < rows; ++i) lse[i] = float(ld[i]);
+  const OutputStrides os = resolved(p.o_strides, p.q_len, p.num_heads, kLatentDim);
+  const OutputStrides ls = resolved(p.lse_strides, p.q_len, p.num_heads, 1);
+  for (int b = 0; b < p.batch; ++b)
+    for (int i = 0; i < p.q_len; ++i)
+      for (int h = 0; h < p.num_heads; ++h) {
+        const int64_t r = (int64_t(b) * p.q_len + i) * p.num_heads + h;
+        float* orow = o + b * os.b + i * os.i + h * os.h;
+        for (int d = 0; d < kLatentDim; ++d) orow[d] = float(od[r * kLatentDim + d]);
+        lse[b * ls.b + i * ls.i + h * ls.h] = float(ld[r]);
+      }
 }
 
 }  // namespace
 
-void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
             const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
             void* workspace) {
   check_call(p, q_dtype, cache, opt);
@@ -69,7 +77,7 @@ void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLate
               lse);
 }
 
-void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
             const DecodeOptions& opt, float* o, float* lse) {
   check_call(p, q_dtype, cache, opt);
   if (opt.impl == Impl::ref) return decode_ref(p, q_dtype, q, cache, o, lse);

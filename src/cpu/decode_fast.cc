@@ -25,19 +25,22 @@ using cpu::KernelArgs;
 using cpu::KernelInfo;
 
 // Rows no kernel writes: padding rows (i >= q_len_b) and every row of a seq_len 0 entry.
-void write_padding_rows(const DecodeParams& p, float* o, float* lse) {
+void write_padding_rows(const DecodeParams& p, const OutputStrides& os, const OutputStrides& ls,
+                        float* o, float* lse) {
   for (int b = 0; b < p.batch; ++b)
     for (int i = 0; i < p.q_len; ++i) {
       if (last_visible(p, b, i) >= 0) continue;
-      const int64_t row0 = (int64_t(b) * p.q_len + i) * p.num_heads;
-      std::fill(o + row0 * kLatentDim, o + (row0 + p.num_heads) * kLatentDim, 0.f);
-      std::fill(lse + row0, lse + row0 + p.num_heads, -std::numeric_limits<float>::infinity());
+      for (int h = 0; h < p.num_heads; ++h) {
+        float* orow = o + b * os.b + i * os.i + h * os.h;
+        std::fill(orow, orow + kLatentDim, 0.f);
+        lse[b * ls.b + i * ls.i + h * ls.h] = -std::numeric_limits<float>::infinity();
+      }
     }
 }
 
 }  // namespace
 
-void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
                  const DecodeOptions& opt, const DecodePlan& dplan, void* workspace, float* o,
                  float* lse) {
   const KernelInfo& kernel = cpu::select_kernel(cache.dtype(), opt.isa, opt.kernel);
@@ -62,11 +65,14 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Page
   float* part_o = reinterpret_cast<float*>(ws + wl.partial_o);
   float* part_lse = reinterpret_cast<float*>(ws + wl.partial_lse);
   cpu::MergeCounters counters(reinterpret_cast<int32_t*>(ws + wl.counters), plan.merges.size());
+  const OutputStrides os = resolved(p.o_strides, p.q_len, p.num_heads, kLatentDim);
+  const OutputStrides ls = resolved(p.lse_strides, p.q_len, p.num_heads, 1);
   const cpu::CombineParams cp{.q_len = p.q_len, .num_heads = p.num_heads, .dv = kLatentDim,
                               .layout = &layout, .partial_o = part_o,
-                              .partial_lse = part_lse, .o = o, .lse = lse};
+                              .partial_lse = part_lse, .o = o, .lse = lse, .o_strides = os,
+                              .lse_strides = ls};
 
-  write_padding_rows(p, o, lse);
+  write_padding_rows(p, os, ls, o, lse);
 
   cpu::ThreadPool& pool = cpu::thread_pool(plan.num_workers);
   pool.run(plan.num_workers, [&](int w) {
@@ -80,13 +86,12 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Page
                    .up = opt.up};
       const int gi = plan.item_merge[it];
       if (gi < 0) {
-        const int64_t row0 = int64_t(item.seq) * p.q_len * p.num_heads + item.head_begin;
-        a.o = o + row0 * kLatentDim;
-        a.o_stride_i = int64_t(p.num_heads) * kLatentDim;
-        a.o_stride_h = kLatentDim;
-        a.lse = lse + row0;
-        a.lse_stride_i = p.num_heads;
-        a.lse_stride_h = 1;
+        a.o = o + item.seq * os.b + item.head_begin * os.h;
+        a.o_stride_i = os.i;
+        a.o_stride_h = os.h;
+        a.lse = lse + item.seq * ls.b + item.head_begin * ls.h;
+        a.lse_stride_i = ls.i;
+        a.lse_stride_h = ls.h;
       } else {
         const int64_t row0 = layout.row(gi, item.partial - plan.merges[gi].partial_begin, 0);
         a.o = part_o + row0 * kLatentDim;

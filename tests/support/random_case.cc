@@ -81,6 +81,7 @@ Case make_case(const CaseSpec& spec, uint64_t seed) {
                      .softmax_scale = scale, .causal = spec.causal, .seq_lens = c.seq_lens.data(),
                      .q_lens = c.q_lens.data(), .block_table = c.block_table.data(),
                      .max_blocks_per_seq = mb};
+  c.view = c.cache.view();
   return c;
 }
 

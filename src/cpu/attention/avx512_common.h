@@ -156,7 +156,7 @@ inline void step_token_ptrs(const KernelArgs& a, int t0, int n, int n_pad, const
   const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
   int blk = t0 / bs, off = t0 % bs;
   for (int t = 0; t < n; ++t) {
-    kptr[t] = a.cache->token16(int64_t(table[blk]) * bs + off);
+    kptr[t] = a.cache->token16_at(table[blk], off);
     if (++off == bs) off = 0, ++blk;
   }
   for (int t = n; t < n_pad; ++t) kptr[t] = zero;

@@ -494,7 +494,7 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
 // Everything one work item keeps across its row tiles and steps.
 struct Item {
   const KernelArgs* a;
-  const PagedLatentCache* cache;
+  const CacheView* cache;
   const uint16_t* rope;  // the cache's rope rows (slot 0)
   int R, Rp, nh;
   bool tok, resident, staged;
@@ -533,7 +533,7 @@ template <int RV>
 void qk_rows(const Item& it, const Step& st, int v0, float* mx) {
   constexpr int N = QkShape<RV>::kTokens;
   const int r0 = 16 * v0;
-  const PagedLatentCache& cache = *it.cache;
+  const CacheView& cache = *it.cache;
   const int bs = cache.block_size();
   int lim_min = std::numeric_limits<int>::max(), lim_max = -1;
   for (int r = r0; r < r0 + 16 * RV; ++r) {
@@ -819,7 +819,7 @@ void run_rows(const Item& it, int v0, const int64_t* slot, const int8_t* const* 
 
 void run(const KernelArgs& a, Scratch& scratch) {
   const DecodeParams& p = *a.p;
-  const PagedLatentCache& cache = *a.cache;
+  const CacheView& cache = *a.cache;
   const int nh = a.head_end - a.head_begin;
   const int R = q_len_of(p, a.seq) * nh;
   const int Rp = (R + 15) & ~15;

@@ -25,7 +25,7 @@ template <KvDType KV>
 void run(const KernelArgs& a, Scratch& scratch) {
   constexpr bool kInt8 = KV == KvDType::int8;
   const DecodeParams& p = *a.p;
-  const PagedLatentCache& cache = *a.cache;
+  const CacheView& cache = *a.cache;
   const int nh = a.head_end - a.head_begin;
   const int ql = q_len_of(p, a.seq);
   const int R = ql * nh;

@@ -27,7 +27,7 @@ namespace mla::cpu {
 
 struct KernelArgs {
   const DecodeParams* p = nullptr;
-  const PagedLatentCache* cache = nullptr;
+  const CacheView* cache = nullptr;
   const uint16_t* q = nullptr;  // [batch, q_len, H, 576]: bf16 bits (bf16/int8 caches), f16 (fp16)
   int seq = 0;
   int head_begin = 0, head_end = 0;
