@@ -60,8 +60,8 @@ inline int last_visible(const DecodeParams& p, int b, int i) {
   return p.causal ? sl - ql + i : sl - 1;
 }
 
-// Checks the parameters against the cache (and the view itself) before any work; throws mla::Error
-// naming the problem.
+// Checks the parameters against the cache's geometry before any work; throws mla::Error naming the
+// problem. (decode() also checks the view itself, check_view, once its scales must be set.)
 void validate(const DecodeParams& p, const CacheView& cache);
 
 enum class Impl { ref, fast };
