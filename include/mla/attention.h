@@ -70,6 +70,17 @@ enum class UpForm { resident, spill };    // output accumulator kept in register
                                           // out and back every chunk (the seed's "old" UP)
 enum class Isa { best, portable };        // portable forces the plain C++ kernels
 
+// Time per pipeline stage, summed over every work item of every worker (stage timers: off unless
+// DecodeOptions::stage_times is set). Indexed like the stage vocabulary (QK, QK_nope, QK_rope, SM,
+// PV, UP: stage_index_names); steps counts the stage's runs. Added to, never reset, by decode.
+struct StageTimes {
+  static constexpr int kStages = 6;
+  double seconds[kStages] = {};
+  int64_t steps[kStages] = {};
+};
+// "QK", "QK_nope", "QK_rope", "SM", "PV", "UP".
+const char* stage_index_name(int i);
+
 struct DecodeOptions {
   Impl impl = Impl::fast;
   int threads = 0;    // workers; 0 = all cores
@@ -78,6 +89,7 @@ struct DecodeOptions {
   UpForm up = UpForm::resident;
   Isa isa = Isa::best;
   const char* kernel = nullptr;  // a kernel by name (tests, benchmarks); nullptr: chosen by isa
+  StageTimes* stage_times = nullptr;  // non-null: per-stage times are added here
 };
 constexpr int kKvTile = 64;  // tokens per KV tile: FlashMLA's block, whatever the cache's pages
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/attention/kernel.h"
+#include "core/stages.h"
 #include "cpu/combine.h"
 #include "cpu/thread_pool.h"
 #include "mla/plan.h"
@@ -74,6 +75,9 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Cach
 
   write_padding_rows(p, os, ls, o, lse);
 
+  // Stage timers: one recorder per worker, only when asked for (allocates then).
+  std::vector<StageRecorder> recorders(opt.stage_times ? plan.num_workers : 0);
+
   cpu::ThreadPool& pool = cpu::thread_pool(plan.num_workers);
   pool.run(plan.num_workers, [&](int w) {
     thread_local cpu::Scratch scratch;
@@ -83,7 +87,7 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Cach
       KernelArgs a{.p = &p, .cache = &cache, .q = qk, .seq = item.seq,
                    .head_begin = item.head_begin, .head_end = item.head_end,
                    .kv_begin = item.kv_begin, .kv_end = item.kv_end, .chunk = opt.chunk,
-                   .up = opt.up};
+                   .up = opt.up, .stages = opt.stage_times ? &recorders[w] : nullptr};
       const int gi = plan.item_merge[it];
       if (gi < 0) {
         a.o = o + item.seq * os.b + item.head_begin * os.h;
@@ -109,6 +113,12 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Cach
 
   if (opt.reduction == Reduction::separate)  // a separate pass after all workers
     cpu::combine_all(plan, cp, &pool, plan.num_workers);
+
+  for (const StageRecorder& r : recorders)
+    for (int k = 0; k < kNumStages; ++k) {
+      opt.stage_times->seconds[k] += double(r.ns(Stage(k))) * 1e-9;
+      opt.stage_times->steps[k] += r.count(Stage(k));
+    }
 }
 
 }  // namespace mla

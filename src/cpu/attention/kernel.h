@@ -40,6 +40,7 @@ struct KernelArgs {
   int64_t lse_stride_i = 0, lse_stride_h = 0;
   int chunk = 4;  // tiles of kKvTile tokens per step, >= 1
   UpForm up = UpForm::resident;
+  StageRecorder* stages = nullptr;  // receives each stage as it ends (tests, stage timing)
 };
 
 // Per-worker scratch: 64-byte aligned, grows on demand, never shrinks, contents undefined.
@@ -72,6 +73,9 @@ class ScratchCarver {
 };
 
 using KernelFn = void (*)(const KernelArgs&, Scratch&);
+// The stages the kernel runs for a work item of `rows` query rows over [kv_begin, kv_end), in
+// order, as its StageMarks report them (tests/test_stages.cc checks that).
+using KernelStagesFn = std::vector<StageOp> (*)(int rows, int kv_begin, int kv_end, int chunk);
 
 struct KernelInfo {
   const char* name;  // dtype, ISA: decode_i8_avx512vnni
@@ -79,7 +83,13 @@ struct KernelInfo {
   bool portable;         // plain C++, runs anywhere
   bool (*supported)();   // does this CPU have the instructions?
   KernelFn run;
+  KernelStagesFn stages;
 };
+
+// The canonical stage list (core/stages.h's stage_list, tile kKvTile): what the kernels that take
+// all rows of an item through each step run; split_qk: QK_nope then QK_rope.
+std::vector<StageOp> item_stages(int rows, int kv_begin, int kv_end, int chunk);
+std::vector<StageOp> item_stages_split_qk(int rows, int kv_begin, int kv_end, int chunk);
 
 // Every kernel, portable ones included; tests and benchmarks iterate over it.
 const std::vector<KernelInfo>& kernel_registry();

@@ -7,6 +7,16 @@
 
 namespace mla::cpu {
 
+std::vector<StageOp> item_stages(int rows, int kv_begin, int kv_end, int chunk) {
+  return stage_list({.split_qk = false, .rows = rows, .kv_begin = kv_begin, .kv_end = kv_end,
+                     .chunk = chunk, .tile = kKvTile});
+}
+
+std::vector<StageOp> item_stages_split_qk(int rows, int kv_begin, int kv_end, int chunk) {
+  return stage_list({.split_qk = true, .rows = rows, .kv_begin = kv_begin, .kv_end = kv_end,
+                     .chunk = chunk, .tile = kKvTile});
+}
+
 const std::vector<KernelInfo>& kernel_registry() {
   // Fastest first within a format: select_kernel takes the first supported one.
   static const std::vector<KernelInfo> all = {
