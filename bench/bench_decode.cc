@@ -4,7 +4,7 @@
 //   128 heads x q_len 2 (256 query rows per sequence) and 16 heads x q_len 1, b 1 and 8, k 4096.
 // Counters: GFLOP/s (2 * H * q_len * k * 1088 per sequence) and, when a ceilings file is found
 // ($MLA_CEILINGS or ./ceilings.json, written by bench/roofline), floor = the fraction of the
-// floor time of bench/support/perf_model.h reached. Kernels this CPU cannot run are skipped.
+// floor time of harness/perf_model.h reached. Kernels this CPU cannot run are skipped.
 //
 //   bench_decode                                  everything (all cores)
 //   bench_decode --benchmark_filter='i8.*b8'      one kernel, one batch
@@ -18,15 +18,15 @@
 #include <vector>
 
 #include "cpu/attention/kernel.h"
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/attention.h"
 #include "mla/status.h"
-#include "support/blas_baseline.h"
-#include "support/case.h"
-#include "support/parallel.h"
-#include "support/perf_model.h"
-#include "support/stats.h"
-#include "support/variants.h"
+#include "harness/blas_baseline.h"
+#include "harness/case.h"
+#include "harness/parallel.h"
+#include "harness/perf_model.h"
+#include "harness/stats.h"
+#include "harness/variants.h"
 
 namespace mla {
 namespace {

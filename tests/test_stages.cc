@@ -11,7 +11,7 @@
 #include "cpu/attention/kernel.h"
 #include "mla/attention.h"
 #include "mla/plan.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {
@@ -59,9 +59,10 @@ TEST(Stages, EveryKernelRunsItsStageList) {
             ASSERT_EQ(rec.ops(), want) << "chunk " << chunk << " rows " << rows << " kv [" << b
                                        << ", " << e << ")\n  ran:  " << describe(rec.ops())
                                        << "\n  list: " << describe(want);
-            if (k.stages == cpu::item_stages || split)
+            if (k.stages == cpu::item_stages || split) {
               ASSERT_EQ(want, stage_list({.split_qk = split, .rows = rows, .kv_begin = b,
                                           .kv_end = e, .chunk = chunk, .tile = kKvTile}));
+            }
             ASSERT_FALSE(want.empty());
             ++checked;
           }

@@ -23,6 +23,7 @@
 
 #include "mla/cache.h"
 #include "mla/decode_plan.h"
+#include "mla/stage_times.h"
 #include "mla/dtype.h"
 
 namespace mla {
@@ -69,17 +70,6 @@ enum class Reduction { separate, last };  // who merges split-KV partials (DESIG
 enum class UpForm { resident, spill };    // output accumulator kept in registers/L1, or moved
                                           // out and back every chunk (the seed's "old" UP)
 enum class Isa { best, portable };        // portable forces the plain C++ kernels
-
-// Time per pipeline stage, summed over every work item of every worker (stage timers: off unless
-// DecodeOptions::stage_times is set). Indexed like the stage vocabulary (QK, QK_nope, QK_rope, SM,
-// PV, UP: stage_index_names); steps counts the stage's runs. Added to, never reset, by decode.
-struct StageTimes {
-  static constexpr int kStages = 6;
-  double seconds[kStages] = {};
-  int64_t steps[kStages] = {};
-};
-// "QK", "QK_nope", "QK_rope", "SM", "PV", "UP".
-const char* stage_index_name(int i);
 
 struct DecodeOptions {
   Impl impl = Impl::fast;

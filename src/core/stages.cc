@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <chrono>
 
-#include "mla/attention.h"
+#include "mla/stage_times.h"
 #include "mla/status.h"
 
 namespace mla {

@@ -18,7 +18,7 @@
 namespace mla {
 
 enum class Stage : uint8_t { QK, QK_nope, QK_rope, SM, PV, UP };
-constexpr int kNumStages = 6;  // = StageTimes::kStages (mla/attention.h)
+constexpr int kNumStages = 6;  // = StageTimes::kStages (mla/stage_times.h)
 
 const char* stage_name(Stage s);  // "QK", "QK_nope", ...
 

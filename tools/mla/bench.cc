@@ -1,9 +1,9 @@
 // `mla bench`: the seed's table for the paged-attention decode on this machine. One row per shape
 // b{B}_k{K}_c{C}: the time of two kernel configurations ("old" = the straightforward kernel, "new"
 // = the best one, or any two given with --variants), their ratio and its average, the achieved
-// GFLOP/s and fraction of the floor set by the measured ceilings (bench/support/perf_model.h), the
+// GFLOP/s and fraction of the floor set by the measured ceilings (harness/perf_model.h), the
 // time of a baseline composed from OpenBLAS, and a check of every timed output against the float64
-// reference. The shapes, the baseline, the model and the check live in bench/support; this file
+// reference. The shapes, the baseline, the model and the check live in harness/; this file
 // is the command line, the timing loop and the report.
 #include <unistd.h>
 
@@ -23,15 +23,15 @@
 #include <string>
 #include <vector>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/commands.h"
 #include "mla/status.h"
-#include "support/blas_baseline.h"
-#include "support/case.h"
-#include "support/parallel.h"
-#include "support/perf_model.h"
-#include "support/stats.h"
-#include "support/variants.h"
+#include "harness/blas_baseline.h"
+#include "harness/case.h"
+#include "harness/parallel.h"
+#include "harness/perf_model.h"
+#include "harness/stats.h"
+#include "harness/variants.h"
 
 namespace mla::tool {
 
@@ -685,7 +685,7 @@ Variants (--variants OLD:NEW; the first is the "old" column, the ratio is old/ne
 
 Columns: median times over the repetitions, spread = (p90 - p10) / median, GFLOP/s of the new
 variant (flops = 2 * heads * q_len * k * 1088 per sequence), floor = fraction of the time the
-measured ceilings allow (see bench/support/perf_model.h), BLAS = the OpenBLAS-composed baseline,
+measured ceilings allow (see harness/perf_model.h), BLAS = the OpenBLAS-composed baseline,
 check = every timed output against the float64 reference (ok* = on sampled sequences and heads).
 Exit code 1 when a check fails.)";
 

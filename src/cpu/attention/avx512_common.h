@@ -223,7 +223,7 @@ inline void finalize_rows(const ItemRows& ir, const float* go_resident, const fl
   }
 }
 
-// ---- appended for the int8 kernel (decode_i8_avx512.cc); usable by any kernel -----------------
+// ---- appended for the int8 kernel (decode_i8_avx512vnni.cc); usable by any kernel -----------------
 
 // 2^x for x < 128 (meant for the x <= 0 of softmax), with nothing but 5 FMAs on the FMA pipes: on Zen 4,
 // vfmadd/vmulps/vcmpps share their pipes with vpdpbusd and vdpbf16ps, while max, roundscale, sub

@@ -103,12 +103,12 @@ inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {
              block_size + pos % block_size;
 }
 
-// The kernels (each in a file of its own).
-extern const KernelInfo kDecodeBf16Portable;
-extern const KernelInfo kDecodeF16Portable;
-extern const KernelInfo kDecodeI8Portable;
-extern const KernelInfo kDecodeBf16Avx512;  // decode_bf16_avx512bf16
-extern const KernelInfo kDecodeF16Avx512;   // decode_f16_avx512f
-extern const KernelInfo kDecodeI8Avx512Vnni;  // decode_i8_avx512vnni
+// The kernels, named by their ids; an ISA kernel lives in the file of its name (isa.h).
+extern const KernelInfo decode_bf16_portable;
+extern const KernelInfo decode_f16_portable;
+extern const KernelInfo decode_i8_portable;
+extern const KernelInfo decode_bf16_avx512bf16;
+extern const KernelInfo decode_f16_avx512f;
+extern const KernelInfo decode_i8_avx512vnni;
 
 }  // namespace mla::cpu

@@ -23,7 +23,7 @@
 #include <cstdint>
 #include <string>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/cache.h"
 
 namespace mla::bench {

@@ -1,5 +1,5 @@
 // Work, bytes and floor time of a decode shape (see perf_model.h).
-#include "support/perf_model.h"
+#include "harness/perf_model.h"
 
 #include <algorithm>
 #include <fstream>

@@ -1,4 +1,4 @@
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 #include <cmath>
 #include <cstdlib>

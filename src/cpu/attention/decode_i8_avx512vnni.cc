@@ -62,6 +62,7 @@
 
 #include "cpu/attention/avx512_common.h"  // first: see the note there
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -951,17 +952,12 @@ std::vector<StageOp> stages(int rows, int kv_begin, int kv_end, int chunk) {
   return all;
 }
 
-bool supported() {
-  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512bf16");
-}
-
 }  // namespace
 
-extern const KernelInfo kDecodeI8Avx512Vnni{.name = "decode_i8_avx512vnni",
+extern const KernelInfo decode_i8_avx512vnni{.name = "decode_i8_avx512vnni",
                                             .kv = KvDType::int8,
                                             .portable = false,
-                                            .supported = supported,
+                                            .supported = cpu_has_avx512_set,
                                             .run = run,
                                             .stages = stages};
 

@@ -31,6 +31,7 @@
 
 #include "cpu/attention/avx512_common.h"
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -302,14 +303,12 @@ void run(const KernelArgs& a, Scratch& scratch) {
   }
 }
 
-bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c"); }
-
 }  // namespace
 
-extern const KernelInfo kDecodeF16Avx512{.name = "decode_f16_avx512f",
+extern const KernelInfo decode_f16_avx512f{.name = "decode_f16_avx512f",
                                          .kv = KvDType::fp16,
                                          .portable = false,
-                                         .supported = supported,
+                                         .supported = cpu_has_avx512f_set,
                                          .run = run,
                                          .stages = item_stages};
 

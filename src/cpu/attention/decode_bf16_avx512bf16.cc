@@ -34,6 +34,7 @@
 
 #include "cpu/attention/avx512_common.h"
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -330,16 +331,12 @@ void run(const KernelArgs& a, Scratch& scratch) {
   }
 }
 
-bool supported() {
-  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
-}
-
 }  // namespace
 
-extern const KernelInfo kDecodeBf16Avx512{.name = "decode_bf16_avx512bf16",
+extern const KernelInfo decode_bf16_avx512bf16{.name = "decode_bf16_avx512bf16",
                                           .kv = KvDType::bf16,
                                           .portable = false,
-                                          .supported = supported,
+                                          .supported = cpu_has_avx512_set,
                                           .run = run,
                                           .stages = item_stages};
 

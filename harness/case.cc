@@ -1,5 +1,5 @@
 // The random case builder and the check against the float64 reference.
-#include "support/case.h"
+#include "harness/case.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,7 +8,7 @@
 
 #include "mla/status.h"
 #include "ref/reference.h"
-#include "support/parallel.h"
+#include "harness/parallel.h"
 
 namespace mla::bench {
 
