@@ -15,5 +15,6 @@ struct CheckFailed : std::runtime_error {
 
 void add_decode_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_formats_command(CLI::App& app);
 
 }  // namespace mla::tool
