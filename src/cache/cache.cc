@@ -31,8 +31,8 @@ const char* kv_scale_name(KvScale s) {
 
 KvDType parse_kv_dtype(const std::string& s) {
   if (s == "bf16") return KvDType::bf16;
-  if (s == "fp16" || s == "f16") return KvDType::fp16;
-  if (s == "int8" || s == "i8") return KvDType::int8;
+  if (s == "fp16") return KvDType::fp16;
+  if (s == "int8") return KvDType::int8;
   MLA_FAIL("unknown kv dtype '" << s << "' (expected bf16, fp16 or int8)");
 }
 
