@@ -70,7 +70,6 @@ std::string CaseSpec::name() const {
   return s;
 }
 
-float default_softmax_scale() { return float(1.0 / std::sqrt(192.0)); }
 
 Case::Case(const CaseSpec& spec)
     : spec_(spec),

@@ -32,6 +32,8 @@ void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, f
   }
 }
 
+float default_softmax_scale() { return float(1.0 / std::sqrt(192.0)); }
+
 namespace {
 
 void check_call(const DecodeParams& p, DType q_dtype, const CacheView& cache,
