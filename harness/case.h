@@ -40,8 +40,7 @@ struct CaseSpec {
   std::string name() const;  // "b8_k4096"
 };
 
-// DeepSeek's softmax scale 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(192).
-float default_softmax_scale();
+using mla::default_softmax_scale;  // the library's (mla/attention.h)
 
 class Case {
  public:

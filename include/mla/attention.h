@@ -52,6 +52,17 @@ struct DecodeParams {
   OutputStrides o_strides, lse_strides;  // all zero: dense (no two rows may overlap)
 };
 
+// DeepSeek's softmax scale 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(192), rounded
+// once from double.
+float default_softmax_scale();
+
+// Floating-point operations of a decode of `rows` query rows (tokens x heads) over `keys` keys
+// each: 2 x (576 for q.k + 512 for p.v) per row and key.
+constexpr int64_t kFlopsPerKeyRow = 2 * (kQkDim + kLatentDim);
+inline double decode_flops(int64_t rows, int64_t keys) {
+  return double(kFlopsPerKeyRow) * double(rows) * double(keys);
+}
+
 inline int q_len_of(const DecodeParams& p, int b) { return p.q_lens ? p.q_lens[b] : p.q_len; }
 
 // Last cache position (inclusive) that query row i of sequence b sees; -1 for a padding row.

@@ -36,9 +36,9 @@ const char* kv_scale_name(KvScale s) {
 
 KvDType parse_kv_dtype(const std::string& s) {
   if (s == "bf16") return KvDType::bf16;
-  if (s == "fp16" || s == "f16") return KvDType::fp16;
-  if (s == "int8" || s == "i8") return KvDType::int8;
-  if (s == "fp8" || s == "fp8_e4m3") return KvDType::fp8;
+  if (s == "fp16") return KvDType::fp16;
+  if (s == "int8") return KvDType::int8;
+  if (s == "fp8") return KvDType::fp8;
   MLA_FAIL("unknown kv dtype '" << s << "' (expected bf16, fp16, int8 or fp8)");
 }
 

@@ -32,6 +32,8 @@ void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, f
   }
 }
 
+float default_softmax_scale() { return float(1.0 / std::sqrt(192.0)); }
+
 namespace {
 
 void check_call(const DecodeParams& p, DType q_dtype, const CacheView& cache,
@@ -39,7 +41,7 @@ void check_call(const DecodeParams& p, DType q_dtype, const CacheView& cache,
   validate(p, cache);
   check_view(cache);
   MLA_CHECK(q_dtype == DType::f32 || q_dtype == DType::bf16 || q_dtype == DType::f16,
-            "query dtype " << dtype_name(q_dtype) << " is not supported (f32, bf16 or f16)");
+            "query dtype " << dtype_name(q_dtype) << " is not supported (fp32, bf16 or fp16)");
   MLA_CHECK(opt.chunk >= 1, "chunk = " << opt.chunk << " must be at least 1");
   MLA_CHECK(opt.threads >= 0, "threads = " << opt.threads << " is negative");
 }

@@ -1,7 +1,9 @@
-// AVX-512 building blocks shared by the attention kernels (the *_avx512.cc files, compiled with
-// AVX-512 F/BW/VL/DQ/VNNI/BF16 enabled): a fast exp2, a 16 x 16 transpose of 32-bit elements, and
-// the online-softmax step for 16 query rows held in the lanes of a vector. Header-only and inline
-// so that the kernels' hot loops see through them; include it only from *_avx512.cc files.
+// AVX-512 building blocks shared by the attention kernels (the *_avx512*.cc files, compiled with
+// the instruction sets of isa.h): a fast exp2, a 16 x 16 transpose of 32-bit elements, and the
+// online-softmax step for 16 query rows held in the lanes of a vector. Header-only and inline so
+// that the kernels' hot loops see through them; include it only from *_avx512*.cc files. All of
+// it is in an anonymous namespace: files built with different instruction sets (the fp16 kernel
+// has AVX-512F only) must never share a compiled copy (isa.h).
 #pragma once
 
 // GCC 12 warns about its own _mm512_undefined_* (`__m512 __Y = __Y;`, GCC bug 105593) wherever a
@@ -22,6 +24,7 @@
 #define MLA_AVX512_INLINE inline __attribute__((always_inline))
 
 namespace mla::cpu::avx512 {
+namespace {
 
 // 2^x for the lanes in `keep`, 0 elsewhere; also 0 where x < -126 (so -inf gives 0 and no NaN,
 // and no denormal is ever produced). x must not be NaN; x > 128 overflows to +inf.
@@ -244,4 +247,5 @@ MLA_AVX512_INLINE __m512 exp2_fma5_ps(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
+}  // namespace
 }  // namespace mla::cpu::avx512
