@@ -198,6 +198,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
           // resolution. Each group's P.V then stays an integer product over its channels.
           const float ts = mode == KvScale::tensor ? cache.tensor_scale() : 1.f;
           uint8_t* pr = p8 + size_t(r) * T;
+          int32_t acc[kLatentDim] = {};  // each group sums into its own channels
           for (int g = 0; g < ng; ++g) {
             auto pscaled = [&](int t) { return per_token ? sr[t] * ks[size_t(t) * ng + g] : sr[t]; };
             int top = 0;
@@ -210,7 +211,6 @@ void run(const KernelArgs& a, Scratch& scratch) {
             const float inv = pm > 0.f ? 255.f / pm : 0.f;
             for (int t = 0; t < nv; ++t)
               pr[t] = t == top ? 0 : uint8_t(std::nearbyint(pscaled(t) * inv));
-            int32_t acc[kLatentDim] = {};
             for (int t = 0; t < nv; ++t) {
               const int32_t pt = pr[t];
               const int8_t* v = k8 + size_t(t) * kLatentDim;
