@@ -414,12 +414,13 @@ SimResult run_sim(const SimConfig& cfg, const Profile& prof) {
     const int core = r.sched.engine.core_of_resource[r.tl.resource[t]];
     core_first[core] = std::min(core_first[core], r.tl.start_us[t]);
     core_last[core] = std::max(core_last[core], r.tl.end_us[t]);
-    if (task.op == Op::stage && stage_unit(task.stage) == Unit::matrix) {
+    const bool is_matrix = task.op == Op::stage && stage_unit(task.stage) == Unit::matrix;
+    if (is_matrix)
       matrix += d;
-      core_matrix[core] += d;
-    } else if (task.op == Op::stage || task.op == Op::merge) {
+    else if (task.op == Op::stage || task.op == Op::merge)
       vector += d;
-    }
+    // On a shared unit the matrix unit is the core itself: it idles only when nothing runs.
+    if (is_matrix || prof.shared_unit) core_matrix[core] += d;
     if (task.op == Op::store_p || task.op == Op::store_go) ++r.mte3_transfers;
   }
   r.mte3_transfers += r.sched.merge_writes;

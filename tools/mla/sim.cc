@@ -84,6 +84,12 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   }
 }
 
+std::string sm_note(double scale) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "; SM stages x%g", scale);
+  return buf;
+}
+
 const char* up_name(UpForm u) { return u == UpForm::resident ? "resident" : "spill"; }
 const char* red_name(Reduction r) { return r == Reduction::last ? "last" : "separate"; }
 
@@ -118,7 +124,7 @@ void run_sim_command(const SimArgs& a) {
     std::printf(
         "  old: chunk 1, UP spill, reduction separate;  new: chunk %d, UP resident, "
         "reduction last%s\n\n",
-        chunks[0], a.sm_scale != 1 ? ("; SM x" + std::to_string(a.sm_scale)).c_str() : "");
+        chunks[0], a.sm_scale != 1 ? sm_note(a.sm_scale).c_str() : "");
     std::printf("%-18s %12s %12s %8s\n", "row", "old us", "new us", "old/new");
     json rows = json::array();
     double sum = 0;
@@ -166,7 +172,7 @@ void run_sim_command(const SimArgs& a) {
 
   std::printf("mla sim: profile %s, b %d, k %d, c %d, %d heads, q_len %d, %s cache%s\n\n",
               prof.name.c_str(), a.b, a.k, a.c, a.heads, a.q_len, kv_dtype_name(kv),
-              a.sm_scale != 1 ? (", SM x" + std::to_string(a.sm_scale)).c_str() : "");
+              a.sm_scale != 1 ? sm_note(a.sm_scale).c_str() : "");
   std::printf("%6s %-9s %-9s %13s %10s %12s %11s %15s\n", "chunk", "up", "reduction",
               "predicted us", "cube busy", "vector busy", "bubble us", "MTE3 transfers");
   json variants = json::array();
