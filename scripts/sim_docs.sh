@@ -34,3 +34,8 @@ for kv in int8 bf16; do
     run "grid_cpu_${kv}_c$c" --profile cpu --grid seed --c "$c" --kv-dtype "$kv" --chunk 4 --json "$out/grid_cpu_${kv}_c$c.json"
   done
 done
+# The seed's two-stage QK sync against one sync after QK (a profile file: --profile FILE).
+for k in 512 2048 4096; do
+  run "qk_sync_two_k$k" "${a[@]}" --b 8 --k "$k" --c 24 --chunk 2 --up resident --reduction last
+  run "qk_sync_one_k$k" --profile docs/sim/ascend-910b-one-qk-sync.json --b 8 --k "$k" --c 24 --chunk 2 --up resident --reduction last
+done

@@ -551,6 +551,8 @@ TEST(SimCli, BadOptionsExitTwoNamingTheValue) {
       {"--b 1 --k 512 --c 2 --sm-scale -1", "-1"},
       {"--b 1 --k 512", "--c = 0"},
       {"--grid small", "small"},
+      {"--b 65536 --k 4096 --c 1 --heads 1 --q-len 1 --chunk 1", "pipeline steps"},
+      {"--b 100000 --k 512 --c 2", "--b = 100000"},
       {"--b 1 --k 512 --c 2 --json /no/such/dir/x.json", "/no/such/dir"},
   };
   for (const auto& [args, needle] : cases) {

@@ -47,6 +47,8 @@ int64_t kv_token_bytes(KvDType kv) {
   return kv == KvDType::int8 ? kLatentDim + 2 * kRopeDim : 2 * kQkDim;
 }
 
+constexpr int64_t kMaxSteps = 2'000'000;
+
 double per(double amount, double rate) { return rate > 0 ? amount / rate * 1e6 : 0.0; }
 
 // Rows of vector unit `part` of `parts` for a task over `rows` rows.
@@ -120,6 +122,9 @@ BuiltSchedule build_schedule(const SimConfig& cfg, const Profile& prof) {
   MLA_CHECK(cfg.q_len >= 1, "--q-len = " << cfg.q_len << " must be at least 1");
   MLA_CHECK(cfg.k >= cfg.q_len,
             "--k = " << cfg.k << " is shorter than --q-len = " << cfg.q_len << " (k counts them)");
+  MLA_CHECK(cfg.batch <= (1 << 16), "--b = " << cfg.batch << " is more than 65536");
+  MLA_CHECK(cfg.heads <= (1 << 16), "--heads = " << cfg.heads << " is more than 65536");
+  MLA_CHECK(cfg.q_len <= 1024, "--q-len = " << cfg.q_len << " is more than 1024");
   MLA_CHECK(cfg.cores >= 1 && cfg.cores <= 4096, "--c = " << cfg.cores << " must be in 1..4096");
   MLA_CHECK(cfg.chunk >= 1, "--chunk " << cfg.chunk << " must be at least 1");
   MLA_CHECK(cfg.kv == KvDType::int8 || cfg.kv == KvDType::bf16,
@@ -150,6 +155,15 @@ BuiltSchedule build_schedule(const SimConfig& cfg, const Profile& prof) {
                                  .num_workers = cfg.cores,
                                  .kv_tile = prof.kv_tile});
   const Plan& plan = out.plan;
+  // Each step is ~10-20 tasks; beyond a few million steps a run takes minutes and gigabytes.
+  int64_t total_steps = 0;
+  const int64_t step_tokens = int64_t(cfg.chunk) * prof.kv_tile;
+  for (const WorkItem& it : plan.items)
+    total_steps += (int64_t(it.kv_end) - it.kv_begin + step_tokens - 1) / step_tokens;
+  MLA_CHECK(total_steps <= kMaxSteps,
+            "--b " << cfg.batch << " --k " << cfg.k << " --chunk " << cfg.chunk << " makes "
+                   << total_steps << " pipeline steps, more than the " << kMaxSteps
+                   << " the simulator runs; use a larger --chunk or fewer sequences");
   out.lanes_per_core = prof.shared_unit ? 1 : kLaneVec0 + 3 * V;
   const int nres = cfg.cores * out.lanes_per_core;
   out.engine.queues.assign(nres, {});

@@ -57,6 +57,29 @@ std::string label(const SimTask& t) {
   return op_name(t.op);
 }
 
+std::string xml(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    switch (c) {
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
 std::string num(double v) {
   char b[32];
   std::snprintf(b, sizeof b, "%.2f", v);
@@ -77,7 +100,7 @@ std::string timeline_svg(const SimResult& r, const SimConfig& cfg, const Profile
   s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << left + width + 20 << "\" height=\""
     << height << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"10\" y=\"20\" font-size=\"14\">mla sim --profile " << prof.name << " --b "
+  s << "<text x=\"10\" y=\"20\" font-size=\"14\">mla sim --profile " << xml(prof.name) << " --b "
     << cfg.batch << " --k " << cfg.k << " --c " << cfg.cores << " --heads " << cfg.heads
     << " --q-len " << cfg.q_len << " --kv-dtype " << kv_dtype_name(cfg.kv) << " --chunk "
     << cfg.chunk << " --up " << (cfg.up == UpForm::resident ? "resident" : "spill")
