@@ -27,6 +27,15 @@
 //    but the time is in the dot products); below that, every group pays the full read of the keys,
 //    so few-row cases (H = 16 at q_len 1) split the KV range instead, and many-row ones (H = 128)
 //    split heads.
+// 4. A second family, kept when it reaches a lower largest worker cost (then fewer partials, then a
+//    lower total): every sequence gets workers of its own (batch <= W), its heads are cut into
+//    groups of whole blocks, and a group split into k KV pieces takes k workers, one piece each.
+//    For a makespan m, the blocks a group of k pieces can hold follow from the cost model; the
+//    fewest workers covering a sequence is an unbounded knapsack over k; m is the least value for
+//    which the sequences' workers add up to at most W. Groups of different sizes with different KV
+//    splits are what the uniform head-group count of 1-3 cannot express: b1 k512 H 128 q_len 2 on
+//    5 workers is 13 blocks in 4 KV pieces plus 3 blocks unsplit (928, 896 per worker), where the
+//    cost line gave 1024 to four workers and left the fifth idle.
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
@@ -384,19 +393,24 @@ class Rects {
     for (size_t i = 0; i < shapes_.size(); ++i)
       per_shape[i] = workers(shapes_[i], m, in_.num_workers, nullptr);
     int64_t total = 0;
-    for (const auto& [b, i] : seq_shape_) total += per_shape[i];
-    return total <= in_.num_workers;
+    for (const auto& [b, i] : seq_shape_)
+      if ((total += per_shape[i]) > in_.num_workers) return false;
+    return true;
   }
 
-  // The plan at the least feasible makespan, or an empty plan when none fits W workers.
-  Plan plan() const {
+  // The plan at the least feasible makespan, if that is at most `at_most` (the other family's), or
+  // an empty plan (then the other family is at least as good, and one check is all this costs).
+  Plan plan(int64_t at_most) const {
     Plan p;
-    if (empty() || sequences() > in_.num_workers) return p;
-    int64_t lo = o_ + 1, hi = lo;
-    while (!feasible(hi)) {
-      if (hi > (int64_t{1} << 60)) return p;
-      hi = hi * 2;
-    }
+    if (empty() || sequences() > in_.num_workers || at_most <= o_) return p;
+    // Every sequence pays o at least once and its tiles at least at its full rows: no makespan of
+    // this family is below the mean of that.
+    int64_t least = 0;
+    for (const auto& [b, i] : seq_shape_)
+      least += o_ + shapes_[i].tiles * rows_cost(in_, shapes_[i].q * in_.num_heads);
+    int64_t lo = std::max(o_ + 1, (least + in_.num_workers - 1) / in_.num_workers);
+    if (lo > at_most || !feasible(at_most)) return p;
+    int64_t hi = at_most;
     while (lo < hi) {
       const int64_t mid = lo + (hi - lo) / 2;
       if (feasible(mid))
@@ -477,12 +491,15 @@ void add_merges(Plan& plan) {
 
 // (largest worker cost, partials, sum of worker costs): the order plans are compared in.
 std::tuple<int64_t, int64_t, int64_t> score(const PlanInput& in, const Plan& p) {
+  const int64_t overhead = in.overhead_tiles * tile_cost_checked(in);
   int64_t largest = 0, total = 0;
   for (int w = 0; w < p.num_workers; ++w) {
     int64_t c = 0;
     for (int32_t i = p.worker_offsets[w]; i < p.worker_offsets[w + 1]; ++i) {
       const WorkItem& it = p.items[i];
-      c += piece_cost(in, it.seq, it.head_end - it.head_begin, it.kv_begin, it.kv_end);
+      c += tiles_of(in, it.kv_begin, it.kv_end) *
+               rows_cost(in, int64_t{q_len_of(in, it.seq)} * (it.head_end - it.head_begin)) +
+           overhead;
     }
     largest = std::max(largest, c);
     total += c;
@@ -496,7 +513,8 @@ Plan make_plan(const PlanInput& in) {
   check_input(in);
   Plan best = line_plan(in);
   add_merges(best);
-  Plan rects = Rects(in, in.overhead_tiles * tile_cost_checked(in)).plan();
+  const int64_t line_makespan = std::get<0>(score(in, best));
+  Plan rects = Rects(in, in.overhead_tiles * tile_cost_checked(in)).plan(line_makespan);
   if (!rects.worker_offsets.empty()) {
     add_merges(rects);
     if (score(in, rects) < score(in, best)) best = std::move(rects);
