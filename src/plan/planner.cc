@@ -367,7 +367,10 @@ class Rects {
   // the pieces per group k), and the k of each group; more than `limit` means "too many".
   int workers(const SeqShape& sh, int64_t m, int limit, std::vector<int>* groups) const {
     const int kmax = static_cast<int>(std::min<int64_t>(sh.tiles, limit));
-    std::vector<int> need(blocks_ + 1, limit + 1), pick(blocks_ + 1, 0);
+    std::vector<int>& need = need_;
+    std::vector<int>& pick = pick_;
+    need.assign(blocks_ + 1, limit + 1);
+    pick.assign(blocks_ + 1, 0);
     need[0] = 0;
     for (int k = 1; k <= kmax; ++k) {
       const int64_t c = capacity(sh, k, m);
@@ -389,7 +392,8 @@ class Rects {
   }
 
   bool feasible(int64_t m) const {
-    std::vector<int> per_shape(shapes_.size());
+    std::vector<int>& per_shape = per_shape_;
+    per_shape.resize(shapes_.size());
     for (size_t i = 0; i < shapes_.size(); ++i)
       per_shape[i] = workers(shapes_[i], m, in_.num_workers, nullptr);
     int64_t total = 0;
@@ -456,6 +460,7 @@ class Rects {
   int blocks_;
   std::vector<SeqShape> shapes_;
   std::vector<std::pair<int, int>> seq_shape_;  // (seq, its shape)
+  mutable std::vector<int> need_, pick_, per_shape_;  // scratch of workers() and feasible()
 };
 
 // Merge groups for the items of one (seq, head group) that split its KV range; items of one unit
@@ -513,8 +518,10 @@ Plan make_plan(const PlanInput& in) {
   check_input(in);
   Plan best = line_plan(in);
   add_merges(best);
-  const int64_t line_makespan = std::get<0>(score(in, best));
-  Plan rects = Rects(in, in.overhead_tiles * tile_cost_checked(in)).plan(line_makespan);
+  // The other family can only win by a lower makespan, or an equal one with fewer partials.
+  const auto [line_makespan, line_partials, line_total] = score(in, best);
+  Plan rects = Rects(in, in.overhead_tiles * tile_cost_checked(in))
+                   .plan(line_partials == 0 ? line_makespan - 1 : line_makespan);
   if (!rects.worker_offsets.empty()) {
     add_merges(rects);
     if (score(in, rects) < score(in, best)) best = std::move(rects);
