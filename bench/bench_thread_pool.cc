@@ -6,7 +6,6 @@
 // same CPU: the per-process placement that made small two-thread calls bimodal (run it in many
 // processes one after another; the count, not the time, is the fact to compare).
 #include <benchmark/benchmark.h>
-
 #include <sched.h>
 
 #include <atomic>

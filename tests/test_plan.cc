@@ -9,10 +9,10 @@
 #include <fstream>
 #include <map>
 #include <numeric>
-#include <sstream>
-#include <string>
 #include <random>
 #include <set>
+#include <sstream>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -347,10 +347,10 @@ TEST(Plan, RefusesInvalidInput) {
 
 // ---- Many-core balance -------------------------------------------------------------------------
 // Balance = the largest worker's cost / the mean worker cost (over all W workers), by the planner's
-// own cost model (piece_cost). Target: <= 1.05 for c = 2..256. Where the work is too coarse for that
-// (fewer tiles than workers, or a tile that is a large share of a worker's work), no plan can reach
-// it, and the test checks the makespan against a lower bound on the makespan of EVERY plan the
-// cost model allows (makespan_lower_bound) instead.
+// own cost model (piece_cost). Target: <= 1.05 for c = 2..256. Where the work is too coarse for
+// that (fewer tiles than workers, or a tile that is a large share of a worker's work), no plan can
+// reach it, and the test checks the makespan against a lower bound on the makespan of EVERY plan
+// the cost model allows (makespan_lower_bound) instead.
 
 struct Balance {
   int64_t largest = 0, total = 0, lower_bound = 0;
@@ -446,27 +446,39 @@ std::vector<BalanceCase> balance_cases() {
   for (const auto& [h, q] : shapes) {
     for (int b : {1, 2, 4, 8, 16, 24, 48})
       for (int k : {512, 2048, 4096})
-        out.push_back({"seed", "h" + std::to_string(h) + " q" + std::to_string(q) + " b" +
-                                   std::to_string(b) + " k" + std::to_string(k),
-                       std::vector<int32_t>(b, k), {}, q, h});
+        out.push_back({"seed",
+                       "h" + std::to_string(h) + " q" + std::to_string(q) + " b" +
+                           std::to_string(b) + " k" + std::to_string(k),
+                       std::vector<int32_t>(b, k),
+                       {},
+                       q,
+                       h});
   }
   const std::pair<int, int> long_shapes[] = {{128, 1}, {128, 2}, {16, 1}};
   for (const auto& [h, q] : long_shapes)
     for (int b : {1, 4})
       for (int k : {16384, 65536, 131072})
-        out.push_back({"long", "h" + std::to_string(h) + " q" + std::to_string(q) + " b" +
-                                   std::to_string(b) + " k" + std::to_string(k),
-                       std::vector<int32_t>(b, k), {}, q, h});
+        out.push_back({"long",
+                       "h" + std::to_string(h) + " q" + std::to_string(q) + " b" +
+                           std::to_string(b) + " k" + std::to_string(k),
+                       std::vector<int32_t>(b, k),
+                       {},
+                       q,
+                       h});
   // One long sequence among many short ones (a long-context user among chat users).
   for (const auto& [h, q] : shapes)
     for (const auto& [longest, n_short, short_len] :
          {std::tuple{131072, 31, 512}, std::tuple{32768, 15, 1024}, std::tuple{16384, 63, 300}}) {
       std::vector<int32_t> lens(n_short + 1, short_len);
       lens[0] = longest;
-      out.push_back({"mixed", "h" + std::to_string(h) + " q" + std::to_string(q) + " 1x" +
-                                  std::to_string(longest) + "+" + std::to_string(n_short) + "x" +
-                                  std::to_string(short_len),
-                     lens, {}, q, h});
+      out.push_back({"mixed",
+                     "h" + std::to_string(h) + " q" + std::to_string(q) + " 1x" +
+                         std::to_string(longest) + "+" + std::to_string(n_short) + "x" +
+                         std::to_string(short_len),
+                     lens,
+                     {},
+                     q,
+                     h});
     }
   // MTP: 2..4 query rows per sequence, uneven across the batch, uneven lengths (fixed seed).
   std::mt19937 rng(14);
@@ -477,8 +489,8 @@ std::vector<BalanceCase> balance_cases() {
         lens[i] = std::uniform_int_distribution<int>(256, 8192)(rng);
         q_lens[i] = std::uniform_int_distribution<int>(2, 4)(rng);
       }
-      out.push_back({"mtp", "h" + std::to_string(h) + " q2-4 b" + std::to_string(b), lens,
-                     q_lens, 4, h});
+      out.push_back(
+          {"mtp", "h" + std::to_string(h) + " q2-4 b" + std::to_string(b), lens, q_lens, 4, h});
     }
   return out;
 }
@@ -531,8 +543,9 @@ TEST(Plan, ManyCoreBalance) {
   const std::vector<BalanceCase> cases = balance_cases();
   std::map<std::string, std::vector<int>> rows;  // per family: counts per c
   std::ostringstream table;
-  table << "| c | cases | balance <= 1.05 | within 5% of the bound | grain-bound | median balance | "
-           "worst largest / bound (case) |\n|---:|---:|---:|---:|---:|---:|---|\n";
+  table
+      << "| c | cases | balance <= 1.05 | within 5% of the bound | grain-bound | median balance | "
+         "worst largest / bound (case) |\n|---:|---:|---:|---:|---:|---:|---|\n";
   int totals[3] = {0, 0, 0};
   for (int c = 2; c <= 256; ++c) {
     int met[3] = {0, 0, 0};
@@ -563,8 +576,7 @@ TEST(Plan, ManyCoreBalance) {
   }
   table << "\nAll c = 2..256: " << totals[0] << " case-c pairs with balance <= 1.05, " << totals[1]
         << " within 5% of the lower bound on any plan's makespan, " << totals[2]
-        << " within one tile + one overhead of it (the grain), of "
-        << 255 * cases.size() << ".\n";
+        << " within one tile + one overhead of it (the grain), of " << 255 * cases.size() << ".\n";
   if (table_path) {
     std::ofstream f(table_path);
     f << table.str();

@@ -11,8 +11,8 @@
 // thread is pinned to.
 //
 // Pinning: each thread w >= 1 is pinned to a CPU of its own from the pool's CPU set (by default the
-// creating thread's affinity mask, so taskset / cgroup limits hold), so its scratch and its slice of
-// the KV stay in that core's caches. The calling thread is never pinned (it belongs to the
+// creating thread's affinity mask, so taskset / cgroup limits hold), so its scratch and its slice
+// of the KV stay in that core's caches. The calling thread is never pinned (it belongs to the
 // application), so the pool moves out of its way instead: threads are placed on CPUs other than the
 // caller's current one, and every run re-checks (one vDSO call) that the caller has not moved onto
 // a worker's CPU, re-pinning that worker to a free CPU if it has. Otherwise the caller and a worker
@@ -35,8 +35,8 @@ namespace mla::cpu {
 
 class ThreadPool {
  public:
-  // A pool of `size` workers: the caller plus size - 1 threads (size >= 1), placed on `cpus` (empty:
-  // the CPUs the creating thread may run on).
+  // A pool of `size` workers: the caller plus size - 1 threads (size >= 1), placed on `cpus`
+  // (empty: the CPUs the creating thread may run on).
   explicit ThreadPool(int size = 1, std::vector<int> cpus = {});
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -69,7 +69,8 @@ class ThreadPool {
   // CPUs the calling thread may run on (its affinity mask; at least 1).
   static int available_cpus();
 
-  // The CPU each worker's thread is pinned to, -1 where it is not (always for worker 0, the caller).
+  // The CPU each worker's thread is pinned to, -1 where it is not (always for worker 0, the
+  // caller).
   std::vector<int> worker_cpus() const;
 
  private:
@@ -80,10 +81,10 @@ class ThreadPool {
   void lock();  // takes busy_, waiting for a run in progress
   void start_threads(int size);
   void worker_loop(int w, Slot* slot);
-  void place_threads(int first);        // pins threads first..size-1 (busy_ held)
-  void move_off(int cpu);               // re-pins the thread pinned to `cpu`, if any (busy_ held)
-  void unpin(int w);                    // (busy_ held)
-  bool caller_may_spin();               // re-checks the caller's CPU first (busy_ held)
+  void place_threads(int first);  // pins threads first..size-1 (busy_ held)
+  void move_off(int cpu);         // re-pins the thread pinned to `cpu`, if any (busy_ held)
+  void unpin(int w);              // (busy_ held)
+  bool caller_may_spin();         // re-checks the caller's CPU first (busy_ held)
 
   struct Job {
     Call call = nullptr;
@@ -98,13 +99,14 @@ class ThreadPool {
   alignas(64) std::atomic<bool> busy_{false};  // a run (or a grow) is in progress
   std::atomic<bool> stop_{false};
   std::atomic<bool> spin_{true};  // false when threads outnumber CPUs
-  bool pin_ = false;               // threads are pinned (they do not outnumber cpus_)
+  bool pin_ = false;              // threads are pinned (they do not outnumber cpus_)
 };
 
-// Chooses a CPU from `cpus` for a thread to pin: not one `taken(cpu)` says this pool's threads hold,
-// not `avoid` (the caller's CPU; -1: none), the fewest pool threads of the process pinned to it
-// (`pinned(cpu)`) first, then the earliest in `cpus`. Returns -1 when every CPU is taken or avoided.
-// Pure (the pool's placement rule), so that it is tested for any CPU count.
+// Chooses a CPU from `cpus` for a thread to pin: not one `taken(cpu)` says this pool's threads
+// hold, not `avoid` (the caller's CPU; -1: none), the fewest pool threads of the process pinned to
+// it
+// (`pinned(cpu)`) first, then the earliest in `cpus`. Returns -1 when every CPU is taken or
+// avoided. Pure (the pool's placement rule), so that it is tested for any CPU count.
 template <class Taken, class Pinned>
 int choose_cpu(const std::vector<int>& cpus, int avoid, Taken&& taken, Pinned&& pinned) {
   int best = -1, best_load = 0;

@@ -330,7 +330,6 @@ Plan line_plan(const PlanInput& in) {
   return plan;
 }
 
-
 // The second family of plans (header comment, 4): every sequence gets workers of its own; its heads
 // are cut into groups of whole blocks, and group j's KV range into k_j pieces of ceil(tiles / k_j)
 // tiles, one piece per worker.
@@ -347,8 +346,8 @@ class Rects {
       if (in.seq_lens[b] == 0) continue;
       const SeqShape sh{tiles_of(in, 0, in.seq_lens[b]), q_len_of(in, b)};
       if (std::find(shapes_.begin(), shapes_.end(), sh) == shapes_.end()) shapes_.push_back(sh);
-      seq_shape_.push_back({b, static_cast<int>(std::find(shapes_.begin(), shapes_.end(), sh) -
-                                                shapes_.begin())});
+      seq_shape_.push_back(
+          {b, static_cast<int>(std::find(shapes_.begin(), shapes_.end(), sh) - shapes_.begin())});
     }
   }
   bool empty() const { return seq_shape_.empty(); }
@@ -439,13 +438,13 @@ class Rects {
         block += take;
         for (int j = 0; j < k; ++j) {
           const int64_t t0 = sh.tiles * j / k, t1 = sh.tiles * (j + 1) / k;
-          p.items.push_back({.seq = b,
-                             .head_begin = hb,
-                             .head_end = he,
-                             .kv_begin = static_cast<int32_t>(t0 * in_.kv_tile),
-                             .kv_end = t1 == sh.tiles ? in_.seq_lens[b]
-                                                      : static_cast<int32_t>(t1 * in_.kv_tile),
-                             .partial = -1});
+          p.items.push_back(
+              {.seq = b,
+               .head_begin = hb,
+               .head_end = he,
+               .kv_begin = static_cast<int32_t>(t0 * in_.kv_tile),
+               .kv_end = t1 == sh.tiles ? in_.seq_lens[b] : static_cast<int32_t>(t1 * in_.kv_tile),
+               .partial = -1});
           p.worker_offsets[++w] = static_cast<int32_t>(p.items.size());
         }
       }
@@ -459,7 +458,7 @@ class Rects {
   int64_t o_;
   int blocks_;
   std::vector<SeqShape> shapes_;
-  std::vector<std::pair<int, int>> seq_shape_;  // (seq, its shape)
+  std::vector<std::pair<int, int>> seq_shape_;        // (seq, its shape)
   mutable std::vector<int> need_, pick_, per_shape_;  // scratch of workers() and feasible()
 };
 
