@@ -37,6 +37,7 @@
 //    5 workers is 13 blocks in 4 KV pieces plus 3 blocks unsplit (928, 896 per worker), where the
 //    cost line gave 1024 to four workers and left the fifth idle.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -511,9 +512,25 @@ std::tuple<int64_t, int64_t, int64_t> score(const PlanInput& in, const Plan& p) 
   return {largest, p.num_partials, total};
 }
 
+std::atomic<uint64_t> g_plan_count{0};
+
 }  // namespace
 
+uint64_t plan_count() { return g_plan_count.load(std::memory_order_relaxed); }
+
+PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len) {
+  PartialLayout l;
+  for (const MergeGroup& g : plan.merges) {
+    const int32_t rows = (q_lens ? q_lens[g.seq] : q_len) * (g.head_end - g.head_begin);
+    l.offset.push_back(l.total_rows);
+    l.rows.push_back(rows);
+    l.total_rows += static_cast<int64_t>(rows) * g.num_partials;
+  }
+  return l;
+}
+
 Plan make_plan(const PlanInput& in) {
+  g_plan_count.fetch_add(1, std::memory_order_relaxed);
   check_input(in);
   Plan best = line_plan(in);
   add_merges(best);

@@ -1,4 +1,4 @@
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -65,7 +65,7 @@ Case make_case(const CaseSpec& spec, uint64_t seed) {
 
   c.q_dtype = kernel_q_dtype(spec.kv, DType::f32);
   // Scores are q.k * scale with q, k ~ N(0, sigma_q^2), N(0, 1): std = sigma_q sqrt(576) scale.
-  const float scale = 1.f / std::sqrt(192.f);
+  const float scale = default_softmax_scale();
   const float sigma_q = spec.score_std / (std::sqrt(float(kQkDim)) * scale);
   const size_t nq = size_t(B) * spec.q_len * spec.heads * kQkDim;
   c.q.resize(nq);
@@ -81,6 +81,7 @@ Case make_case(const CaseSpec& spec, uint64_t seed) {
                      .softmax_scale = scale, .causal = spec.causal, .seq_lens = c.seq_lens.data(),
                      .q_lens = c.q_lens.data(), .block_table = c.block_table.data(),
                      .max_blocks_per_seq = mb};
+  c.view = c.cache.view();
   return c;
 }
 

@@ -1,5 +1,5 @@
 // The BLAS-composed baseline: gather + de-quantize, sgemm, fp32 softmax, sgemm.
-#include "support/blas_baseline.h"
+#include "harness/blas_baseline.h"
 
 #include <cblas.h>
 
@@ -9,7 +9,7 @@
 #include <limits>
 
 #include "mla/status.h"
-#include "support/parallel.h"
+#include "harness/parallel.h"
 
 namespace mla::bench {
 

@@ -1,5 +1,5 @@
 // Median, percentiles and repetition counts for the benchmark table.
-#include "support/stats.h"
+#include "harness/stats.h"
 
 #include <algorithm>
 #include <cmath>

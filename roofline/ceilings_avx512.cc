@@ -4,7 +4,7 @@
 // loads and stores instead of the instruction under test.
 #include <immintrin.h>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 
 namespace mla::ceilings_detail {
 

@@ -1,5 +1,5 @@
 // Work, bytes and floor time of a decode shape (see perf_model.h).
-#include "support/perf_model.h"
+#include "harness/perf_model.h"
 
 #include <algorithm>
 #include <fstream>
@@ -10,7 +10,7 @@
 namespace mla::bench {
 
 double flops(const Shape& s) {
-  return double(kFlopsPerKeyRow) * s.heads * s.q_len * double(s.k) * s.batch;
+  return decode_flops(int64_t(s.heads) * s.q_len * s.batch, s.k);
 }
 
 double kv_bytes_per_token(KvDType kv, KvScale scale) {

@@ -62,6 +62,7 @@
 
 #include "cpu/attention/avx512_common.h"  // first: see the note there
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -494,7 +495,7 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
 // Everything one work item keeps across its row tiles and steps.
 struct Item {
   const KernelArgs* a;
-  const PagedLatentCache* cache;
+  const CacheView* cache;
   const uint16_t* rope;  // the cache's rope rows (slot 0)
   int R, Rp, nh;
   bool tok, resident, staged;
@@ -533,7 +534,7 @@ template <int RV>
 void qk_rows(const Item& it, const Step& st, int v0, float* mx) {
   constexpr int N = QkShape<RV>::kTokens;
   const int r0 = 16 * v0;
-  const PagedLatentCache& cache = *it.cache;
+  const CacheView& cache = *it.cache;
   const int bs = cache.block_size();
   int lim_min = std::numeric_limits<int>::max(), lim_max = -1;
   for (int r = r0; r < r0 + 16 * RV; ++r) {
@@ -724,11 +725,13 @@ void update_spill(const Item& it, const Step& st, int r0, int rows) {
 // One row tile through the step: QK -> SM -> PV (+ UP).
 template <int RV>
 void row_tile(const Item& it, const Step& st, int v0, const int8_t* const* pf_tok,
-              const int64_t* pf_slot, int pf_n) {
+              const int64_t* pf_slot, int pf_n, StageMarks& marks) {
   alignas(64) float mx[16 * RV];
   std::fill_n(mx, 16 * RV, kNegInf);
-  qk_rows<RV>(it, st, v0, mx);
+  qk_rows<RV>(it, st, v0, mx);  // S_nope (int32) and the rope part together, per token tile
+  marks.done(Stage::QK);
   const bool same_max = softmax_rows<RV>(it, st, v0, mx);
+  marks.done(Stage::SM);
   const int r0 = 16 * v0;
   const int rows = std::min(16 * RV, it.R - r0);  // padding rows need no P.V
   const PvArgs pa{.tok = st.tok,
@@ -753,7 +756,9 @@ void row_tile(const Item& it, const Step& st, int v0, const int8_t* const* pf_to
     pv_rows<true>(pa, rows, e);
   else
     pv_rows<false>(pa, rows, e);
+  marks.done(Stage::PV);
   if (!it.resident) update_spill(it, st, r0, rows);
+  marks.done(Stage::UP);  // resident: UP runs in PV's epilogue, timed there
 }
 
 // Finalize rows [r0, r0 + rows): o = go / l, lse = ln2 * m + ln l; rows that saw no key: o = 0,
@@ -791,8 +796,10 @@ void run_rows(const Item& it, int v0, const int64_t* slot, const int8_t* const* 
   const int T = std::min(a.chunk, 1024) * kKvTile;  // as in run()
   if (v0 > 0 && !it.staged)  // the first row tile's were prefetched in run()
     prefetch_tokens(tok, slot, it.rope, std::min(a.kv_end - a.kv_begin, kPrefetchDist));
-  for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+  StageMarks marks(a.stages, std::min(16 * RV, it.R - 16 * v0));
+  for (int t0 = a.kv_begin, step = 0; t0 < a.kv_end; t0 += T, ++step) {
     const int n = std::min(T, a.kv_end - t0), i0 = t0 - a.kv_begin;
+    marks.step(step, n);
     if (it.staged)
       for (int t = 0; t < n; ++t) {
         std::memcpy(kstage + int64_t(t) * kLatentDim, tok[i0 + t], kLatentDim);
@@ -812,14 +819,14 @@ void run_rows(const Item& it, int v0, const int64_t* slot, const int8_t* const* 
     // PV prefetches the next step's first T / 2 tokens, QK the step's others.
     const int next = i0 + n, ntok = a.kv_end - a.kv_begin;
     const int pf_n = it.staged ? 0 : std::clamp(ntok - next, 0, T / 2);
-    row_tile<RV>(it, st, v0, tok + next, slot + next, pf_n);
+    row_tile<RV>(it, st, v0, tok + next, slot + next, pf_n, marks);
   }
   finalize(it, 16 * v0, std::min(16 * RV, it.R - 16 * v0));
 }
 
 void run(const KernelArgs& a, Scratch& scratch) {
   const DecodeParams& p = *a.p;
-  const PagedLatentCache& cache = *a.cache;
+  const CacheView& cache = *a.cache;
   const int nh = a.head_end - a.head_begin;
   const int R = q_len_of(p, a.seq) * nh;
   const int Rp = (R + 15) & ~15;
@@ -930,17 +937,28 @@ void run(const KernelArgs& a, Scratch& scratch) {
   }
 }
 
-bool supported() {
-  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512bf16");
+// Its stages: rows in tiles of 16 x kMainRV (the rest in tiles of 16), each tile through every
+// step; QK computes S_nope (int32) and the rope part together, per token tile.
+std::vector<StageOp> stages(int rows, int kv_begin, int kv_end, int chunk) {
+  std::vector<StageOp> all;
+  const int nrv = (rows + 15) / 16;
+  for (int v0 = 0; v0 < nrv;) {
+    const int rv = nrv - v0 >= kMainRV ? kMainRV : 1;
+    const std::vector<StageOp> tile =
+        item_stages(std::min(16 * rv, rows - 16 * v0), kv_begin, kv_end, std::min(chunk, 1024));
+    all.insert(all.end(), tile.begin(), tile.end());
+    v0 += rv;
+  }
+  return all;
 }
 
 }  // namespace
 
-extern const KernelInfo kDecodeI8Avx512Vnni{.name = "decode_i8_avx512vnni",
+extern const KernelInfo decode_i8_avx512vnni{.name = "decode_i8_avx512vnni",
                                             .kv = KvDType::int8,
                                             .portable = false,
-                                            .supported = supported,
-                                            .run = run};
+                                            .supported = cpu_has_avx512_set,
+                                            .run = run,
+                                            .stages = stages};
 
 }  // namespace mla::cpu

@@ -2,7 +2,7 @@
 // sizes the read buffers from the cache hierarchy, runs the loops on pinned threads, and reads and
 // writes the JSON file. The AVX-512 loops live in ceilings_avx512.cc; the AVX2 and SSE2 fallbacks
 // are here, compiled per function with target attributes so this file stays baseline x86-64.
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 
 #include <cpuid.h>
 #include <immintrin.h>

@@ -31,6 +31,7 @@
 
 #include "cpu/attention/avx512_common.h"
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -267,8 +268,10 @@ void run(const KernelArgs& a, Scratch& scratch) {
       std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
 
     const float c = a.p->softmax_scale * kLog2e;
-    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+    StageMarks marks(a.stages, rows);
+    for (int t0 = a.kv_begin, step = 0; t0 < a.kv_end; t0 += T, ++step) {
       const int n = std::min(T, a.kv_end - t0);
+      marks.step(step, n);
       const int ntok = (n + kTokTile - 1) / kTokTile * kTokTile;  // n rounded up to tiles
       step_token_ptrs(a, t0, n, ntok, zero, kptr);
       // What the step's QK tiles prefetch: the step's positions from pf_from on, pf_from after
@@ -281,28 +284,32 @@ void run(const KernelArgs& a, Scratch& scratch) {
         widen_keys(kptr + t, kTokTile, kf, pfptr + t, std::clamp(npf - t, 0, kTokTile));
         qk_token_tile(qf, rs, nrv, kf, s + t * rs);
       }
+      marks.done(Stage::QK);
       softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha);
+      marks.done(Stage::SM);
       // PV prefetches the next step's first T / 2 positions (pfptr is free again after QK).
       const int npv = token_ptrs_clipped(a, t0 + n, T / 2, pfptr);
       if (resident) {
         pv_all<true>(rows, kptr, s, rs, n, acc, alpha, pfptr, npv);
+        marks.done(Stage::PV);
       } else {
         pv_all<false>(rows, kptr, s, rs, n, acc, alpha, pfptr, npv);
+        marks.done(Stage::PV);
         up_spill(ir, acc, alpha);
       }
+      marks.done(Stage::UP);  // resident: UP (acc x alpha) runs inside PV's tiles, timed there
     }
     finalize_rows(ir, resident ? acc : nullptr, m, l);
   }
 }
 
-bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c"); }
-
 }  // namespace
 
-extern const KernelInfo kDecodeF16Avx512{.name = "decode_f16_avx512f",
+extern const KernelInfo decode_f16_avx512f{.name = "decode_f16_avx512f",
                                          .kv = KvDType::fp16,
                                          .portable = false,
-                                         .supported = supported,
-                                         .run = run};
+                                         .supported = cpu_has_avx512f_set,
+                                         .run = run,
+                                         .stages = item_stages};
 
 }  // namespace mla::cpu

@@ -23,7 +23,8 @@
 #include <cstdint>
 #include <string>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
+#include "mla/attention.h"
 #include "mla/cache.h"
 
 namespace mla::bench {
@@ -37,7 +38,7 @@ struct Shape {
   KvScale scale = KvScale::token;
 };
 
-constexpr int kFlopsPerKeyRow = 2 * (kQkDim + kLatentDim);  // 2 * 1088
+using mla::kFlopsPerKeyRow;  // the library's flop count (mla/attention.h)
 
 double flops(const Shape& s);  // 2 * H * q_len * k * 1088 * batch
 double kv_bytes_per_token(KvDType kv, KvScale scale);

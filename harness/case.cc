@@ -1,5 +1,5 @@
 // The random case builder and the check against the float64 reference.
-#include "support/case.h"
+#include "harness/case.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,7 +8,7 @@
 
 #include "mla/status.h"
 #include "ref/reference.h"
-#include "support/parallel.h"
+#include "harness/parallel.h"
 
 namespace mla::bench {
 
@@ -70,7 +70,6 @@ std::string CaseSpec::name() const {
   return s;
 }
 
-float default_softmax_scale() { return float(1.0 / std::sqrt(192.0)); }
 
 Case::Case(const CaseSpec& spec)
     : spec_(spec),
@@ -248,7 +247,7 @@ cpu::KernelArgs whole_sequence_item(const Case& c, const DecodeParams& p, float*
                                     int chunk, UpForm up) {
   const int heads = c.spec().heads;
   return cpu::KernelArgs{.p = &p,
-                         .cache = &c.cache(),
+                         .cache = &c.view(),
                          .q = c.q(),
                          .seq = 0,
                          .head_begin = 0,

@@ -7,11 +7,19 @@
 
 namespace mla {
 
-void validate(const DecodeParams& p, const PagedLatentCache& cache) {
+void validate(const DecodeParams& p, const CacheView& cache) {
   MLA_CHECK(p.batch >= 0, "batch = " << p.batch << " is negative");
   MLA_CHECK(p.num_heads >= 1, "num_heads = " << p.num_heads << " must be at least 1");
   MLA_CHECK(p.q_len >= 1, "q_len = " << p.q_len << " must be at least 1");
   MLA_CHECK(std::isfinite(p.softmax_scale), "softmax_scale = " << p.softmax_scale << " is not finite");
+  auto check_strides = [](const OutputStrides& s, const char* name, int64_t row) {
+    if (!s.b && !s.i && !s.h) return;
+    MLA_CHECK(s.b >= row && s.i >= row && s.h >= row,
+              name << " strides (" << s.b << ", " << s.i << ", " << s.h << ") must each be at least "
+                   << row);
+  };
+  check_strides(p.o_strides, "o", kLatentDim);
+  check_strides(p.lse_strides, "lse", 1);
   if (p.batch == 0) return;
   MLA_CHECK(p.seq_lens != nullptr, "seq_lens is missing");
   MLA_CHECK(p.max_blocks_per_seq >= 1, "block_table has " << p.max_blocks_per_seq

@@ -34,6 +34,7 @@
 
 #include "cpu/attention/avx512_common.h"
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -281,8 +282,10 @@ void run(const KernelArgs& a, Scratch& scratch) {
       std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
 
     const float c = a.p->softmax_scale * kLog2e;
-    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+    StageMarks marks(a.stages, rows);
+    for (int t0 = a.kv_begin, step = 0; t0 < a.kv_end; t0 += T, ++step) {
       const int n = std::min(T, a.kv_end - t0);
+      marks.step(step, n);
       const int ntok = (n + kTokTile - 1) / kTokTile * kTokTile;  // n rounded up to tiles
       step_token_ptrs(a, t0, n, ntok, zero, kptr);
       // What the step's QK tiles prefetch: the positions kPrefetchDist after its own.
@@ -306,15 +309,20 @@ void run(const KernelArgs& a, Scratch& scratch) {
                       std::clamp(npf - t, 0, kTokTile));
       }
 
+      marks.done(Stage::QK);
       softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha, pp);
+      marks.done(Stage::SM);
 
       const int npairs = (n + 1) / 2;
       if (resident) {
         pv_all<true>(rows, kptr, pp, rs, npairs, acc, alpha);
+        marks.done(Stage::PV);
       } else {
         pv_all<false>(rows, kptr, pp, rs, npairs, acc, alpha);
+        marks.done(Stage::PV);
         up_spill(ir, acc, alpha);
       }
+      marks.done(Stage::UP);  // resident: UP (acc x alpha) runs inside PV's tiles, timed there
     }
     // go is in PV's dim order: put it back before normalizing.
     for (int r = 0; r < rows; ++r)
@@ -323,16 +331,13 @@ void run(const KernelArgs& a, Scratch& scratch) {
   }
 }
 
-bool supported() {
-  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
-}
-
 }  // namespace
 
-extern const KernelInfo kDecodeBf16Avx512{.name = "decode_bf16_avx512bf16",
+extern const KernelInfo decode_bf16_avx512bf16{.name = "decode_bf16_avx512bf16",
                                           .kv = KvDType::bf16,
                                           .portable = false,
-                                          .supported = supported,
-                                          .run = run};
+                                          .supported = cpu_has_avx512_set,
+                                          .run = run,
+                                          .stages = item_stages};
 
 }  // namespace mla::cpu

@@ -40,8 +40,7 @@ struct CaseSpec {
   std::string name() const;  // "b8_k4096"
 };
 
-// DeepSeek's softmax scale 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(192).
-float default_softmax_scale();
+using mla::default_softmax_scale;  // the library's (mla/attention.h)
 
 class Case {
  public:
@@ -52,6 +51,11 @@ class Case {
   // The decode parameters; the pointers stay valid as long as the Case lives.
   DecodeParams params() const;
   const PagedLatentCache& cache() const { return cache_; }
+  // The cache's view, for kernel arguments (lives as long as the Case).
+  const CacheView& view() const {
+    view_ = cache_.view();
+    return view_;
+  }
   DType q_dtype() const { return q_dtype_; }            // bf16 (bf16 and int8 caches) or f16 (fp16)
   const uint16_t* q() const { return q_bits_.data(); }  // [B, q_len, H, 576] in q_dtype
   const float* q_f32() const { return q_f32_.data(); }  // the same values as float
@@ -65,6 +69,7 @@ class Case {
  private:
   CaseSpec spec_;
   PagedLatentCache cache_;
+  mutable CacheView view_;
   DType q_dtype_;
   std::vector<int32_t> seq_lens_;
   std::vector<int32_t> block_table_;

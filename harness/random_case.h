@@ -37,6 +37,7 @@ struct Case {
   std::vector<float> q_ref;    // the values the fast kernels compute with (int8: quantized q)
   std::vector<uint16_t> q16;   // the same as raw bf16 / f16 bits
   DType q_dtype;
+  CacheView view;              // cache.view(), for kernel arguments
   std::string describe() const;
 };
 

@@ -1,5 +1,5 @@
 // Parsing of the benchmark's --variants text (grammar in variants.h).
-#include "support/variants.h"
+#include "harness/variants.h"
 
 #include <set>
 #include <sstream>
