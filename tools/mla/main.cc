@@ -1,4 +1,4 @@
-// `mla`: MLA decode on files (decode), the benchmark report (bench).
+// `mla`: MLA decode on files (decode), the benchmark report (bench), the pipeline simulator (sim).
 #include <cstdio>
 #include <exception>
 
@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   mla::tool::add_decode_command(app);
   mla::tool::add_bench_command(app);
   mla::tool::add_formats_command(app);
+  mla::tool::add_sim_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
