@@ -1,0 +1,625 @@
+// The Python module mla._mla (nanobind): the only file that sees Python headers. python/mla/
+// wraps it with FlashMLA's calls. Arrays arrive as DLPack / buffer-protocol views (NumPy, PyTorch,
+// any DLPack producer) and are read in place when C-contiguous; results are new NumPy arrays or
+// PyTorch tensors. The GIL is released while the C++ library runs.
+//
+// Everything that depends on the library's decode API sits in namespace glue below, so switching
+// to a reusable plan handle, a cache view over caller memory and strided o / lse outputs touches
+// that block only. With today's API (mla::decode on a PagedLatentCache it owns, o [B,s_q,H,512]
+// f32, lse [B,s_q,H]) an array k_cache is copied once per call into a cache, and o / lse are
+// converted / transposed into the caller's layout.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mla/attention.h"
+#include "mla/cache.h"
+#include "mla/dtype.h"
+#include "mla/plan.h"
+#include "mla/status.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using Array = nb::ndarray<nb::ro, nb::device::cpu>;
+constexpr uint8_t kFloat = uint8_t(nb::dlpack::dtype_code::Float);
+constexpr uint8_t kInt = uint8_t(nb::dlpack::dtype_code::Int);
+constexpr uint8_t kUInt = uint8_t(nb::dlpack::dtype_code::UInt);
+constexpr uint8_t kBfloat = uint8_t(nb::dlpack::dtype_code::Bfloat);
+
+std::string shape_str(const Array& a) {
+  std::string s = "(";
+  for (size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_str(nb::dlpack::dtype t) {
+  const char* kind = t.code == kFloat ? "float" : t.code == kInt ? "int" : t.code == kUInt ? "uint"
+                     : t.code == kBfloat ? "bfloat" : "code";
+  return std::string(kind) + std::to_string(t.bits) + (t.lanes != 1 ? "x" + std::to_string(t.lanes) : "");
+}
+
+// The element type of a float array: f32, f16 or bf16. NumPy has no bf16 of its own; the Python
+// layer passes an ml_dtypes.bfloat16 array as its uint16 view with bf16_bits = true.
+mla::DType float_type(const Array& a, bool bf16_bits, const char* arg) {
+  const nb::dlpack::dtype t = a.dtype();
+  if (t.lanes == 1) {
+    if (t.code == kFloat && t.bits == 32) return mla::DType::f32;
+    if (t.code == kFloat && t.bits == 16) return mla::DType::f16;
+    if (t.code == kBfloat && t.bits == 16) return mla::DType::bf16;
+    if (bf16_bits && t.code == kUInt && t.bits == 16) return mla::DType::bf16;
+  }
+  throw nb::type_error((std::string(arg) + " has dtype " + dtype_str(t) +
+                        "; expected float32, float16 or bfloat16").c_str());
+}
+
+void require_int32(const Array& a, const char* arg) {
+  const nb::dlpack::dtype t = a.dtype();
+  if (!(t.code == kInt && t.bits == 32 && t.lanes == 1))
+    throw nb::type_error((std::string(arg) + " has dtype " + dtype_str(t) + "; expected int32").c_str());
+}
+
+void require_shape(const Array& a, const char* arg, std::initializer_list<int64_t> want) {
+  bool ok = a.ndim() == want.size();
+  size_t i = 0;
+  for (int64_t w : want) {
+    if (ok && w >= 0 && int64_t(a.shape(i)) != w) ok = false;
+    ++i;
+  }
+  if (ok) return;
+  std::string w = "(";
+  i = 0;
+  for (int64_t x : want) w += (i++ ? ", " : "") + (x < 0 ? std::string("any") : std::to_string(x));
+  throw nb::value_error((std::string(arg) + ".shape = " + shape_str(a) + "; expected " + w +
+                         (want.size() == 1 ? ",)" : ")")).c_str());
+}
+
+// A C-contiguous view of `a`: its own memory when it already is (zero-copy), otherwise one copy
+// into `hold`.
+const void* contiguous(const Array& a, std::vector<uint8_t>& hold) {
+  const size_t es = a.itemsize();
+  bool cont = true;
+  int64_t st = 1;
+  for (size_t i = a.ndim(); i-- > 0;) {
+    if (a.shape(i) != 1 && a.stride(i) != st) cont = false;
+    st *= int64_t(a.shape(i));
+  }
+  if (cont) return a.data();
+  hold.resize(a.size() * es);
+  const auto* src = static_cast<const uint8_t*>(a.data());
+  std::vector<size_t> idx(a.ndim(), 0);
+  for (size_t n = 0; n < a.size(); ++n) {
+    int64_t off = 0;
+    for (size_t i = 0; i < a.ndim(); ++i) off += int64_t(idx[i]) * a.stride(i);
+    std::memcpy(hold.data() + n * es, src + off * int64_t(es), es);
+    for (size_t i = a.ndim(); i-- > 0;) {
+      if (++idx[i] < a.shape(i)) break;
+      idx[i] = 0;
+    }
+  }
+  return hold.data();
+}
+
+// A new array owned by a capsule; framework 1 returns a PyTorch tensor, otherwise NumPy (bf16
+// as uint16 bits, which the Python layer views as ml_dtypes.bfloat16).
+struct OutBuffer {
+  std::unique_ptr<uint8_t[]> mem;
+  std::vector<size_t> shape;
+  mla::DType type;
+  static OutBuffer make(std::vector<size_t> shape, mla::DType t) {
+    size_t n = 1;
+    for (size_t s : shape) n *= s;
+    return {std::unique_ptr<uint8_t[]>(new uint8_t[n * mla::dtype_size(t) + 1]), std::move(shape), t};
+  }
+  template <class T> T* as() { return reinterpret_cast<T*>(mem.get()); }
+  nb::object release(int framework) {
+    uint8_t* p = mem.release();
+    nb::capsule owner(p, [](void* q) noexcept { delete[] static_cast<uint8_t*>(q); });
+    nb::dlpack::dtype dt;
+    dt.lanes = 1;
+    dt.bits = uint8_t(mla::dtype_size(type) * 8);
+    dt.code = type == mla::DType::f32 || type == mla::DType::f16 ? kFloat
+              : type == mla::DType::bf16 && framework == 1 ? kBfloat : kUInt;
+    if (framework == 1)
+      return nb::cast(nb::ndarray<nb::pytorch>(p, shape.size(), shape.data(), owner, nullptr, dt));
+    return nb::cast(nb::ndarray<nb::numpy>(p, shape.size(), shape.data(), owner, nullptr, dt));
+  }
+};
+
+void store(mla::DType t, void* dst, int64_t i, float v) {
+  switch (t) {
+    case mla::DType::f32: static_cast<float*>(dst)[i] = v; break;
+    case mla::DType::f16: static_cast<uint16_t*>(dst)[i] = mla::f32_to_f16(v); break;
+    default: static_cast<uint16_t*>(dst)[i] = mla::f32_to_bf16(v); break;
+  }
+}
+
+// The C++ library's messages say seq_lens; FlashMLA's argument is cache_seqlens.
+std::string flashmla_names(std::string m) {
+  for (size_t at = 0; (at = m.find("seq_lens", at)) != std::string::npos; at += 13)
+    m.replace(at, 8, "cache_seqlens");
+  return m;
+}
+
+// One decode at a time: the library's worker pool is shared by the process.
+std::mutex& decode_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+// ---- glue: the only code that calls the library's decode API --------------------------------
+namespace glue {
+
+struct Call {
+  int batch, s_q, h_q, h_kv;
+  mla::DType q_type;
+  const void* q;                  // [batch, s_q, h_q, 576], contiguous
+  const int32_t* seq_lens;        // [batch]
+  const int32_t* q_lens;          // [batch] or nullptr
+  const int32_t* block_table;     // [batch, max_blocks]
+  int max_blocks;
+  float scale;
+  bool causal;
+  int threads;
+  mla::DType out_type;
+  void* out;                      // [batch, s_q, h_q, 512] of out_type
+  float* lse;                     // [batch, h_q, s_q]: FlashMLA's layout, +inf for empty rows
+};
+
+mla::DecodeParams params_of(const Call& c, int heads) {
+  return mla::DecodeParams{.batch = c.batch, .q_len = c.s_q, .num_heads = heads,
+                           .softmax_scale = c.scale, .causal = c.causal && c.s_q > 1,
+                           .seq_lens = c.seq_lens, .q_lens = c.q_lens,
+                           .block_table = c.block_table, .max_blocks_per_seq = c.max_blocks};
+}
+
+// Runs heads [g*hg, (g+1)*hg) of the call against `cache` and writes them into c.out / c.lse.
+void run_group(const Call& c, const mla::PagedLatentCache& cache, int g) {
+  const int hg = c.h_q / c.h_kv;
+  const mla::DecodeParams p = params_of(c, hg);
+  const int64_t rows = int64_t(c.batch) * c.s_q * hg;
+  const size_t qes = mla::dtype_size(c.q_type);
+  const void* q = c.q;
+  std::vector<uint8_t> qg;
+  if (c.h_kv > 1) {  // the group's query heads, gathered: the library takes a dense q
+    qg.resize(rows * mla::kQkDim * qes);
+    for (int64_t r = 0; r < int64_t(c.batch) * c.s_q; ++r)
+      std::memcpy(qg.data() + r * hg * mla::kQkDim * qes,
+                  static_cast<const uint8_t*>(c.q) + (r * c.h_q + int64_t(g) * hg) * mla::kQkDim * qes,
+                  size_t(hg) * mla::kQkDim * qes);
+    q = qg.data();
+  }
+  const bool direct = c.h_kv == 1 && c.out_type == mla::DType::f32;
+  std::vector<float> o(direct ? 0 : rows * mla::kLatentDim), lse(rows);
+  float* op = direct ? static_cast<float*>(c.out) : o.data();
+  mla::decode(p, c.q_type, q, cache, mla::DecodeOptions{.threads = c.threads}, op, lse.data());
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int b = 0; b < c.batch; ++b)
+    for (int i = 0; i < c.s_q; ++i)
+      for (int h = 0; h < hg; ++h) {
+        const int64_t r = (int64_t(b) * c.s_q + i) * hg + h;
+        const int hq = g * hg + h;
+        const float l = lse[r];
+        c.lse[(int64_t(b) * c.h_q + hq) * c.s_q + i] = l == -inf ? inf : l;
+        if (direct) continue;
+        const int64_t dst = ((int64_t(b) * c.s_q + i) * c.h_q + hq) * mla::kLatentDim;
+        for (int d = 0; d < mla::kLatentDim; ++d)
+          store(c.out_type, c.out, dst + d, o[r * mla::kLatentDim + d]);
+      }
+}
+
+// k_cache [num_blocks, block_size, h_kv, 576] bf16/fp16: one cache per kv head, holding a copy
+// of the blocks the sequences use (today's cache owns its storage; unused blocks are not read).
+void run_array(const Call& c, mla::DType k_type, const void* k, int64_t num_blocks, int block_size) {
+  const mla::KvDType kt = k_type == mla::DType::f16 ? mla::KvDType::fp16 : mla::KvDType::bf16;
+  for (int g = 0; g < c.h_kv; ++g) {
+    mla::PagedLatentCache cache(mla::CacheConfig{.num_blocks = num_blocks, .block_size = block_size,
+                                                 .dtype = kt});
+    mla::validate(params_of(c, c.h_q / c.h_kv), cache);  // block ids in range before any read
+    float tok[mla::kQkDim];
+    for (int b = 0; b < c.batch; ++b) {
+      const int nb_used = (c.seq_lens[b] + block_size - 1) / block_size;
+      for (int j = 0; j < nb_used; ++j) {
+        const int64_t blk = c.block_table[int64_t(b) * c.max_blocks + j];
+        for (int t = 0; t < block_size; ++t) {
+          const int64_t slot = blk * block_size + t;
+          const auto* src = static_cast<const uint16_t*>(k) + (slot * c.h_kv + g) * mla::kQkDim;
+          for (int d = 0; d < mla::kQkDim; ++d)
+            tok[d] = kt == mla::KvDType::fp16 ? mla::f16_to_f32(src[d]) : mla::bf16_to_f32(src[d]);
+          cache.write(slot, tok);
+        }
+      }
+    }
+    run_group(c, cache, g);
+  }
+}
+
+}  // namespace glue
+
+// ---- the LatentCache object -----------------------------------------------------------------
+struct LatentCache {
+  mla::PagedLatentCache cache;
+  mla::BlockAllocator alloc;
+  bool static_scale = false;  // int8 tensor / channel mode: a scale was set (writes need one)
+
+  LatentCache(int64_t num_blocks, int block_size, const std::string& dtype, const std::string& scale,
+              uint64_t shuffle_seed)
+      : cache(config(num_blocks, block_size, dtype, scale)),
+        alloc(num_blocks, block_size, shuffle_seed) {}
+
+  static mla::CacheConfig config(int64_t num_blocks, int block_size, const std::string& dtype,
+                                 const std::string& scale) {
+    MLA_CHECK(num_blocks >= 1, "num_blocks = " << num_blocks << " must be at least 1");
+    MLA_CHECK(block_size >= 1, "block_size = " << block_size << " must be at least 1");
+    return {.num_blocks = num_blocks, .block_size = block_size,
+            .dtype = mla::parse_kv_dtype(dtype), .scale = mla::parse_kv_scale(scale)};
+  }
+
+  void require_writable() const {
+    MLA_CHECK(cache.dtype() != mla::KvDType::int8 || cache.scale_mode() == mla::KvScale::token ||
+                  static_scale,
+              "this int8 cache has " << mla::kv_scale_name(cache.scale_mode())
+                                     << " scales: call set_tensor_scale / set_channel_scales or "
+                                        "calibrate before writing tokens");
+  }
+
+  // tokens [n, 576] as floats (converted from f16 / bf16), contiguous.
+  static std::vector<float> tokens_f32(const Array& t, bool bf16_bits, const char* arg) {
+    const mla::DType ty = float_type(t, bf16_bits, arg);
+    require_shape(t, arg, {-1, mla::kQkDim});
+    std::vector<uint8_t> hold;
+    const void* d = contiguous(t, hold);
+    std::vector<float> f(t.size());
+    for (size_t i = 0; i < f.size(); ++i) f[i] = mla::load_f32(ty, d, int64_t(i));
+    return f;
+  }
+
+  void write_rows(const int64_t* slots, const std::vector<float>& f, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+      MLA_CHECK(slots[i] >= 0 && slots[i] < cache.num_slots(),
+                "slot_mapping[" << i << "] = " << slots[i] << " is outside the cache's "
+                                << cache.num_slots() << " slots");
+    for (size_t i = 0; i < n; ++i) cache.write(slots[i], f.data() + i * mla::kQkDim);
+  }
+};
+
+template <class T>
+nb::object numpy_copy(const T* src, std::vector<size_t> shape) {
+  size_t n = 1;
+  for (size_t s : shape) n *= s;
+  auto* p = new T[n + 1];
+  std::memcpy(p, src, n * sizeof(T));
+  nb::capsule owner(p, [](void* q) noexcept { delete[] static_cast<T*>(q); });
+  return nb::cast(nb::ndarray<nb::numpy, T>(p, shape.size(), shape.data(), owner));
+}
+
+}  // namespace
+
+NB_MODULE(_mla, m) {
+  m.doc() = "C++ half of the mla package (see mla/__init__.py).";
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const mla::Error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  // decode(q, k, ...): k is an array [num_blocks, block_size, h_kv, 576] or a LatentCache.
+  m.def(
+      "decode",
+      [](const Array& q, bool q_bf16_bits, nb::object k, bool k_bf16_bits, const Array& block_table,
+         const Array& seq_lens, std::optional<Array> q_lens, float scale, bool causal, int threads,
+         int framework) {
+        const mla::DType qt = float_type(q, q_bf16_bits, "q");
+        if (q.ndim() != 4 || q.shape(3) != size_t(mla::kQkDim))
+          throw nb::value_error(("q.shape = " + shape_str(q) +
+                                 "; expected (batch, seq_len_q, num_heads_q, 576)").c_str());
+        const int batch = int(q.shape(0)), s_q = int(q.shape(1)), h_q = int(q.shape(2));
+        if (s_q < 1 || h_q < 1)
+          throw nb::value_error(("q.shape = " + shape_str(q) + ": seq_len_q and num_heads_q must be at least 1").c_str());
+        require_int32(block_table, "block_table");
+        require_shape(block_table, "block_table", {batch, -1});
+        require_int32(seq_lens, "cache_seqlens");
+        require_shape(seq_lens, "cache_seqlens", {batch});
+        if (q_lens) {
+          require_int32(*q_lens, "q_lens");
+          require_shape(*q_lens, "q_lens", {batch});
+        }
+        if (threads < 0)
+          throw nb::value_error(("threads = " + std::to_string(threads) + " is negative").c_str());
+        LatentCache* lc = nullptr;
+        std::optional<Array> karr;
+        int h_kv = 1, block_size = 0;
+        int64_t num_blocks = 0;
+        mla::DType kt = mla::DType::bf16;
+        if (nb::try_cast(k, lc)) {
+          block_size = lc->cache.block_size();
+        } else {
+          Array ka;
+          if (!nb::try_cast(k, ka))
+            throw nb::type_error(("k_cache is a " + std::string(nb::type_name(k.type()).c_str()) +
+                                  "; expected an array [num_blocks, page_block_size, num_heads_k, 576] "
+                                  "or an mla.LatentCache").c_str());
+          kt = float_type(ka, k_bf16_bits, "k_cache");
+          if (kt == mla::DType::f32)
+            throw nb::type_error("k_cache has dtype float32; expected bfloat16 or float16 (the cache "
+                                 "holds 16-bit values; mla.LatentCache also offers int8)");
+          if (ka.ndim() != 4 || ka.shape(3) != size_t(mla::kQkDim) || ka.shape(1) < 1 || ka.shape(2) < 1)
+            throw nb::value_error(("k_cache.shape = " + shape_str(ka) +
+                                   "; expected (num_blocks, page_block_size, num_heads_k, 576)").c_str());
+          num_blocks = int64_t(ka.shape(0));
+          block_size = int(ka.shape(1));
+          h_kv = int(ka.shape(2));
+          if (h_q % h_kv != 0)
+            throw nb::value_error(("num_heads_q = " + std::to_string(h_q) +
+                                   " is not a multiple of num_heads_k = " + std::to_string(h_kv)).c_str());
+          karr = ka;
+        }
+        std::vector<uint8_t> hq, hb, hs, hl, hk;
+        const void* qd = contiguous(q, hq);
+        glue::Call c{.batch = batch, .s_q = s_q, .h_q = h_q, .h_kv = h_kv, .q_type = qt, .q = qd,
+                     .seq_lens = static_cast<const int32_t*>(contiguous(seq_lens, hs)),
+                     .q_lens = q_lens ? static_cast<const int32_t*>(contiguous(*q_lens, hl)) : nullptr,
+                     .block_table = static_cast<const int32_t*>(contiguous(block_table, hb)),
+                     .max_blocks = int(block_table.shape(1)), .scale = scale, .causal = causal,
+                     .threads = threads, .out_type = qt};
+        if (batch > 0 && c.max_blocks < 1)
+          throw nb::value_error(("block_table.shape = " + shape_str(block_table) +
+                                 ": at least one column is needed").c_str());
+        for (int b = 0; b < batch; ++b)  // FlashMLA's causal rows need seq_len >= seq_len_q
+          if (c.seq_lens[b] > 0 && c.seq_lens[b] < (c.q_lens ? c.q_lens[b] : s_q))
+            throw nb::value_error(("cache_seqlens[" + std::to_string(b) + "] = " +
+                                   std::to_string(c.seq_lens[b]) + " is shorter than its " +
+                                   std::to_string(c.q_lens ? c.q_lens[b] : s_q) +
+                                   " query tokens (a non-empty sequence holds its new tokens)").c_str());
+        const void* kd = karr ? contiguous(*karr, hk) : nullptr;
+        OutBuffer out = OutBuffer::make({size_t(batch), size_t(s_q), size_t(h_q), size_t(mla::kLatentDim)}, qt);
+        OutBuffer lse = OutBuffer::make({size_t(batch), size_t(h_q), size_t(s_q)}, mla::DType::f32);
+        c.out = out.mem.get();
+        c.lse = lse.as<float>();
+        try {
+          nb::gil_scoped_release unlocked;
+          std::lock_guard<std::mutex> lock(decode_mutex());
+          if (lc) {
+            glue::run_group(c, lc->cache, 0);
+          } else {
+            glue::run_array(c, kt, kd, num_blocks, block_size);
+          }
+        } catch (const mla::Error& e) {
+          throw nb::value_error(flashmla_names(e.what()).c_str());
+        }
+        return nb::make_tuple(out.release(framework), lse.release(framework));
+      },
+      "q"_a, "q_bf16_bits"_a, "k_cache"_a, "k_bf16_bits"_a, "block_table"_a, "cache_seqlens"_a,
+      "q_lens"_a.none(), "softmax_scale"_a, "causal"_a, "threads"_a, "framework"_a);
+
+  // The planner (FlashMLA's get_mla_metadata): a pure function of the lengths, heads and workers.
+  m.def(
+      "make_plan",
+      [](const Array& seq_lens, std::optional<Array> q_lens, int q_len, int heads, int threads) {
+        require_int32(seq_lens, "cache_seqlens");
+        require_shape(seq_lens, "cache_seqlens", {-1});
+        std::vector<uint8_t> hs, hl;
+        const auto* sl = static_cast<const int32_t*>(contiguous(seq_lens, hs));
+        const int32_t* ql = nullptr;
+        if (q_lens) {
+          require_int32(*q_lens, "q_lens");
+          require_shape(*q_lens, "q_lens", {int64_t(seq_lens.shape(0))});
+          ql = static_cast<const int32_t*>(contiguous(*q_lens, hl));
+        }
+        if (threads < 0)
+          throw nb::value_error(("threads = " + std::to_string(threads) + " is negative").c_str());
+        const int workers = threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
+        const mla::Plan p = mla::make_plan(mla::PlanInput{
+            .batch = int(seq_lens.shape(0)), .seq_lens = sl, .q_lens = ql, .q_len = q_len,
+            .num_heads = heads, .num_workers = workers, .kv_tile = mla::kKvTile});
+        std::vector<int32_t> items;
+        for (const mla::WorkItem& it : p.items)
+          for (int32_t v : {it.seq, it.head_begin, it.head_end, it.kv_begin, it.kv_end, it.partial})
+            items.push_back(v);
+        // num_splits as FlashMLA returns it: [batch + 1] prefix sums of the pieces per sequence.
+        std::vector<int32_t> splits(seq_lens.shape(0) + 1, 0);
+        for (const mla::WorkItem& it : p.items) splits[it.seq + 1] += 1;
+        for (size_t i = 1; i < splits.size(); ++i) splits[i] += splits[i - 1];
+        nb::dict d;
+        d["num_workers"] = p.num_workers;
+        d["worker_offsets"] = numpy_copy(p.worker_offsets.data(), {p.worker_offsets.size()});
+        d["items"] = numpy_copy(items.data(), {p.items.size(), size_t(6)});
+        d["num_partials"] = p.num_partials;
+        d["num_splits"] = numpy_copy(splits.data(), {splits.size()});
+        return d;
+      },
+      "cache_seqlens"_a, "q_lens"_a.none(), "q_len"_a, "num_heads"_a, "threads"_a);
+
+  // The C++ call's own time, for the overhead benchmark: `iters` decodes of the same inputs from
+  // C++, mean seconds per call (no Python in the loop).
+  m.def(
+      "time_decode_cpp",
+      [](const Array& q, nb::object k, const Array& block_table, const Array& seq_lens, float scale,
+         int threads, int iters) {
+        LatentCache* lc = nb::cast<LatentCache*>(k);
+        const int batch = int(q.shape(0)), s_q = int(q.shape(1)), h = int(q.shape(2));
+        const mla::DType qt = float_type(q, true, "q");
+        std::vector<float> o(size_t(batch) * s_q * h * mla::kLatentDim), lse(size_t(batch) * s_q * h);
+        const mla::DecodeParams p{.batch = batch, .q_len = s_q, .num_heads = h, .softmax_scale = scale,
+                                  .causal = false, .seq_lens = static_cast<const int32_t*>(seq_lens.data()),
+                                  .block_table = static_cast<const int32_t*>(block_table.data()),
+                                  .max_blocks_per_seq = int(block_table.shape(1))};
+        nb::gil_scoped_release unlocked;
+        std::lock_guard<std::mutex> lock(decode_mutex());
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < iters; ++i)
+          mla::decode(p, qt, q.data(), lc->cache, mla::DecodeOptions{.threads = threads}, o.data(), lse.data());
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+      },
+      "q"_a, "cache"_a, "block_table"_a, "cache_seqlens"_a, "softmax_scale"_a, "threads"_a, "iters"_a);
+
+  nb::class_<LatentCache>(m, "LatentCache")
+      .def(nb::init<int64_t, int, const std::string&, const std::string&, uint64_t>(),
+           "num_blocks"_a, "block_size"_a, "dtype"_a, "scale"_a, "shuffle_seed"_a)
+      .def_prop_ro("num_blocks", [](const LatentCache& c) { return c.cache.num_blocks(); })
+      .def_prop_ro("block_size", [](const LatentCache& c) { return c.cache.block_size(); })
+      .def_prop_ro("dtype", [](const LatentCache& c) { return std::string(mla::kv_dtype_name(c.cache.dtype())); })
+      .def_prop_ro("scale", [](const LatentCache& c) { return std::string(mla::kv_scale_name(c.cache.scale_mode())); })
+      .def_prop_ro("free_blocks", [](const LatentCache& c) { return c.alloc.free_blocks(); })
+      .def("add_sequence", [](LatentCache& c) { return c.alloc.add_sequence(); })
+      .def("free", [](LatentCache& c, int seq) { c.alloc.free(seq); }, "seq"_a)
+      .def("seq_len", [](const LatentCache& c, int seq) { return c.alloc.seq_len(seq); }, "seq"_a)
+      .def(
+          "append",
+          [](LatentCache& c, int seq, const Array& tokens, bool bf16_bits) {
+            const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
+            c.require_writable();
+            (void)c.alloc.seq_len(seq);  // an unknown sequence is refused before anything changes
+            const std::vector<int64_t> slots = c.alloc.append(seq, int(tokens.shape(0)));
+            c.write_rows(slots.data(), f, slots.size());
+            return numpy_copy(slots.data(), {slots.size()});
+          },
+          "seq"_a, "tokens"_a, "bf16_bits"_a)
+      .def(
+          "write",
+          [](LatentCache& c, const Array& slots, const Array& tokens, bool bf16_bits) {
+            const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
+            const nb::dlpack::dtype t = slots.dtype();
+            if (!(t.code == kInt && t.bits == 64 && t.lanes == 1))
+              throw nb::type_error(("slot_mapping has dtype " + dtype_str(t) + "; expected int64").c_str());
+            require_shape(slots, "slot_mapping", {int64_t(tokens.shape(0))});
+            c.require_writable();
+            std::vector<uint8_t> hold;
+            c.write_rows(static_cast<const int64_t*>(contiguous(slots, hold)), f, tokens.shape(0));
+          },
+          "slot_mapping"_a, "tokens"_a, "bf16_bits"_a)
+      .def(
+          "slot_mapping",
+          [](const LatentCache& c, int seq, const std::vector<int>& positions) {
+            std::vector<int64_t> s;
+            for (int pos : positions) {
+              MLA_CHECK(pos >= 0 && pos < c.alloc.seq_len(seq),
+                        "position " << pos << " is outside sequence " << seq << " of "
+                                    << c.alloc.seq_len(seq) << " tokens");
+              s.push_back(c.alloc.slot(seq, pos));
+            }
+            return numpy_copy(s.data(), {s.size()});
+          },
+          "seq"_a, "positions"_a)
+      .def(
+          "block_table",
+          [](const LatentCache& c, const std::vector<int>& seqs, int min_blocks) {
+            int mb = 0;
+            std::vector<int32_t> t = c.alloc.block_table_array(seqs, &mb);
+            mb = std::max(mb, 1);
+            const int cols = std::max(mb, min_blocks);
+            std::vector<int32_t> out(seqs.size() * size_t(cols), -1);
+            for (size_t i = 0; i < seqs.size(); ++i)
+              for (int j = 0; j < mb && size_t(j) < c.alloc.block_table(seqs[i]).size(); ++j)
+                out[i * cols + j] = c.alloc.block_table(seqs[i])[j];
+            (void)t;
+            return numpy_copy(out.data(), {seqs.size(), size_t(cols)});
+          },
+          "seqs"_a, "min_blocks"_a)
+      .def(
+          "seq_lens",
+          [](const LatentCache& c, const std::vector<int>& seqs) {
+            std::vector<int32_t> v;
+            for (int s : seqs) v.push_back(c.alloc.seq_len(s));
+            return numpy_copy(v.data(), {v.size()});
+          },
+          "seqs"_a)
+      .def("set_tensor_scale", [](LatentCache& c, float s) { c.cache.set_tensor_scale(s); c.static_scale = true; }, "scale"_a)
+      .def(
+          "set_channel_scales",
+          [](LatentCache& c, nb::ndarray<nb::ro, nb::device::cpu, float, nb::shape<mla::kLatentDim>, nb::c_contig> s) {
+            c.cache.set_channel_scales(s.data());
+            c.static_scale = true;
+          },
+          "scales"_a)
+      .def(
+          "calibrate",
+          [](LatentCache& c, const Array& tokens, bool bf16_bits) {
+            // Scales from these tokens (max|latent| / 127), as if they filled slots 0..n-1.
+            const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
+            std::vector<int64_t> slots(tokens.shape(0));
+            for (size_t i = 0; i < slots.size(); ++i) slots[i] = int64_t(i);
+            c.cache.calibrate(f.data(), slots);
+            c.static_scale = c.cache.scale_mode() != mla::KvScale::token;
+          },
+          "tokens"_a, "bf16_bits"_a)
+      .def(
+          "export_array",
+          [](const LatentCache& c) {
+            OutBuffer b = OutBuffer::make({size_t(c.cache.num_blocks()), size_t(c.cache.block_size()),
+                                           size_t(mla::kQkDim)}, mla::DType::f32);
+            c.cache.export_f32(b.as<float>());
+            return b.release(0);
+          })
+      .def(
+          "import_array",
+          [](LatentCache& c, const Array& kv, bool bf16_bits) {
+            const mla::DType ty = float_type(kv, bf16_bits, "kv");
+            require_shape(kv, "kv", {c.cache.num_blocks(), c.cache.block_size(), mla::kQkDim});
+            c.require_writable();
+            std::vector<uint8_t> hold;
+            const void* d = contiguous(kv, hold);
+            std::vector<float> f(kv.size());
+            for (size_t i = 0; i < f.size(); ++i) f[i] = mla::load_f32(ty, d, int64_t(i));
+            c.cache.import_f32(f.data());
+          },
+          "kv"_a, "bf16_bits"_a)
+      .def(
+          "export_int8",
+          [](const LatentCache& c) {
+            MLA_CHECK(c.cache.dtype() == mla::KvDType::int8,
+                      "export_int8: the cache is " << mla::kv_dtype_name(c.cache.dtype()) << ", not int8");
+            const mla::Int8CacheContent x = c.cache.export_int8();
+            const size_t nb_ = size_t(c.cache.num_blocks()), bs = size_t(c.cache.block_size());
+            nb::dict d;
+            d["latent"] = numpy_copy(x.latent.data(), {nb_, bs, size_t(mla::kLatentDim)});
+            d["rope"] = numpy_copy(x.rope.data(), {nb_, bs, size_t(mla::kRopeDim)});
+            d["token_scale"] = x.token_scale.empty() ? nb::none() : numpy_copy(x.token_scale.data(), {nb_, bs});
+            d["tensor_scale"] = c.cache.scale_mode() == mla::KvScale::tensor ? nb::cast(x.tensor_scale) : nb::none();
+            d["channel_scale"] = x.channel_scale.empty() ? nb::none()
+                                                         : numpy_copy(x.channel_scale.data(), {x.channel_scale.size()});
+            return d;
+          })
+      .def(
+          "import_int8",
+          [](LatentCache& c, nb::ndarray<nb::ro, nb::device::cpu, int8_t, nb::c_contig> latent,
+             nb::ndarray<nb::ro, nb::device::cpu, uint16_t, nb::c_contig> rope,
+             std::optional<nb::ndarray<nb::ro, nb::device::cpu, float, nb::c_contig>> token_scale,
+             std::optional<float> tensor_scale,
+             std::optional<nb::ndarray<nb::ro, nb::device::cpu, float, nb::c_contig>> channel_scale) {
+            MLA_CHECK(c.cache.dtype() == mla::KvDType::int8,
+                      "import_int8: the cache is " << mla::kv_dtype_name(c.cache.dtype()) << ", not int8");
+            const size_t slots = size_t(c.cache.num_slots());
+            MLA_CHECK(latent.size() == slots * mla::kLatentDim,
+                      "latent has " << latent.size() << " values; expected " << slots << " x 512");
+            MLA_CHECK(rope.size() == slots * mla::kRopeDim,
+                      "rope has " << rope.size() << " values; expected " << slots << " x 64");
+            mla::Int8CacheContent x;
+            x.latent.assign(latent.data(), latent.data() + latent.size());
+            x.rope.assign(rope.data(), rope.data() + rope.size());
+            if (token_scale) x.token_scale.assign(token_scale->data(), token_scale->data() + token_scale->size());
+            if (tensor_scale) x.tensor_scale = *tensor_scale;
+            if (channel_scale) x.channel_scale.assign(channel_scale->data(), channel_scale->data() + channel_scale->size());
+            c.cache.import_int8(x);
+            c.static_scale = c.cache.scale_mode() != mla::KvScale::token;
+          },
+          "latent"_a, "rope"_a, "token_scale"_a.none(), "tensor_scale"_a.none(), "channel_scale"_a.none());
+}
