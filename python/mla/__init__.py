@@ -328,6 +328,13 @@ class LatentCache:
         t, bits = _as_input(tokens, "tokens")
         self._c.calibrate(t, bits)
 
+    def query_values(self, q: Any) -> np.ndarray:
+        """The query values the kernels compute with for this cache, float32 [..., 576]: q itself
+        for bf16 / fp16 caches (rounded by the caller), for int8 the latent quantized per row as
+        the kernels do (a reference on these values sees exactly what the kernels saw)."""
+        a = np.ascontiguousarray(np.asarray(q, dtype=np.float32))
+        return self._c.query_values(a.reshape(-1, _HEAD_DIM)).reshape(a.shape)
+
     def export_array(self) -> np.ndarray:
         """The content as the kernels see it, float32 [num_blocks, block_size, 576]."""
         return self._c.export_array()

@@ -562,6 +562,16 @@ NB_MODULE(_mla, m) {
           },
           "tokens"_a, "bf16_bits"_a)
       .def(
+          "query_values",
+          [](const LatentCache& c, nb::ndarray<nb::ro, nb::device::cpu, float, nb::c_contig> q) {
+            // The query as the kernels compute with it (int8: the latent quantized per row).
+            MLA_CHECK(q.size() % mla::kQkDim == 0, "q has " << q.size() << " values, not rows of 576");
+            OutBuffer b = OutBuffer::make({q.size() / mla::kQkDim, size_t(mla::kQkDim)}, mla::DType::f32);
+            mla::kernel_query_values(c.cache, int64_t(q.size() / mla::kQkDim), q.data(), b.as<float>());
+            return b.release(0);
+          },
+          "q"_a)
+      .def(
           "export_array",
           [](const LatentCache& c) {
             OutBuffer b = OutBuffer::make({size_t(c.cache.num_blocks()), size_t(c.cache.block_size()),
