@@ -52,7 +52,11 @@ def _as_input(x: Any, name: str) -> Tuple[Any, bool]:
             raise ValueError(f"{name} is on device {x.device}; expected a CPU tensor")
         return x.detach(), False
     if hasattr(x, "__dlpack__") or hasattr(x, "__array_interface__"):
-        return x, False
+        try:  # zero-copy for DLPack; a NumPy array, so its dtype is known here
+            a = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+        except (TypeError, BufferError, RuntimeError, ValueError) as e:
+            raise TypeError(f"{name}: cannot read this {type(x).__name__} ({e})") from None
+        return _as_input(a, name)
     raise TypeError(f"{name} is a {type(x).__name__}; expected a NumPy array, a torch tensor or a DLPack producer")
 
 
@@ -251,10 +255,22 @@ def flash_mla_with_kvcache(
         if len(q.shape) != 4:
             raise ValueError(f"q.shape = {tuple(q.shape)}; expected (batch, seq_len_q, num_heads_q, 576)")
         _check_schedule(sched, q.shape, block_size, h_k, causal, sl)
-    out, lse = _mla.decode(qa, q_bits, ka, k_bits, bt, sl, ql, float(softmax_scale), causal, threads,
-                           1 if torch_out else 0)
-    if q_bits:
-        out = out.view(_BF16)
+    shape = getattr(q, "shape", None)
+    if shape is None or len(shape) != 4:
+        raise ValueError(f"q.shape = {None if shape is None else tuple(shape)}; "
+                         "expected (batch, seq_len_q, num_heads_q, 576)")
+    b, s_q, h_q = int(shape[0]), int(shape[1]), int(shape[2])
+    if torch_out:
+        import torch
+
+        out = torch.empty((b, s_q, h_q, _HEAD_DIM_V), dtype=q.dtype)
+        lse = torch.empty((b, h_q, s_q), dtype=torch.float32)
+        out_arg = out
+    else:
+        out = np.empty((b, s_q, h_q, _HEAD_DIM_V), dtype=_BF16 if q_bits else qa.dtype)
+        lse = np.empty((b, h_q, s_q), dtype=np.float32)
+        out_arg = out.view(np.uint16) if q_bits else out
+    _mla.decode(qa, q_bits, ka, k_bits, bt, sl, ql, float(softmax_scale), causal, threads, out_arg, lse)
     return out, lse
 
 

@@ -116,8 +116,7 @@ const void* contiguous(const Array& a, std::vector<uint8_t>& hold) {
   return hold.data();
 }
 
-// A new array owned by a capsule; framework 1 returns a PyTorch tensor, otherwise NumPy (bf16
-// as uint16 bits, which the Python layer views as ml_dtypes.bfloat16).
+// A new NumPy array owned by a capsule.
 struct OutBuffer {
   std::unique_ptr<uint8_t[]> mem;
   std::vector<size_t> shape;
@@ -128,25 +127,28 @@ struct OutBuffer {
     return {std::unique_ptr<uint8_t[]>(new uint8_t[n * mla::dtype_size(t) + 1]), std::move(shape), t};
   }
   template <class T> T* as() { return reinterpret_cast<T*>(mem.get()); }
-  nb::object release(int framework) {
+  nb::object release() {
     uint8_t* p = mem.release();
     nb::capsule owner(p, [](void* q) noexcept { delete[] static_cast<uint8_t*>(q); });
     nb::dlpack::dtype dt;
     dt.lanes = 1;
     dt.bits = uint8_t(mla::dtype_size(type) * 8);
     dt.code = type == mla::DType::f32 || type == mla::DType::f16 ? kFloat
-              : type == mla::DType::bf16 && framework == 1 ? kBfloat : kUInt;
-    if (framework == 1)
-      return nb::cast(nb::ndarray<nb::pytorch>(p, shape.size(), shape.data(), owner, nullptr, dt));
+              : kUInt;
     return nb::cast(nb::ndarray<nb::numpy>(p, shape.size(), shape.data(), owner, nullptr, dt));
   }
 };
 
-void store(mla::DType t, void* dst, int64_t i, float v) {
-  switch (t) {
-    case mla::DType::f32: static_cast<float*>(dst)[i] = v; break;
-    case mla::DType::f16: static_cast<uint16_t*>(dst)[i] = mla::f32_to_f16(v); break;
-    default: static_cast<uint16_t*>(dst)[i] = mla::f32_to_bf16(v); break;
+// n floats into dst[i0 ..] of type t (f32, f16 or bf16).
+void store_row(mla::DType t, void* dst, int64_t i0, const float* v, int n) {
+  if (t == mla::DType::f32) {
+    std::memcpy(static_cast<float*>(dst) + i0, v, size_t(n) * sizeof(float));
+  } else if (t == mla::DType::f16) {
+    uint16_t* d = static_cast<uint16_t*>(dst) + i0;
+    for (int k = 0; k < n; ++k) d[k] = mla::f32_to_f16(v[k]);
+  } else {
+    uint16_t* d = static_cast<uint16_t*>(dst) + i0;
+    for (int k = 0; k < n; ++k) d[k] = mla::f32_to_bf16(v[k]);
   }
 }
 
@@ -219,8 +221,7 @@ void run_group(const Call& c, const mla::PagedLatentCache& cache, int g) {
         c.lse[(int64_t(b) * c.h_q + hq) * c.s_q + i] = l == -inf ? inf : l;
         if (direct) continue;
         const int64_t dst = ((int64_t(b) * c.s_q + i) * c.h_q + hq) * mla::kLatentDim;
-        for (int d = 0; d < mla::kLatentDim; ++d)
-          store(c.out_type, c.out, dst + d, o[r * mla::kLatentDim + d]);
+        store_row(c.out_type, c.out, dst, o.data() + r * mla::kLatentDim, mla::kLatentDim);
       }
 }
 
@@ -326,7 +327,7 @@ NB_MODULE(_mla, m) {
       "decode",
       [](const Array& q, bool q_bf16_bits, nb::object k, bool k_bf16_bits, const Array& block_table,
          const Array& seq_lens, std::optional<Array> q_lens, float scale, bool causal, int threads,
-         int framework) {
+         nb::ndarray<nb::device::cpu, nb::c_contig> out, nb::ndarray<nb::device::cpu, float, nb::c_contig> lse) {
         const mla::DType qt = float_type(q, q_bf16_bits, "q");
         if (q.ndim() != 4 || q.shape(3) != size_t(mla::kQkDim))
           throw nb::value_error(("q.shape = " + shape_str(q) +
@@ -390,10 +391,19 @@ NB_MODULE(_mla, m) {
                                    std::to_string(c.q_lens ? c.q_lens[b] : s_q) +
                                    " query tokens (a non-empty sequence holds its new tokens)").c_str());
         const void* kd = karr ? contiguous(*karr, hk) : nullptr;
-        OutBuffer out = OutBuffer::make({size_t(batch), size_t(s_q), size_t(h_q), size_t(mla::kLatentDim)}, qt);
-        OutBuffer lse = OutBuffer::make({size_t(batch), size_t(h_q), size_t(s_q)}, mla::DType::f32);
-        c.out = out.mem.get();
-        c.lse = lse.as<float>();
+        // out and lse come from the Python layer (allocating there is cheaper than exporting new
+        // arrays from here): out [b, s_q, h_q, 512] of q's type, lse [b, h_q, s_q] float32.
+        const auto same = [](auto& a, std::initializer_list<size_t> want) {
+          size_t i = 0;
+          for (size_t w : want) if (a.ndim() <= i || a.shape(i++) != w) return false;
+          return a.ndim() == want.size();
+        };
+        if (!same(out, {size_t(batch), size_t(s_q), size_t(h_q), size_t(mla::kLatentDim)}) ||
+            out.itemsize() != mla::dtype_size(qt) ||
+            !same(lse, {size_t(batch), size_t(h_q), size_t(s_q)}))
+          throw nb::value_error("out / lse buffers do not match q (internal to mla/__init__.py)");
+        c.out = out.data();
+        c.lse = lse.data();
         try {
           nb::gil_scoped_release unlocked;
           std::lock_guard<std::mutex> lock(decode_mutex());
@@ -405,10 +415,10 @@ NB_MODULE(_mla, m) {
         } catch (const mla::Error& e) {
           throw nb::value_error(flashmla_names(e.what()).c_str());
         }
-        return nb::make_tuple(out.release(framework), lse.release(framework));
+
       },
       "q"_a, "q_bf16_bits"_a, "k_cache"_a, "k_bf16_bits"_a, "block_table"_a, "cache_seqlens"_a,
-      "q_lens"_a.none(), "softmax_scale"_a, "causal"_a, "threads"_a, "framework"_a);
+      "q_lens"_a.none(), "softmax_scale"_a, "causal"_a, "threads"_a, "out"_a, "lse"_a);
 
   // The planner (FlashMLA's get_mla_metadata): a pure function of the lengths, heads and workers.
   m.def(
@@ -568,7 +578,7 @@ NB_MODULE(_mla, m) {
             MLA_CHECK(q.size() % mla::kQkDim == 0, "q has " << q.size() << " values, not rows of 576");
             OutBuffer b = OutBuffer::make({q.size() / mla::kQkDim, size_t(mla::kQkDim)}, mla::DType::f32);
             mla::kernel_query_values(c.cache, int64_t(q.size() / mla::kQkDim), q.data(), b.as<float>());
-            return b.release(0);
+            return b.release();
           },
           "q"_a)
       .def(
@@ -577,7 +587,7 @@ NB_MODULE(_mla, m) {
             OutBuffer b = OutBuffer::make({size_t(c.cache.num_blocks()), size_t(c.cache.block_size()),
                                            size_t(mla::kQkDim)}, mla::DType::f32);
             c.cache.export_f32(b.as<float>());
-            return b.release(0);
+            return b.release();
           })
       .def(
           "import_array",
