@@ -93,6 +93,7 @@ class FlashMLASchedMeta:
     num_q_tokens_per_head_k: Optional[int] = None
     num_heads_k: Optional[int] = None
     num_heads_q: Optional[int] = None
+    _key: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def get_mla_metadata(
@@ -228,38 +229,38 @@ def flash_mla_with_kvcache(
     if head_dim_v != _HEAD_DIM_V:
         raise ValueError(f"head_dim_v = {head_dim_v!r}; expected 512")
     sched = tile_scheduler_metadata
-    if sched is not None and not isinstance(sched, FlashMLASchedMeta):
+    if sched is not None and type(sched) is not FlashMLASchedMeta:
         raise TypeError(
             f"tile_scheduler_metadata is a {type(sched).__name__}; expected the FlashMLASchedMeta that "
             "mla.get_mla_metadata returns")
     if threads is None:
         threads = sched.threads if sched is not None else 0
-    elif not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+    elif type(threads) is not int or threads < 0:
         raise ValueError(f"threads = {threads!r}; expected an int >= 0")
     torch_out = _is_torch(q)
     qa, q_bits = _as_input(q, "q")
-    if isinstance(k_cache, LatentCache):
-        ka, k_bits, h_k, block_size = k_cache._c, False, 1, k_cache.block_size
+    if type(k_cache) is LatentCache:
+        ka, k_bits, h_k, block_size = k_cache._c, False, 1, k_cache._c.block_size
     else:
         ka, k_bits = _as_input(k_cache, "k_cache")
-        shape = getattr(ka, "shape", ())
+        shape = ka.shape
         h_k = int(shape[2]) if len(shape) == 4 else 1
         block_size = int(shape[1]) if len(shape) == 4 else 0
-    bt, _ = _as_input(block_table, "block_table")
-    sl, _ = _as_input(cache_seqlens, "cache_seqlens")
+    bt = block_table if type(block_table) is np.ndarray else _as_input(block_table, "block_table")[0]
+    sl = cache_seqlens if type(cache_seqlens) is np.ndarray else _as_input(cache_seqlens, "cache_seqlens")[0]
     ql = None if q_lens is None else _as_input(q_lens, "q_lens")[0]
     causal = bool(causal)
+    shape = qa.shape
+    if len(shape) != 4:
+        raise ValueError(f"q.shape = {tuple(shape)}; expected (batch, seq_len_q, num_heads_q, 576)")
     if softmax_scale is None:
-        softmax_scale = getattr(q, "shape", (_HEAD_DIM,))[-1] ** (-0.5)
-    if sched is not None:
-        if len(q.shape) != 4:
-            raise ValueError(f"q.shape = {tuple(q.shape)}; expected (batch, seq_len_q, num_heads_q, 576)")
-        _check_schedule(sched, q.shape, block_size, h_k, causal, sl)
-    shape = getattr(q, "shape", None)
-    if shape is None or len(shape) != 4:
-        raise ValueError(f"q.shape = {None if shape is None else tuple(shape)}; "
-                         "expected (batch, seq_len_q, num_heads_q, 576)")
+        softmax_scale = shape[3] ** (-0.5)
     b, s_q, h_q = int(shape[0]), int(shape[1]), int(shape[2])
+    if sched is not None:
+        key = (b, s_q, h_q, block_size, h_k, causal)
+        if sched._key != key:
+            _check_schedule(sched, shape, block_size, h_k, causal, sl)
+            sched._key = key
     if torch_out:
         import torch
 

@@ -15,6 +15,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -37,11 +38,105 @@ using namespace nb::literals;
 
 namespace {
 
-using Array = nb::ndarray<nb::ro, nb::device::cpu>;
 constexpr uint8_t kFloat = uint8_t(nb::dlpack::dtype_code::Float);
 constexpr uint8_t kInt = uint8_t(nb::dlpack::dtype_code::Int);
 constexpr uint8_t kUInt = uint8_t(nb::dlpack::dtype_code::UInt);
 constexpr uint8_t kBfloat = uint8_t(nb::dlpack::dtype_code::Bfloat);
+
+// A CPU array argument: through the buffer protocol when the object has it (NumPy: a fraction
+// of a microsecond), otherwise through DLPack (PyTorch, other producers: about a microsecond
+// each, a Python method call and a capsule). Strides in elements, as nb::ndarray's.
+class Array {
+ public:
+  Array() = default;
+  Array(nb::handle h, const char* arg, bool writable = false) {
+    if (PyObject_CheckBuffer(h.ptr()) &&
+        PyObject_GetBuffer(h.ptr(), &buf_, writable ? PyBUF_RECORDS : PyBUF_RECORDS_RO) == 0) {
+      have_buf_ = true;
+      if (from_buffer()) return;
+      PyBuffer_Release(&buf_);
+      have_buf_ = false;
+    }
+    PyErr_Clear();
+    bool ok = writable ? nb::try_cast(h, rw_) : nb::try_cast(h, ro_);
+    if (!ok)
+      throw nb::type_error((std::string(arg) + " is a " + nb::type_name(h.type()).c_str() +
+                            (writable ? "; expected a writable CPU array" : "; expected a CPU array "
+                             "(NumPy, torch or another DLPack producer)")).c_str());
+    const auto take = [&](auto& a) {
+      data_ = const_cast<void*>(static_cast<const void*>(a.data()));
+      ndim_ = a.ndim();
+      dtype_ = a.dtype();
+      for (size_t i = 0; i < ndim_ && i < kMaxDim; ++i) {
+        shape_[i] = a.shape(i);
+        stride_[i] = a.stride(i);
+      }
+    };
+    if (writable) take(rw_); else take(ro_);
+    if (ndim_ > kMaxDim)
+      throw nb::value_error((std::string(arg) + " has " + std::to_string(ndim_) + " dimensions").c_str());
+  }
+  Array(const Array&) = delete;
+  Array& operator=(const Array&) = delete;
+  Array(Array&& o) noexcept { *this = std::move(o); }
+  Array& operator=(Array&& o) noexcept {
+    std::swap(buf_, o.buf_);
+    std::swap(have_buf_, o.have_buf_);
+    ro_ = std::move(o.ro_);
+    rw_ = std::move(o.rw_);
+    data_ = o.data_; ndim_ = o.ndim_; dtype_ = o.dtype_; shape_ = o.shape_; stride_ = o.stride_;
+    return *this;
+  }
+  ~Array() { if (have_buf_) PyBuffer_Release(&buf_); }
+
+  size_t ndim() const { return ndim_; }
+  size_t shape(size_t i) const { return shape_[i]; }
+  int64_t stride(size_t i) const { return stride_[i]; }
+  nb::dlpack::dtype dtype() const { return dtype_; }
+  size_t itemsize() const { return dtype_.bits / 8; }
+  size_t size() const {
+    size_t n = 1;
+    for (size_t i = 0; i < ndim_; ++i) n *= shape_[i];
+    return n;
+  }
+  const void* data() const { return data_; }
+  void* mutable_data() const { return data_; }
+
+ private:
+  static constexpr size_t kMaxDim = 8;
+  // The buffer's format as a DLPack dtype; false for what DLPack cannot say (big-endian,
+  // structured, odd strides), which then goes the DLPack way.
+  bool from_buffer() {
+    const char* f = buf_.format ? buf_.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') ++f;
+    if (f[0] == 0 || f[1] != 0 || buf_.ndim > int(kMaxDim) || buf_.itemsize <= 0) return false;
+    uint8_t code;
+    switch (*f) {
+      case 'e': case 'f': case 'd': code = kFloat; break;
+      case 'b': case 'h': case 'i': case 'l': case 'q': code = kInt; break;
+      case 'B': case 'H': case 'I': case 'L': case 'Q': code = kUInt; break;
+      default: return false;
+    }
+    dtype_ = nb::dlpack::dtype{code, uint8_t(buf_.itemsize * 8), 1};
+    data_ = buf_.buf;
+    ndim_ = size_t(buf_.ndim);
+    for (size_t i = 0; i < ndim_; ++i) {
+      shape_[i] = size_t(buf_.shape[i]);
+      if (buf_.strides[i] % buf_.itemsize) return false;
+      stride_[i] = buf_.strides[i] / buf_.itemsize;
+    }
+    return true;
+  }
+  Py_buffer buf_{};
+  bool have_buf_ = false;
+  nb::ndarray<nb::ro, nb::device::cpu> ro_;
+  nb::ndarray<nb::device::cpu> rw_;
+  void* data_ = nullptr;
+  size_t ndim_ = 0;
+  nb::dlpack::dtype dtype_{};
+  std::array<size_t, kMaxDim> shape_{};
+  std::array<int64_t, kMaxDim> stride_{};
+};
 
 std::string shape_str(const Array& a) {
   std::string s = "(";
@@ -208,9 +303,11 @@ void run_group(const Call& c, const mla::PagedLatentCache& cache, int g) {
     q = qg.data();
   }
   const bool direct = c.h_kv == 1 && c.out_type == mla::DType::f32;
-  std::vector<float> o(direct ? 0 : rows * mla::kLatentDim), lse(rows);
-  float* op = direct ? static_cast<float*>(c.out) : o.data();
-  mla::decode(p, c.q_type, q, cache, mla::DecodeOptions{.threads = c.threads}, op, lse.data());
+  // Uninitialised on purpose (decode writes every element): zero-filling was a third of a small
+  // call's binding time.
+  std::unique_ptr<float[]> o(direct ? nullptr : new float[rows * mla::kLatentDim]), lse(new float[rows]);
+  float* op = direct ? static_cast<float*>(c.out) : o.get();
+  mla::decode(p, c.q_type, q, cache, mla::DecodeOptions{.threads = c.threads}, op, lse.get());
   const float inf = std::numeric_limits<float>::infinity();
   for (int b = 0; b < c.batch; ++b)
     for (int i = 0; i < c.s_q; ++i)
@@ -221,7 +318,7 @@ void run_group(const Call& c, const mla::PagedLatentCache& cache, int g) {
         c.lse[(int64_t(b) * c.h_q + hq) * c.s_q + i] = l == -inf ? inf : l;
         if (direct) continue;
         const int64_t dst = ((int64_t(b) * c.s_q + i) * c.h_q + hq) * mla::kLatentDim;
-        store_row(c.out_type, c.out, dst, o.data() + r * mla::kLatentDim, mla::kLatentDim);
+        store_row(c.out_type, c.out, dst, o.get() + r * mla::kLatentDim, mla::kLatentDim);
       }
 }
 
@@ -325,9 +422,12 @@ NB_MODULE(_mla, m) {
   // decode(q, k, ...): k is an array [num_blocks, block_size, h_kv, 576] or a LatentCache.
   m.def(
       "decode",
-      [](const Array& q, bool q_bf16_bits, nb::object k, bool k_bf16_bits, const Array& block_table,
-         const Array& seq_lens, std::optional<Array> q_lens, float scale, bool causal, int threads,
-         nb::ndarray<nb::device::cpu, nb::c_contig> out, nb::ndarray<nb::device::cpu, float, nb::c_contig> lse) {
+      [](nb::handle q_, bool q_bf16_bits, nb::handle k, bool k_bf16_bits, nb::handle block_table_,
+         nb::handle seq_lens_, nb::handle q_lens_, float scale, bool causal, int threads, nb::handle out_,
+         nb::handle lse_) {
+        const Array q(q_, "q"), block_table(block_table_, "block_table"), seq_lens(seq_lens_, "cache_seqlens");
+        std::optional<Array> q_lens;
+        if (!q_lens_.is_none()) q_lens.emplace(q_lens_, "q_lens");
         const mla::DType qt = float_type(q, q_bf16_bits, "q");
         if (q.ndim() != 4 || q.shape(3) != size_t(mla::kQkDim))
           throw nb::value_error(("q.shape = " + shape_str(q) +
@@ -353,11 +453,7 @@ NB_MODULE(_mla, m) {
         if (nb::try_cast(k, lc)) {
           block_size = lc->cache.block_size();
         } else {
-          Array ka;
-          if (!nb::try_cast(k, ka))
-            throw nb::type_error(("k_cache is a " + std::string(nb::type_name(k.type()).c_str()) +
-                                  "; expected an array [num_blocks, page_block_size, num_heads_k, 576] "
-                                  "or an mla.LatentCache").c_str());
+          Array ka(k, "k_cache");
           kt = float_type(ka, k_bf16_bits, "k_cache");
           if (kt == mla::DType::f32)
             throw nb::type_error("k_cache has dtype float32; expected bfloat16 or float16 (the cache "
@@ -371,7 +467,7 @@ NB_MODULE(_mla, m) {
           if (h_q % h_kv != 0)
             throw nb::value_error(("num_heads_q = " + std::to_string(h_q) +
                                    " is not a multiple of num_heads_k = " + std::to_string(h_kv)).c_str());
-          karr = ka;
+          karr.emplace(std::move(ka));
         }
         std::vector<uint8_t> hq, hb, hs, hl, hk;
         const void* qd = contiguous(q, hq);
@@ -393,17 +489,25 @@ NB_MODULE(_mla, m) {
         const void* kd = karr ? contiguous(*karr, hk) : nullptr;
         // out and lse come from the Python layer (allocating there is cheaper than exporting new
         // arrays from here): out [b, s_q, h_q, 512] of q's type, lse [b, h_q, s_q] float32.
+        const Array out(out_, "out", true), lse(lse_, "lse", true);
+        const auto contig = [](const Array& a) {
+          int64_t st = 1;
+          for (size_t i = a.ndim(); i-- > 0; st *= int64_t(a.shape(i)))
+            if (a.stride(i) != st) return false;
+          return true;
+        };
         const auto same = [](auto& a, std::initializer_list<size_t> want) {
           size_t i = 0;
           for (size_t w : want) if (a.ndim() <= i || a.shape(i++) != w) return false;
           return a.ndim() == want.size();
         };
         if (!same(out, {size_t(batch), size_t(s_q), size_t(h_q), size_t(mla::kLatentDim)}) ||
-            out.itemsize() != mla::dtype_size(qt) ||
+            out.itemsize() != mla::dtype_size(qt) || !contig(out) || !contig(lse) ||
+            lse.dtype().code != kFloat || lse.itemsize() != 4 ||
             !same(lse, {size_t(batch), size_t(h_q), size_t(s_q)}))
           throw nb::value_error("out / lse buffers do not match q (internal to mla/__init__.py)");
-        c.out = out.data();
-        c.lse = lse.data();
+        c.out = out.mutable_data();
+        c.lse = static_cast<float*>(lse.mutable_data());
         try {
           nb::gil_scoped_release unlocked;
           std::lock_guard<std::mutex> lock(decode_mutex());
@@ -423,7 +527,10 @@ NB_MODULE(_mla, m) {
   // The planner (FlashMLA's get_mla_metadata): a pure function of the lengths, heads and workers.
   m.def(
       "make_plan",
-      [](const Array& seq_lens, std::optional<Array> q_lens, int q_len, int heads, int threads) {
+      [](nb::handle seq_lens_, nb::handle q_lens_, int q_len, int heads, int threads) {
+        const Array seq_lens(seq_lens_, "cache_seqlens");
+        std::optional<Array> q_lens;
+        if (!q_lens_.is_none()) q_lens.emplace(q_lens_, "q_lens");
         require_int32(seq_lens, "cache_seqlens");
         require_shape(seq_lens, "cache_seqlens", {-1});
         std::vector<uint8_t> hs, hl;
@@ -462,8 +569,9 @@ NB_MODULE(_mla, m) {
   // C++, mean seconds per call (no Python in the loop).
   m.def(
       "time_decode_cpp",
-      [](const Array& q, nb::object k, const Array& block_table, const Array& seq_lens, float scale,
+      [](nb::handle q_, nb::object k, nb::handle block_table_, nb::handle seq_lens_, float scale,
          int threads, int iters) {
+        const Array q(q_, "q"), block_table(block_table_, "block_table"), seq_lens(seq_lens_, "cache_seqlens");
         LatentCache* lc = nb::cast<LatentCache*>(k);
         const int batch = int(q.shape(0)), s_q = int(q.shape(1)), h = int(q.shape(2));
         const mla::DType qt = float_type(q, true, "q");
@@ -494,7 +602,8 @@ NB_MODULE(_mla, m) {
       .def("seq_len", [](const LatentCache& c, int seq) { return c.alloc.seq_len(seq); }, "seq"_a)
       .def(
           "append",
-          [](LatentCache& c, int seq, const Array& tokens, bool bf16_bits) {
+          [](LatentCache& c, int seq, nb::handle tokens_, bool bf16_bits) {
+            const Array tokens(tokens_, "tokens");
             const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
             c.require_writable();
             (void)c.alloc.seq_len(seq);  // an unknown sequence is refused before anything changes
@@ -505,7 +614,8 @@ NB_MODULE(_mla, m) {
           "seq"_a, "tokens"_a, "bf16_bits"_a)
       .def(
           "write",
-          [](LatentCache& c, const Array& slots, const Array& tokens, bool bf16_bits) {
+          [](LatentCache& c, nb::handle slots_, nb::handle tokens_, bool bf16_bits) {
+            const Array slots(slots_, "slot_mapping"), tokens(tokens_, "tokens");
             const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
             const nb::dlpack::dtype t = slots.dtype();
             if (!(t.code == kInt && t.bits == 64 && t.lanes == 1))
@@ -562,7 +672,8 @@ NB_MODULE(_mla, m) {
           "scales"_a)
       .def(
           "calibrate",
-          [](LatentCache& c, const Array& tokens, bool bf16_bits) {
+          [](LatentCache& c, nb::handle tokens_, bool bf16_bits) {
+            const Array tokens(tokens_, "tokens");
             // Scales from these tokens (max|latent| / 127), as if they filled slots 0..n-1.
             const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
             std::vector<int64_t> slots(tokens.shape(0));
@@ -591,7 +702,8 @@ NB_MODULE(_mla, m) {
           })
       .def(
           "import_array",
-          [](LatentCache& c, const Array& kv, bool bf16_bits) {
+          [](LatentCache& c, nb::handle kv_, bool bf16_bits) {
+            const Array kv(kv_, "kv");
             const mla::DType ty = float_type(kv, bf16_bits, "kv");
             require_shape(kv, "kv", {c.cache.num_blocks(), c.cache.block_size(), mla::kQkDim});
             c.require_writable();
