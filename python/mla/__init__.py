@@ -10,9 +10,10 @@ as ``q`` (any DLPack producer other than torch gets NumPy arrays). The GIL is re
 kernels run.
 
 Copies: ``q``, ``block_table`` and ``cache_seqlens`` are read in place when C-contiguous (one
-copy otherwise). An array ``k_cache`` is copied once per call (the blocks the sequences use) into
-the library's cache, because the library cannot read caller-owned cache memory yet; an
-:class:`LatentCache` is read in place and is the zero-copy path.
+copy otherwise). An array ``k_cache`` is read in place through its strides when the C++ library
+has cache views (``mla._mla.reads_k_cache_in_place``); built against a library without them it
+is copied once per call (the blocks the sequences use). A :class:`LatentCache` is always read
+in place.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ def flash_mla_with_kvcache(
         k_cache: [num_blocks, page_block_size, h_k, 576] bfloat16 / float16 (h_q a multiple of
             h_k; query heads ``i*h_q/h_k .. (i+1)*h_q/h_k - 1`` attend to kv head i), or an
             :class:`LatentCache` (bf16 / fp16 / int8, h_k = 1). Any page_block_size.
-            An array is copied once per call (the used blocks); a LatentCache is not copied.
+            A LatentCache is not copied; an array is read in place, or copied once per call
+            (the used blocks) where ``mla._mla.reads_k_cache_in_place`` is False.
         block_table: [b, max_blocks] int32; entries past a sequence's length are never read.
         cache_seqlens: [b] int32, tokens per sequence, the s_q new ones included; 0 = padding.
         head_dim_v: 512.

@@ -60,4 +60,6 @@ def decode(q: object, q_bf16_bits: bool, k_cache: object, k_bf16_bits: bool, blo
 
 def make_plan(cache_seqlens: object, q_lens: object | None, q_len: int, num_heads: int, threads: int) -> dict: ...
 
+reads_k_cache_in_place: bool
+
 def time_decode_cpp(q: object, cache: object, block_table: object, cache_seqlens: object, softmax_scale: float, threads: int, iters: int) -> float: ...

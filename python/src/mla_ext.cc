@@ -3,11 +3,11 @@
 // any DLPack producer) and are read in place when C-contiguous; results are new NumPy arrays or
 // PyTorch tensors. The GIL is released while the C++ library runs.
 //
-// Everything that depends on the library's decode API sits in namespace glue below, so switching
-// to a reusable plan handle, a cache view over caller memory and strided o / lse outputs touches
-// that block only. With today's API (mla::decode on a PagedLatentCache it owns, o [B,s_q,H,512]
-// f32, lse [B,s_q,H]) an array k_cache is copied once per call into a cache, and o / lse are
-// converted / transposed into the caller's layout.
+// Everything that depends on the library's decode API sits in namespace glue below. It compiles
+// against either API: with cache views and output strides (MLA_CACHE_VIEW) an array k_cache is
+// read in place and lse written in FlashMLA's layout; without them (mla::decode on a
+// PagedLatentCache that owns its storage, o [B,s_q,H,512] f32, lse [B,s_q,H]) an array k_cache is
+// copied once per call and lse transposed. o is converted to q's type when that is not f32.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -32,6 +32,14 @@
 #include "mla/dtype.h"
 #include "mla/plan.h"
 #include "mla/status.h"
+
+// The library's cache views, output strides and reusable plans (when it has them): an array
+// k_cache is then read in place and lse written in FlashMLA's layout directly.
+#if __has_include("mla/decode_plan.h")
+#define MLA_CACHE_VIEW 1
+#else
+#define MLA_CACHE_VIEW 0
+#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -287,9 +295,10 @@ mla::DecodeParams params_of(const Call& c, int heads) {
 }
 
 // Runs heads [g*hg, (g+1)*hg) of the call against `cache` and writes them into c.out / c.lse.
-void run_group(const Call& c, const mla::PagedLatentCache& cache, int g) {
+template <class Cache>
+void run_group(const Call& c, const Cache& cache, int g) {
   const int hg = c.h_q / c.h_kv;
-  const mla::DecodeParams p = params_of(c, hg);
+  mla::DecodeParams p = params_of(c, hg);
   const int64_t rows = int64_t(c.batch) * c.s_q * hg;
   const size_t qes = mla::dtype_size(c.q_type);
   const void* q = c.q;
@@ -302,31 +311,65 @@ void run_group(const Call& c, const mla::PagedLatentCache& cache, int g) {
                   size_t(hg) * mla::kQkDim * qes);
     q = qg.data();
   }
-  const bool direct = c.h_kv == 1 && c.out_type == mla::DType::f32;
   // Uninitialised on purpose (decode writes every element): zero-filling was a third of a small
   // call's binding time.
-  std::unique_ptr<float[]> o(direct ? nullptr : new float[rows * mla::kLatentDim]), lse(new float[rows]);
-  float* op = direct ? static_cast<float*>(c.out) : o.get();
-  mla::decode(p, c.q_type, q, cache, mla::DecodeOptions{.threads = c.threads}, op, lse.get());
+  std::unique_ptr<float[]> o, lse;
+#if MLA_CACHE_VIEW
+  // o (f32 only) and lse written in place through strides: lse is FlashMLA's [b, h_q, s_q].
+  const bool direct = c.out_type == mla::DType::f32;
+  p.lse_strides = {int64_t(c.h_q) * c.s_q, 1, c.s_q};
+  float* lp = c.lse + int64_t(g) * hg * c.s_q;
+  if (direct) p.o_strides = {int64_t(c.s_q) * c.h_q * mla::kLatentDim, int64_t(c.h_q) * mla::kLatentDim,
+                             mla::kLatentDim};
+  float* op = direct ? static_cast<float*>(c.out) + int64_t(g) * hg * mla::kLatentDim : nullptr;
+#else
+  const bool direct = c.h_kv == 1 && c.out_type == mla::DType::f32;
+  lse.reset(new float[rows]);
+  float* lp = lse.get();
+  float* op = direct ? static_cast<float*>(c.out) : nullptr;
+#endif
+  if (!direct) {
+    o.reset(new float[rows * mla::kLatentDim]);
+    op = o.get();
+  }
+  mla::decode(p, c.q_type, q, cache, mla::DecodeOptions{.threads = c.threads}, op, lp);
   const float inf = std::numeric_limits<float>::infinity();
   for (int b = 0; b < c.batch; ++b)
     for (int i = 0; i < c.s_q; ++i)
       for (int h = 0; h < hg; ++h) {
         const int64_t r = (int64_t(b) * c.s_q + i) * hg + h;
         const int hq = g * hg + h;
-        const float l = lse[r];
-        c.lse[(int64_t(b) * c.h_q + hq) * c.s_q + i] = l == -inf ? inf : l;
+        float& l = c.lse[(int64_t(b) * c.h_q + hq) * c.s_q + i];
+#if MLA_CACHE_VIEW
+        if (l == -inf) l = inf;  // FlashMLA's convention for rows with nothing to attend
+#else
+        l = lse[r] == -inf ? inf : lse[r];
+#endif
         if (direct) continue;
         const int64_t dst = ((int64_t(b) * c.s_q + i) * c.h_q + hq) * mla::kLatentDim;
         store_row(c.out_type, c.out, dst, o.get() + r * mla::kLatentDim, mla::kLatentDim);
       }
 }
 
-// k_cache [num_blocks, block_size, h_kv, 576] bf16/fp16: one cache per kv head, holding a copy
-// of the blocks the sequences use (today's cache owns its storage; unused blocks are not read).
-void run_array(const Call& c, mla::DType k_type, const void* k, int64_t num_blocks, int block_size) {
+// k_cache [num_blocks, block_size, h_kv, 576] bf16/fp16, strides (in elements) s_block, s_token,
+// s_head and 1.
+void run_array(const Call& c, mla::DType k_type, const void* k, int64_t num_blocks, int block_size,
+               int64_t s_block, int64_t s_token, int64_t s_head) {
   const mla::KvDType kt = k_type == mla::DType::f16 ? mla::KvDType::fp16 : mla::KvDType::bf16;
   for (int g = 0; g < c.h_kv; ++g) {
+#if MLA_CACHE_VIEW
+    // A view of kv head g in the caller's memory: nothing is copied.
+    mla::CacheView v;
+    v.format = kt;
+    v.blocks = num_blocks;
+    v.tokens_per_block = block_size;
+    v.kv = static_cast<const uint16_t*>(k) + int64_t(g) * s_head;
+    v.kv_block_stride = s_block;
+    v.kv_token_stride = s_token;
+    run_group(c, v, g);
+#else
+    // The library's cache owns its storage: one per kv head, holding a copy of the blocks the
+    // sequences use (unused blocks are never read, so they are not copied).
     mla::PagedLatentCache cache(mla::CacheConfig{.num_blocks = num_blocks, .block_size = block_size,
                                                  .dtype = kt});
     mla::validate(params_of(c, c.h_q / c.h_kv), cache);  // block ids in range before any read
@@ -336,15 +379,15 @@ void run_array(const Call& c, mla::DType k_type, const void* k, int64_t num_bloc
       for (int j = 0; j < nb_used; ++j) {
         const int64_t blk = c.block_table[int64_t(b) * c.max_blocks + j];
         for (int t = 0; t < block_size; ++t) {
-          const int64_t slot = blk * block_size + t;
-          const auto* src = static_cast<const uint16_t*>(k) + (slot * c.h_kv + g) * mla::kQkDim;
+          const auto* src = static_cast<const uint16_t*>(k) + blk * s_block + t * s_token + g * s_head;
           for (int d = 0; d < mla::kQkDim; ++d)
             tok[d] = kt == mla::KvDType::fp16 ? mla::f16_to_f32(src[d]) : mla::bf16_to_f32(src[d]);
-          cache.write(slot, tok);
+          cache.write(blk * block_size + t, tok);
         }
       }
     }
     run_group(c, cache, g);
+#endif
   }
 }
 
@@ -411,6 +454,7 @@ nb::object numpy_copy(const T* src, std::vector<size_t> shape) {
 
 NB_MODULE(_mla, m) {
   m.doc() = "C++ half of the mla package (see mla/__init__.py).";
+  m.attr("reads_k_cache_in_place") = bool(MLA_CACHE_VIEW);
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
@@ -486,7 +530,21 @@ NB_MODULE(_mla, m) {
                                    std::to_string(c.seq_lens[b]) + " is shorter than its " +
                                    std::to_string(c.q_lens ? c.q_lens[b] : s_q) +
                                    " query tokens (a non-empty sequence holds its new tokens)").c_str());
-        const void* kd = karr ? contiguous(*karr, hk) : nullptr;
+        // k_cache: read through its strides where its rows (576 values) are contiguous, else one
+        // copy first.
+        const void* kd = nullptr;
+        int64_t ks[3] = {0, 0, 0};
+        if (karr) {
+          if (karr->stride(3) == 1) {
+            kd = karr->data();
+            for (int i = 0; i < 3; ++i) ks[i] = karr->stride(i);
+          } else {
+            kd = contiguous(*karr, hk);
+            ks[2] = mla::kQkDim;
+            ks[1] = int64_t(h_kv) * mla::kQkDim;
+            ks[0] = int64_t(block_size) * h_kv * mla::kQkDim;
+          }
+        }
         // out and lse come from the Python layer (allocating there is cheaper than exporting new
         // arrays from here): out [b, s_q, h_q, 512] of q's type, lse [b, h_q, s_q] float32.
         const Array out(out_, "out", true), lse(lse_, "lse", true);
@@ -514,7 +572,7 @@ NB_MODULE(_mla, m) {
           if (lc) {
             glue::run_group(c, lc->cache, 0);
           } else {
-            glue::run_array(c, kt, kd, num_blocks, block_size);
+            glue::run_array(c, kt, kd, num_blocks, block_size, ks[0], ks[1], ks[2]);
           }
         } catch (const mla::Error& e) {
           throw nb::value_error(flashmla_names(e.what()).c_str());
