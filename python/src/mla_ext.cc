@@ -551,7 +551,7 @@ NB_MODULE(_mla, m) {
         const auto contig = [](const Array& a) {
           int64_t st = 1;
           for (size_t i = a.ndim(); i-- > 0; st *= int64_t(a.shape(i)))
-            if (a.stride(i) != st) return false;
+            if (a.shape(i) != 1 && a.stride(i) != st) return false;  // torch: any stride at extent 1
           return true;
         };
         const auto same = [](auto& a, std::initializer_list<size_t> want) {
