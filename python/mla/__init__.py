@@ -286,6 +286,8 @@ class LatentCache:
     calibrated before writing); the rope part stays bf16.
 
     ``shuffle_seed`` != 0 hands out free blocks in a shuffled order (scattered block tables).
+    Writes wait for a decode in progress (decodes release the GIL), so a decode never reads a
+    half-written cache.
     """
 
     def __init__(self, num_blocks: int, block_size: int = 64, dtype: str = "bf16", scale: str = "token",

@@ -665,6 +665,7 @@ NB_MODULE(_mla, m) {
             const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
             c.require_writable();
             (void)c.alloc.seq_len(seq);  // an unknown sequence is refused before anything changes
+            std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             const std::vector<int64_t> slots = c.alloc.append(seq, int(tokens.shape(0)));
             c.write_rows(slots.data(), f, slots.size());
             return numpy_copy(slots.data(), {slots.size()});
@@ -681,6 +682,7 @@ NB_MODULE(_mla, m) {
             require_shape(slots, "slot_mapping", {int64_t(tokens.shape(0))});
             c.require_writable();
             std::vector<uint8_t> hold;
+            std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             c.write_rows(static_cast<const int64_t*>(contiguous(slots, hold)), f, tokens.shape(0));
           },
           "slot_mapping"_a, "tokens"_a, "bf16_bits"_a)
@@ -720,10 +722,15 @@ NB_MODULE(_mla, m) {
             return numpy_copy(v.data(), {v.size()});
           },
           "seqs"_a)
-      .def("set_tensor_scale", [](LatentCache& c, float s) { c.cache.set_tensor_scale(s); c.static_scale = true; }, "scale"_a)
+      .def("set_tensor_scale", [](LatentCache& c, float s) {
+             std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
+             c.cache.set_tensor_scale(s);
+             c.static_scale = true;
+           }, "scale"_a)
       .def(
           "set_channel_scales",
           [](LatentCache& c, nb::ndarray<nb::ro, nb::device::cpu, float, nb::shape<mla::kLatentDim>, nb::c_contig> s) {
+            std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             c.cache.set_channel_scales(s.data());
             c.static_scale = true;
           },
@@ -736,6 +743,7 @@ NB_MODULE(_mla, m) {
             const std::vector<float> f = LatentCache::tokens_f32(tokens, bf16_bits, "tokens");
             std::vector<int64_t> slots(tokens.shape(0));
             for (size_t i = 0; i < slots.size(); ++i) slots[i] = int64_t(i);
+            std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             c.cache.calibrate(f.data(), slots);
             c.static_scale = c.cache.scale_mode() != mla::KvScale::token;
           },
@@ -769,6 +777,7 @@ NB_MODULE(_mla, m) {
             const void* d = contiguous(kv, hold);
             std::vector<float> f(kv.size());
             for (size_t i = 0; i < f.size(); ++i) f[i] = mla::load_f32(ty, d, int64_t(i));
+            std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             c.cache.import_f32(f.data());
           },
           "kv"_a, "bf16_bits"_a)
@@ -808,6 +817,7 @@ NB_MODULE(_mla, m) {
             if (token_scale) x.token_scale.assign(token_scale->data(), token_scale->data() + token_scale->size());
             if (tensor_scale) x.tensor_scale = *tensor_scale;
             if (channel_scale) x.channel_scale.assign(channel_scale->data(), channel_scale->data() + channel_scale->size());
+            std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             c.cache.import_int8(x);
             c.static_scale = c.cache.scale_mode() != mla::KvScale::token;
           },
