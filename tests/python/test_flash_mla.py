@@ -63,16 +63,17 @@ def test_fp16_against_reference(s_q, h_q, h_kv, causal, block_size):
     check_case(case, out, lse)
 
 
-def test_float32_query_gives_float32_output_on_a_bf16_cache():
-    rng, seed = rng_for("f32q")
-    case = make_case(rng, seed, b=2, s_q=2, mean_sk=300, h_q=16, h_kv=1, varlen=False, dtype=BF16, causal=True)
+@pytest.mark.parametrize("dtype", [BF16, np.float16])
+def test_float32_query_gives_float32_output(dtype):
+    rng, seed = rng_for(f"f32q{np.dtype(dtype).name}")
+    case = make_case(rng, seed, b=2, s_q=2, mean_sk=300, h_q=16, h_kv=1, varlen=False, dtype=dtype, causal=True)
     q32 = case.q.astype(np.float32) + 0  # exactly the bf16 values, as float32
     out, lse = mla.flash_mla_with_kvcache(q32, case.k_cache, case.block_table, case.cache_seqlens, 512, None,
                                           causal=True)
     assert out.dtype == np.float32
-    check_case(case, out.astype(BF16), lse)  # the same inputs the bf16 reference sees
-    out_bf, _ = run(case)
-    assert np.abs(out - out_bf.astype(np.float32)).max() <= 2 ** -8 * np.abs(out).max()
+    check_case(case, out.astype(dtype), lse)  # the same inputs the 16-bit reference sees
+    out_bf, _ = run(case)  # the kernel sees the same bf16 query: out is the float32 result rounded
+    assert np.array_equal(out.astype(dtype).view(np.uint16), out_bf.view(np.uint16)), f"seed {seed}"
 
 
 def test_causal_is_ignored_when_s_q_is_1():
