@@ -8,13 +8,13 @@ jobs=$(nproc)
 bash "$root/scripts/build.sh" "$root/build"
 if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
   echo "== Python environment: .venv (pinned packages), pip install ." >&2
-  bash "$root/scripts/venv.sh"
-  export MLA_PYTHON="$root/.venv/bin/python"  # the C++ .npy test exchanges files with its NumPy
+  MLA_PYTHON=$(bash "$root/scripts/venv.sh")  # the C++ .npy test exchanges files with its NumPy
+  export MLA_PYTHON
 fi
 (cd "$root/build" && ctest --output-on-failure -j"$jobs")
 if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
   echo "== Python package tests (tests/python)" >&2
-  MLA_CLI="$root/build/mla" "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests/python"
+  MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"
 fi
 if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== sanitizer build (address, undefined): reference, cache, plan, combine and kernel tests" >&2
