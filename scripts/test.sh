@@ -17,11 +17,11 @@ if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
   MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"
 fi
 if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
-  echo "== sanitizer build (address, undefined): reference, cache, plan, combine and kernel tests" >&2
+  echo "== sanitizer build (address, undefined): reference, cache, plan, combine, decode plan, layout, stage and kernel tests" >&2
   cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_SANITIZE=ON \
     -DMLA_BUILD_BENCH=OFF >/dev/null
   cmake --build "$root/build-asan" -j"$jobs" --target test_reference test_cache test_decode \
-    test_plan test_combine test_npy
+    test_plan test_combine test_npy test_decode_plan test_decode_layout test_stages
   (cd "$root/build-asan" && ctest --output-on-failure -j"$jobs" \
-    -R '^(Reference|Validate|Cache|Int8Cache|BlockAllocator|Registry|Decode|Plan|Combine|Npy)')
+    -R '^(Reference|Validate|Cache|Int8Cache|BlockAllocator|Registry|Decode|Plan|Combine|Npy|Stages)')
 fi
