@@ -10,10 +10,8 @@ as ``q`` (any DLPack producer other than torch gets NumPy arrays). The GIL is re
 kernels run.
 
 Copies: ``q``, ``block_table`` and ``cache_seqlens`` are read in place when C-contiguous (one
-copy otherwise). An array ``k_cache`` is read in place through its strides when the C++ library
-has cache views (``mla._mla.reads_k_cache_in_place``); built against a library without them it
-is copied once per call (the blocks the sequences use). A :class:`LatentCache` is always read
-in place.
+copy otherwise). An array ``k_cache`` is read in place through its strides when its rows of 576
+values are contiguous (copied once otherwise). A :class:`LatentCache` is always read in place.
 """
 
 from __future__ import annotations
@@ -70,10 +68,14 @@ class FlashMLASchedMeta:
     (reuse it across the layers of one decode step, as with FlashMLA). The older form
     ``get_mla_metadata(cache_seqlens, ...)`` fills ``plan`` at once.
 
-    ``plan`` is the project's work split (mla::make_plan): ``num_workers``, ``worker_offsets``,
-    ``items`` [n, 6] (seq, head_begin, head_end, kv_begin, kv_end, partial slot or -1),
-    ``num_partials``, ``num_splits`` [b + 1]. In this version the C++ decode re-plans on each
-    call (the same pure function of the same inputs); ``plan`` shows the split it runs.
+    The schedule holds the project's decode plan (mla::DecodePlan, DESIGN §5): made once, from
+    the first call's (or the older form's) ``cache_seqlens``, and reused by every later call
+    without planning again. A call with other lengths, another batch or other head counts is
+    refused (ValueError naming the difference): make a new schedule for each decode step.
+
+    ``plan`` shows the plan's work split: ``num_workers``, ``worker_offsets``, ``items`` [n, 6]
+    (seq, head_begin, head_end, kv_begin, kv_end, partial slot or -1), ``num_partials``,
+    ``num_splits`` [b + 1].
     """
 
     @dataclasses.dataclass
@@ -95,6 +97,12 @@ class FlashMLASchedMeta:
     num_heads_k: Optional[int] = None
     num_heads_q: Optional[int] = None
     _key: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
+    _sched: Any = dataclasses.field(default=None, repr=False, compare=False)
+    _seqlens: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self._sched is None:
+            self._sched = _mla.Schedule(self.threads)
 
 
 def get_mla_metadata(
@@ -142,7 +150,12 @@ def get_mla_metadata(
                 f"for num_heads_q = {num_heads_q}, num_heads_k = {num_heads_k}")
         s_q = num_q_tokens_per_head_k // heads
     seqlens, _ = _as_input(cache_seqlens, "cache_seqlens")
-    sched.plan = _mla.make_plan(seqlens, None, s_q, heads, threads)
+    sched._sched.make(seqlens, None, s_q, heads, threads)
+    sched.plan = sched._sched.info
+    if num_heads_q is None:
+        # s_q and h_q are not known apart: the plan (rows as heads) gives num_splits now, and the
+        # first call plans again for its s_q and h_q from these lengths.
+        sched._seqlens = np.array(seqlens, dtype=np.int32)
     sched.num_q_tokens_per_head_k = num_q_tokens_per_head_k
     sched.num_heads_k = num_heads_k
     sched.num_heads_q = num_heads_q
@@ -154,7 +167,8 @@ def get_mla_metadata(
     return sched, num_splits
 
 
-def _check_schedule(sched: FlashMLASchedMeta, q_shape, block_size: int, h_k: int, causal: bool, cache_seqlens) -> None:
+def _check_schedule(sched: FlashMLASchedMeta, q_shape, block_size: int, h_k: int, causal: bool, cache_seqlens,
+                    q_lens, threads: int) -> None:
     b, s_q, h_q = int(q_shape[0]), int(q_shape[1]), int(q_shape[2])
     cfg = sched.config
     if cfg is None:
@@ -166,9 +180,15 @@ def _check_schedule(sched: FlashMLASchedMeta, q_shape, block_size: int, h_k: int
             if len(sched.plan["num_splits"]) != b + 1:
                 raise ValueError(
                     f"tile_scheduler_metadata was made for batch {len(sched.plan['num_splits']) - 1}; q has batch {b}")
+            if sched._seqlens is not None:
+                sched._sched.make(sched._seqlens, q_lens, s_q, h_q // h_k, sched.threads)
+                sched.plan = sched._sched.info
+                sched._seqlens = None
         else:
             seqlens, _ = _as_input(cache_seqlens, "cache_seqlens")
-            sched.plan = _mla.make_plan(seqlens, None, s_q, h_q // h_k, sched.threads)
+            sched._sched.make(seqlens, q_lens, s_q, h_q // h_k, threads)  # the first call's threads
+            sched.threads = threads
+            sched.plan = sched._sched.info
         sched.config = FlashMLASchedMeta.Config(b, s_q, h_q, block_size, h_k, causal)
         sched.have_initialized = True
         return
@@ -203,19 +223,23 @@ def flash_mla_with_kvcache(
         k_cache: [num_blocks, page_block_size, h_k, 576] bfloat16 / float16 (h_q a multiple of
             h_k; query heads ``i*h_q/h_k .. (i+1)*h_q/h_k - 1`` attend to kv head i), or an
             :class:`LatentCache` (bf16 / fp16 / int8, h_k = 1). Any page_block_size.
-            A LatentCache is not copied; an array is read in place, or copied once per call
-            (the used blocks) where ``mla._mla.reads_k_cache_in_place`` is False.
+            Neither is copied: an array is read in place through its strides (copied once per
+            call only when its last dimension is not contiguous).
         block_table: [b, max_blocks] int32; entries past a sequence's length are never read.
         cache_seqlens: [b] int32, tokens per sequence, the s_q new ones included; 0 = padding.
         head_dim_v: 512.
-        tile_scheduler_metadata: from :func:`get_mla_metadata` (either form), or None.
+        tile_scheduler_metadata: from :func:`get_mla_metadata` (either form), or None (the
+            call is planned alone). Its plan is reused: every call with it must have the same
+            shapes and lengths (one decode step).
         num_splits: None or what the older ``get_mla_metadata`` returned (not needed here).
         softmax_scale: default ``q.shape[-1] ** -0.5`` (FlashMLA's default).
         causal: query row i of a sequence of length L sees positions ``0 .. L - s_q + i``;
             ignored when s_q == 1.
         q_lens: [b] int32 or None (beyond FlashMLA): sequence i has only q_lens[i] <= s_q query
             rows; rows past it are padding.
-        threads: worker threads (0: all cores); default: the schedule's, else all cores.
+        threads: worker threads (0: all cores); default: the schedule's, else all cores. The
+            schedule's plan is made for the threads of its first call (or of get_mla_metadata's
+            older form); later calls with other threads are refused.
 
     Returns:
         (out [b, s_q, h_q, 512] in q's dtype, softmax_lse [b, h_q, s_q] float32 natural log).
@@ -239,12 +263,12 @@ def flash_mla_with_kvcache(
                 out = np.empty((shape[0], shape[1], shape[2], _HEAD_DIM_V), dtype=np.uint16)
                 _mla.decode(q.view(np.uint16), True, k_cache._c, False, block_table, cache_seqlens, None,
                             shape[3] ** -0.5 if softmax_scale is None else float(softmax_scale), bool(causal),
-                            sched.threads, out, lse)
+                            sched.threads, sched._sched, out, lse)
                 return out.view(_BF16), lse
             out = np.empty((shape[0], shape[1], shape[2], _HEAD_DIM_V), dtype=q.dtype)
             _mla.decode(q, False, k_cache._c, False, block_table, cache_seqlens, None,
                         shape[3] ** -0.5 if softmax_scale is None else float(softmax_scale), bool(causal),
-                        sched.threads, out, lse)
+                        sched.threads, sched._sched, out, lse)
             return out, lse
     if is_fp8_kvcache:
         raise ValueError("is_fp8_kvcache = True: the fp8 cache is not supported (use mla.LatentCache with dtype='int8')")
@@ -283,7 +307,7 @@ def flash_mla_with_kvcache(
     if sched is not None:
         key = (b, s_q, h_q, block_size, h_k, causal)
         if sched._key != key:
-            _check_schedule(sched, shape, block_size, h_k, causal, sl)
+            _check_schedule(sched, shape, block_size, h_k, causal, sl, ql, threads)
             sched._key = key
     if torch_out:
         import torch
@@ -295,7 +319,8 @@ def flash_mla_with_kvcache(
         out = np.empty((b, s_q, h_q, _HEAD_DIM_V), dtype=_BF16 if q_bits else qa.dtype)
         lse = np.empty((b, h_q, s_q), dtype=np.float32)
         out_arg = out.view(np.uint16) if q_bits else out
-    _mla.decode(qa, q_bits, ka, k_bits, bt, sl, ql, float(softmax_scale), causal, threads, out_arg, lse)
+    _mla.decode(qa, q_bits, ka, k_bits, bt, sl, ql, float(softmax_scale), causal, threads,
+                None if sched is None else sched._sched, out_arg, lse)
     return out, lse
 
 

@@ -3,11 +3,10 @@
 // any DLPack producer) and are read in place when C-contiguous; results are new NumPy arrays or
 // PyTorch tensors. The GIL is released while the C++ library runs.
 //
-// Everything that depends on the library's decode API sits in namespace glue below. It compiles
-// against either API: with cache views and output strides (MLA_CACHE_VIEW) an array k_cache is
-// read in place and lse written in FlashMLA's layout; without them (mla::decode on a
-// PagedLatentCache that owns its storage, o [B,s_q,H,512] f32, lse [B,s_q,H]) an array k_cache is
-// copied once per call and lse transposed. o is converted to q's type when that is not f32.
+// Everything that calls the library's decode API sits in namespace glue below: an array k_cache is
+// read in place through a CacheView, lse written in FlashMLA's layout through output strides, and
+// a schedule (FlashMLA's tile_scheduler_metadata) holds one mla::DecodePlan that every call of a
+// decode step reuses. o is converted to q's type when that is not f32.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -29,17 +28,10 @@
 
 #include "mla/attention.h"
 #include "mla/cache.h"
+#include "mla/decode_plan.h"
 #include "mla/dtype.h"
 #include "mla/plan.h"
 #include "mla/status.h"
-
-// The library's cache views, output strides and reusable plans (when it has them): an array
-// k_cache is then read in place and lse written in FlashMLA's layout directly.
-#if __has_include("mla/decode_plan.h")
-#define MLA_CACHE_VIEW 1
-#else
-#define MLA_CACHE_VIEW 0
-#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -277,6 +269,24 @@ std::mutex& decode_mutex() {
 // ---- glue: the only code that calls the library's decode API --------------------------------
 namespace glue {
 
+// FlashMLA's tile_scheduler_metadata: the decode plan of one step, made by its first call (or by
+// the older get_mla_metadata form) and reused by every later call, which must have the same shape
+// and lengths (the library refuses others, naming the difference). With h_kv > 1 every kv head's
+// group has the same shape, so one plan serves them all.
+struct Schedule {
+  explicit Schedule(int threads) : threads(threads) {}
+  int threads;  // workers of the plan (0: all cores); a call with other threads is refused
+  std::optional<mla::DecodePlan> plan;
+
+  void make(int batch, const int32_t* seq_lens, const int32_t* q_lens, int q_len, int heads,
+            int workers) {
+    plan.emplace(mla::make_decode_plan({.batch = batch, .q_len = q_len, .num_heads = heads,
+                                        .seq_lens = seq_lens, .q_lens = q_lens,
+                                        .workers = workers, .kv_tile = mla::kKvTile}));
+    threads = workers;
+  }
+};
+
 struct Call {
   int batch, s_q, h_q, h_kv;
   mla::DType q_type;
@@ -288,6 +298,7 @@ struct Call {
   float scale;
   bool causal;
   int threads;
+  Schedule* sched;                // nullptr: the library plans this call alone
   mla::DType out_type;
   void* out;                      // [batch, s_q, h_q, 512] of out_type
   float* lse;                     // [batch, h_q, s_q]: FlashMLA's layout, +inf for empty rows
@@ -301,8 +312,7 @@ mla::DecodeParams params_of(const Call& c, int heads) {
 }
 
 // Runs heads [g*hg, (g+1)*hg) of the call against `cache` and writes them into c.out / c.lse.
-template <class Cache>
-void run_group(const Call& c, const Cache& cache, int g) {
+void run_group(const Call& c, const mla::CacheView& cache, int g) {
   const int hg = c.h_q / c.h_kv;
   mla::DecodeParams p = params_of(c, hg);
   const int64_t rows = int64_t(c.batch) * c.s_q * hg;
@@ -317,83 +327,56 @@ void run_group(const Call& c, const Cache& cache, int g) {
                   size_t(hg) * mla::kQkDim * qes);
     q = qg.data();
   }
-  // Uninitialised on purpose (decode writes every element): zero-filling was a third of a small
-  // call's binding time.
-  std::unique_ptr<float[]> o, lse;
-#if MLA_CACHE_VIEW
-  // o (f32 only) and lse written in place through strides: lse is FlashMLA's [b, h_q, s_q].
+  // lse (and o when f32) written in place through strides: lse is FlashMLA's [b, h_q, s_q].
   const bool direct = c.out_type == mla::DType::f32;
   p.lse_strides = {int64_t(c.h_q) * c.s_q, 1, c.s_q};
   float* lp = c.lse + int64_t(g) * hg * c.s_q;
-  if (direct) p.o_strides = {int64_t(c.s_q) * c.h_q * mla::kLatentDim, int64_t(c.h_q) * mla::kLatentDim,
-                             mla::kLatentDim};
-  float* op = direct ? static_cast<float*>(c.out) + int64_t(g) * hg * mla::kLatentDim : nullptr;
-#else
-  const bool direct = c.h_kv == 1 && c.out_type == mla::DType::f32;
-  lse.reset(new float[rows]);
-  float* lp = lse.get();
-  float* op = direct ? static_cast<float*>(c.out) : nullptr;
-#endif
-  if (!direct) {
+  // Uninitialised on purpose (decode writes every element): zero-filling was a third of a small
+  // call's binding time.
+  std::unique_ptr<float[]> o;
+  float* op;
+  if (direct) {
+    p.o_strides = {int64_t(c.s_q) * c.h_q * mla::kLatentDim, int64_t(c.h_q) * mla::kLatentDim,
+                   mla::kLatentDim};
+    op = static_cast<float*>(c.out) + int64_t(g) * hg * mla::kLatentDim;
+  } else {
     o.reset(new float[rows * mla::kLatentDim]);
     op = o.get();
   }
-  mla::decode(p, c.q_type, q, cache, mla::DecodeOptions{.threads = c.threads}, op, lp);
+  const mla::DecodeOptions opt{.threads = c.threads};
+  if (c.sched) {
+    if (!c.sched->plan) c.sched->make(c.batch, c.seq_lens, c.q_lens, c.s_q, hg, c.threads);
+    mla::decode(p, c.q_type, q, cache, opt, *c.sched->plan, op, lp);
+  } else {
+    mla::decode(p, c.q_type, q, cache, opt, op, lp);
+  }
   const float inf = std::numeric_limits<float>::infinity();
   for (int b = 0; b < c.batch; ++b)
     for (int i = 0; i < c.s_q; ++i)
       for (int h = 0; h < hg; ++h) {
-        const int64_t r = (int64_t(b) * c.s_q + i) * hg + h;
         const int hq = g * hg + h;
         float& l = c.lse[(int64_t(b) * c.h_q + hq) * c.s_q + i];
-#if MLA_CACHE_VIEW
         if (l == -inf) l = inf;  // FlashMLA's convention for rows with nothing to attend
-#else
-        l = lse[r] == -inf ? inf : lse[r];
-#endif
         if (direct) continue;
+        const int64_t r = (int64_t(b) * c.s_q + i) * hg + h;
         const int64_t dst = ((int64_t(b) * c.s_q + i) * c.h_q + hq) * mla::kLatentDim;
         store_row(c.out_type, c.out, dst, o.get() + r * mla::kLatentDim, mla::kLatentDim);
       }
 }
 
 // k_cache [num_blocks, block_size, h_kv, 576] bf16/fp16, strides (in elements) s_block, s_token,
-// s_head and 1.
+// s_head and 1: a view of kv head g in the caller's memory per group, nothing copied.
 void run_array(const Call& c, mla::DType k_type, const void* k, int64_t num_blocks, int block_size,
                int64_t s_block, int64_t s_token, int64_t s_head) {
-  const mla::KvDType kt = k_type == mla::DType::f16 ? mla::KvDType::fp16 : mla::KvDType::bf16;
   for (int g = 0; g < c.h_kv; ++g) {
-#if MLA_CACHE_VIEW
-    // A view of kv head g in the caller's memory: nothing is copied.
     mla::CacheView v;
-    v.format = kt;
+    v.format = k_type == mla::DType::f16 ? mla::KvDType::fp16 : mla::KvDType::bf16;
     v.blocks = num_blocks;
     v.tokens_per_block = block_size;
     v.kv = static_cast<const uint16_t*>(k) + int64_t(g) * s_head;
     v.kv_block_stride = s_block;
     v.kv_token_stride = s_token;
     run_group(c, v, g);
-#else
-    // The library's cache owns its storage: one per kv head, holding a copy of the blocks the
-    // sequences use (unused blocks are never read, so they are not copied).
-    mla::PagedLatentCache cache(mla::CacheConfig{.num_blocks = num_blocks, .block_size = block_size,
-                                                 .dtype = kt});
-    mla::validate(params_of(c, c.h_q / c.h_kv), cache);  // block ids in range before any read
-    float tok[mla::kQkDim];
-    for (int b = 0; b < c.batch; ++b) {
-      const int nb_used = (c.seq_lens[b] + block_size - 1) / block_size;
-      for (int j = 0; j < nb_used; ++j) {
-        const int64_t blk = c.block_table[int64_t(b) * c.max_blocks + j];
-        for (int t = 0; t < block_size; ++t) {
-          const auto* src = static_cast<const uint16_t*>(k) + blk * s_block + t * s_token + g * s_head;
-          for (int d = 0; d < mla::kQkDim; ++d)
-            tok[d] = kt == mla::KvDType::fp16 ? mla::f16_to_f32(src[d]) : mla::bf16_to_f32(src[d]);
-          cache.write(blk * block_size + t, tok);
-        }
-      }
-    }
-    run_group(c, cache, g);
-#endif
   }
 }
 
@@ -460,7 +443,6 @@ nb::object numpy_copy(const T* src, std::vector<size_t> shape) {
 
 NB_MODULE(_mla, m) {
   m.doc() = "C++ half of the mla package (see mla/__init__.py).";
-  m.attr("reads_k_cache_in_place") = bool(MLA_CACHE_VIEW);
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
@@ -473,8 +455,8 @@ NB_MODULE(_mla, m) {
   m.def(
       "decode",
       [](nb::handle q_, bool q_bf16_bits, nb::handle k, bool k_bf16_bits, nb::handle block_table_,
-         nb::handle seq_lens_, nb::handle q_lens_, float scale, bool causal, int threads, nb::handle out_,
-         nb::handle lse_) {
+         nb::handle seq_lens_, nb::handle q_lens_, float scale, bool causal, int threads,
+         glue::Schedule* sched, nb::handle out_, nb::handle lse_) {
         const Array q(q_, "q"), block_table(block_table_, "block_table"), seq_lens(seq_lens_, "cache_seqlens");
         std::optional<Array> q_lens;
         if (!q_lens_.is_none()) q_lens.emplace(q_lens_, "q_lens");
@@ -526,7 +508,7 @@ NB_MODULE(_mla, m) {
                      .q_lens = q_lens ? static_cast<const int32_t*>(contiguous(*q_lens, hl)) : nullptr,
                      .block_table = static_cast<const int32_t*>(contiguous(block_table, hb)),
                      .max_blocks = int(block_table.shape(1)), .scale = scale, .causal = causal,
-                     .threads = threads, .out_type = qt};
+                     .threads = threads, .sched = sched, .out_type = qt};
         if (batch > 0 && c.max_blocks < 1)
           throw nb::value_error(("block_table.shape = " + shape_str(block_table) +
                                  ": at least one column is needed").c_str());
@@ -576,7 +558,7 @@ NB_MODULE(_mla, m) {
           nb::gil_scoped_release unlocked;
           std::lock_guard<std::mutex> lock(decode_mutex());
           if (lc) {
-            glue::run_group(c, lc->cache, 0);
+            glue::run_group(c, lc->cache.view(), 0);
           } else {
             glue::run_array(c, kt, kd, num_blocks, block_size, ks[0], ks[1], ks[2]);
           }
@@ -586,37 +568,53 @@ NB_MODULE(_mla, m) {
 
       },
       "q"_a, "q_bf16_bits"_a, "k_cache"_a, "k_bf16_bits"_a, "block_table"_a, "cache_seqlens"_a,
-      "q_lens"_a.none(), "softmax_scale"_a, "causal"_a, "threads"_a, "out"_a, "lse"_a);
+      "q_lens"_a.none(), "softmax_scale"_a, "causal"_a, "threads"_a, "schedule"_a.none(), "out"_a,
+      "lse"_a);
 
-  // The planner (FlashMLA's get_mla_metadata): a pure function of the lengths, heads and workers.
-  m.def(
-      "make_plan",
-      [](nb::handle seq_lens_, nb::handle q_lens_, int q_len, int heads, int threads) {
-        const Array seq_lens(seq_lens_, "cache_seqlens");
-        std::optional<Array> q_lens;
-        if (!q_lens_.is_none()) q_lens.emplace(q_lens_, "q_lens");
-        require_int32(seq_lens, "cache_seqlens");
-        require_shape(seq_lens, "cache_seqlens", {-1});
-        std::vector<uint8_t> hs, hl;
-        const auto* sl = static_cast<const int32_t*>(contiguous(seq_lens, hs));
-        const int32_t* ql = nullptr;
-        if (q_lens) {
-          require_int32(*q_lens, "q_lens");
-          require_shape(*q_lens, "q_lens", {int64_t(seq_lens.shape(0))});
-          ql = static_cast<const int32_t*>(contiguous(*q_lens, hl));
-        }
-        if (threads < 0)
-          throw nb::value_error(("threads = " + std::to_string(threads) + " is negative").c_str());
-        const int workers = threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
-        const mla::Plan p = mla::make_plan(mla::PlanInput{
-            .batch = int(seq_lens.shape(0)), .seq_lens = sl, .q_lens = ql, .q_len = q_len,
-            .num_heads = heads, .num_workers = workers, .kv_tile = mla::kKvTile});
+  // FlashMLA's tile_scheduler_metadata: holds one mla::DecodePlan, made by make() or by the first
+  // decode that uses it, and reused by every later decode (which must match its shape).
+  nb::class_<glue::Schedule>(m, "Schedule")
+      .def(nb::init<int>(), "threads"_a)
+      .def_ro("threads", &glue::Schedule::threads)
+      .def_prop_ro("ready", [](const glue::Schedule& s) { return s.plan.has_value(); })
+      .def(
+          "make",
+          [](glue::Schedule& s, nb::handle seq_lens_, nb::handle q_lens_, int q_len, int heads,
+             int threads) {
+            const Array seq_lens(seq_lens_, "cache_seqlens");
+            std::optional<Array> q_lens;
+            if (!q_lens_.is_none()) q_lens.emplace(q_lens_, "q_lens");
+            require_int32(seq_lens, "cache_seqlens");
+            require_shape(seq_lens, "cache_seqlens", {-1});
+            std::vector<uint8_t> hs, hl;
+            const auto* sl = static_cast<const int32_t*>(contiguous(seq_lens, hs));
+            const int32_t* ql = nullptr;
+            if (q_lens) {
+              require_int32(*q_lens, "q_lens");
+              require_shape(*q_lens, "q_lens", {int64_t(seq_lens.shape(0))});
+              ql = static_cast<const int32_t*>(contiguous(*q_lens, hl));
+            }
+            if (threads < 0)
+              throw nb::value_error(("threads = " + std::to_string(threads) + " is negative").c_str());
+            try {
+              std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode uses it
+              s.make(int(seq_lens.shape(0)), sl, ql, q_len, heads, threads);
+            } catch (const mla::Error& e) {
+              throw nb::value_error(flashmla_names(e.what()).c_str());
+            }
+          },
+          "cache_seqlens"_a, "q_lens"_a.none(), "q_len"_a, "num_heads"_a, "threads"_a)
+      // The plan's work split: num_workers, worker_offsets, items [n, 6] (seq, head_begin,
+      // head_end, kv_begin, kv_end, partial slot or -1), num_partials, and FlashMLA's num_splits
+      // [batch + 1] (prefix sums of the pieces per sequence). None before the plan is made.
+      .def_prop_ro("info", [](const glue::Schedule& s) -> nb::object {
+        if (!s.plan) return nb::none();
+        const mla::Plan& p = s.plan->work();
         std::vector<int32_t> items;
         for (const mla::WorkItem& it : p.items)
           for (int32_t v : {it.seq, it.head_begin, it.head_end, it.kv_begin, it.kv_end, it.partial})
             items.push_back(v);
-        // num_splits as FlashMLA returns it: [batch + 1] prefix sums of the pieces per sequence.
-        std::vector<int32_t> splits(seq_lens.shape(0) + 1, 0);
+        std::vector<int32_t> splits(size_t(s.plan->batch()) + 1, 0);
         for (const mla::WorkItem& it : p.items) splits[it.seq + 1] += 1;
         for (size_t i = 1; i < splits.size(); ++i) splits[i] += splits[i - 1];
         nb::dict d;
@@ -626,11 +624,11 @@ NB_MODULE(_mla, m) {
         d["num_partials"] = p.num_partials;
         d["num_splits"] = numpy_copy(splits.data(), {splits.size()});
         return d;
-      },
-      "cache_seqlens"_a, "q_lens"_a.none(), "q_len"_a, "num_heads"_a, "threads"_a);
+      });
 
   // The C++ call's own time, for the overhead benchmark: `iters` decodes of the same inputs from
-  // C++, mean seconds per call (no Python in the loop).
+  // C++ with one plan made first (as a decode step's layers do), mean seconds per call (no Python
+  // in the loop).
   m.def(
       "time_decode_cpp",
       [](nb::handle q_, nb::object k, nb::handle block_table_, nb::handle seq_lens_, float scale,
@@ -646,9 +644,12 @@ NB_MODULE(_mla, m) {
                                   .max_blocks_per_seq = int(block_table.shape(1))};
         nb::gil_scoped_release unlocked;
         std::lock_guard<std::mutex> lock(decode_mutex());
+        const mla::DecodePlan plan = mla::make_decode_plan(
+            {.batch = batch, .q_len = s_q, .num_heads = h, .seq_lens = p.seq_lens, .workers = threads});
+        const mla::CacheView view = lc->cache.view();
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < iters; ++i)
-          mla::decode(p, qt, q.data(), lc->cache, mla::DecodeOptions{.threads = threads}, o.data(), lse.data());
+          mla::decode(p, qt, q.data(), view, mla::DecodeOptions{.threads = threads}, plan, o.data(), lse.data());
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
       },
       "q"_a, "cache"_a, "block_table"_a, "cache_seqlens"_a, "softmax_scale"_a, "threads"_a, "iters"_a);

@@ -184,6 +184,26 @@ def test_new_metadata_form_is_filled_by_the_first_call_and_checked_after():
                                    sched, causal=True)
 
 
+def test_schedule_plan_is_reused_and_refuses_other_lengths():
+    rng, seed = rng_for("reuse")
+    case = make_case(rng, seed, b=2, s_q=1, mean_sk=300, h_q=16, h_kv=1, varlen=False, dtype=BF16, causal=False)
+    sched, _ = mla.get_mla_metadata()
+    o1, l1 = run(case, sched)
+    first = sched.plan
+    o2, l2 = run(case, sched)  # the second layer of the step: the same plan, the same result
+    check_case(case, o1, l1)
+    assert np.array_equal(o1.view(np.uint16), o2.view(np.uint16)) and np.array_equal(l1, l2)
+    assert all(np.array_equal(first[k], sched.plan[k]) for k in ("worker_offsets", "items", "num_splits"))
+    other = case.cache_seqlens.copy()
+    other[1] -= 1
+    with pytest.raises(ValueError, match=rf"cache_seqlens\[1\] = {case.cache_seqlens[1]}, not {other[1]}"):
+        mla.flash_mla_with_kvcache(case.q, case.k_cache, case.block_table, other, 512, sched)
+    with pytest.raises(ValueError, match="threads = 1 differs"):
+        sched2, _ = mla.get_mla_metadata(threads=2)
+        run(case, sched2)
+        run(case, sched2, threads=1)
+
+
 def test_old_metadata_form_checks_the_call():
     sched, _ = mla.get_mla_metadata(np.array([10, 20], dtype=np.int32), 16, 1)
     q = np.ones((2, 1, 8, D), dtype=BF16)
@@ -432,10 +452,6 @@ def test_latent_cache_is_read_in_place():
     assert frac < 0.1, f"the process grew by {frac:.2f} x the cache's size during one decode"
 
 
-@pytest.mark.xfail(not mla._mla.reads_k_cache_in_place, strict=True,
-                   reason="built against a C++ API without cache views (mla::decode on a PagedLatentCache that "
-                   "owns its storage), so an array k_cache is copied once per call; the glue reads it in "
-                   "place once the library has mla::CacheView (mla/decode_plan.h)")
 def test_array_k_cache_is_not_copied():
     frac = copied_fraction("array")
     assert frac < 0.1, f"the process grew by {frac:.2f} x k_cache's size during one decode"
