@@ -3,11 +3,11 @@
     .venv/bin/python bench/python/overhead.py [--heads 16 --context 512 --iters 2000 --threads 1]
 
 Times, interleaved in rounds so machine noise hits both alike (median of rounds):
-  C++   mla::decode called in a C++ loop (mla._mla.time_decode_cpp), on a LatentCache;
+  C++   mla::decode called in a C++ loop (mla._mla.time_decode_cpp), on a LatentCache, with
+        one DecodePlan made first (as the Python calls reuse their schedule's);
   py    mla.flash_mla_with_kvcache on the same LatentCache (zero-copy path), schedule reused;
-  array the same call with k_cache a NumPy bf16 array: read in place with the library's cache
-        views, else copied once per call; the bytes the process grew by during one call on a
-        118 MB k_cache say which (measured, VmHWM).
+  array the same call with k_cache a NumPy bf16 array, read in place through a CacheView; the
+        bytes the process grew by during one call on a 118 MB k_cache show it (VmHWM).
 Goal (issue 9): py - C++ under 10 us at batch 1, 16 heads, 512 cached tokens, s_q 1. The
 overhead is also measured on the same call with cache_seqlens 0 (same shapes, no kernel work),
 which the kernel's run-to-run noise does not swamp.
