@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "core/stages.h"
+#include "cpu/attention/kernel.h"
+#include "harness/random_case.h"
 #include "mla/plan.h"
 #include "mla/status.h"
 #include "sim/engine.h"
@@ -368,6 +370,61 @@ TEST(SimModel, RunsThePlansItemsAndTheirStageLists) {
             }
           }
   }
+}
+
+// What the CPU kernels actually run, recorded through their StageMarks, for the items of the plan
+// the cpu profile simulates: the simulator runs the same stages, in the same order. The int8
+// AVX-512 kernel reports QK per row tile instead of QK_nope + QK_rope (its KernelInfo::stages); for
+// it the recording is compared with that declared list, and the simulator runs the canonical split
+// list (what the accelerator's two-stage sync needs).
+TEST(SimModel, StagesEqualWhatTheCpuKernelsRecord) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (set MLA_TEST_SEED to repeat)");
+  const Profile prof = load_profile(profile_path("cpu"));
+  ASSERT_EQ(prof.kv_tile, kKvTile);
+  int compared = 0, declared = 0;
+  for (const cpu::KernelInfo& k : cpu::kernel_registry()) {
+    if (!k.supported() || (k.kv != KvDType::int8 && k.kv != KvDType::bf16)) continue;
+    SCOPED_TRACE(k.name);
+    const bool canonical = k.stages == cpu::item_stages || k.stages == cpu::item_stages_split_qk;
+    test::CaseSpec spec{.batch = 2, .q_len = 2, .heads = 16, .block_size = 16};
+    spec.kv = k.kv;
+    spec.seq_lens = {700, 700};
+    const test::Case c = test::make_case(spec, seed);
+    for (const int cores : {1, 2, 3})
+      for (const int chunk : {1, 2, 4}) {
+        const SimConfig cfg{.batch = 2, .k = 700, .heads = 16, .q_len = 2, .cores = cores,
+                            .kv = k.kv, .chunk = chunk};
+        const SimResult r = run_sim(cfg, prof);
+        const auto ran = stages_run(r, false);
+        ASSERT_EQ(ran.size(), r.sched.plan.items.size());
+        for (size_t i = 0; i < r.sched.plan.items.size(); ++i) {
+          const WorkItem& it = r.sched.plan.items[i];
+          const int nh = it.head_end - it.head_begin, rows = 2 * nh;
+          std::vector<float> o(size_t(rows) * kLatentDim), lse(rows);
+          StageRecorder rec(true);
+          cpu::Scratch scratch;
+          k.run({.p = &c.p, .cache = &c.view, .q = c.q16.data(), .seq = it.seq,
+                 .head_begin = it.head_begin, .head_end = it.head_end, .kv_begin = it.kv_begin,
+                 .kv_end = it.kv_end, .o = o.data(), .o_stride_i = int64_t(nh) * kLatentDim,
+                 .o_stride_h = kLatentDim, .lse = lse.data(), .lse_stride_i = nh,
+                 .lse_stride_h = 1, .chunk = chunk, .stages = &rec},
+                scratch);
+          ASSERT_FALSE(rec.ops().empty());
+          if (canonical) {
+            ASSERT_EQ(rec.ops(), ran[i]) << "c " << cores << " chunk " << chunk << " item " << i;
+            ++compared;
+          } else {
+            ASSERT_EQ(rec.ops(), k.stages(rows, it.kv_begin, it.kv_end, chunk))
+                << "c " << cores << " chunk " << chunk << " item " << i;
+            ++declared;
+          }
+        }
+      }
+  }
+  EXPECT_GT(compared, 0) << "the portable int8 and bf16 kernels at least";
+  std::printf("compared with the simulator: %d items; with a kernel's declared list: %d\n",
+              compared, declared);
 }
 
 // ---- the seed's effects with the ascend-910b profile ------------------------------------------
