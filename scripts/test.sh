@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Builds everything and runs the whole test suite (the README's test command; .ci/run calls it):
-# the release build's tests, then the reference, cache and kernel tests again under
-# AddressSanitizer + UndefinedBehaviorSanitizer.
+# the release build's tests, the Python package's tests (scripts/venv.sh, pytest), then the
+# reference, cache and kernel tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
 bash "$root/scripts/build.sh" "$root/build"
+if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
+  echo "== Python environment: .venv (pinned packages), pip install ." >&2
+  MLA_PYTHON=$(bash "$root/scripts/venv.sh")  # the C++ .npy test exchanges files with its NumPy
+  export MLA_PYTHON
+fi
 (cd "$root/build" && ctest --output-on-failure -j"$jobs")
+if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
+  echo "== Python package tests (tests/python)" >&2
+  MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"
+fi
 if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== sanitizer build (address, undefined): reference, cache, plan, combine, decode plan, layout, stage and kernel tests" >&2
   cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_SANITIZE=ON \
