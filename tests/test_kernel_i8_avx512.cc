@@ -1,10 +1,10 @@
 // The AVX-512 VNNI int8-cache attention kernel, run directly on work items (KernelArgs), against
 // float64 at DESIGN §6's int8 tolerances: whole sequences against ref::decode, cut KV ranges
 // against a float64 of the sub-range and, merged with ref::combine, against the unsplit reference.
-// Swept over the three scale modes (token, tensor, channel), block sizes 1, 16, 64, 128 with
+// Swept over the six scale modes (token, tensor, channel, group32/64/128), block sizes 1, 16, 64, 128 with
 // scattered tables, heads 1..128, q_len 1..4 (uneven per sequence), causal or not, chunk 1..8, both
 // UP forms. Every slot outside the item's range holds garbage latents, NaN rope values and (token
-// mode) a NaN scale; outputs are NaN-poisoned, with sentinels between and after the item's rows.
+// and group modes) NaN scales; outputs are NaN-poisoned, with sentinels between and after the item's rows.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -32,6 +32,8 @@ using test::CaseSpec;
 
 constexpr float kSentinel = 12345.f;
 constexpr uint16_t kBf16NaN = 0x7fc0;
+constexpr KvScale kAllModes[] = {KvScale::token,   KvScale::tensor,  KvScale::channel,
+                                 KvScale::group32, KvScale::group64, KvScale::group128};
 
 const cpu::KernelInfo& kernel() { return cpu::decode_i8_avx512vnni; }
 
@@ -125,12 +127,14 @@ void ref_range(const Case& c, int seq, int hb, int he, int kb, int ke, std::vect
   ref::decode_range(c.p, c.q.data(), c.cache, seq, hb, he, kb, ke, o, lse);
 }
 
-// Garbage in a slot: latents at the int8 extremes, NaN rope, and (token mode) a NaN scale.
+// Garbage in a slot: latents at the int8 extremes, NaN rope, and (token and group modes) NaN
+// scales.
 void poison_slot(Int8CacheContent& ct, int64_t slot, KvScale mode) {
   for (int d = 0; d < kLatentDim; ++d)
     ct.latent[slot * kLatentDim + d] = int8_t(d & 1 ? 127 : -127);
   std::fill_n(ct.rope.begin() + slot * kRopeDim, kRopeDim, kBf16NaN);
-  if (mode == KvScale::token) ct.token_scale[slot] = std::nanf("");
+  const int ns = kv_token_scales(mode);
+  std::fill_n(ct.token_scale.begin() + slot * ns, ns, std::nanf(""));
 }
 
 // Poisons every slot that no sequence uses (make_case writes NaN tokens there, which the int8
@@ -217,7 +221,7 @@ TEST_F(KernelI8Avx512, FullRangeMatchesReference) {
       {40, 2, 64, {520}, {1}, true, 3.f, false, 4},
       {128, 4, 64, {150}, {}, true, 2.f, false, 2},
   };
-  for (KvScale mode : {KvScale::token, KvScale::tensor, KvScale::channel})
+  for (KvScale mode : kAllModes)
     for (size_t w = 0; w < sweeps.size(); ++w) {
       const Sweep& sw = sweeps[w];
       const UpForm up = (w + int(mode)) % 2 ? UpForm::spill : UpForm::resident;
@@ -253,7 +257,7 @@ TEST_F(KernelI8Avx512, FullRangeMatchesReference) {
 TEST_F(KernelI8Avx512, UpFormsAgree) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
-  for (KvScale mode : {KvScale::token, KvScale::tensor, KvScale::channel}) {
+  for (KvScale mode : kAllModes) {
     CaseSpec spec{.batch = 1,
                   .q_len = 3,
                   .heads = 24,
@@ -290,6 +294,8 @@ TEST_F(KernelI8Avx512, SplitRangesMatchSubRangeAndCombine) {
       {16, 2, 64, 700, true, 4, KvScale::token},  {128, 2, 128, 300, true, 2, KvScale::tensor},
       {3, 4, 1, 170, true, 1, KvScale::channel},  {20, 3, 16, 450, false, 8, KvScale::token},
       {9, 4, 64, 200, true, 4, KvScale::channel}, {16, 1, 16, 1000, true, 4, KvScale::tensor},
+      {16, 2, 64, 700, true, 4, KvScale::group32}, {128, 2, 128, 300, true, 2, KvScale::group64},
+      {3, 4, 1, 170, true, 1, KvScale::group128},  {20, 3, 16, 450, false, 8, KvScale::group64},
   };
   for (const Split& sp : splits) {
     CaseSpec spec{.batch = 1,
@@ -378,7 +384,10 @@ TEST_F(KernelI8Avx512, ShortRangesAndTails) {
   const std::vector<std::pair<int, int>> ranges = {{0, 1},   {149, 150}, {148, 150}, {5, 22},
                                                    {17, 81}, {0, 129},   {63, 150},  {1, 2}};
   for (int bs : {1, 16, 64, 128}) {
-    const KvScale mode = bs == 16 ? KvScale::tensor : bs == 128 ? KvScale::channel : KvScale::token;
+    const KvScale mode = bs == 16    ? KvScale::tensor
+                         : bs == 128 ? KvScale::channel
+                         : bs == 1   ? KvScale::group32
+                                     : KvScale::token;
     CaseSpec spec{.batch = 1,
                   .q_len = 2,
                   .heads = 16,

@@ -87,15 +87,20 @@ void row_tile(const Item& it, const Step& st, int v0, const int8_t* const* pf_to
                   .pf_tok = pf_tok,
                   .pf_slot = pf_slot,
                   .rope = it.rope,
-                  .pf_n = pf_n};
+                  .pf_n = pf_n,
+                  .gsz = it.gsz,
+                  .pp_group = it.pp_group,
+                  .gstride = it.Rp};
   const Epi e = !it.resident ? Epi::spill
                 : st.first   ? Epi::first
                 : same_max   ? Epi::add
                              : Epi::rescale;
   if (it.cs)
-    pv_rows<true>(pa, rows, e);
+    pv_rows<true, false>(pa, rows, e);
+  else if (it.gsz == 32)
+    pv_rows<false, true>(pa, rows, e);
   else
-    pv_rows<false>(pa, rows, e);
+    pv_rows<false, false>(pa, rows, e);
   marks.done(Stage::PV);
   if (!it.resident) update_spill(it, st, r0, rows);
   marks.done(Stage::UP);  // resident: UP runs in PV's epilogue, timed there
@@ -152,7 +157,7 @@ void run_rows(const Item& it, int v0, const int64_t* slot, const int8_t* const* 
                   .first = t0 == a.kv_begin,
                   .slot = slot + i0,
                   .tok = tok + i0,
-                  .ks = ks + i0,
+                  .ks = ks + int64_t(i0) * it.ng,
                   .kstage = kstage,
                   .rstage = rstage,
                   .pf_from = t0 == a.kv_begin ? kPrefetchDist : T / 2};
@@ -178,32 +183,35 @@ void run(const KernelArgs& a, Scratch& scratch) {
   const bool resident = a.up == UpForm::resident;
   const bool staged = bs < kMinDirectBlock;
   const int rv_max = std::min(nrv, kMainRV);
+  // Scale groups: group modes 512 / gsz, token mode 1 (the token's scale), static modes 1 (none).
+  const int gsz = kv_token_scales(mode) > 1 ? kv_scale_group(mode) : 0;
+  const int ng = gsz ? kLatentDim / gsz : 1;
 
   ScratchCarver cv(nullptr);
   for (int pass = 0; pass < 2; ++pass) {
     if (pass) cv = ScratchCarver(static_cast<unsigned char*>(scratch.get(cv.used())));
     uint8_t* qp = cv.take<uint8_t>(size_t(kLatentDim) * Rp);
     uint16_t* qr = cv.take<uint16_t>(size_t(kRopeDim) * Rp);
-    int32_t* qsum_neg = cv.take<int32_t>(Rp);
+    int32_t* qsum_neg = cv.take<int32_t>(size_t(Rp) * ng);
     float* qs = cv.take<float>(Rp);
     int32_t* lim = cv.take<int32_t>(Rp);
     float* m = cv.take<float>(Rp);  // running max, in the base-2 scaled domain
     float* l = cv.take<float>(Rp);
     float* alpha = cv.take<float>(Rp);
-    float* dq = cv.take<float>(Rp);
-    float* ptop = cv.take<float>(Rp);
-    int32_t* top = cv.take<int32_t>(Rp);
+    float* dq = cv.take<float>(size_t(Rp) * ng);
+    float* ptop = cv.take<float>(size_t(Rp) * ng);
+    int32_t* top = cv.take<int32_t>(size_t(Rp) * ng);
     float* go = cv.take<float>(size_t(kLatentDim) * 16 * rv_max);
     // Slots, latent rows and key scales of the whole range, the last group of 4 tokens padded
     // with a zero row (never a cache read) and scale 0.
     const int ntok = a.kv_end - a.kv_begin, npad = (ntok + 3) & ~3;
     int64_t* slot = cv.take<int64_t>(ntok);
     const int8_t** tok = cv.take<const int8_t*>(npad);
-    float* ks = cv.take<float>(npad);
+    float* ks = cv.take<float>(size_t(npad) * ng);
     int8_t* kstage = cv.take<int8_t>(staged ? size_t(T) * kLatentDim : 0);
     uint16_t* rstage = cv.take<uint16_t>(staged ? size_t(T) * kRopeDim : 0);
     float* s = cv.take<float>(size_t(T) * 16 * rv_max);
-    uint8_t* pp = cv.take<uint8_t>(size_t(T) * 16 * rv_max);
+    uint8_t* pp = cv.take<uint8_t>(size_t(T) * 16 * rv_max * ng);
     int8_t* zero = cv.take<int8_t>(kLatentDim);
     float* cs_pos = cv.take<float>(kLatentDim);
     if (pass == 0) continue;
@@ -223,7 +231,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
     // The first tokens, which no QK tile prefetches, start on their way while the queries are
     // packed.
     if (!staged) prefetch_tokens(tok, slot, cache.rope_bf16(0), std::min(ntok, kPrefetchDist));
-    pack_queries(a, nh, R, Rp, negate, cs, tensor, qp, qr, qsum_neg, qs);
+    pack_queries(a, nh, R, Rp, negate, cs, tensor, gsz ? gsz : kLatentDim, qp, qr, qsum_neg, qs);
     if (cs)
       for (int d = 0; d < kLatentDim; ++d) cs_pos[position_of(d)] = cs[d];
     std::memset(zero, 0, kLatentDim);
@@ -242,6 +250,8 @@ void run(const KernelArgs& a, Scratch& scratch) {
                   .tok = mode == KvScale::token,
                   .resident = resident,
                   .staged = staged,
+                  .gsz = gsz,
+                  .ng = ng,
                   .c2 = std::fabs(p.softmax_scale) * kLog2e,
                   .tensor = tensor,
                   .cs = cs,
@@ -259,11 +269,16 @@ void run(const KernelArgs& a, Scratch& scratch) {
                   .go = go,
                   .cs_pos = cs_pos,
                   .s = s,
-                  .pp = pp};
+                  .pp = pp,
+                  .pp_group = int64_t(T) / 4 * 16 * rv_max};
 
     if (it.tok) {
       for (int t = 0; t < ntok; ++t) ks[t] = cache.token_scale(slot[t]);
       std::fill(ks + ntok, ks + npad, 0.f);
+    } else if (gsz) {
+      for (int t = 0; t < ntok; ++t)
+        std::memcpy(ks + int64_t(t) * ng, cache.token_scales(slot[t]), ng * sizeof(float));
+      std::fill(ks + int64_t(ntok) * ng, ks + int64_t(npad) * ng, 0.f);
     }
     for (int v0 = 0; v0 < nrv;) {
       if (nrv - v0 >= kMainRV) {
@@ -299,6 +314,7 @@ extern const KernelInfo decode_i8_avx512vnni{.name = "decode_i8_avx512vnni",
                                             .portable = false,
                                             .supported = cpu_has_avx512_set,
                                             .run = run,
-                                            .stages = stages};
+                                            .stages = stages,
+                                            .group_scales = true};
 
 }  // namespace mla::cpu

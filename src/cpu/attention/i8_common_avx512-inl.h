@@ -44,16 +44,20 @@ constexpr int kPrefetchDist = 64;
 // QK register tiles per count of row vectors RV (16 rows each): tokens per tile, a divisor of 64
 // so that tiles never straddle a block of 16, 64 or 128 tokens. The rows are covered by tiles of
 // kMainRV vectors and at most one of 1. Measured at 256 rows, within noise of each other: 2 x 8,
-// 2 x 12, 3 x 8; 4 x 6 was 3 points slower.
+// 2 x 12, 3 x 8; 4 x 6 was 3 points slower. With group scales a tile keeps an fp32 sum of the
+// scaled group dot products besides the int32 accumulators, so it has half the tokens (kGrpTokens)
+// to stay within the 32 registers.
 template <int RV>
 struct QkShape;
 template <>
 struct QkShape<1> {
   static constexpr int kTokens = 16;
+  static constexpr int kGrpTokens = 8;
 };
 template <>
 struct QkShape<2> {
   static constexpr int kTokens = 8;
+  static constexpr int kGrpTokens = 4;
 };
 constexpr int kMainRV = 2;
 // PV register tile: rows x 64 channels (4 accumulators a row). 4 and 6 rows run alike.
@@ -114,21 +118,25 @@ struct Item {
   const uint16_t* rope;  // the cache's rope rows (slot 0)
   int R, Rp, nh;
   bool tok, resident, staged;
+  int gsz;          // group modes: channels per scale group (32, 64, 128); 0 otherwise
+  int ng;           // scale groups: 512 / gsz in group modes, else 1 (the per-group arrays below)
   float c2;         // |softmax_scale| * log2(e)
   float tensor;     // tensor scale (1 in other modes)
   const float* cs;  // channel scales (channel mode) or nullptr
   const uint8_t* qp;
   const uint16_t* qr;
-  const int32_t* qsum_neg;
+  const int32_t* qsum_neg;  // [ng][Rp] -128 * sum of q8 over the group's channels
   const float* qs;
   const int32_t* lim;
-  float *m, *l, *alpha, *dq;
-  float* ptop;          // [Rp] the step's largest P' of each row x tensor scale, applied in fp32
-  int32_t* top;         // [Rp] its token in the step
+  float *m, *l, *alpha;
+  float* dq;            // [ng][Rp] p dequantization (x tensor scale)
+  float* ptop;          // [ng][Rp] the step's largest P' of each row x tensor scale, applied in fp32
+  int32_t* top;         // [ng][Rp] its token in the step
   float* go;            // the row tile's [32][512]: accumulator (resident) or lo (spill)
   const float* cs_pos;  // channel scales by position
   float* s;             // [T][RV][16] the row tile's scores in the step
-  uint8_t* pp;          // [T/4][RV][16] u32 its probabilities
+  uint8_t* pp;          // [ng][T/4][RV][16] u32 its probabilities, per scale group
+  int64_t pp_group;     // pp's scale-group stride in u32 (T/4 * 16 * kMainRV)
 };
 
 // One step's tokens.
@@ -137,7 +145,8 @@ struct Step {
   bool first;
   const int64_t* slot;       // [n]
   const int8_t* const* tok;  // [4 * groups] latent rows; a zero row past the range
-  const float* ks;           // [4 * groups] token scales (token mode; 0 past the range)
+  const float* ks;           // [4 * groups][ng] token or group scales (token / group modes; 0
+                             // past the range)
   const int8_t* kstage;      // staging copies (blocks shorter than kMinDirectBlock)
   const uint16_t* rstage;
   int pf_from;               // QK prefetches the step's tokens from here on (those before

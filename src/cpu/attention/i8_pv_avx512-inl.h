@@ -16,6 +16,7 @@ enum class Epi { first, rescale, add, spill };  // go = lo*dq | go*alpha + lo*dq
 struct PvArgs {
   const int8_t* const* tok;  // [4 * groups] the tokens' latent rows (a zero row past the range)
   const uint32_t* pp;        // [groups][ps] 4 tokens' u8 probabilities, at the tile's first row
+                             // (of the block's scale group; pv_rows picks it)
   int64_t ps;                // pp's group stride in u32
   int groups;                // groups of 4 tokens in the step
   const float* alpha;        // [RT] per row
@@ -30,10 +31,18 @@ struct PvArgs {
   const int64_t* pf_slot;
   const uint16_t* rope;
   int pf_n;
+  // Scale groups (group modes): gsz channels each (0 outside the group modes); the next group's
+  // pp at + pp_group, its dq / ptop / top at + gstride.
+  int gsz;
+  int64_t pp_group, gstride;
 };
 
-template <int RT, Epi E, bool kChan>
+// kSplit (group32): the block's channels [d0, d0 + 32) are one scale group, [d0 + 32, d0 + 64) the
+// next; they sit in 128-bit lanes 0-1 and 2-3 of every vector (the interleave stays within
+// lanes), so the second group's P, dq, ptop and top token go to the upper 8 lanes (mask 0xff00).
+template <int RT, Epi E, bool kChan, bool kSplit>
 __attribute__((noinline)) void pv_tile(const PvArgs& a, int d0) {
+  constexpr __mmask16 kHi = 0xff00;
   __m512i acc[RT][4];
 #pragma GCC unroll 8
   for (int r = 0; r < RT; ++r)
@@ -58,8 +67,12 @@ __attribute__((noinline)) void pv_tile(const PvArgs& a, int d0) {
                           _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
 #pragma GCC unroll 8
     for (int r = 0; r < RT; ++r) {
-      const __m512i p =
+      __m512i p =
           _mm512_set1_epi32(static_cast<const i32_unaligned*>(static_cast<const void*>(pp))[r]);
+      if constexpr (kSplit)
+        p = _mm512_mask_set1_epi32(
+            p, kHi,
+            static_cast<const i32_unaligned*>(static_cast<const void*>(pp + a.pp_group))[r]);
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) dpbusd(acc[r][i], p, z[i]);
     }
@@ -71,13 +84,18 @@ __attribute__((noinline)) void pv_tile(const PvArgs& a, int d0) {
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) _mm512_store_si512(g + 16 * i, acc[r][i]);
     } else {
-      const __m512 dq = _mm512_set1_ps(a.dq[r]);
+      __m512 dq = _mm512_set1_ps(a.dq[r]);
+      if constexpr (kSplit) dq = _mm512_mask_mov_ps(dq, kHi, _mm512_set1_ps(a.dq[r + a.gstride]));
       const __m512 al = E == Epi::rescale ? _mm512_set1_ps(a.alpha[r]) : dq;
       // The top token, applied exactly: its 64 channels interleaved like V above (each byte in
       // the top of its 32-bit lane, so 2^24 times its value; ptop carries the 2^-24).
-      const __m512 pt = _mm512_set1_ps(a.ptop[r] * 0x1p-24f);
+      __m512 pt = _mm512_set1_ps(a.ptop[r] * 0x1p-24f);
       const __m512i zero = _mm512_setzero_si512();
-      const __m512i xt = _mm512_loadu_si512(a.tok[a.top[r]] + d0);
+      __m512i xt = _mm512_loadu_si512(a.tok[a.top[r]] + d0);
+      if constexpr (kSplit) {
+        pt = _mm512_mask_mov_ps(pt, kHi, _mm512_set1_ps(a.ptop[r + a.gstride] * 0x1p-24f));
+        xt = _mm512_mask_mov_epi32(xt, kHi, _mm512_loadu_si512(a.tok[a.top[r + a.gstride]] + d0));
+      }
       const __m512i lt = _mm512_unpacklo_epi8(zero, xt), ht = _mm512_unpackhi_epi8(zero, xt);
       const __m512i vt[4] = {_mm512_unpacklo_epi16(zero, lt), _mm512_unpackhi_epi16(zero, lt),
                              _mm512_unpacklo_epi16(zero, ht), _mm512_unpackhi_epi16(zero, ht)};
@@ -100,44 +118,46 @@ __attribute__((noinline)) void pv_tile(const PvArgs& a, int d0) {
 
 // rows [0, rows) x 512 channels: channel blocks outer, so that a block's 64 bytes x T tokens of V
 // (16 KiB at T = 256) stay in L1 across the row tiles.
-template <Epi E, bool kChan, int... I>
+// Group modes: each block reads its scale group's P, dq, ptop and top (kSplit: two groups).
+template <Epi E, bool kChan, bool kSplit, int... I>
 void pv_rows_impl(const PvArgs& a, int rows, std::integer_sequence<int, I...>) {
   using Fn = void (*)(const PvArgs&, int);
-  static constexpr Fn kTail[] = {&pv_tile<I + 1, E, kChan>...};  // 1..kPvRows rows
+  static constexpr Fn kTail[] = {&pv_tile<I + 1, E, kChan, kSplit>...};  // 1..kPvRows rows
   for (int d0 = 0; d0 < kLatentDim; d0 += 64) {
     PvArgs t = a;
+    const int g = a.gsz ? d0 / a.gsz : 0;
     for (int r = 0; r < rows; r += kPvRows) {
       const int n = std::min(kPvRows, rows - r);
-      t.pp = a.pp + r;
+      t.pp = a.pp + g * a.pp_group + r;
       t.alpha = a.alpha + r;
-      t.dq = a.dq + r;
-      t.ptop = a.ptop + r;
-      t.top = a.top + r;
+      t.dq = a.dq + g * a.gstride + r;
+      t.ptop = a.ptop + g * a.gstride + r;
+      t.top = a.top + g * a.gstride + r;
       t.go = a.go + int64_t(r) * kLatentDim;
       t.pf_n = r == 0 ? a.pf_n : 0;
       if (n == kPvRows)
-        pv_tile<kPvRows, E, kChan>(t, d0);
+        pv_tile<kPvRows, E, kChan, kSplit>(t, d0);
       else
         kTail[n - 1](t, d0);
     }
   }
 }
 
-template <bool kChan>
+template <bool kChan, bool kSplit>
 void pv_rows(const PvArgs& a, int rows, Epi e) {
   constexpr auto seq = std::make_integer_sequence<int, kPvRows>{};
   switch (e) {
     case Epi::first:
-      pv_rows_impl<Epi::first, kChan>(a, rows, seq);
+      pv_rows_impl<Epi::first, kChan, kSplit>(a, rows, seq);
       break;
     case Epi::rescale:
-      pv_rows_impl<Epi::rescale, kChan>(a, rows, seq);
+      pv_rows_impl<Epi::rescale, kChan, kSplit>(a, rows, seq);
       break;
     case Epi::add:
-      pv_rows_impl<Epi::add, kChan>(a, rows, seq);
+      pv_rows_impl<Epi::add, kChan, kSplit>(a, rows, seq);
       break;
     case Epi::spill:
-      pv_rows_impl<Epi::spill, false>(a, rows, seq);
+      pv_rows_impl<Epi::spill, false, kSplit>(a, rows, seq);
       break;
   }
 }
@@ -150,15 +170,17 @@ void update_spill(const Item& it, const Step& st, int r0, int rows) {
   for (int e = 0; e < rows; ++e) {
     const int r = r0 + e;
     float* o = a.o + (r / it.nh) * a.o_stride_i + (r % it.nh) * a.o_stride_h;
-    const __m512 dq = _mm512_set1_ps(it.dq[r]), al = _mm512_set1_ps(it.alpha[r]);
-    const __m512 pt = _mm512_set1_ps(it.ptop[r]);
-    const int8_t* vt = st.tok[it.top[r]];  // the top token, applied exactly
+    const __m512 al = _mm512_set1_ps(it.alpha[r]);
     for (int d0 = 0; d0 < kLatentDim; d0 += 64) {
       __m512 x[4];
       for (int i = 0; i < 4; ++i)
         x[i] = _mm512_cvtepi32_ps(_mm512_load_si512(lo + e * kLatentDim + d0 + 16 * i));
       positions_to_channels(x);
       for (int i = 0; i < 4; ++i) {
+        // The 16 channels' scale group (group modes; else the one "group" 0).
+        const int64_t gr = (it.gsz ? (d0 + 16 * i) / it.gsz : 0) * int64_t(it.Rp) + r;
+        const __m512 dq = _mm512_set1_ps(it.dq[gr]), pt = _mm512_set1_ps(it.ptop[gr]);
+        const int8_t* vt = st.tok[it.top[gr]];  // the top token, applied exactly
         const __m512 d = it.cs ? _mm512_mul_ps(dq, _mm512_loadu_ps(it.cs + d0 + 16 * i)) : dq;
         float* oi = o + d0 + 16 * i;
         const __m512 y =

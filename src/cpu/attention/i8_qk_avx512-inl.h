@@ -15,7 +15,7 @@ struct QkRows {
   const uint8_t* qp;        // [128][rs] u32 (4 x s8) at the tile's first row
   const uint16_t* qr;       // [32][rs] u32 (bf16 pairs) at the tile's first row
   int64_t rs;               // row stride of qp / qr in u32 (Rp)
-  const int32_t* qsum_neg;  // [RV*16] -128 * sum_c q8[c]
+  const int32_t* qsum_neg;  // [groups][rs] -128 * sum of q8 over a scale group's channels
   const float* qs;          // [RV*16] query scale (tensor scale folded in)
   const int32_t* lim;       // [RV*16] last visible position
 };
@@ -42,41 +42,89 @@ void prefetch_tokens(const int8_t* const* tok, const int64_t* slot, const uint16
 
 // s[t][v][16] = (S_nope * qs * ks[t] + S_rope) for tokens k (latent, 512 bytes apart) and kr
 // (rope, 64 bf16 apart); positions past lim[] get -inf where `mask`. mx[v] = max(mx[v], s[.][v]).
-// kTok: per-token key scales ks (token mode), else 1.
-template <int N, int RV, bool kTok>
+// kScale: 0 no per-token scales (ks unused), 1 token mode (ks[t]), else the group size G of a
+// group mode: S_nope = sum over the 512 / G groups of (int32 dot of the group) x ks[t][group],
+// each group's accumulators starting from its own flip correction (qsum_neg[group][rows]).
+template <int N, int RV, int kScale>
 __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const uint16_t* kr,
                                        const float* ks, int pos0, bool mask, float* s, float* mx,
                                        const QkPrefetch& pf) {
-  __m512i acc[N][RV];
-  {
-    __m512i init[RV];
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) init[v] = _mm512_load_si512(q.qsum_neg + 16 * v);
-#pragma GCC unroll 24
-    for (int n = 0; n < N; ++n)
-#pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) acc[n][v] = init[v];
-  }
+  constexpr bool kTok = kScale == 1;
+  constexpr bool kGrp = kScale > 1;
   const __m512i flip = _mm512_set1_epi8(char(0x80));
   const uint8_t* qp = q.qp;
   const int64_t step = q.rs * 4;
   // One latent line of the prefetched tokens per k-step (8 lines a token, 128 k-steps).
   const int pf_lines = 8 * pf.n;
-  for (int g = 0; g < kGroups; ++g) {
-    if (g < pf_lines) prefetch_line(pf.lat[g >> 3] + 64 * (g & 7));
-    __m512i b[RV];
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) b[v] = _mm512_load_si512(qp + 64 * v);
-#pragma GCC unroll 24
-    for (int n = 0; n < N; ++n) {
-      const __m512i ku = xor_bcast(flip, k + n * kLatentDim + 4 * g);
-#pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) dpbusd(acc[n][v], ku, b[v]);
-    }
-    qp += step;
-  }
+  __m512i acc[N][RV];
   __m512 f[N][RV];
-  {
+  if constexpr (kGrp) {
+    constexpr int NG = kLatentDim / kScale, KS = kScale / 4;  // groups, k-steps per group
+#pragma GCC unroll 24
+    for (int n = 0; n < N; ++n)
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) f[n][v] = _mm512_setzero_ps();
+    for (int gi = 0; gi < NG; ++gi) {
+      {
+        __m512i init[RV];
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) init[v] = _mm512_load_si512(q.qsum_neg + gi * q.rs + 16 * v);
+#pragma GCC unroll 24
+        for (int n = 0; n < N; ++n)
+#pragma GCC unroll 4
+          for (int v = 0; v < RV; ++v) acc[n][v] = init[v];
+      }
+      for (int g = gi * KS; g < (gi + 1) * KS; ++g) {
+        if (g < pf_lines) prefetch_line(pf.lat[g >> 3] + 64 * (g & 7));
+        __m512i b[RV];
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) b[v] = _mm512_load_si512(qp + 64 * v);
+#pragma GCC unroll 24
+        for (int n = 0; n < N; ++n) {
+          const __m512i ku = xor_bcast(flip, k + n * kLatentDim + 4 * g);
+#pragma GCC unroll 4
+          for (int v = 0; v < RV; ++v) dpbusd(acc[n][v], ku, b[v]);
+        }
+        qp += step;
+      }
+#pragma GCC unroll 24
+      for (int n = 0; n < N; ++n) {
+        const __m512 sc = _mm512_set1_ps(ks[n * NG + gi]);
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v)
+          f[n][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[n][v]), sc, f[n][v]);
+      }
+    }
+    __m512 qs[RV];
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) qs[v] = _mm512_load_ps(q.qs + 16 * v);
+#pragma GCC unroll 24
+    for (int n = 0; n < N; ++n)
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) f[n][v] = _mm512_mul_ps(f[n][v], qs[v]);
+  } else {
+    {
+      __m512i init[RV];
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) init[v] = _mm512_load_si512(q.qsum_neg + 16 * v);
+#pragma GCC unroll 24
+      for (int n = 0; n < N; ++n)
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) acc[n][v] = init[v];
+    }
+    for (int g = 0; g < kGroups; ++g) {
+      if (g < pf_lines) prefetch_line(pf.lat[g >> 3] + 64 * (g & 7));
+      __m512i b[RV];
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) b[v] = _mm512_load_si512(qp + 64 * v);
+#pragma GCC unroll 24
+      for (int n = 0; n < N; ++n) {
+        const __m512i ku = xor_bcast(flip, k + n * kLatentDim + 4 * g);
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) dpbusd(acc[n][v], ku, b[v]);
+      }
+      qp += step;
+    }
     __m512 qs[RV];
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) qs[v] = _mm512_load_ps(q.qs + 16 * v);
@@ -130,19 +178,30 @@ __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const u
 using QkFn = void (*)(const QkRows&, const int8_t*, const uint16_t*, const float*, int, bool,
                       float*, float*, const QkPrefetch&);
 
-// Table of qk_tile<n, RV, kTok> for n = 1..N, so a tile cut short by a block boundary or the end
-// of the range still runs in one call.
-template <int RV, bool kTok, int... I>
+// Table of qk_tile<n, RV, kScale> for n = 1..N, so a tile cut short by a block boundary or the
+// end of the range still runs in one call.
+template <int RV, int kScale, int... I>
 constexpr auto qk_table(std::integer_sequence<int, I...>) {
-  return std::array<QkFn, sizeof...(I)>{&qk_tile<I + 1, RV, kTok>...};
+  return std::array<QkFn, sizeof...(I)>{&qk_tile<I + 1, RV, kScale>...};
 }
 
+// The tiles for the item's scale mode (gsz: group size, 0 outside the group modes); *n: the most
+// tokens a tile takes.
 template <int RV>
-const std::array<QkFn, QkShape<RV>::kTokens>& qk_fns(bool tok) {
-  constexpr int N = QkShape<RV>::kTokens;
-  static const auto t = qk_table<RV, true>(std::make_integer_sequence<int, N>{});
-  static const auto f = qk_table<RV, false>(std::make_integer_sequence<int, N>{});
-  return tok ? t : f;
+const QkFn* qk_fns(bool tok, int gsz, int* n) {
+  constexpr int N = QkShape<RV>::kTokens, NG = QkShape<RV>::kGrpTokens;
+  static const auto t = qk_table<RV, 1>(std::make_integer_sequence<int, N>{});
+  static const auto f = qk_table<RV, 0>(std::make_integer_sequence<int, N>{});
+  static const auto g32 = qk_table<RV, 32>(std::make_integer_sequence<int, NG>{});
+  static const auto g64 = qk_table<RV, 64>(std::make_integer_sequence<int, NG>{});
+  static const auto g128 = qk_table<RV, 128>(std::make_integer_sequence<int, NG>{});
+  *n = gsz ? NG : N;
+  switch (gsz) {
+    case 32: return g32.data();
+    case 64: return g64.data();
+    case 128: return g128.data();
+    default: return tok ? t.data() : f.data();
+  }
 }
 
 // ---- the item -----------------------------------------------------------------------------------
@@ -150,11 +209,13 @@ const std::array<QkFn, QkShape<RV>::kTokens>& qk_fns(bool tok) {
 // Quantizes the item's query rows and packs them (qp, qr), rows in lanes; rows >= R are zero.
 // The rounding is quantize_query_row's (cpu/attention/quantize.h: q * (127 / max|q|), to nearest
 // even), vectorized, so the kernel computes with exactly kernel_query_values(). qs has the tensor
-// scale folded in; qsum_neg = -128 * sum_c q8[c] corrects QK for the key's flip to u8.
+// scale folded in; qsum_neg[group][r] = -128 * sum of q8 over the scale group's gsz channels
+// (gsz 512 outside the group modes) corrects QK for the key's flip to u8.
 // 16 rows at a time: each row's 64 channels (16 groups of 4 bytes) go into one register, and a
 // 16 x 16 transpose turns them into 16 group vectors with the rows in the lanes.
 void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const float* cs,
-                  float tensor, uint8_t* qp, uint16_t* qr, int32_t* qsum_neg, float* qs) {
+                  float tensor, int gsz, uint8_t* qp, uint16_t* qr, int32_t* qsum_neg,
+                  float* qs) {
   const DecodeParams& p = *a.p;
   uint32_t* qp32 = reinterpret_cast<uint32_t*>(qp);
   uint32_t* qr32 = reinterpret_cast<uint32_t*>(qr);
@@ -198,6 +259,10 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
           y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
           const __m512i q8 = _mm512_cvtps_epi32(y);
           sum[e] = _mm512_add_epi32(sum[e], q8);
+          if ((c + 16) % gsz == 0) {
+            qsum_neg[int64_t(c / gsz) * Rp + r0 + e] = -128 * _mm512_reduce_add_epi32(sum[e]);
+            sum[e] = _mm512_setzero_si512();
+          }
           b[j] = _mm512_cvtepi32_epi8(q8);
         }
         w[e] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(b[1], b[0])),
@@ -206,7 +271,6 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
       transpose16x16_epi32(w);
       for (int g = 0; g < 16; ++g) _mm512_store_si512(qp32 + int64_t(c0 / 4 + g) * Rp + r0, w[g]);
     }
-    for (int e = 0; e < 16; ++e) qsum_neg[r0 + e] = -128 * _mm512_reduce_add_epi32(sum[e]);
     const __m512i flip = _mm512_set1_epi32(negate ? int(0x80008000u) : 0);
     for (int j0 = 0; j0 < kRopePairs; j0 += 16) {
       __m512i w[16];
@@ -222,7 +286,6 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
 // QK: the step's tokens against row vectors [v0, v0 + RV): s (masked) and the step maximum mx.
 template <int RV>
 void qk_rows(const Item& it, const Step& st, int v0, float* mx) {
-  constexpr int N = QkShape<RV>::kTokens;
   const int r0 = 16 * v0;
   const CacheView& cache = *it.cache;
   const int bs = cache.block_size();
@@ -233,7 +296,8 @@ void qk_rows(const Item& it, const Step& st, int v0, float* mx) {
   }
   const QkRows rows{it.qp + 4 * r0,   it.qr + 2 * r0, it.Rp,
                     it.qsum_neg + r0, it.qs + r0,     it.lim + r0};
-  const auto& fns = qk_fns<RV>(it.tok);
+  int N;
+  const QkFn* fns = qk_fns<RV>(it.tok, it.gsz, &N);
   for (int t = 0; t < st.n;) {
     // A tile of up to N tokens, consecutive in one block of the cache (or in the staging copy).
     const int len =
@@ -254,7 +318,7 @@ void qk_rows(const Item& it, const Step& st, int v0, float* mx) {
                           .slot = st.slot + pf0,
                           .rope = it.rope,
                           .n = it.staged ? 0 : std::max(0, std::min(len, st.n - pf0))};
-      fns[len - 1](rows, k, kr, st.ks + t, pos0, pos0 + len - 1 > lim_min, s, mx, pf);
+      fns[len - 1](rows, k, kr, st.ks + int64_t(t) * it.ng, pos0, pos0 + len - 1 > lim_min, s, mx, pf);
     }
     t += len;
   }

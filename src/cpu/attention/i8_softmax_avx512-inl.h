@@ -9,6 +9,81 @@ namespace mla::cpu {
 namespace {
 
 
+// SM's group-mode part (softmax_rows; the lambdas are its prob, quant and inverse): p into s and
+// the row sums, then per scale group g the same as token mode with p' = p * ks[t][g]: the top
+// token of the group applied exactly (ptop, top), the others quantized against the largest of
+// them (dq) into the group's own u8 matrix (pp + g * pp_group), so each group's P.V stays an
+// integer product over its channels. p' is recomputed from s per group (a load and a multiply)
+// rather than stored: ng copies of the step's scores would not stay in L1.
+template <int RV, class Prob, class Quant, class Inverse>
+void softmax_groups(const Item& it, const Step& st, int r0, int ibits, __m512i keep, Prob prob,
+                    Quant quant, Inverse inverse, __m512* inv, __m512* sum) {
+  constexpr int64_t ss = 16 * RV;
+  const int nt = 4 * st.groups, ng = it.ng;
+  for (int t = 0; t < nt; ++t) {
+    float* s = it.s + t * ss;
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) {
+      const __m512 p = prob(s + 16 * v, v);
+      sum[v] = _mm512_add_ps(sum[v], p);
+      _mm512_store_ps(s + 16 * v, p);
+    }
+  }
+  const __m512 dq_scale = _mm512_set1_ps(it.tensor / 255.f);
+  for (int g = 0; g < ng; ++g) {
+    const float* ks = st.ks + g;  // token t's scale of group g: ks[t * ng]
+    __m512 m1[RV], m2[RV];
+    __m512i key[RV];
+    for (int v = 0; v < RV; ++v) {
+      m1[v] = m2[v] = _mm512_setzero_ps();
+      key[v] = _mm512_setzero_si512();
+    }
+    for (int t = 0; t < nt; t += 2) {
+      const float* s = it.s + t * ss;
+      const __m512i t0 = _mm512_set1_epi32(t), t1 = _mm512_set1_epi32(t + 1);
+      const __m512 k0s = _mm512_set1_ps(ks[t * ng]), k1s = _mm512_set1_ps(ks[(t + 1) * ng]);
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) {
+        const __m512 q0 = _mm512_mul_ps(_mm512_load_ps(s + 16 * v), k0s);
+        const __m512 q1 = _mm512_mul_ps(_mm512_load_ps(s + ss + 16 * v), k1s);
+        const __m512 hi = _mm512_max_ps(q0, q1), lo = _mm512_min_ps(q0, q1);
+        m2[v] = _mm512_max_ps(_mm512_max_ps(m2[v], lo), _mm512_min_ps(m1[v], hi));
+        m1[v] = _mm512_max_ps(m1[v], hi);
+        const __m512i k0 = _mm512_ternarylogic_epi32(_mm512_castps_si512(q0), keep, t0, 0xea);
+        const __m512i k1 = _mm512_ternarylogic_epi32(_mm512_castps_si512(q1), keep, t1, 0xea);
+        key[v] = _mm512_max_epi32(key[v], _mm512_max_epi32(k0, k1));
+      }
+    }
+    for (int v = 0; v < RV; ++v) inv[v] = inverse(m2[v]);
+    uint32_t* pp = reinterpret_cast<uint32_t*>(it.pp) + g * it.pp_group;
+    for (int j = 0; j < st.groups; ++j) {
+      const float* s = it.s + 4 * j * ss;
+      __m512 kq[4];
+      for (int i = 0; i < 4; ++i) kq[i] = _mm512_set1_ps(ks[(4 * j + i) * ng]);
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) {
+        __m512i b[4];
+        for (int i = 0; i < 4; ++i)
+          b[i] = quant(_mm512_mul_ps(_mm512_load_ps(s + i * ss + 16 * v), kq[i]), v);
+        const __m512i w01 = _mm512_or_si512(b[0], _mm512_slli_epi32(b[1], 8));
+        const __m512i w23 = _mm512_or_si512(_mm512_slli_epi32(b[2], 16), _mm512_slli_epi32(b[3], 24));
+        _mm512_store_si512(pp + (j * RV + v) * 16, _mm512_or_si512(w01, w23));
+      }
+    }
+    for (int v = 0; v < RV; ++v) {
+      alignas(64) int32_t kt[16];
+      _mm512_store_si512(kt, key[v]);
+      for (int e = 0; e < 16; ++e) {
+        const int t = kt[e] & int((1u << ibits) - 1), r = r0 + 16 * v + e;
+        it.top[g * it.Rp + r] = t;
+        it.ptop[g * it.Rp + r] = it.s[t * ss + 16 * v + e] * ks[t * ng] * it.tensor;
+        reinterpret_cast<uint8_t*>(pp + ((t >> 2) * RV + v) * 16 + e)[t & 3] = 0;
+      }
+      _mm512_store_ps(it.dq + g * it.Rp + r0 + 16 * v, _mm512_mul_ps(m2[v], dq_scale));
+    }
+  }
+}
+
 // SM: new running maximum, p = 2^(s * c2 - m), row sums, and the probabilities quantized to u8
 // against each row's maximum of p' = p * value scale within the step, packed 4 tokens a lane.
 template <int RV>
@@ -66,6 +141,10 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
   const int nt = 4 * st.groups;
   const int ibits = 32 - __builtin_clz(unsigned(std::max(nt - 1, 1)));
   const __m512i keep = _mm512_set1_epi32(int(~((1u << ibits) - 1)));
+  const __m512 dq_scale = _mm512_set1_ps(it.tensor / 255.f);
+  if (it.gsz) {
+    softmax_groups<RV>(it, st, r0, ibits, keep, prob, quant, inverse, inv, sum);
+  } else {
   __m512 m1[RV], m2[RV];
   __m512i key[RV];
   for (int v = 0; v < RV; ++v) {
@@ -118,12 +197,12 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
       reinterpret_cast<uint8_t*>(pp + ((t >> 2) * RV + v) * 16 + e)[t & 3] = 0;
     }
   }
-  const __m512 dq_scale = _mm512_set1_ps(it.tensor / 255.f);
+  for (int v = 0; v < RV; ++v) _mm512_store_ps(it.dq + r0 + 16 * v, _mm512_mul_ps(m2[v], dq_scale));
+  }
   for (int v = 0; v < RV; ++v) {
     const int rv = r0 + 16 * v;
     const __m512 l = _mm512_load_ps(it.l + rv);
     _mm512_store_ps(it.l + rv, _mm512_fmadd_ps(l, _mm512_load_ps(it.alpha + rv), sum[v]));
-    _mm512_store_ps(it.dq + rv, _mm512_mul_ps(m2[v], dq_scale));
   }
   return same_max;
 }
