@@ -14,10 +14,15 @@ namespace {
 // token of the group applied exactly (ptop, top), the others quantized against the largest of
 // them (dq) into the group's own u8 matrix (pp + g * pp_group), so each group's P.V stays an
 // integer product over its channels. p' is recomputed from s per group (a load and a multiply)
-// rather than stored: ng copies of the step's scores would not stay in L1.
-template <int RV, class Prob, class Quant, class Inverse>
+// rather than stored: ng copies of the step's scores would not stay in L1. ng times token mode's
+// work made SM the largest extra cost of the group modes, so per group it is leaner: the top two
+// are tracked on the integer keys alone (max2 is then the second key with its index bits
+// cleared, at most 2^-13 below the float one: the quantization reference, used consistently for
+// the u8 values and dq, so nothing inexact follows), and 4 tokens' u8 are packed by saturating
+// packs and one byte shuffle (values past 255 occur only for the top token, whose byte is zeroed).
+template <int RV, class Prob, class Inverse>
 void softmax_groups(const Item& it, const Step& st, int r0, int ibits, __m512i keep, Prob prob,
-                    Quant quant, Inverse inverse, __m512* inv, __m512* sum) {
+                    Inverse inverse, __m512* inv, __m512* sum) {
   constexpr int64_t ss = 16 * RV;
   const int nt = 4 * st.groups, ng = it.ng;
   for (int t = 0; t < nt; ++t) {
@@ -30,14 +35,12 @@ void softmax_groups(const Item& it, const Step& st, int r0, int ibits, __m512i k
     }
   }
   const __m512 dq_scale = _mm512_set1_ps(it.tensor / 255.f);
+  const __m512i by_row = _mm512_broadcast_i32x4(
+      _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
   for (int g = 0; g < ng; ++g) {
     const float* ks = st.ks + g;  // token t's scale of group g: ks[t * ng]
-    __m512 m1[RV], m2[RV];
-    __m512i key[RV];
-    for (int v = 0; v < RV; ++v) {
-      m1[v] = m2[v] = _mm512_setzero_ps();
-      key[v] = _mm512_setzero_si512();
-    }
+    __m512i k1[RV], k2[RV];  // the largest and second largest keys
+    for (int v = 0; v < RV; ++v) k1[v] = k2[v] = _mm512_setzero_si512();
     for (int t = 0; t < nt; t += 2) {
       const float* s = it.s + t * ss;
       const __m512i t0 = _mm512_set1_epi32(t), t1 = _mm512_set1_epi32(t + 1);
@@ -46,15 +49,18 @@ void softmax_groups(const Item& it, const Step& st, int r0, int ibits, __m512i k
       for (int v = 0; v < RV; ++v) {
         const __m512 q0 = _mm512_mul_ps(_mm512_load_ps(s + 16 * v), k0s);
         const __m512 q1 = _mm512_mul_ps(_mm512_load_ps(s + ss + 16 * v), k1s);
-        const __m512 hi = _mm512_max_ps(q0, q1), lo = _mm512_min_ps(q0, q1);
-        m2[v] = _mm512_max_ps(_mm512_max_ps(m2[v], lo), _mm512_min_ps(m1[v], hi));
-        m1[v] = _mm512_max_ps(m1[v], hi);
-        const __m512i k0 = _mm512_ternarylogic_epi32(_mm512_castps_si512(q0), keep, t0, 0xea);
-        const __m512i k1 = _mm512_ternarylogic_epi32(_mm512_castps_si512(q1), keep, t1, 0xea);
-        key[v] = _mm512_max_epi32(key[v], _mm512_max_epi32(k0, k1));
+        const __m512i a = _mm512_ternarylogic_epi32(_mm512_castps_si512(q0), keep, t0, 0xea);
+        const __m512i b = _mm512_ternarylogic_epi32(_mm512_castps_si512(q1), keep, t1, 0xea);
+        const __m512i hi = _mm512_max_epi32(a, b), lo = _mm512_min_epi32(a, b);
+        k2[v] = _mm512_max_epi32(k2[v], _mm512_max_epi32(lo, _mm512_min_epi32(k1[v], hi)));
+        k1[v] = _mm512_max_epi32(k1[v], hi);
       }
     }
-    for (int v = 0; v < RV; ++v) inv[v] = inverse(m2[v]);
+    __m512 m2[RV];
+    for (int v = 0; v < RV; ++v) {
+      m2[v] = _mm512_castsi512_ps(_mm512_and_si512(k2[v], keep));
+      inv[v] = inverse(m2[v]);
+    }
     uint32_t* pp = reinterpret_cast<uint32_t*>(it.pp) + g * it.pp_group;
     for (int j = 0; j < st.groups; ++j) {
       const float* s = it.s + 4 * j * ss;
@@ -64,15 +70,17 @@ void softmax_groups(const Item& it, const Step& st, int r0, int ibits, __m512i k
       for (int v = 0; v < RV; ++v) {
         __m512i b[4];
         for (int i = 0; i < 4; ++i)
-          b[i] = quant(_mm512_mul_ps(_mm512_load_ps(s + i * ss + 16 * v), kq[i]), v);
-        const __m512i w01 = _mm512_or_si512(b[0], _mm512_slli_epi32(b[1], 8));
-        const __m512i w23 = _mm512_or_si512(_mm512_slli_epi32(b[2], 16), _mm512_slli_epi32(b[3], 24));
-        _mm512_store_si512(pp + (j * RV + v) * 16, _mm512_or_si512(w01, w23));
+          b[i] = _mm512_cvtps_epi32(
+              _mm512_mul_ps(_mm512_mul_ps(_mm512_load_ps(s + i * ss + 16 * v), kq[i]), inv[v]));
+        // Per 128-bit lane: bytes b0[0..3] b1[0..3] b2[0..3] b3[0..3] -> (b0 b1 b2 b3)[0..3].
+        const __m512i x = _mm512_packus_epi16(_mm512_packus_epi32(b[0], b[1]),
+                                              _mm512_packus_epi32(b[2], b[3]));
+        _mm512_store_si512(pp + (j * RV + v) * 16, _mm512_shuffle_epi8(x, by_row));
       }
     }
     for (int v = 0; v < RV; ++v) {
       alignas(64) int32_t kt[16];
-      _mm512_store_si512(kt, key[v]);
+      _mm512_store_si512(kt, k1[v]);
       for (int e = 0; e < 16; ++e) {
         const int t = kt[e] & int((1u << ibits) - 1), r = r0 + 16 * v + e;
         it.top[g * it.Rp + r] = t;
@@ -143,7 +151,7 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
   const __m512i keep = _mm512_set1_epi32(int(~((1u << ibits) - 1)));
   const __m512 dq_scale = _mm512_set1_ps(it.tensor / 255.f);
   if (it.gsz) {
-    softmax_groups<RV>(it, st, r0, ibits, keep, prob, quant, inverse, inv, sum);
+    softmax_groups<RV>(it, st, r0, ibits, keep, prob, inverse, inv, sum);
   } else {
   __m512 m1[RV], m2[RV];
   __m512i key[RV];
