@@ -1,0 +1,278 @@
+// The fast attention layer (preprocess -> decode -> einsum + o_proj) against the float64
+// un-absorbed reference (ref/layer_ref) on small checkpoints written by the test: both
+// architectures (q LoRA / q_proj), bf16/fp16/int8 caches, Q 1-3, uneven lengths, histories over
+// several blocks and past original_max_position_embeddings, layer > 0, bf16/fp16/fp32/fp8
+// weights, one file and shards. Also the config parsing and the derived YaRN quantities.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "cpu/linear/linear.h"
+#include "mla/layer.h"
+#include "mla/status.h"
+#include "ref/layer_ref.h"
+#include "support/random_case.h"
+#include "support/tiny_model.h"
+
+namespace mla {
+namespace {
+
+struct LayerCase {
+  test::TinyModelSpec model;
+  KvDType kv = KvDType::bf16;
+  int q_len = 1, block_size = 16, layer = 1;
+  std::vector<int> lens;  // tokens per sequence, the q_len new ones included
+};
+
+struct Errors {
+  double rel = 0, cosine = 1;
+  bool finite = true;
+};
+
+Errors compare(const std::vector<float>& out, const std::vector<double>& ref) {
+  double num = 0, den = 0, dot = 0, no = 0;
+  Errors e;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) e.finite = false;
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+    dot += out[i] * ref[i];
+    no += double(out[i]) * out[i];
+  }
+  e.rel = std::sqrt(num / den);
+  e.cosine = dot / std::sqrt(no * den);
+  return e;
+}
+
+Errors run_case(const LayerCase& lc, uint64_t seed) {
+  const std::string dir = test::make_temp_dir("layer");
+  test::TinyModelSpec ms = lc.model;
+  ms.seed = seed;
+  test::write_tiny_model(dir, ms);
+  const ModelConfig cfg = read_model_config(dir + "/config.json");
+  const TensorStore store = TensorStore::open_dir(dir);
+  MlaLayer layer(cfg, store, lc.layer);
+
+  const int B = int(lc.lens.size()), Q = lc.q_len, D = cfg.hidden_size;
+  int T = 0;
+  for (int l : lc.lens) T = std::max(T, l);
+  std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> hidden(size_t(B) * T * D);
+  for (auto& x : hidden) x = nd(rng);
+
+  int64_t blocks = 0;
+  for (int l : lc.lens) blocks += (l + lc.block_size - 1) / lc.block_size;
+  PagedLatentCache cache(CacheConfig{.num_blocks = blocks + 2, .block_size = lc.block_size, .dtype = lc.kv});
+  BlockAllocator alloc(blocks + 2, lc.block_size, seed | 1);  // scattered block tables
+  std::vector<int> seqs;
+  for (int b = 0; b < B; ++b) {
+    const int s = alloc.add_sequence();
+    seqs.push_back(s);
+    const int P = lc.lens[b] - Q;
+    if (P > 0) {
+      const std::vector<int64_t> slots = alloc.append(s, P);
+      std::vector<int32_t> pos(P);
+      for (int t = 0; t < P; ++t) pos[t] = t;
+      layer.prefill(P, hidden.data() + size_t(b) * T * D, pos.data(), slots.data(), cache, 2);
+    }
+    alloc.append(s, Q);
+  }
+  int mb = 0;
+  const std::vector<int32_t> bt = alloc.block_table_array(seqs, &mb);
+  std::vector<int32_t> seq_lens(lc.lens.begin(), lc.lens.end());
+  std::vector<float> new_hidden(size_t(B) * Q * D);
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < Q; ++i)
+      std::copy_n(hidden.data() + (size_t(b) * T + lc.lens[b] - Q + i) * D, D,
+                  new_hidden.data() + (size_t(b) * Q + i) * D);
+  std::vector<float> out(size_t(B) * Q * D, std::nanf(""));
+  DecodeOptions opt;
+  opt.threads = 2;
+  layer.decode(LayerStep{.batch = B, .q_len = Q, .hidden = new_hidden.data(), .seq_lens = seq_lens.data(),
+                         .block_table = bt.data(), .max_blocks_per_seq = mb},
+               cache, opt, out.data());
+
+  const ref::LayerWeights64 w64 = ref::load_layer_weights64(cfg, store, lc.layer);
+  std::vector<double> ref(out.size());
+  for (int b = 0; b < B; ++b) {
+    const int P = lc.lens[b] - Q;
+    ref::layer_forward(w64, P, hidden.data() + size_t(b) * T * D, nullptr, Q,
+                       new_hidden.data() + size_t(b) * Q * D, ref.data() + size_t(b) * Q * D);
+  }
+  std::filesystem::remove_all(dir);
+  return compare(out, ref);
+}
+
+void expect_close(const LayerCase& lc, const char* what) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(std::string(what) + " seed " + std::to_string(seed));
+  const Errors e = run_case(lc, seed);
+  EXPECT_TRUE(e.finite);
+  if (lc.kv == KvDType::int8) {
+    EXPECT_LT(e.rel, 3e-2);
+    EXPECT_GT(e.cosine, 0.999);
+  } else {
+    EXPECT_LT(e.rel, 1e-2);
+  }
+  std::printf("  %-40s rel %.2e cos %.6f\n", what, e.rel, e.cosine);
+}
+
+TEST(Layer, QLoraBf16WeightsBf16Cache) {
+  expect_close({.q_len = 1, .lens = {37, 80, 5}}, "q LoRA, bf16 weights, bf16 cache, Q 1");
+}
+
+TEST(Layer, NoQLoraV2LiteStyle) {
+  LayerCase lc{.q_len = 2, .lens = {50, 19}};
+  lc.model.q_lora_rank = 0;
+  lc.model.rope_type_key = true;
+  expect_close(lc, "q_proj (no q LoRA), Q 2");
+}
+
+TEST(Layer, CacheTypes) {
+  for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8}) {
+    LayerCase lc{.kv = kv, .q_len = 3, .lens = {70, 3, 41}};
+    expect_close(lc, (std::string("Q 3 cache ") + kv_dtype_name(kv)).c_str());
+  }
+}
+
+TEST(Layer, WeightTypes) {
+  for (StDType dt : {StDType::f32, StDType::f16, StDType::f8_e4m3}) {
+    LayerCase lc{.q_len = 2, .lens = {33, 64}};
+    lc.model.dtype = dt;
+    lc.model.hidden = 320;  // not a multiple of the 128-wide fp8 blocks
+    expect_close(lc, (std::string("weights ") + st_dtype_name(dt)).c_str());
+  }
+}
+
+TEST(Layer, ShardedLayerZeroV3Mscale) {
+  LayerCase lc{.q_len = 1, .layer = 0, .lens = {20, 9}};
+  lc.model.shards = 3;
+  lc.model.mscale = 1.0;
+  lc.model.mscale_all_dim = 1.0;
+  expect_close(lc, "3 shards, layer 0");
+}
+
+TEST(Layer, HistoryPastOriginalMaxPositions) {
+  // 4200 > original_max_position_embeddings (4096): YaRN's interpolated frequencies matter.
+  LayerCase lc{.q_len = 2, .block_size = 64, .lens = {4200}};
+  lc.model.heads = 2;
+  expect_close(lc, "history of 4200 positions");
+  lc.kv = KvDType::int8;
+  expect_close(lc, "history of 4200 positions, int8");
+}
+
+TEST(Layer, RefusesBadSteps) {
+  const std::string dir = test::make_temp_dir("layer-bad");
+  test::write_tiny_model(dir, {});
+  const ModelConfig cfg = read_model_config(dir + "/config.json");
+  const TensorStore store = TensorStore::open_dir(dir);
+  EXPECT_THROW(MlaLayer(cfg, store, 2), Error);  // the model has layers 0 and 1
+  MlaLayer layer(cfg, store, 0);
+  PagedLatentCache cache(CacheConfig{.num_blocks = 2, .block_size = 16});
+  std::vector<float> hidden(2 * cfg.hidden_size, 0.5f), out(2 * cfg.hidden_size, -7.f);
+  const int32_t bt[2] = {0, 1};
+  const int32_t short_len = 1;
+  DecodeOptions opt;
+  EXPECT_THROW(layer.decode({.batch = 1, .q_len = 2, .hidden = hidden.data(), .seq_lens = &short_len,
+                             .block_table = bt, .max_blocks_per_seq = 2}, cache, opt, out.data()),
+               Error);
+  const int32_t too_long = 40;  // 2 blocks of 16 hold 32
+  EXPECT_THROW(layer.decode({.batch = 1, .q_len = 1, .hidden = hidden.data(), .seq_lens = &too_long,
+                             .block_table = bt, .max_blocks_per_seq = 2}, cache, opt, out.data()),
+               Error);
+  for (float v : out) ASSERT_EQ(v, -7.f);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ModelConfig, DerivedQuantitiesMatchPublishedValues) {
+  // DESIGN §1: softmax scale 0.1352 (V3) and 0.1147 (V2-Lite).
+  EXPECT_NEAR(softmax_scale(preset_config("deepseek-v3")), 0.1352, 5e-5);
+  EXPECT_NEAR(softmax_scale(preset_config("deepseek-v2-lite")), 0.1147, 5e-5);
+  EXPECT_DOUBLE_EQ(rope_attention_factor(preset_config("deepseek-v3")), 1.0);
+  const ModelConfig c = preset_config("deepseek-v3");
+  const std::vector<double> f = rope_inv_freq(c);
+  // YaRN over 4096 positions, beta 32/1, dim 64, base 1e4: the correction range is dims [10, 23]
+  // (floor/ceil of 10.2 and 22.4); below it the original frequency, above it divided by 40.
+  ASSERT_EQ(f.size(), 32u);
+  for (int i = 0; i < 32; ++i) {
+    const double orig = std::pow(10000.0, -2.0 * i / 64);
+    if (i <= 10) {
+      EXPECT_DOUBLE_EQ(f[i], orig) << i;
+    } else if (i >= 23) {
+      EXPECT_NEAR(f[i], orig / 40, 1e-15) << i;
+    } else {
+      EXPECT_TRUE(f[i] < orig && f[i] > orig / 40) << i;
+    }
+  }
+}
+
+TEST(ModelConfig, RefusesUnsupportedValues) {
+  const std::string base = R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 512,
+    "qk_nope_head_dim": 16, "qk_rope_head_dim": 64, "v_head_dim": 16)";
+  EXPECT_NO_THROW(parse_model_config(base + "}", "c.json"));
+  auto refused = [&](const std::string& extra, const std::string& needle) {
+    std::string text = base + extra + "}";
+    if (extra.rfind("REPLACE:", 0) == 0) text = extra.substr(8);
+    try {
+      parse_model_config(text, "c.json");
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("c.json"), std::string::npos) << e.what();
+    }
+  };
+  refused(R"(, "attention_bias": true)", "attention_bias");
+  refused(R"(, "rope_scaling": {"type": "dynamic", "factor": 2})", "dynamic");
+  refused(R"(, "rope_scaling": {"rope_type": "yarn"})", "factor");
+  refused(R"(, "quantization_config": {"weight_block_size": [128]})", "weight_block_size");
+  refused("REPLACE:{\"hidden_size\": 64, \"num_attention_heads\": 2, \"kv_lora_rank\": 256, "
+          "\"qk_nope_head_dim\": 16, \"qk_rope_head_dim\": 64, \"v_head_dim\": 16}", "kv_lora_rank = 256");
+  refused("REPLACE:{\"hidden_size\": 64, \"num_attention_heads\": 2, \"kv_lora_rank\": 512, "
+          "\"qk_nope_head_dim\": 16, \"qk_rope_head_dim\": 32, \"v_head_dim\": 16}", "qk_rope_head_dim = 32");
+  refused("REPLACE:{\"num_attention_heads\": 2, \"kv_lora_rank\": 512}", "hidden_size");
+  refused("REPLACE:{\"hidden_size\": 64,", "not valid JSON");
+}
+
+// Every weight type through both projection kernels against a float64 product.
+TEST(Linear, KernelsMatchFloat64) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (cpu::WDType dt : {cpu::WDType::bf16, cpu::WDType::f16, cpu::WDType::f32, cpu::WDType::fp8_e4m3})
+    for (int n : {1, 2, 3, 4, 5, 9}) {
+      const int64_t out = 37, in = 300;  // neither a multiple of 4 rows nor of 16 columns
+      std::vector<unsigned char> wb(out * in * cpu::wdtype_size(dt));
+      std::vector<float> scales(1 * 3);
+      for (auto& s : scales) s = 0.01f + 0.01f * float(rng() % 100);
+      for (int64_t i = 0; i < out * in; ++i) {
+        const float v = nd(rng);
+        if (dt == cpu::WDType::bf16) { const uint16_t h = f32_to_bf16(v); std::memcpy(&wb[i * 2], &h, 2); }
+        if (dt == cpu::WDType::f16) { const uint16_t h = f32_to_f16(v); std::memcpy(&wb[i * 2], &h, 2); }
+        if (dt == cpu::WDType::f32) std::memcpy(&wb[i * 4], &v, 4);
+        if (dt == cpu::WDType::fp8_e4m3) wb[i] = f32_to_fp8_e4m3(v * 50);
+      }
+      cpu::LinearWeight w{.out = out, .in = in, .dtype = dt, .w = wb.data(), .ld = in,
+                          .scale_inv = scales.data(), .scale_ld = 3};
+      std::vector<float> x(n * in);
+      for (auto& v : x) v = nd(rng);
+      for (bool portable : {false, true}) {
+        std::vector<float> y(n * out + 8, std::nanf(""));
+        cpu::linear(w, n, x.data(), in, y.data(), out, 2, portable);
+        for (int t = 0; t < n; ++t)
+          for (int64_t r = 0; r < out; ++r) {
+            double s = 0, a = 0;
+            for (int64_t c = 0; c < in; ++c) s += double(w.at(r, c)) * x[t * in + c], a += std::fabs(double(w.at(r, c)) * x[t * in + c]);
+            ASSERT_NEAR(y[t * out + r], s, 1e-5 * a) << cpu::wdtype_name(dt) << " n " << n << " row " << r
+                                                     << (portable ? " portable" : " avx512");
+          }
+        for (int i = 0; i < 8; ++i) ASSERT_TRUE(std::isnan(y[n * out + i]));  // nothing past the end
+      }
+    }
+}
+
+}  // namespace
+}  // namespace mla
