@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "mla/cache.h"
 #include "mla/status.h"
@@ -55,13 +56,30 @@ std::vector<double> load(const ModelConfig& c, const TensorStore& s, const std::
   return w;
 }
 
+// Four partial sums: the compiler keeps them in vector lanes (float64 throughout).
+double dot(const double* a, const double* b, int64_t n) {
+  double s[4] = {};
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4)
+    for (int j = 0; j < 4; ++j) s[j] += a[k + j] * b[k + j];
+  for (; k < n; ++k) s[0] += a[k] * b[k];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 void matvec(const std::vector<double>& w, int64_t rows, int64_t cols, const double* x, double* y) {
-  for (int64_t r = 0; r < rows; ++r) {
-    double s = 0;
-    const double* wr = w.data() + r * cols;
-    for (int64_t k = 0; k < cols; ++k) s += wr[k] * x[k];
-    y[r] = s;
-  }
+  for (int64_t r = 0; r < rows; ++r) y[r] = dot(w.data() + r * cols, x, cols);
+}
+
+// fn(h) for every head, spread over the CPUs (the reference of a full-size layer decompresses
+// K and V of thousands of positions for 128 heads).
+template <class F>
+void for_heads(int64_t H, F&& fn) {
+  const int n = int(std::min<int64_t>(H, std::max(1u, std::thread::hardware_concurrency())));
+  std::vector<std::thread> th;
+  for (int w = 1; w < n; ++w)
+    th.emplace_back([&, w] { for (int64_t h = w; h < H; h += n) fn(h); });
+  for (int64_t h = 0; h < H; h += n) fn(h);
+  for (auto& t : th) t.join();
 }
 
 void rms(double* x, int64_t n, const std::vector<double>& g) {
@@ -128,27 +146,18 @@ void layer_forward(const LayerWeights64& w, int64_t P, const float* hist_hidden,
   }
   // Per head, K = [W_UK c_kv ; k_pe] and V = W_UV c_kv for every position.
   std::vector<double> K(H * T * qk), V(H * T * v);
-  for (int64_t h = 0; h < H; ++h)
+  for_heads(H, [&](int64_t h) {
     for (int64_t t = 0; t < T; ++t) {
       const double* l = lat.data() + t * (L + rd);
       double* k = K.data() + (h * T + t) * qk;
       double* vv = V.data() + (h * T + t) * v;
-      for (int64_t n = 0; n < nope; ++n) {
-        const double* wr = w.kv_b.data() + (h * (nope + v) + n) * L;
-        double s = 0;
-        for (int64_t i = 0; i < L; ++i) s += wr[i] * l[i];
-        k[n] = s;
-      }
+      for (int64_t n = 0; n < nope; ++n) k[n] = dot(w.kv_b.data() + (h * (nope + v) + n) * L, l, L);
       for (int64_t i = 0; i < rd; ++i) k[nope + i] = l[L + i];
-      for (int64_t j = 0; j < v; ++j) {
-        const double* wr = w.kv_b.data() + (h * (nope + v) + nope + j) * L;
-        double s = 0;
-        for (int64_t i = 0; i < L; ++i) s += wr[i] * l[i];
-        vv[j] = s;
-      }
+      for (int64_t j = 0; j < v; ++j) vv[j] = dot(w.kv_b.data() + (h * (nope + v) + nope + j) * L, l, L);
     }
+  });
   const double scale = softmax_scale(c);
-  std::vector<double> q(H * qk), attn(H * v), sc(T);
+  std::vector<double> q(H * qk), attn(H * v);
   for (int64_t i = 0; i < Q; ++i) {
     const int64_t pos = P + i;
     for (int64_t d = 0; d < D; ++d) x[d] = new_hidden[i * D + d];
@@ -160,7 +169,8 @@ void layer_forward(const LayerWeights64& w, int64_t P, const float* hist_hidden,
     } else {
       matvec(w.q_proj, H * qk, D, x.data(), q.data());
     }
-    for (int64_t h = 0; h < H; ++h) {
+    for_heads(H, [&](int64_t h) {
+      std::vector<double> sc(pos + 1);
       double* qh = q.data() + h * qk;
       rope(c, pos, qh + nope);
       double m = -INFINITY;
@@ -178,7 +188,7 @@ void layer_forward(const LayerWeights64& w, int64_t P, const float* hist_hidden,
         for (int64_t t = 0; t <= pos; ++t) s += sc[t] * V[(h * T + t) * v + j];
         attn[h * v + j] = s / l;
       }
-    }
+    });
     matvec(w.o, D, H * v, attn.data(), out + i * D);
   }
 }

@@ -1,4 +1,5 @@
-// `mla`: MLA decode on files (decode), the benchmark report (bench).
+// `mla`: MLA decode on files (decode), the benchmark report (bench), one attention layer of a
+// checkpoint (layer) and its timing demo (demo).
 #include <cstdio>
 #include <exception>
 
@@ -10,6 +11,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   mla::tool::add_decode_command(app);
   mla::tool::add_bench_command(app);
+  mla::tool::add_layer_command(app);
+  mla::tool::add_demo_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
