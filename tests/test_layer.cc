@@ -276,3 +276,33 @@ TEST(Linear, KernelsMatchFloat64) {
 
 }  // namespace
 }  // namespace mla
+
+namespace mla {
+namespace {
+
+// The per-head dispatch gives what one product per head gives, on both kernels.
+TEST(Linear, HeadsMatchOneProductPerHead) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int heads = 3, n = 5;
+  const int64_t out = 37, in = 50;
+  std::vector<uint16_t> wb(heads * out * in);
+  for (auto& v : wb) v = f32_to_bf16(nd(rng));
+  std::vector<cpu::LinearWeight> ws;
+  for (int h = 0; h < heads; ++h)
+    ws.push_back({.out = out, .in = in, .dtype = cpu::WDType::bf16, .w = wb.data() + h * out * in, .ld = in});
+  std::vector<float> x(n * heads * in);
+  for (auto& v : x) v = nd(rng);
+  for (bool portable : {false, true}) {
+    std::vector<float> y(n * heads * out, std::nanf("")), want(y.size(), std::nanf(""));
+    cpu::linear_heads(ws.data(), heads, n, x.data(), heads * in, in, y.data(), heads * out, out, 2, portable);
+    for (int h = 0; h < heads; ++h)
+      cpu::linear(ws[h], n, x.data() + h * in, heads * in, want.data() + h * out, heads * out, 2, portable);
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], want[i]) << i << (portable ? " portable" : " avx512");
+  }
+}
+
+}  // namespace
+}  // namespace mla

@@ -72,8 +72,7 @@ void preprocess(const ModelConfig& cf, const AttnWeights& w, const RopeTable& ro
       rope.apply(dst, c, s);
     }
   }
-  for (int64_t h = 0; h < H; ++h)
-    cpu::linear(w.uk_t[h], n, q.data() + h * qk, H * qk, q_out + h * kQkDim, H * kQkDim, threads);
+  cpu::linear_heads(w.uk_t.data(), int(H), n, q.data(), H * qk, qk, q_out, H * kQkDim, kQkDim, threads);
 }
 
 }  // namespace mla::layer

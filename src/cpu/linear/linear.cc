@@ -133,4 +133,30 @@ void linear(const LinearWeight& w, int64_t n, const float* x, int64_t ldx, float
   });
 }
 
+void linear_heads(const LinearWeight* ws, int heads, int64_t n, const float* x, int64_t ldx,
+                  int64_t x_head, float* y, int64_t ldy, int64_t y_head, int threads,
+                  bool isa_portable) {
+  if (n <= 0 || heads <= 0 || ws[0].out <= 0) return;
+  const LinearWeight& w0 = ws[0];
+  const bool fast = !isa_portable && linear_avx512_supported() &&
+                    (w0.dtype != WDType::fp8_e4m3 || w0.block_cols % 16 == 0);
+  ThreadPool& pool = thread_pool(threads);
+  constexpr int64_t kUnit = 16;
+  const int64_t per_head = (w0.out + kUnit - 1) / kUnit, units = per_head * heads;
+  const int nw = int(std::min<int64_t>(threads > 0 ? threads : pool.size(), units));
+  pool.run(nw, [&](int wk) {
+    const int64_t u0 = units * wk / nw, u1 = units * (wk + 1) / nw;
+    float* buf = fast ? nullptr : static_cast<float*>(pool.scratch(wk, size_t(w0.in) * sizeof(float)));
+    for (int64_t u = u0; u < u1;) {
+      const int64_t h = u / per_head, hu1 = std::min(u1, (h + 1) * per_head);
+      const int64_t r0 = (u - h * per_head) * kUnit, r1 = std::min(w0.out, (hu1 - h * per_head) * kUnit);
+      const float* xh = x + h * x_head;
+      float* yh = y + h * y_head;
+      if (fast) linear_rows_avx512(ws[h], r0, r1, n, xh, ldx, yh, ldy);
+      else linear_rows_portable(ws[h], r0, r1, n, xh, ldx, yh, ldy, buf);
+      u = hu1;
+    }
+  });
+}
+
 }  // namespace mla::cpu

@@ -35,6 +35,14 @@ struct LinearWeight {
 void linear(const LinearWeight& w, int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy,
             int threads, bool isa_portable = false);
 
+// Per-head products in one dispatch: for h < heads,
+//   y[h * y_head + t * ldy + r] = sum_c x[h * x_head + t * ldx + c] * ws[h](r, c).
+// (W_UK absorption and the W_UV einsum: 128 small products a step, which one pool run per product
+// would spend a good part of on dispatch.) Every ws[h] must have the same out and in.
+void linear_heads(const LinearWeight* ws, int heads, int64_t n, const float* x, int64_t ldx,
+                  int64_t x_head, float* y, int64_t ldy, int64_t y_head, int threads,
+                  bool isa_portable = false);
+
 // Internal: the kernels over rows [r0, r1), in linear.cc and linear_avx512.cc.
 void linear_rows_portable(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n, const float* x,
                           int64_t ldx, float* y, int64_t ldy, float* row_buf /*[in]*/);

@@ -44,8 +44,9 @@ inline __m512 load_w(const void* row, int64_t c, __mmask16 m) {
   }
 }
 
+// Rows rid[0..3] (the first `rows` valid; the others repeat the last valid one and are not stored).
 template <WDType D, int T>
-void tile(const LinearWeight& w, int64_t r, int rows, const float* x, int64_t ldx, float* y,
+void tile(const LinearWeight& w, const int64_t* rid, int rows, const float* x, int64_t ldx, float* y,
           int64_t ldy) {
   __m512 acc[4][T];
   for (int i = 0; i < 4; ++i)
@@ -54,7 +55,7 @@ void tile(const LinearWeight& w, int64_t r, int rows, const float* x, int64_t ld
   const void* wr[4];
   const float* sr[4] = {};
   for (int i = 0; i < 4; ++i) {
-    const int64_t ri = r + std::min(i, rows - 1);  // short tiles repeat the last row, stored once
+    const int64_t ri = rid[std::min(i, rows - 1)];
     wr[i] = static_cast<const char*>(w.w) + ri * w.ld * int64_t(es);
     if constexpr (D == WDType::fp8_e4m3) sr[i] = w.scale_inv + ((w.row0 + ri) / w.block_rows) * w.scale_ld;
   }
@@ -71,20 +72,28 @@ void tile(const LinearWeight& w, int64_t r, int rows, const float* x, int64_t ld
     }
   }
   for (int i = 0; i < rows; ++i)
-    for (int t = 0; t < T; ++t) y[t * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+    for (int t = 0; t < T; ++t) y[t * ldy + rid[i]] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
+// The worker's rows are cut into four contiguous quarters and a tile takes one row from each, so
+// the weights are read as four long sequential streams. (Four adjacent rows per tile read four
+// streams that each end after one row, which the hardware prefetcher follows poorly when rows are
+// short: q_b_proj's 3 KB rows ran at 0.65 of the read rate that o_proj's 32 KB rows reached.)
 template <WDType D>
 void rows(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n, const float* x, int64_t ldx,
           float* y, int64_t ldy) {
-  for (int64_t r = r0; r < r1; r += 4) {
-    const int nr = int(std::min<int64_t>(4, r1 - r));
+  const int64_t len = r1 - r0, q = (len + 3) / 4;
+  for (int64_t j = 0; j < q; ++j) {
+    int64_t rid[4];
+    int nr = 0;
+    for (int i = 0; i < 4; ++i)
+      if (i * q + j < len) rid[nr++] = r0 + i * q + j;
     int64_t t = 0;
-    for (; t + 4 <= n; t += 4) tile<D, 4>(w, r, nr, x + t * ldx, ldx, y + t * ldy, ldy);
+    for (; t + 4 <= n; t += 4) tile<D, 4>(w, rid, nr, x + t * ldx, ldx, y + t * ldy, ldy);
     switch (n - t) {
-      case 3: tile<D, 3>(w, r, nr, x + t * ldx, ldx, y + t * ldy, ldy); break;
-      case 2: tile<D, 2>(w, r, nr, x + t * ldx, ldx, y + t * ldy, ldy); break;
-      case 1: tile<D, 1>(w, r, nr, x + t * ldx, ldx, y + t * ldy, ldy); break;
+      case 3: tile<D, 3>(w, rid, nr, x + t * ldx, ldx, y + t * ldy, ldy); break;
+      case 2: tile<D, 2>(w, rid, nr, x + t * ldx, ldx, y + t * ldy, ldy); break;
+      case 1: tile<D, 1>(w, rid, nr, x + t * ldx, ldx, y + t * ldy, ldy); break;
       default: break;
     }
   }
