@@ -15,6 +15,8 @@
 #include <memory>
 #include <random>
 
+#include <unistd.h>
+
 #include "cpu/ceilings.h"
 #include "cpu/thread_pool.h"
 #include "mla/commands.h"
@@ -153,7 +155,16 @@ void run_demo(const DemoArgs& a) {
   std::vector<int32_t> lens(B);
   std::vector<int32_t> bt;
   int mb = 0;
+  // Between steps a buffer of twice the L3 is read, so each step finds the layer's weights and
+  // cache in DRAM, as in a whole model where the other layers run in between (V2-Lite's 28 MB of
+  // attention weights would otherwise stay in a 32 MB L3 and beat the DRAM floor).
+  const long l3 = ::sysconf(_SC_LEVEL3_CACHE_SIZE);
+  std::vector<uint64_t> flush(size_t(2 * (l3 > 0 ? l3 : 64l << 20)) / 8, 1);
+  volatile uint64_t flush_sink = 0;  // keeps the reads
   for (int s = 0; s < a.steps; ++s) {
+    uint64_t sum = 0;
+    for (uint64_t f : flush) sum += f;
+    flush_sink = flush_sink + sum;
     for (float& x : hidden) x = nd(rng);
     for (int b = 0; b < B; ++b) {
       alloc.append(seqs[b], Q);
@@ -198,16 +209,27 @@ void run_demo(const DemoArgs& a) {
   const double f_pre = proj_floor(pre_bytes, pre_params), f_ein = proj_floor(ein_bytes, ein_params);
   const double f_att = std::max(kv_bytes / bw, att_flops / att_rate);
   auto bound = [&](double bytes, double other_time) { return bytes / bw >= other_time ? "weights (DRAM)" : "compute"; };
-  const double m_pre = median(tp), m_att = median(ta), m_ein = median(te), m_tot = median(tt);
-  std::printf("\n  %-17s %10s %10s %9s  %s\n", "operator", "median ms", "floor ms", "fraction", "floor set by");
-  std::printf("  %-17s %10.3f %10.3f %9.2f  %s\n", "preprocess", m_pre * 1e3, f_pre * 1e3, f_pre / m_pre,
-              bound(pre_bytes, 2.0 * pre_params * n / fma));
-  std::printf("  %-17s %10.3f %10.3f %9.2f  %s\n", "attention", m_att * 1e3, f_att * 1e3, f_att / m_att,
-              kv_bytes / bw >= att_flops / att_rate ? "cache (DRAM)" : "compute");
-  std::printf("  %-17s %10.3f %10.3f %9.2f  %s\n", "einsum + o_proj", m_ein * 1e3, f_ein * 1e3, f_ein / m_ein,
-              bound(ein_bytes, 2.0 * ein_params * n / fma));
-  std::printf("  %-17s %10.3f %10.3f %9.2f  (%.1f tokens/s)\n", "step", m_tot * 1e3,
-              (f_pre + f_att + f_ein) * 1e3, (f_pre + f_att + f_ein) / m_tot, n / m_tot);
+  // Median and best step: on a shared machine the best is the closer to what the code can do.
+  struct Row {
+    const char* name;
+    std::vector<double> t;
+    double floor;
+    const char* by;
+  };
+  const double f_step = f_pre + f_att + f_ein;
+  const Row rows[] = {
+      {"preprocess", tp, f_pre, bound(pre_bytes, 2.0 * pre_params * n / fma)},
+      {"attention", ta, f_att, kv_bytes / bw >= att_flops / att_rate ? "cache (DRAM)" : "compute"},
+      {"einsum + o_proj", te, f_ein, bound(ein_bytes, 2.0 * ein_params * n / fma)},
+      {"step", tt, f_step, ""}};
+  std::printf("\n  %-17s %10s %9s %10s %9s %9s  %s\n", "operator", "median ms", "best ms", "floor ms",
+              "fraction", "(best)", "floor set by");
+  for (const Row& r : rows) {
+    const double med = median(r.t), best = *std::min_element(r.t.begin(), r.t.end());
+    std::printf("  %-17s %10.3f %9.3f %10.3f %9.2f %9.2f  %s\n", r.name, med * 1e3, best * 1e3,
+                r.floor * 1e3, r.floor / med, r.floor / best, r.by);
+  }
+  std::printf("  %.1f tokens/s (median step)\n", n / median(tt));
   std::printf("  ceilings (%d thread(s)): DRAM read %.1f GB/s, fp32 FMA %.0f GFLOP/s, bf16 dot %.0f, int8 dot %.0f GOP/s\n",
               threads, ceil.read_bw_mem_gbs, ceil.fp32_fma_gflops, ceil.bf16_dot_gflops, ceil.int8_dot_gops);
 
