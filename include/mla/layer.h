@@ -31,8 +31,12 @@ struct LayerStep {
   int max_blocks_per_seq = 0;
 };
 
-// Seconds spent in each operator of the last decode call.
+// Seconds spent in each operator of the last decode call, by the clock the caller chose: wall
+// time, or the calling thread's CPU time (meaningful with one thread; on a shared machine it
+// leaves out the time the thread waited for a CPU).
+enum class LayerClock { wall, thread_cpu };
 struct LayerTimes {
+  LayerClock clock = LayerClock::wall;  // set by the caller
   double preprocess = 0, attention = 0, einsum = 0;
 };
 

@@ -3,6 +3,7 @@
 #include "mla/layer.h"
 
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <vector>
 
@@ -11,6 +12,19 @@
 #include "mla/status.h"
 
 namespace mla {
+
+namespace {
+
+double now(LayerClock c) {
+  if (c == LayerClock::thread_cpu) {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
 
 struct MlaLayer::Impl {
   ModelConfig cfg;
@@ -79,8 +93,8 @@ void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const Decode
           int64_t(st.block_table[int64_t(b) * st.max_blocks_per_seq + ps / bs]) * bs + ps % bs;
     }
 
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
+  const LayerClock clk = times ? times->clock : LayerClock::wall;
+  const double t0 = now(clk);
   std::vector<float> q(size_t(n) * H * kQkDim);
   layer::preprocess(c, impl_->w, impl_->rope, n, st.hidden, pos.data(), slots.data(), cache,
                     opt.threads, q.data());
@@ -89,16 +103,16 @@ void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const Decode
   std::vector<uint16_t> qbits(q.size());
   for (size_t i = 0; i < q.size(); ++i)
     qbits[i] = qt == DType::f16 ? f32_to_f16(q[i]) : f32_to_bf16(q[i]);
-  const auto t1 = clock::now();
+  const double t1 = now(clk);
   std::vector<float> o(size_t(n) * H * kLatentDim), lse(size_t(n) * H);
   mla::decode(p, qt, qbits.data(), cache, opt, o.data(), lse.data());
-  const auto t2 = clock::now();
+  const double t2 = now(clk);
   layer::einsum_o_proj(c, impl_->w, n, o.data(), opt.threads, out);
-  const auto t3 = clock::now();
+  const double t3 = now(clk);
   if (times) {
-    times->preprocess = std::chrono::duration<double>(t1 - t0).count();
-    times->attention = std::chrono::duration<double>(t2 - t1).count();
-    times->einsum = std::chrono::duration<double>(t3 - t2).count();
+    times->preprocess = t1 - t0;
+    times->attention = t2 - t1;
+    times->einsum = t3 - t2;
   }
 }
 
