@@ -306,3 +306,41 @@ TEST(Linear, HeadsMatchOneProductPerHead) {
 
 }  // namespace
 }  // namespace mla
+
+namespace mla {
+namespace {
+
+// A NaN weight (fp8's 0x7f code, a bf16 NaN) makes its row's outputs NaN on both kernels and
+// leaves every other row finite: never a plausible number.
+TEST(Linear, NanWeightsGiveNanRows) {
+  const int64_t out = 9, in = 40;
+  const int n = 5;
+  std::vector<uint8_t> w8(out * in, 0x38);  // 1.0
+  std::vector<uint16_t> w16(out * in, f32_to_bf16(1.f));
+  w8[3 * in + 17] = 0x7f;
+  w16[3 * in + 17] = 0x7fc0;
+  const float scale = 0.5f;
+  std::vector<float> x(n * in, 0.25f);
+  for (bool portable : {false, true}) {
+    for (const cpu::LinearWeight& w :
+         {cpu::LinearWeight{.out = out, .in = in, .dtype = cpu::WDType::fp8_e4m3, .w = w8.data(), .ld = in,
+                            .scale_inv = &scale, .scale_ld = 1},
+          cpu::LinearWeight{.out = out, .in = in, .dtype = cpu::WDType::bf16, .w = w16.data(), .ld = in}}) {
+      for (int64_t nn : {int64_t(1), int64_t(n)}) {
+        std::vector<float> y(nn * out, -1.f);
+        cpu::linear(w, nn, x.data(), in, y.data(), out, 2, portable);
+        for (int64_t t = 0; t < nn; ++t)
+          for (int64_t r = 0; r < out; ++r) {
+            if (r == 3) {
+              EXPECT_TRUE(std::isnan(y[t * out + r])) << cpu::wdtype_name(w.dtype) << (portable ? " portable" : " avx512");
+            } else {
+              EXPECT_FLOAT_EQ(y[t * out + r], w.dtype == cpu::WDType::fp8_e4m3 ? 0.5f * 0.25f * in : 0.25f * in);
+            }
+          }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mla
