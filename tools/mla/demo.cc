@@ -32,7 +32,7 @@ namespace fs = std::filesystem;
 
 struct DemoArgs {
   std::string model, preset, kv_dtype = "bf16", ceilings, clock = "wall";
-  int batch = 1, context = 1024, q_len = 1, steps = 8, threads = 0, layer = 0;
+  int batch = 1, context = 512, q_len = 1, steps = 8, threads = 0, layer = 0;
   uint64_t seed = 1;
 };
 
