@@ -344,3 +344,45 @@ TEST(Linear, NanWeightsGiveNanRows) {
 
 }  // namespace
 }  // namespace mla
+
+namespace mla {
+namespace {
+
+// Checkpoint problems the layer's loader itself must catch, each named.
+TEST(Layer, RefusesInconsistentCheckpoints) {
+  const std::string dir = test::make_temp_dir("layer-ckpt");
+  test::TinyModelSpec spec;
+  spec.dtype = StDType::f8_e4m3;
+  test::write_tiny_model(dir, spec);
+  const TensorStore store = TensorStore::open_dir(dir);
+  ModelConfig cfg = read_model_config(dir + "/config.json");
+  auto message = [&](const ModelConfig& c) {
+    try {
+      MlaLayer layer(c, store, 1);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "accepted";
+    return std::string();
+  };
+  ModelConfig no_blocks = cfg;
+  no_blocks.fp8_block_rows = no_blocks.fp8_block_cols = 0;
+  EXPECT_NE(message(no_blocks).find("model.layers.1.self_attn.q_a_proj.weight is F8_E4M3 but config.json "
+                                    "has no quantization_config.weight_block_size"), std::string::npos);
+  ModelConfig wrong_blocks = cfg;
+  wrong_blocks.fp8_block_rows = 64;  // the scales were written for 128 x 128
+  EXPECT_NE(message(wrong_blocks).find("q_a_proj.weight_scale_inv has shape [1, 2], expected [2, 2]"),
+            std::string::npos) << message(wrong_blocks);
+  ModelConfig more_heads = cfg;
+  more_heads.num_heads = 8;
+  EXPECT_NE(message(more_heads).find("q_b_proj.weight has shape [384, 96], expected [768, 96]"),
+            std::string::npos) << message(more_heads);
+  ModelConfig no_lora = cfg;
+  no_lora.q_lora_rank = 0;
+  EXPECT_NE(message(no_lora).find("no tensor model.layers.1.self_attn.q_proj.weight"), std::string::npos)
+      << message(no_lora);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace mla
