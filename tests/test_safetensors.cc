@@ -69,7 +69,9 @@ TEST(Safetensors, RoundTripEveryDtype) {
       EXPECT_EQ(v.dtype, kinds[k].first);
       EXPECT_EQ(v.shape, kinds[k].second);
       ASSERT_EQ(size_t(v.numel()) * st_dtype_size(v.dtype), payload[k].size());
-      EXPECT_EQ(0, std::memcmp(v.data, payload[k].data(), payload[k].size())) << ts[k].name;
+      if (!payload[k].empty()) {  // (memcmp with the empty tensor's null pointer is undefined)
+        EXPECT_EQ(0, std::memcmp(v.data, payload[k].data(), payload[k].size())) << ts[k].name;
+      }
     }
     EXPECT_FALSE(s.has("nope"));
   }
