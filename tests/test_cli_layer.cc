@@ -14,8 +14,8 @@
 #include "mla/model.h"
 #include "mla/npy.h"
 #include "ref/layer_ref.h"
-#include "support/random_case.h"
-#include "support/tiny_model.h"
+#include "harness/random_case.h"
+#include "harness/tiny_model.h"
 
 namespace mla {
 namespace {
@@ -151,7 +151,8 @@ TEST(CliDemo, RunsACheckpointAndAPresetAndChecksItself) {
   Fixture f(spec, seed);
   CliRun r = run_cli("demo --model " + f.model + " --layer 1 --batch 3 --context 70 --q-len 2 --steps 3 --threads 2", f.dir);
   EXPECT_EQ(r.code, 0) << r.out << r.err;
-  for (const char* part : {"preprocess", "attention", "einsum + o_proj", "step", "floor", "PASS"})
+  for (const char* part : {"preprocess", "attention", "einsum + o_proj", "step", "floor",
+                           "decode plan: made once per step and reused", "PASS"})
     EXPECT_NE(r.out.find(part), std::string::npos) << part << "\n" << r.out;
   EXPECT_NE(r.err.find("step 3/3"), std::string::npos) << r.err;
   r = run_cli("demo --preset deepseek-v2-lite --context 64 --steps 1 --kv-dtype int8 --threads 2", f.dir);

@@ -7,14 +7,15 @@
 
 #include <cmath>
 #include <filesystem>
+#include <memory>
 #include <random>
 
 #include "cpu/linear/linear.h"
 #include "mla/layer.h"
 #include "mla/status.h"
 #include "ref/layer_ref.h"
-#include "support/random_case.h"
-#include "support/tiny_model.h"
+#include "harness/random_case.h"
+#include "harness/tiny_model.h"
 
 namespace mla {
 namespace {
@@ -184,6 +185,87 @@ TEST(Layer, RefusesBadSteps) {
                              .block_table = bt, .max_blocks_per_seq = 2}, cache, opt, out.data()),
                Error);
   for (float v : out) ASSERT_EQ(v, -7.f);
+  std::filesystem::remove_all(dir);
+}
+
+// An engine plans a step once (make_decode_plan) and every layer's decode reuses the plan: the
+// output and the cache writes are exactly those of the decode that plans for itself, and a plan
+// for other lengths or other workers is refused before the cache or the output is touched.
+TEST(Layer, OnePlanPerStepSharedByLayers) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::string dir = test::make_temp_dir("layer-plan");
+  test::TinyModelSpec ms;
+  ms.seed = seed;
+  test::write_tiny_model(dir, ms);
+  const ModelConfig cfg = read_model_config(dir + "/config.json");
+  const TensorStore store = TensorStore::open_dir(dir);
+  const int B = 3, Q = 2, D = cfg.hidden_size, bs = 16;
+  const std::vector<int32_t> lens = {40, 17, 66};
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> hist(size_t(66) * D), hidden(size_t(B) * Q * D);
+  for (auto& x : hist) x = nd(rng);
+  for (auto& x : hidden) x = nd(rng);
+  // Sequence b owns blocks 5b..5b+4 (5 x 16 = 80 >= 66 tokens).
+  std::vector<int32_t> bt(B * 5);
+  for (int i = 0; i < B * 5; ++i) bt[i] = i;
+  const LayerStep step{.batch = B, .q_len = Q, .hidden = hidden.data(), .seq_lens = lens.data(),
+                       .block_table = bt.data(), .max_blocks_per_seq = 5};
+  auto filled_cache = [&](const MlaLayer& layer) {
+    auto c = std::make_unique<PagedLatentCache>(CacheConfig{.num_blocks = B * 5, .block_size = bs});
+    for (int b = 0; b < B; ++b) {
+      const int P = lens[b] - Q;
+      std::vector<int32_t> pos(P);
+      std::vector<int64_t> slots(P);
+      for (int t = 0; t < P; ++t) pos[t] = t, slots[t] = int64_t(b) * 5 * bs + t;
+      layer.prefill(P, hist.data(), pos.data(), slots.data(), *c, 2);
+    }
+    return c;
+  };
+  auto exported = [](const PagedLatentCache& c) {
+    std::vector<float> v(size_t(c.num_slots()) * kQkDim);
+    c.export_f32(v.data());
+    return v;
+  };
+  DecodeOptions opt;
+  opt.threads = 2;
+  const DecodePlan plan =
+      make_decode_plan({.batch = B, .q_len = Q, .num_heads = cfg.num_heads, .seq_lens = lens.data(),
+                        .workers = 2});
+  for (int l = 0; l < 2; ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    MlaLayer layer(cfg, store, l);
+    std::unique_ptr<PagedLatentCache> own = filled_cache(layer), shared = filled_cache(layer);
+    std::vector<float> out_own(hidden.size(), std::nanf("")), out_shared(hidden.size(), std::nanf(""));
+    layer.decode(step, *own, opt, out_own.data());
+    layer.decode(step, *shared, opt, plan, out_shared.data());
+    for (size_t i = 0; i < out_own.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(out_own[i])) << i;
+      ASSERT_EQ(out_own[i], out_shared[i]) << i;
+    }
+    EXPECT_EQ(exported(*own), exported(*shared));
+  }
+
+  MlaLayer layer(cfg, store, 0);
+  std::unique_ptr<PagedLatentCache> cache = filled_cache(layer);
+  const std::vector<float> before = exported(*cache);
+  std::vector<float> out(hidden.size(), -7.f);
+  std::vector<int32_t> other = lens;
+  other[1] += 1;
+  const DecodePlan other_lens =
+      make_decode_plan({.batch = B, .q_len = Q, .num_heads = cfg.num_heads, .seq_lens = other.data(),
+                        .workers = 2});
+  EXPECT_THROW(layer.decode(step, *cache, opt, other_lens, out.data()), Error);
+  const DecodePlan three =
+      make_decode_plan({.batch = B, .q_len = Q, .num_heads = cfg.num_heads, .seq_lens = lens.data(),
+                        .workers = 3});
+  EXPECT_THROW(layer.decode(step, *cache, opt, three, out.data()), Error);  // opt.threads 2
+  for (float v : out) ASSERT_EQ(v, -7.f);
+  EXPECT_EQ(exported(*cache), before);
+  opt.threads = 0;  // the plan's 3 workers run the attention
+  layer.decode(step, *cache, opt, three, out.data());
+  for (float v : out) ASSERT_TRUE(std::isfinite(v));
   std::filesystem::remove_all(dir);
 }
 

@@ -10,8 +10,8 @@
 
 #include "mla/safetensors.h"
 #include "mla/status.h"
-#include "support/random_case.h"
-#include "support/tiny_model.h"
+#include "harness/random_case.h"
+#include "harness/tiny_model.h"
 
 namespace mla {
 namespace {

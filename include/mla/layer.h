@@ -17,6 +17,7 @@
 
 #include "mla/attention.h"
 #include "mla/cache.h"
+#include "mla/decode_plan.h"
 #include "mla/model.h"
 #include "mla/safetensors.h"
 
@@ -62,7 +63,18 @@ class MlaLayer {
   void decode(const LayerStep& step, PagedLatentCache& cache, const DecodeOptions& opt, float* out,
               LayerTimes* times = nullptr) const;
 
+  // The same step with a plan made once for it (make_decode_plan with the step's batch, q_len,
+  // num_heads and seq_lens) and reused by every layer of the model: no planning per layer. The
+  // plan is checked against the step (and opt.threads, when not 0, against its workers) before
+  // the cache is written. workspace: nullptr = the plan's own (one decode at a time).
+  void decode(const LayerStep& step, PagedLatentCache& cache, const DecodeOptions& opt,
+              const DecodePlan& plan, float* out, LayerTimes* times = nullptr,
+              void* workspace = nullptr) const;
+
  private:
+  void step(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
+            const DecodePlan* plan, void* workspace, float* out, LayerTimes* times) const;
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -69,6 +69,16 @@ void MlaLayer::prefill(int64_t n, const float* hidden, const int32_t* positions,
 
 void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
                       float* out, LayerTimes* times) const {
+  step(st, cache, opt, nullptr, nullptr, out, times);
+}
+
+void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
+                      const DecodePlan& plan, float* out, LayerTimes* times, void* workspace) const {
+  step(st, cache, opt, &plan, workspace, out, times);
+}
+
+void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
+                    const DecodePlan* plan, void* workspace, float* out, LayerTimes* times) const {
   const ModelConfig& c = impl_->cfg;
   MLA_CHECK(st.batch >= 1, "batch " << st.batch << " must be at least 1");
   MLA_CHECK(st.q_len >= 1, "q_len " << st.q_len << " must be at least 1");
@@ -80,6 +90,13 @@ void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const Decode
                        .seq_lens = st.seq_lens, .q_lens = nullptr, .block_table = st.block_table,
                        .max_blocks_per_seq = st.max_blocks_per_seq};
   validate(p, cache);
+  // mla::decode checks these too, but only after preprocess has written the cache.
+  if (plan) {
+    plan->check_matches(p);
+    MLA_CHECK(opt.threads == 0 || opt.threads == plan->workers(),
+              "threads = " << opt.threads << " differs from the decode plan's " << plan->workers()
+                           << " workers");
+  }
 
   const int64_t n = int64_t(st.batch) * st.q_len, H = c.num_heads;
   std::vector<int32_t> pos(n);
@@ -105,7 +122,10 @@ void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const Decode
     qbits[i] = qt == DType::f16 ? f32_to_f16(q[i]) : f32_to_bf16(q[i]);
   const double t1 = now(clk);
   std::vector<float> o(size_t(n) * H * kLatentDim), lse(size_t(n) * H);
-  mla::decode(p, qt, qbits.data(), cache, opt, o.data(), lse.data());
+  if (plan)
+    mla::decode(p, qt, qbits.data(), cache, opt, *plan, o.data(), lse.data(), workspace);
+  else
+    mla::decode(p, qt, qbits.data(), cache, opt, o.data(), lse.data());
   const double t2 = now(clk);
   layer::einsum_o_proj(c, impl_->w, n, o.data(), opt.threads, out);
   const double t3 = now(clk);

@@ -20,6 +20,7 @@ void add_decode_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_layer_command(CLI::App& app);
 void add_demo_command(CLI::App& app);
+void add_sim_command(CLI::App& app);  // sim.cc: the pipeline simulator (src/sim)
 
 // One float32 .npy output of a command.
 struct OutFile {

@@ -1,5 +1,5 @@
 // `mla`: MLA decode on files (decode), the benchmark report (bench), one attention layer of a
-// checkpoint (layer) and its timing demo (demo).
+// checkpoint (layer) and its timing demo (demo), the pipeline simulator (sim).
 #include <cstdio>
 #include <exception>
 
@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   mla::tool::add_bench_command(app);
   mla::tool::add_layer_command(app);
   mla::tool::add_demo_command(app);
+  mla::tool::add_sim_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -5,12 +5,16 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/attention/isa.h"
 #include "cpu/thread_pool.h"
 #include "mla/dtype.h"
 #include "mla/safetensors.h"
 #include "mla/status.h"
 
 namespace mla::cpu {
+
+// Baseline code: the check of exactly the instructions linear_avx512.cc is compiled with.
+bool linear_avx512_supported() { return cpu_has_avx512_set(); }
 
 const char* wdtype_name(WDType t) {
   switch (t) {

@@ -46,7 +46,7 @@ void linear_heads(const LinearWeight* ws, int heads, int64_t n, const float* x, 
 // Internal: the kernels over rows [r0, r1), in linear.cc and linear_avx512.cc.
 void linear_rows_portable(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n, const float* x,
                           int64_t ldx, float* y, int64_t ldy, float* row_buf /*[in]*/);
-bool linear_avx512_supported();
+bool linear_avx512_supported();  // linear.cc: cpu_has_avx512_set() (isa.h)
 void linear_rows_avx512(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n, const float* x,
                         int64_t ldx, float* y, int64_t ldy);
 

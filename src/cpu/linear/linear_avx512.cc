@@ -2,8 +2,8 @@
 // registers. Weights are widened to fp32 in registers from their stored type (bf16: shift; fp16:
 // vcvtph2ps; fp8 e4m3: the byte moved into an fp16's exponent/mantissa fields, converted and
 // multiplied by 2^8 and by its block's scale; the NaN code 0x7f kept NaN), so at batch 1 the
-// kernel reads each weight byte once, which is what bounds it. Only called after
-// linear_avx512_supported().
+// kernel reads each weight byte once, which is what bounds it. Built with the *_avx512.cc set
+// (src/cpu/attention/isa.h) and only called after linear_avx512_supported(), which checks that set.
 // GCC 12's own _mm512_undefined_* trip -Wmaybe-uninitialized where they are inlined (GCC bug
 // 105593); the pragma has to precede <immintrin.h>.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -14,11 +14,6 @@
 #include "cpu/linear/linear.h"
 
 namespace mla::cpu {
-
-bool linear_avx512_supported() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
 
 namespace {
 
