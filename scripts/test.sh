@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs the whole test suite (the README's test command; .ci/run calls it):
 # the release build's tests, the Python package's tests (scripts/venv.sh, pytest), then the
-# reference, cache and kernel tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# reference, cache, kernel, layer and safetensors tests again
+# under AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
@@ -17,11 +18,12 @@ if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
   MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"
 fi
 if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
-  echo "== sanitizer build (address, undefined): reference, cache, plan, combine, decode plan, layout, stage and kernel tests" >&2
+  echo "== sanitizer build (address, undefined): reference, cache, plan, combine, decode plan, layout, stage, kernel, layer and safetensors tests" >&2
   cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_SANITIZE=ON \
     -DMLA_BUILD_BENCH=OFF >/dev/null
   cmake --build "$root/build-asan" -j"$jobs" --target test_reference test_cache test_decode \
-    test_plan test_combine test_npy test_decode_plan test_decode_layout test_stages
+    test_plan test_combine test_npy test_decode_plan test_decode_layout test_stages test_layer \
+    test_safetensors
   (cd "$root/build-asan" && ctest --output-on-failure -j"$jobs" \
-    -R '^(Reference|Validate|Cache|Int8Cache|BlockAllocator|Registry|Decode|Plan|Combine|Npy|Stages)')
+    -R '^(Reference|Validate|Cache|Int8Cache|BlockAllocator|Registry|Decode|Plan|Combine|Npy|Stages|Layer|ModelConfig|Linear|Safetensors)')
 fi

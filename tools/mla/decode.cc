@@ -186,38 +186,6 @@ void check_problem_files(const Problem& pr, KvDType kv, KvScale mode) {
                                             << kv_scale_name(mode) << " (use --kv-scale channel)");
 }
 
-struct OutFile {
-  const char* name;
-  std::vector<int64_t> shape;
-  const float* data;
-};
-
-// All or nothing: every file is written into a staging directory inside `dir`, then renamed into
-// place; if any step fails, the files already moved are removed again and the error is reported.
-void write_outputs(const std::string& dir, const std::vector<OutFile>& files) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  MLA_CHECK(fs::is_directory(dir), "--out " << dir << " is not a directory and cannot be made");
-  const fs::path stage = fs::path(dir) / (".mla-partial-" + std::to_string(::getpid()));
-  std::vector<fs::path> placed;
-  try {
-    fs::create_directories(stage);
-    for (const OutFile& f : files)
-      write_npy((stage / f.name).string(), DType::f32, f.shape, f.data);
-    for (const OutFile& f : files) {
-      const fs::path to = fs::path(dir) / f.name;
-      MLA_CHECK(!fs::is_directory(to), to.string() << " is a directory");
-      fs::rename(stage / f.name, to);
-      placed.push_back(to);
-    }
-  } catch (const std::exception& e) {
-    for (const fs::path& f : placed) fs::remove(f, ec);
-    fs::remove_all(stage, ec);
-    MLA_FAIL("writing the outputs to " << dir << " failed, nothing written: " << e.what());
-  }
-  fs::remove_all(stage, ec);
-}
-
 void run_decode(const DecodeArgs& a) {
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvScale mode = parse_kv_scale(a.kv_scale);
@@ -325,6 +293,32 @@ void run_decode(const DecodeArgs& a) {
 }
 
 }  // namespace
+
+// All or nothing: every file is written into a staging directory inside `dir`, then renamed into
+// place; if any step fails, the files already moved are removed again and the error is reported.
+void write_outputs(const std::string& dir, const std::vector<OutFile>& files) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  MLA_CHECK(fs::is_directory(dir), "--out " << dir << " is not a directory and cannot be made");
+  const fs::path stage = fs::path(dir) / (".mla-partial-" + std::to_string(::getpid()));
+  std::vector<fs::path> placed;
+  try {
+    fs::create_directories(stage);
+    for (const OutFile& f : files)
+      write_npy((stage / f.name).string(), DType::f32, f.shape, f.data);
+    for (const OutFile& f : files) {
+      const fs::path to = fs::path(dir) / f.name;
+      MLA_CHECK(!fs::is_directory(to), to.string() << " is a directory");
+      fs::rename(stage / f.name, to);
+      placed.push_back(to);
+    }
+  } catch (const std::exception& e) {
+    for (const fs::path& f : placed) fs::remove(f, ec);
+    fs::remove_all(stage, ec);
+    MLA_FAIL("writing the outputs to " << dir << " failed, nothing written: " << e.what());
+  }
+  fs::remove_all(stage, ec);
+}
 
 void add_decode_command(CLI::App& app) {
   auto a = std::make_shared<DecodeArgs>();
