@@ -332,6 +332,7 @@ bool supported() {
 extern const KernelInfo kDecodeBf16Avx512{.name = "decode_bf16_avx512bf16",
                                           .kv = KvDType::bf16,
                                           .portable = false,
+                                          .isa = Isa::avx512,
                                           .supported = supported,
                                           .run = run};
 

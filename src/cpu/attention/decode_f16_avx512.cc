@@ -302,6 +302,7 @@ bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_sup
 extern const KernelInfo kDecodeF16Avx512{.name = "decode_f16_avx512f",
                                          .kv = KvDType::fp16,
                                          .portable = false,
+                                         .isa = Isa::avx512,
                                          .supported = supported,
                                          .run = run};
 

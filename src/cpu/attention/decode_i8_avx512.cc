@@ -940,6 +940,7 @@ bool supported() {
 extern const KernelInfo kDecodeI8Avx512Vnni{.name = "decode_i8_avx512vnni",
                                             .kv = KvDType::int8,
                                             .portable = false,
+                                            .isa = Isa::avx512,
                                             .supported = supported,
                                             .run = run};
 

@@ -191,13 +191,13 @@ bool always() { return true; }
 }  // namespace
 
 const KernelInfo kDecodeBf16Portable{.name = "decode_bf16_portable", .kv = KvDType::bf16,
-                                     .portable = true, .supported = always,
+                                     .portable = true, .isa = Isa::portable, .supported = always,
                                      .run = run<KvDType::bf16>};
 const KernelInfo kDecodeF16Portable{.name = "decode_f16_portable", .kv = KvDType::fp16,
-                                    .portable = true, .supported = always,
+                                    .portable = true, .isa = Isa::portable, .supported = always,
                                     .run = run<KvDType::fp16>};
 const KernelInfo kDecodeI8Portable{.name = "decode_i8_portable", .kv = KvDType::int8,
-                                   .portable = true, .supported = always,
+                                   .portable = true, .isa = Isa::portable, .supported = always,
                                    .run = run<KvDType::int8>};
 
 }  // namespace mla::cpu

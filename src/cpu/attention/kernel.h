@@ -77,14 +77,16 @@ struct KernelInfo {
   const char* name;  // dtype, ISA: decode_i8_avx512vnni
   KvDType kv;
   bool portable;         // plain C++, runs anywhere
+  Isa isa;               // portable, avx512 or avx2: what --isa forces it by
   bool (*supported)();   // does this CPU have the instructions?
   KernelFn run;
 };
 
 // Every kernel, portable ones included; tests and benchmarks iterate over it.
 const std::vector<KernelInfo>& kernel_registry();
-// The fastest supported kernel for a cache format, or the portable one; or the one named (which
-// must exist, be supported by this CPU and match the format).
+// The fastest supported kernel for a cache format (Isa::best), the kernel of the forced ISA
+// (throws when this CPU lacks its instructions), or the one named (which must exist, be supported
+// by this CPU and match the format).
 const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name = nullptr);
 
 // Cache slot of position `pos` of sequence `b`.
@@ -100,5 +102,8 @@ extern const KernelInfo kDecodeI8Portable;
 extern const KernelInfo kDecodeBf16Avx512;  // decode_bf16_avx512bf16
 extern const KernelInfo kDecodeF16Avx512;   // decode_f16_avx512f
 extern const KernelInfo kDecodeI8Avx512Vnni;  // decode_i8_avx512vnni
+extern const KernelInfo kDecodeBf16Avx2;  // decode_bf16_avx2
+extern const KernelInfo kDecodeF16Avx2;   // decode_f16_avx2
+extern const KernelInfo kDecodeI8Avx2;    // decode_i8_avx2
 
 }  // namespace mla::cpu

@@ -10,12 +10,9 @@ namespace mla::cpu {
 const std::vector<KernelInfo>& kernel_registry() {
   // Fastest first within a format: select_kernel takes the first supported one.
   static const std::vector<KernelInfo> all = {
-      kDecodeBf16Avx512,
-      kDecodeBf16Portable,
-      kDecodeF16Avx512,
-      kDecodeF16Portable,
-      kDecodeI8Avx512Vnni,
-      kDecodeI8Portable,
+      kDecodeBf16Avx512,   kDecodeBf16Avx2, kDecodeBf16Portable,
+      kDecodeF16Avx512,    kDecodeF16Avx2,  kDecodeF16Portable,
+      kDecodeI8Avx512Vnni, kDecodeI8Avx2,   kDecodeI8Portable,
   };
   return all;
 }
@@ -31,9 +28,44 @@ const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name) {
     }
     MLA_FAIL("no kernel named " << name);
   }
-  for (const KernelInfo& k : kernel_registry())
-    if (k.kv == kv && (isa == Isa::best || k.portable) && k.supported()) return k;
-  MLA_FAIL("no kernel for a " << kv_dtype_name(kv) << " cache");
+  const KernelInfo* forced = nullptr;
+  for (const KernelInfo& k : kernel_registry()) {
+    if (k.kv != kv || (isa != Isa::best && k.isa != isa)) continue;
+    if (k.supported()) return k;
+    forced = &k;
+  }
+  if (forced)
+    MLA_FAIL("isa " << isa_name(isa) << ": this CPU lacks the instructions of " << forced->name
+                    << " (" << (isa == Isa::avx2 ? "AVX2, FMA, F16C" : "AVX-512 F/BW/VNNI/BF16")
+                    << "); use --isa best");
+  MLA_FAIL("no " << isa_name(isa) << " kernel for a " << kv_dtype_name(kv) << " cache");
 }
 
 }  // namespace mla::cpu
+
+namespace mla {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::best:
+      return "best";
+    case Isa::portable:
+      return "portable";
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx2:
+      return "avx2";
+  }
+  return "?";
+}
+
+bool isa_from_name(std::string_view name, Isa* isa) {
+  for (Isa i : {Isa::best, Isa::portable, Isa::avx512, Isa::avx2})
+    if (name == isa_name(i)) {
+      *isa = i;
+      return true;
+    }
+  return false;
+}
+
+}  // namespace mla
