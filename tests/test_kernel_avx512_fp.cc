@@ -1,4 +1,5 @@
-// The AVX-512 bf16 and fp16 attention kernels, run directly on work items (KernelArgs), against
+// The AVX-512 and the AVX2 bf16 and fp16 attention kernels (each one this CPU supports), run
+// directly on work items (KernelArgs), against
 // float64: full KV ranges against ref::decode, cut ranges against a float64 of the sub-range and,
 // merged with ref::combine, against the unsplit reference. Swept over block sizes (1, 16, 64, 128,
 // scattered tables), heads 1..128, q_len 1..4 (uneven per sequence), causal or not, chunk 1..8,
@@ -21,6 +22,8 @@
 namespace mla::cpu {
 extern const KernelInfo kDecodeBf16Avx512;
 extern const KernelInfo kDecodeF16Avx512;
+extern const KernelInfo kDecodeBf16Avx2;
+extern const KernelInfo kDecodeF16Avx2;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -366,6 +369,9 @@ TEST_P(KernelAvx512Fp, SinkAndWideScores) {
 
 INSTANTIATE_TEST_SUITE_P(Kernels, KernelAvx512Fp,
                          ::testing::Values(&cpu::kDecodeBf16Avx512, &cpu::kDecodeF16Avx512),
+                         [](const auto& info) { return std::string(info.param->name); });
+INSTANTIATE_TEST_SUITE_P(Avx2Kernels, KernelAvx512Fp,
+                         ::testing::Values(&cpu::kDecodeBf16Avx2, &cpu::kDecodeF16Avx2),
                          [](const auto& info) { return std::string(info.param->name); });
 
 }  // namespace
