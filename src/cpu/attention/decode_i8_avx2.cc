@@ -16,8 +16,8 @@
 //
 //   q16  [256][rs] u32    pairs (q8[2c], q8[2c+1]) of int16, rows in lanes      once per item
 //   qr   [64][rs]  f32    query rope, rows in lanes                             once per item
-//   k16  [6][512]  i16    one 6-token QK tile of keys, sign-extended            per tile
-//   kr   [6][64]   f32    its rope, widened                                     per tile
+//   k16  [10][512] i16    10 tokens of keys (two QK tiles), sign-extended       per 10 tokens
+//   kr   [10][64]  f32    their rope, widened                                   per 10 tokens
 //   s    [T][rs]   f32    scores -> p' = p * value scale                        per step
 //   pp   [T/2][rs] u32    pairs (p8[2j], p8[2j+1]) of int16 (0..255)            per step (SM)
 //   v16  [32][T/2][16] u32  pairs (v[2j][d], v[2j+1][d]) of int16, by 16-dim block  per step
@@ -34,9 +34,10 @@
 //        the PV register epilogue (resident), or lo to scratch and a pass over the output rows
 //        (spill, the seed's old form)
 //
-// Register tiles (16 ymm; objdump shows no ymm stack traffic in them): QK 2 row vectors x 6
-// tokens (12 accumulators, 2 query registers, the broadcast key, one product), 1 x 6 for an odd
-// last row vector; PV 6 rows x 16 dims (12 accumulators, 2 value registers, a broadcast p, one
+// Register tiles (16 ymm; objdump shows no ymm stack traffic or register copies in them): QK 2
+// row vectors x 5 tokens (10 accumulators, 2 query registers, the broadcast key, one product; at
+// 2 x 6 GCC 12 fills the loop with register copies and the tile ran 15% slower), 1 x 10 for an
+// odd last row vector; PV 6 rows x 16 dims (12 accumulators, 2 value registers, a broadcast p, one
 // product). PV walks the dim blocks outermost, so a block's 4 KiB of v16 stays in L1 across all
 // row tiles.
 //
@@ -58,9 +59,13 @@ namespace {
 
 using namespace avx2;
 
-constexpr int kTokTile = 6;  // tokens per QK tile (k16 / kr staging)
+constexpr int kTokTile = 10;  // tokens staged at a time (k16 / kr): two QK register tiles
+constexpr int kQkTokens = 5;  // tokens per QK register tile
 constexpr int kPvRows = 6;   // rows per PV register tile
 constexpr int kPairs = kLatentDim / 2;  // 256 QK_nope k-steps of 2 channels
+// The rows-in-lanes arrays (q16 in QK, pp in PV) are walked one cache line per k-step, 1 KiB
+// apart at 256 rows, from L2: each tile prefetches the line this many k-steps ahead into L1.
+constexpr int kQPrefetch = 8;
 // Software prefetch distance in tokens: each QK tile prefetches the tokens this far ahead in the
 // item's range, so the whole range is fetched once, a step ahead of its use.
 constexpr int kPrefetchDist = 64;
@@ -104,18 +109,19 @@ struct QkArgs {
 template <int RV, int NT>
 __attribute__((noinline)) void qk_tile(const QkArgs& a) {
   __m256i acc[NT][RV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int n = 0; n < NT; ++n)
 #pragma GCC unroll 2
     for (int v = 0; v < RV; ++v) acc[n][v] = _mm256_setzero_si256();
   const uint32_t* q16 = a.q16;
   const int32_t* k32 = reinterpret_cast<const int32_t*>(a.k16);
   for (int c = 0; c < kPairs; ++c, q16 += a.rs) {
+    _mm_prefetch(reinterpret_cast<const char*>(q16 + kQPrefetch * a.rs), _MM_HINT_T0);
     __m256i q[RV];
 #pragma GCC unroll 2
     for (int v = 0; v < RV; ++v)
       q[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q16 + 8 * v));
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int n = 0; n < NT; ++n) madd_bcast(acc[n], q, k32 + n * kPairs + c);
   }
   __m256 f[NT][RV];
@@ -123,7 +129,7 @@ __attribute__((noinline)) void qk_tile(const QkArgs& a) {
     __m256 qs[RV];
 #pragma GCC unroll 2
     for (int v = 0; v < RV; ++v) qs[v] = _mm256_load_ps(a.qs + 8 * v);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int n = 0; n < NT; ++n)
 #pragma GCC unroll 2
       for (int v = 0; v < RV; ++v) {
@@ -136,14 +142,14 @@ __attribute__((noinline)) void qk_tile(const QkArgs& a) {
     __m256 q[RV];
 #pragma GCC unroll 2
     for (int v = 0; v < RV; ++v) q[v] = _mm256_load_ps(qr + 8 * v);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int n = 0; n < NT; ++n) {
       const __m256 k = _mm256_broadcast_ss(a.kr + n * kRopeDim + d);
 #pragma GCC unroll 2
       for (int v = 0; v < RV; ++v) f[n][v] = _mm256_fmadd_ps(q[v], k, f[n][v]);
     }
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int n = 0; n < NT; ++n)
 #pragma GCC unroll 2
     for (int v = 0; v < RV; ++v) _mm256_store_ps(a.s + n * a.rs + 8 * v, f[n][v]);
@@ -174,6 +180,7 @@ __attribute__((noinline)) void pv_tile(const PvArgs& a) {
   const uint32_t* v16 = a.v16;
   const uint32_t* pp = a.pp;
   for (int j = 0; j < a.npairs; ++j, v16 += 16, pp += a.rs) {
+    _mm_prefetch(reinterpret_cast<const char*>(pp + kQPrefetch * a.rs), _MM_HINT_T0);
     const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(v16));
     const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(v16 + 8));
     const __m256i v[2] = {v0, v1};
@@ -438,12 +445,16 @@ void run(const KernelArgs& a, Scratch& scratch) {
       for (int t = 0; t < ntok; t += kTokTile) {
         for (int j = 0; j < kTokTile; ++j) {
           const int i = i0 + t + j;
-          if (i + kPrefetchDist < ntok_item)
-            prefetch_token(tok[i + kPrefetchDist], rope[i + kPrefetchDist]);
-          for (int c = 0; c < kLatentDim; c += 16)
+          // The token kPrefetchDist ahead, one line per 64 channels staged: a burst of 10
+          // prefetches a token stalls on the full miss buffers.
+          const bool pf = i + kPrefetchDist < ntok_item;
+          if (pf) prefetch_bytes(rope[i + kPrefetchDist], kRopeDim * 2);
+          for (int c = 0; c < kLatentDim; c += 16) {
+            if (pf && c % 64 == 0) prefetch_line(tok[i + kPrefetchDist] + c);
             _mm256_store_si256(
                 reinterpret_cast<__m256i*>(k16 + j * kLatentDim + c),
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tok[i] + c))));
+          }
           for (int d = 0; d < kRopeDim; d += 8)
             _mm256_store_ps(kr + j * kRopeDim + d,
                             _mm256_castsi256_ps(_mm256_slli_epi32(
@@ -457,7 +468,10 @@ void run(const KernelArgs& a, Scratch& scratch) {
         for (; v + 2 <= nrv; v += 2) {
           QkArgs b = qa;
           b.q16 += 8 * v, b.qr += 8 * v, b.qs += 8 * v, b.s += 8 * v;
-          qk_tile<2, kTokTile>(b);
+          for (int h = 0; h < kTokTile; h += kQkTokens, b.k16 += kQkTokens * kLatentDim,
+                   b.kr += kQkTokens * kRopeDim, b.ks = b.ks ? b.ks + kQkTokens : nullptr,
+                   b.s += kQkTokens * rs)
+            qk_tile<2, kQkTokens>(b);
         }
         if (v < nrv) {
           QkArgs b = qa;
