@@ -109,9 +109,9 @@ print(variant_table("chunk2_vs_4", "Chunk 2 vs 4 (int8)"))
 print(variant_table("up_spill_vs_resident", "UP: accumulator spilled every chunk vs resident (int8)"))
 print(variant_table("red_separate_vs_last", "Reduction: separate pass vs last worker (int8, 16 heads, q_len 1: KV splits)"))
 # The AVX2 kernels (--isa avx2), where perf.sh has run them.
-for name, title in [("avx2_int8_h128", "AVX2 kernel, int8 cache, 128 heads, q_len 2"),
-                    ("avx2_bf16_h128", "AVX2 kernel, bf16 cache, 128 heads, q_len 2"),
-                    ("avx2_int8_h16", "AVX2 kernel, int8 cache, 16 heads, q_len 1"),
-                    ("avx2_bf16_h16", "AVX2 kernel, bf16 cache, 16 heads, q_len 1")]:
+for name, title in [("avx2_int8_h128", "AVX2 kernel, int8 cache, 128 heads, q_len 2 (read the AVX2 section first)"),
+                    ("avx2_bf16_h128", "AVX2 kernel, bf16 cache, 128 heads, q_len 2 (read the AVX2 section first)"),
+                    ("avx2_int8_h16", "AVX2 kernel, int8 cache, 16 heads, q_len 1 (read the AVX2 section first)"),
+                    ("avx2_bf16_h16", "AVX2 kernel, bf16 cache, 16 heads, q_len 1 (read the AVX2 section first)")]:
     if os.path.exists(os.path.join(DIR, name + ".json")):
         print(grid_table(name, title))
