@@ -150,4 +150,46 @@ inline void prefetch_bytes(const void* p, int bytes) {
   for (int c = 0; c < bytes; c += 64) prefetch_line(static_cast<const char*>(p) + c);
 }
 
+// UP in the seed's old form: the accumulator is the item's output row, read and written back
+// every step: go = go * alpha + lo (lo [rows][512]).
+inline void up_spill(const ItemRows& ir, const float* lo, const float* alpha) {
+  for (int r = 0; r < ir.rows; ++r) {
+    float* go = ir.o(r);
+    const float* x = lo + size_t(r) * kLatentDim;
+    const __m256 al = _mm256_set1_ps(alpha[r]);
+    for (int d = 0; d < kLatentDim; d += 8)
+      _mm256_storeu_ps(go + d, _mm256_fmadd_ps(_mm256_loadu_ps(go + d), al, _mm256_load_ps(x + d)));
+  }
+}
+
+// After the last step: o = go / l, lse = ln 2 * (m + log2 l) (m in the base-2 domain); a row that
+// saw no key gets o = 0, lse = -inf; a NaN l (a NaN the row saw) gives NaN o and lse.
+// go_resident [rows][512], or nullptr: the output rows hold go. kPermuted: go holds each 16 dims
+// as the even dims then the odd ones (the bf16 kernel's PV order), put back here.
+template <bool kPermuted>
+void finalize_rows(const ItemRows& ir, const float* go_resident, const float* m, const float* l) {
+  for (int r = 0; r < ir.rows; ++r) {
+    float* o = ir.o(r);
+    const float* go = go_resident ? go_resident + size_t(r) * kLatentDim : o;
+    if (l[r] == 0.f) {
+      std::memset(o, 0, kLatentDim * sizeof(float));
+      *ir.lse(r) = kNegInf;
+      continue;
+    }
+    const __m256 inv = _mm256_set1_ps(1.f / l[r]);
+    for (int d = 0; d < kLatentDim; d += 16) {
+      __m256 x = _mm256_mul_ps(_mm256_loadu_ps(go + d), inv);
+      __m256 y = _mm256_mul_ps(_mm256_loadu_ps(go + d + 8), inv);
+      if constexpr (kPermuted) {  // x: dims 0, 2, .., 14; y: dims 1, 3, .., 15
+        const __m256 lo = _mm256_unpacklo_ps(x, y), hi = _mm256_unpackhi_ps(x, y);
+        x = _mm256_permute2f128_ps(lo, hi, 0x20);
+        y = _mm256_permute2f128_ps(lo, hi, 0x31);
+      }
+      _mm256_storeu_ps(o + d, x);
+      _mm256_storeu_ps(o + d + 8, y);
+    }
+    *ir.lse(r) = float((double(m[r]) + std::log2(double(l[r]))) * double(kLn2));
+  }
+}
+
 }  // namespace mla::cpu::avx2

@@ -177,34 +177,6 @@ void fp_pack_queries(const ItemRows& ir, int rows_pad, int64_t rs, float* qf) {
   }
 }
 
-// o = go / l (go in PV's dim order, put back), lse = ln 2 * (m + log2 l); a row that saw no key
-// gets o = 0, lse = -inf. A NaN l (a NaN the row saw) gives NaN o and lse.
-template <class W>
-void fp_finalize(const ItemRows& ir, const float* go_resident, const float* m, const float* l) {
-  for (int r = 0; r < ir.rows; ++r) {
-    float* o = ir.o(r);
-    const float* go = go_resident ? go_resident + size_t(r) * kLatentDim : o;
-    if (l[r] == 0.f) {
-      std::memset(o, 0, kLatentDim * sizeof(float));
-      *ir.lse(r) = kNegInf;
-      continue;
-    }
-    const __m256 inv = _mm256_set1_ps(1.f / l[r]);
-    for (int d = 0; d < kLatentDim; d += 16) {
-      __m256 x = _mm256_mul_ps(_mm256_loadu_ps(go + d), inv);
-      __m256 y = _mm256_mul_ps(_mm256_loadu_ps(go + d + 8), inv);
-      if constexpr (W::kPermuted) {  // x: dims 0, 2, .., 14; y: dims 1, 3, .., 15
-        const __m256 lo = _mm256_unpacklo_ps(x, y), hi = _mm256_unpackhi_ps(x, y);
-        x = _mm256_permute2f128_ps(lo, hi, 0x20);
-        y = _mm256_permute2f128_ps(lo, hi, 0x31);
-      }
-      _mm256_storeu_ps(o + d, x);
-      _mm256_storeu_ps(o + d + 8, y);
-    }
-    *ir.lse(r) = float((double(m[r]) + std::log2(double(l[r]))) * double(kLn2));
-  }
-}
-
 template <class W>
 void fp_run(const KernelArgs& a, Scratch& scratch) {
   const ItemRows ir(a);
@@ -277,18 +249,10 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
         fp_pv_all<W, true>(rows, kp, s, rs, n, acc, alpha);
       } else {
         fp_pv_all<W, false>(rows, kp, s, rs, n, acc, alpha);
-        // UP, the seed's old form: the accumulator is the output row, read and written back.
-        for (int r = 0; r < rows; ++r) {
-          float* go = ir.o(r);
-          const float* lo = acc + size_t(r) * kLatentDim;
-          const __m256 al = _mm256_set1_ps(alpha[r]);
-          for (int d = 0; d < kLatentDim; d += 8)
-            _mm256_storeu_ps(go + d,
-                             _mm256_fmadd_ps(_mm256_loadu_ps(go + d), al, _mm256_load_ps(lo + d)));
-        }
+        up_spill(ir, acc, alpha);
       }
     }
-    fp_finalize<W>(ir, resident ? acc : nullptr, m, l);
+    finalize_rows<W::kPermuted>(ir, resident ? acc : nullptr, m, l);
   }
 }
 

@@ -493,31 +493,10 @@ void run(const KernelArgs& a, Scratch& scratch) {
         pv_all<true>(rows, pa, v16, vblk, alpha);
       } else {
         pv_all<false>(rows, pa, v16, vblk, alpha);
-        // UP, the seed's old form: the accumulator is the output row, read and written back.
-        for (int r = 0; r < rows; ++r) {
-          float* o = ir.o(r);
-          const float* lo = go + size_t(r) * kLatentDim;
-          const __m256 al = _mm256_set1_ps(alpha[r]);
-          for (int d = 0; d < kLatentDim; d += 8)
-            _mm256_storeu_ps(o + d,
-                             _mm256_fmadd_ps(_mm256_loadu_ps(o + d), al, _mm256_load_ps(lo + d)));
-        }
+        up_spill(ir, go, alpha);
       }
     }
-    // Finalize: o = go / l, lse = ln 2 * (m + log2 l); rows that saw no key: o = 0, lse = -inf.
-    for (int r = 0; r < rows; ++r) {
-      float* o = ir.o(r);
-      const float* g = resident ? go + size_t(r) * kLatentDim : o;
-      if (l[r] == 0.f) {
-        std::memset(o, 0, kLatentDim * sizeof(float));
-        *ir.lse(r) = kNegInf;
-        continue;
-      }
-      const __m256 inv = _mm256_set1_ps(1.f / l[r]);
-      for (int d = 0; d < kLatentDim; d += 8)
-        _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(g + d), inv));
-      *ir.lse(r) = float((double(m[r]) + std::log2(double(l[r]))) * double(kLn2));
-    }
+    finalize_rows<false>(ir, resident ? go : nullptr, m, l);
   }
 }
 
