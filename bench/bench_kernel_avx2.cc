@@ -19,14 +19,9 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/attention/isa.h"
 #include "cpu/attention/kernel.h"
-#include "support/case.h"
-
-namespace mla::cpu {
-extern const KernelInfo kDecodeBf16Avx2;
-extern const KernelInfo kDecodeF16Avx2;
-extern const KernelInfo kDecodeI8Avx2;
-}  // namespace mla::cpu
+#include "harness/case.h"
 
 namespace mla {
 namespace {
@@ -39,10 +34,7 @@ struct Clock {
   }
 };
 
-bool has_avx2() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-}
+bool has_avx2() { return cpu::cpu_has_avx2_set(); }
 
 // 12 independent vfmadd231ps ymm per iteration: 12 x 8 x 2 flops.
 __attribute__((target("avx2,fma"), noinline)) double fma_loop(int64_t iters) {
@@ -62,7 +54,7 @@ __attribute__((target("avx2,fma"), noinline)) double fma_loop(int64_t iters) {
   return out[0];
 }
 
-// The roofline program's AVX2 int8 loop (src/cpu/ceilings.cc): 6 accumulators, each fed by
+// The roofline program's AVX2 int8 loop (roofline/ceilings.cc): 6 accumulators, each fed by
 // vpmaddubsw + vpmaddwd(1) into its own temporary: 6 x 32 products x 2 ops per iteration.
 __attribute__((target("avx2"), noinline)) double i8_loop(int64_t iters) {
   const __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-5), one = _mm256_set1_epi16(1);
@@ -166,9 +158,9 @@ void kernel_args(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->MinTime(0.3);
 }
 
-BENCHMARK_CAPTURE(BM_Kernel, i8, &cpu::kDecodeI8Avx2)->Apply(kernel_args);
-BENCHMARK_CAPTURE(BM_Kernel, bf16, &cpu::kDecodeBf16Avx2)->Apply(kernel_args);
-BENCHMARK_CAPTURE(BM_Kernel, f16, &cpu::kDecodeF16Avx2)->Apply(kernel_args);
+BENCHMARK_CAPTURE(BM_Kernel, i8, &cpu::decode_i8_avx2)->Apply(kernel_args);
+BENCHMARK_CAPTURE(BM_Kernel, bf16, &cpu::decode_bf16_avx2)->Apply(kernel_args);
+BENCHMARK_CAPTURE(BM_Kernel, f16, &cpu::decode_f16_avx2)->Apply(kernel_args);
 
 }  // namespace
 }  // namespace mla

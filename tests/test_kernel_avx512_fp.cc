@@ -17,13 +17,13 @@
 #include "cpu/attention/kernel.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla::cpu {
-extern const KernelInfo kDecodeBf16Avx512;
-extern const KernelInfo kDecodeF16Avx512;
-extern const KernelInfo kDecodeBf16Avx2;
-extern const KernelInfo kDecodeF16Avx2;
+extern const KernelInfo decode_bf16_avx512bf16;
+extern const KernelInfo decode_f16_avx512f;
+extern const KernelInfo decode_bf16_avx2;
+extern const KernelInfo decode_f16_avx2;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -59,7 +59,7 @@ ItemRun run_item(const KernelInfo& k, const Case& c, int seq, int hb, int he, in
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
   cpu::KernelArgs a{.p = &c.p,
-                    .cache = &c.cache,
+                    .cache = &c.view,
                     .q = c.q16.data(),
                     .seq = seq,
                     .head_begin = hb,
@@ -368,10 +368,10 @@ TEST_P(KernelAvx512Fp, SinkAndWideScores) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, KernelAvx512Fp,
-                         ::testing::Values(&cpu::kDecodeBf16Avx512, &cpu::kDecodeF16Avx512),
+                         ::testing::Values(&cpu::decode_bf16_avx512bf16, &cpu::decode_f16_avx512f),
                          [](const auto& info) { return std::string(info.param->name); });
 INSTANTIATE_TEST_SUITE_P(Avx2Kernels, KernelAvx512Fp,
-                         ::testing::Values(&cpu::kDecodeBf16Avx2, &cpu::kDecodeF16Avx2),
+                         ::testing::Values(&cpu::decode_bf16_avx2, &cpu::decode_f16_avx2),
                          [](const auto& info) { return std::string(info.param->name); });
 
 }  // namespace

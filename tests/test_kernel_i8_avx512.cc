@@ -19,11 +19,11 @@
 #include "cpu/attention/kernel.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla::cpu {
-extern const KernelInfo kDecodeI8Avx512Vnni;
-extern const KernelInfo kDecodeI8Avx2;
+extern const KernelInfo decode_i8_avx512vnni;
+extern const KernelInfo decode_i8_avx2;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -42,7 +42,7 @@ const cpu::KernelInfo& kernel() { return *g_kernel; }
 // The int8 SIMD kernels this CPU can run (the portable one has test_decode's sweep).
 std::vector<const cpu::KernelInfo*> supported_i8_kernels() {
   std::vector<const cpu::KernelInfo*> v;
-  for (const cpu::KernelInfo* k : {&cpu::kDecodeI8Avx512Vnni, &cpu::kDecodeI8Avx2})
+  for (const cpu::KernelInfo* k : {&cpu::decode_i8_avx512vnni, &cpu::decode_i8_avx2})
     if (k->supported()) v.push_back(k);
   return v;
 }
@@ -69,7 +69,7 @@ ItemRun run_item(const Case& c, int seq, int hb, int he, int kb, int ke, int chu
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
   const cpu::KernelArgs a{.p = &c.p,
-                          .cache = &c.cache,
+                          .cache = &c.view,
                           .q = c.q16.data(),
                           .seq = seq,
                           .head_begin = hb,

@@ -1,8 +1,9 @@
 // AVX2 building blocks shared by the *_avx2.cc kernels (compiled with exactly -mavx2 -mfma
-// -mf16c, called only after supported() checks those three): a fast exp2 without AVX-512's
-// scalef, the online-softmax step for 8 query rows held in the lanes of a ymm register, the rows
-// of a work item, and the run-time check. Header-only and inline so the hot loops see through
-// it; include it only from *_avx2.cc files (it must never reach baseline-compiled code).
+// -mf16c, called only after cpu_has_avx2_set() checks those three, isa.h): a fast exp2 without
+// AVX-512's scalef, the online-softmax step for 8 query rows held in the lanes of a ymm register,
+// the rows of a work item. Header-only and inline so the hot loops see through it; include it
+// only from *_avx2.cc files. All of it is in an anonymous namespace: files built with different
+// instruction sets must never share a compiled copy (isa.h).
 #pragma once
 
 #include <immintrin.h>
@@ -17,16 +18,11 @@
 #define MLA_AVX2_INLINE inline __attribute__((always_inline))
 
 namespace mla::cpu::avx2 {
+namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -__builtin_inff();
-
-// The instructions every *_avx2.cc file is compiled with (CMakeLists.txt), checked at run time.
-inline bool cpu_has_avx2_fma_f16c() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-}
 
 // 2^x. x < -126 and -inf give exactly 0 (no denormals); NaN stays NaN (a NaN score must reach
 // the output, DESIGN §6); x is at most a rounding error above 0 in softmax use.
@@ -141,6 +137,19 @@ inline void step_slots(const KernelArgs& a, int t0, int n, int64_t* slot) {
   }
 }
 
+// Token rows (bf16 / fp16) of positions [t0, t0 + n) of the item's sequence, read through the
+// cache view by block and offset (views may have any block stride), one block-table read per block.
+inline void step_token16(const KernelArgs& a, int t0, int n, const uint16_t** tok) {
+  const DecodeParams& p = *a.p;
+  const int bs = a.cache->block_size();
+  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
+  int blk = t0 / bs, off = t0 % bs;
+  for (int t = 0; t < n; ++t) {
+    tok[t] = a.cache->token16_at(table[blk], off);
+    if (++off == bs) off = 0, ++blk;
+  }
+}
+
 // Software prefetch into L2 (as the AVX-512 kernels: from DRAM at 16 rows the hardware
 // prefetchers fall behind the interleaved token streams).
 MLA_AVX2_INLINE void prefetch_line(const void* p) {
@@ -192,4 +201,5 @@ void finalize_rows(const ItemRows& ir, const float* go_resident, const float* m,
   }
 }
 
+}  // namespace
 }  // namespace mla::cpu::avx2

@@ -3,6 +3,7 @@
 // 32-bit lane (bf16 is the top 16 bits of an fp32). Its own file: one instantiation per dtype
 // and ISA.
 #include "cpu/attention/decode_fp_avx2.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -26,11 +27,12 @@ void run(const KernelArgs& a, Scratch& scratch) { avx2::fp_run<Bf16Widen>(a, scr
 
 }  // namespace
 
-extern const KernelInfo kDecodeBf16Avx2{.name = "decode_bf16_avx2",
-                                        .kv = KvDType::bf16,
-                                        .portable = false,
-                                        .isa = Isa::avx2,
-                                        .supported = avx2::cpu_has_avx2_fma_f16c,
-                                        .run = run};
+extern const KernelInfo decode_bf16_avx2{.name = "decode_bf16_avx2",
+                                         .kv = KvDType::bf16,
+                                         .portable = false,
+                                         .isa = Isa::avx2,
+                                         .supported = cpu_has_avx2_set,
+                                         .run = run,
+                                         .stages = item_stages};
 
 }  // namespace mla::cpu

@@ -1,6 +1,7 @@
 // The fp16 attention kernel for AVX2 + FMA + F16C CPUs: the fp body of decode_fp_avx2.h with fp16
 // widened by vcvtph2ps (F16C). Its own file: one instantiation per dtype and ISA.
 #include "cpu/attention/decode_fp_avx2.h"
+#include "cpu/attention/isa.h"
 
 namespace mla::cpu {
 namespace {
@@ -20,11 +21,12 @@ void run(const KernelArgs& a, Scratch& scratch) { avx2::fp_run<F16Widen>(a, scra
 
 }  // namespace
 
-extern const KernelInfo kDecodeF16Avx2{.name = "decode_f16_avx2",
-                                       .kv = KvDType::fp16,
-                                       .portable = false,
-                                       .isa = Isa::avx2,
-                                       .supported = avx2::cpu_has_avx2_fma_f16c,
-                                       .run = run};
+extern const KernelInfo decode_f16_avx2{.name = "decode_f16_avx2",
+                                        .kv = KvDType::fp16,
+                                        .portable = false,
+                                        .isa = Isa::avx2,
+                                        .supported = cpu_has_avx2_set,
+                                        .run = run,
+                                        .stages = item_stages};
 
 }  // namespace mla::cpu

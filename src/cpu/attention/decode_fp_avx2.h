@@ -26,6 +26,7 @@
 #include "cpu/attention/avx2_common.h"
 
 namespace mla::cpu::avx2 {
+namespace {
 
 constexpr int kFpTokTile = 6;  // tokens per QK tile (the key staging kf)
 constexpr int kFpPvRows = 6;   // rows per PV register tile
@@ -203,15 +204,13 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
     uint16_t* zero = cv.take<uint16_t>(kQkDim);
     // The range's token rows, then kFpTokTile zero rows for the last tile's tail.
     const uint16_t** tok = cv.take<const uint16_t*>(ntok_item + kFpTokTile);
-    int64_t* slot = cv.take<int64_t>(ntok_item);
     if (pass == 0) {
       sizer = cv;
       continue;
     }
 
     std::memset(zero, 0, kQkDim * sizeof(uint16_t));
-    step_slots(a, a.kv_begin, ntok_item, slot);
-    for (int t = 0; t < ntok_item; ++t) tok[t] = a.cache->token16(slot[t]);
+    step_token16(a, a.kv_begin, ntok_item, tok);
     std::fill(tok + ntok_item, tok + ntok_item + kFpTokTile, zero);
     // The first tokens, which no QK tile prefetches, start on their way while the queries are
     // packed.
@@ -227,8 +226,10 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
       std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
 
     const float c = a.p->softmax_scale * kLog2e;
-    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+    StageMarks marks(a.stages, rows);
+    for (int t0 = a.kv_begin, step = 0; t0 < a.kv_end; t0 += T, ++step) {
       const int n = std::min(T, a.kv_end - t0), i0 = t0 - a.kv_begin;
+      marks.step(step, n);
       const int ntok = (n + kFpTokTile - 1) / kFpTokTile * kFpTokTile;
       const uint16_t* const* kp = tok + i0;
       for (int t = 0; t < ntok; t += kFpTokTile) {
@@ -244,16 +245,22 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
         }
         fp_qk_token_tile(qf, rs, nrv, kf, s + t * rs);
       }
+      marks.done(Stage::QK);
       fp_softmax_step(s, rs, rows_pad, n, ntok, last, t0, c, m, l, alpha);
+      marks.done(Stage::SM);
       if (resident) {
         fp_pv_all<W, true>(rows, kp, s, rs, n, acc, alpha);
+        marks.done(Stage::PV);
       } else {
         fp_pv_all<W, false>(rows, kp, s, rs, n, acc, alpha);
+        marks.done(Stage::PV);
         up_spill(ir, acc, alpha);
       }
+      marks.done(Stage::UP);  // resident: UP (acc x alpha) runs inside PV's tiles, timed there
     }
     finalize_rows<W::kPermuted>(ir, resident ? acc : nullptr, m, l);
   }
 }
 
+}  // namespace
 }  // namespace mla::cpu::avx2

@@ -52,6 +52,7 @@
 #include <utility>
 
 #include "cpu/attention/avx2_common.h"
+#include "cpu/attention/isa.h"
 #include "cpu/attention/quantize.h"
 #include "mla/dtype.h"
 
@@ -369,7 +370,7 @@ void prefetch_token(const int8_t* lat, const uint16_t* rope) {
 
 void run(const KernelArgs& a, Scratch& scratch) {
   const ItemRows ir(a);
-  const PagedLatentCache& cache = *a.cache;
+  const CacheView& cache = *a.cache;
   const int rows = ir.rows;
   const int rows_pad = (rows + 7) & ~7;
   const int nrv = rows_pad / 8;
@@ -439,8 +440,10 @@ void run(const KernelArgs& a, Scratch& scratch) {
       std::memset(resident ? go + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
 
     const bool tok_mode = mode == KvScale::token;
-    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+    StageMarks marks(a.stages, rows);
+    for (int t0 = a.kv_begin, step = 0; t0 < a.kv_end; t0 += T, ++step) {
       const int n = std::min(T, a.kv_end - t0), i0 = t0 - a.kv_begin;
+      marks.step(step, n);
       const int ntok = (n + kTokTile - 1) / kTokTile * kTokTile;
       // QK_nope + QK_rope, one token tile at a time against every row.
       for (int t = 0; t < ntok; t += kTokTile) {
@@ -480,22 +483,26 @@ void run(const KernelArgs& a, Scratch& scratch) {
           qk_tile<1, kTokTile>(b);
         }
       }
-      // SM.
+      marks.done(Stage::QK);  // S_nope (int32) and the rope part together, per token tile
       softmax_step(SmArgs{.s = s, .rs = rs, .rows_pad = rows_pad, .n = n, .ntok = ntok, .t0 = t0,
                           .last = last, .c = a.p->softmax_scale * kLog2e,
                           .ks = tok_mode ? ks + i0 : nullptr, .tensor = tensor, .m = m, .l = l,
                           .alpha = alpha, .dq = dq, .ptop = ptop, .top = top, .pp = pp});
-      // PV (+ UP).
+      marks.done(Stage::SM);
+      // PV (+ UP); staging V into v16 counts as PV.
       const int npairs = (n + 1) / 2;
       stage_values(tok + i0, npairs, vblk, v16);
       const PvArgs pa{.pp = pp, .rs = rs, .npairs = npairs, .dq = dq, .ptop = ptop, .top = top,
                       .tok = tok + i0, .cs = cs, .go = go};
       if (resident) {
         pv_all<true>(rows, pa, v16, vblk, alpha);
+        marks.done(Stage::PV);
       } else {
         pv_all<false>(rows, pa, v16, vblk, alpha);
+        marks.done(Stage::PV);
         up_spill(ir, go, alpha);
       }
+      marks.done(Stage::UP);  // resident: UP runs in PV's epilogue, timed there
     }
     finalize_rows<false>(ir, resident ? go : nullptr, m, l);
   }
@@ -503,11 +510,12 @@ void run(const KernelArgs& a, Scratch& scratch) {
 
 }  // namespace
 
-extern const KernelInfo kDecodeI8Avx2{.name = "decode_i8_avx2",
-                                      .kv = KvDType::int8,
-                                      .portable = false,
-                                      .isa = Isa::avx2,
-                                      .supported = avx2::cpu_has_avx2_fma_f16c,
-                                      .run = run};
+extern const KernelInfo decode_i8_avx2{.name = "decode_i8_avx2",
+                                       .kv = KvDType::int8,
+                                       .portable = false,
+                                       .isa = Isa::avx2,
+                                       .supported = cpu_has_avx2_set,
+                                       .run = run,
+                                       .stages = item_stages};
 
 }  // namespace mla::cpu

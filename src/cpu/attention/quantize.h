@@ -11,6 +11,9 @@
 #include "mla/cache.h"
 
 namespace mla::cpu {
+// Anonymous: the int8 AVX-512 kernel includes this too, and must not share its compiled copy with
+// baseline files (isa.h).
+namespace {
 
 // q: 512 latent values (already including channel scales where used). Returns the row's scale.
 inline float quantize_query_row(const float* q, int8_t* q8) {
@@ -23,4 +26,5 @@ inline float quantize_query_row(const float* q, int8_t* q8) {
   return scale;
 }
 
+}  // namespace
 }  // namespace mla::cpu
