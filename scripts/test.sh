@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs the whole test suite (the README's test command; .ci/run calls it):
-# the release build's tests, the Python package's tests (scripts/venv.sh, pytest), then the
-# reference, cache, kernel, layer and safetensors tests again
-# under AddressSanitizer + UndefinedBehaviorSanitizer.
+# the release build's tests, the instruction-set check of its objects (scripts/check_isa.sh), the
+# Python package's tests (scripts/venv.sh, pytest), then the reference, cache, kernel, layer and
+# safetensors tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
@@ -13,6 +13,8 @@ if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
   export MLA_PYTHON
 fi
 (cd "$root/build" && ctest --output-on-failure -j"$jobs")
+# The library runs on a CPU without AVX-512: no EVEX code outside the *_avx512*.cc objects.
+bash "$root/scripts/check_isa.sh" "$root/build"
 if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
   echo "== Python package tests (tests/python)" >&2
   MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"
