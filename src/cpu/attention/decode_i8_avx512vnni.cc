@@ -22,6 +22,13 @@
 //   UP  go[row][dims] = go * alpha[row] + acc * dq[row] in the PV register epilogue (resident),
 //       or lo -> scratch and a separate pass over the output rows (spill, the seed's old form).
 //
+// Group scales (group32/64/128: one scale per group of G channels of each token): QK keeps one
+// int32 accumulator chain per group, each starting from the group's own flip correction, and sums
+// acc x key group scale in fp32 (tiles of half the tokens, QkShape); SM quantizes P x the group's
+// scale per group, each with its own top-1 and step maximum, into one u8 P matrix per group; PV
+// reads each 64-channel block's group (group32: two, by 128-bit lane). Token, tensor and channel
+// modes take the unchanged code (the choice is a template parameter or a branch outside the loops).
+//
 // Why no stored repack: on Zen 4 every 64-byte store takes about 1.6 issue slots from vpdpbusd,
 // and a repack of V writes 512 bytes per token (measured: 10-12% of a 16-row item); the unpacks
 // run on other pipes, in the shadow of the dot products. Likewise vfmadd, vmulps and vcmpps
