@@ -27,6 +27,7 @@ from . import _mla
 __all__ = [
     "FlashMLASchedMeta",
     "LatentCache",
+    "Layer",
     "flash_mla_with_kvcache",
     "get_mla_metadata",
 ]
@@ -431,3 +432,71 @@ class LatentCache:
         self._c.import_int8(np.ascontiguousarray(latent, dtype=np.int8), np.ascontiguousarray(rope).view(np.uint16),
                             f32(token_scale), None if tensor_scale is None else float(tensor_scale),
                             f32(channel_scale))
+
+
+class Layer:
+    """One attention layer (``self_attn``) of a Hugging Face DeepSeek-V2/V3 checkpoint, for decoding.
+
+    The layer owns a paged latent cache (``num_blocks`` blocks of ``block_size`` tokens, format
+    ``kv_dtype``) and its block allocator: sequences are added, prefilled, decoded and freed
+    through it. Hidden states are the ``self_attn`` input, float32 NumPy arrays (or any
+    buffer-protocol / DLPack CPU array) with last dimension ``hidden_size``; outputs are the
+    ``self_attn`` output (after ``o_proj``), float32 NumPy. The library runs with the GIL
+    released; bad arguments raise ``ValueError`` naming the value, and a refused call changes
+    neither the cache nor any sequence.
+
+    Build one with :meth:`from_pretrained`.
+    """
+
+    def __init__(self, impl: "_mla.Layer") -> None:
+        self._l = impl
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str, layer: int = 0, kv_dtype: str = "bf16", block_size: int = 64,
+                        threads: int = 0, num_blocks: int = 1024) -> "Layer":
+        """Opens ``model_dir`` (config.json + model.safetensors, or shards with
+        model.safetensors.index.json) and checks every tensor of
+        ``model.layers.{layer}.self_attn.*`` before returning; weights stay memory-mapped.
+
+        kv_dtype: cache format, ``'bf16'``, ``'fp16'``, ``'int8'`` (per-token scales) or ``'fp8'``
+        (FlashMLA's 656-byte token). threads: workers per call (0: all cores). num_blocks: cache
+        capacity, shared by all sequences.
+        """
+        return cls(_mla.Layer(str(model_dir), int(layer), kv_dtype, int(block_size), int(num_blocks),
+                              int(threads)))
+
+    hidden_size = property(lambda self: self._l.hidden_size, doc="the model's hidden_size")
+    num_heads = property(lambda self: self._l.num_heads, doc="attention heads")
+    kv_dtype = property(lambda self: self._l.kv_dtype, doc="cache format")
+    block_size = property(lambda self: self._l.block_size, doc="tokens per cache block")
+    num_blocks = property(lambda self: self._l.num_blocks, doc="blocks in the cache")
+    free_blocks = property(lambda self: self._l.free_blocks, doc="blocks not held by any sequence")
+    threads = property(lambda self: self._l.threads, doc="workers per call (0: all cores)")
+
+    def add_sequence(self) -> int:
+        """A new empty sequence; returns its id."""
+        return self._l.add_sequence()
+
+    def free(self, seq: int) -> None:
+        """Returns the sequence's blocks to the pool; its id is no longer valid."""
+        self._l.free(seq)
+
+    def seq_len(self, seq: int) -> int:
+        """Tokens the sequence holds in the cache."""
+        return self._l.seq_len(seq)
+
+    def prefill(self, seq: int, hidden: Any) -> None:
+        """Writes the history ``hidden`` [n, hidden_size] float32 of sequence ``seq`` into the
+        cache, at positions ``seq_len(seq) .. seq_len(seq) + n - 1`` (the kv path only: no output).
+        """
+        self._l.prefill(seq, hidden)
+
+    def decode(self, seqs: Sequence[int], hidden: Any) -> np.ndarray:
+        """One decode step: ``hidden`` [B, Q, hidden_size] float32 holds Q new tokens of each of
+        the B sequences ``seqs`` (MTP when Q > 1). They are appended to the cache, attend to their
+        history and to the new tokens up to themselves, and their ``self_attn`` output
+        [B, Q, hidden_size] float32 is returned.
+        """
+        return self._l.decode([int(s) for s in seqs], hidden)
+
+    __call__ = decode
