@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
+_FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
+_FP8_TOKEN = 656
 _HEAD_DIM = 576
 _HEAD_DIM_V = 512
 
@@ -126,10 +128,8 @@ def get_mla_metadata(
       ``num_splits`` int32 [b + 1] (prefix sums of the pieces each sequence is split into).
 
     ``threads``: worker threads for the decodes that use this schedule (0: all cores).
-    ``is_fp8_kvcache`` and ``topk`` (FlashMLA's fp8 and sparse modes) are not supported here.
+    ``is_fp8_kvcache`` does not change the schedule; ``topk`` (sparse attention) is not supported.
     """
-    if is_fp8_kvcache:
-        raise ValueError("is_fp8_kvcache = True: the fp8 cache is not supported (use mla.LatentCache with dtype='int8')")
     if topk is not None:
         raise ValueError(f"topk = {topk}: sparse attention is not supported")
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
@@ -223,7 +223,11 @@ def flash_mla_with_kvcache(
         q: [b, s_q, h_q, 576], float32 / float16 / bfloat16.
         k_cache: [num_blocks, page_block_size, h_k, 576] bfloat16 / float16 (h_q a multiple of
             h_k; query heads ``i*h_q/h_k .. (i+1)*h_q/h_k - 1`` attend to kv head i), or an
-            :class:`LatentCache` (bf16 / fp16 / int8, h_k = 1). Any page_block_size.
+            :class:`LatentCache` (bf16 / fp16 / int8 / fp8, h_k = 1). Any page_block_size.
+            With ``is_fp8_kvcache=True``: FlashMLA's fp8 cache, uint8 (or ml_dtypes
+            float8_e4m3fn) [num_blocks, page_block_size, 656] or [..., 1, 656], each token 512
+            e4m3 + 4 float32 scales + 64 bf16 rope; blocks and tokens at any byte stride
+            (FlashMLA's padded blocks), read in place.
             Neither is copied: an array is read in place through its strides (copied once per
             call only when its last dimension is not contiguous).
         block_table: [b, max_blocks] int32; entries past a sequence's length are never read.
@@ -271,8 +275,6 @@ def flash_mla_with_kvcache(
                         shape[3] ** -0.5 if softmax_scale is None else float(softmax_scale), bool(causal),
                         sched.threads, sched._sched, out, lse)
             return out, lse
-    if is_fp8_kvcache:
-        raise ValueError("is_fp8_kvcache = True: the fp8 cache is not supported (use mla.LatentCache with dtype='int8')")
     if indices is not None:
         raise ValueError("indices is given: sparse attention is not supported")
     if head_dim_v != _HEAD_DIM_V:
@@ -289,9 +291,18 @@ def flash_mla_with_kvcache(
     torch_out = _is_torch(q)
     qa, q_bits = _as_input(q, "q")
     if type(k_cache) is LatentCache:
+        if bool(is_fp8_kvcache) != (k_cache.dtype == "fp8"):
+            raise ValueError(f"is_fp8_kvcache = {bool(is_fp8_kvcache)} but the LatentCache is {k_cache.dtype}")
         ka, k_bits, h_k, block_size = k_cache._c, False, 1, k_cache._block_size
     else:
+        if type(k_cache) is np.ndarray and k_cache.dtype == _FP8:
+            k_cache = k_cache.view(np.uint8)  # FlashMLA's tensors are float8_e4m3fn views of the bytes
         ka, k_bits = _as_input(k_cache, "k_cache")
+        is_u8 = str(ka.dtype) in ("uint8", "torch.uint8")
+        if bool(is_fp8_kvcache) != is_u8:
+            raise ValueError(f"is_fp8_kvcache = {bool(is_fp8_kvcache)} with k_cache of dtype {ka.dtype}: the fp8 "
+                             f"cache is uint8 (or float8_e4m3fn) [num_blocks, page_block_size, (1,) 656], "
+                             f"and only it")
         shape = ka.shape
         h_k = int(shape[2]) if len(shape) == 4 else 1
         block_size = int(shape[1]) if len(shape) == 4 else 0
@@ -326,12 +337,14 @@ def flash_mla_with_kvcache(
 
 
 class LatentCache:
-    """A paged latent KV cache owned by the library (bf16, fp16 or int8), usable as ``k_cache``.
+    """A paged latent KV cache owned by the library (bf16, fp16, int8 or fp8), usable as ``k_cache``.
 
     Token t of a sequence lives in slot ``block_table[t // block_size] * block_size +
     t % block_size``; each token holds 576 values (512 latent + 64 rope). int8 caches quantize
-    the latent with a scale per token (computed on write), per tensor or per channel (set or
-    calibrated before writing); the rope part stays bf16.
+    the latent with a scale per token or per group of 32 / 64 / 128 channels of each token
+    (``scale='group32'`` ...; computed on write), per tensor or per channel (set or calibrated
+    before writing); the rope part stays bf16. fp8 is FlashMLA's 656-byte token (docs/FORMATS.md);
+    pass ``is_fp8_kvcache=True`` with it.
 
     ``shuffle_seed`` != 0 hands out free blocks in a shuffled order (scattered block tables).
     Writes wait for a decode in progress (decodes release the GIL), so a decode never reads a
@@ -345,8 +358,8 @@ class LatentCache:
 
     num_blocks = property(lambda self: self._c.num_blocks, doc="blocks in the pool")
     block_size = property(lambda self: self._c.block_size, doc="tokens per block")
-    dtype = property(lambda self: self._c.dtype, doc="'bf16', 'fp16' or 'int8'")
-    scale = property(lambda self: self._c.scale, doc="int8 scale mode: 'token', 'tensor' or 'channel'")
+    dtype = property(lambda self: self._c.dtype, doc="'bf16', 'fp16', 'int8' or 'fp8'")
+    scale = property(lambda self: self._c.scale, doc="int8 scale mode: 'token', 'group32', 'group64', 'group128', 'tensor' or 'channel'")
     free_blocks = property(lambda self: self._c.free_blocks, doc="blocks not held by any sequence")
 
     def add_sequence(self) -> int:
@@ -414,10 +427,28 @@ class LatentCache:
         a, bits = _as_input(kv, "kv")
         self._c.import_array(a, bits)
 
+    def export_fp8(self) -> np.ndarray:
+        """fp8 only, lossless: FlashMLA's bytes, uint8 [num_blocks, block_size, 656] (usable as an
+        array ``k_cache`` with ``is_fp8_kvcache=True``)."""
+        return self._c.export_fp8()
+
+    def import_fp8(self, data: Any) -> None:
+        """fp8 only: fills the whole pool from FlashMLA's bytes [num_blocks, block_size, 656]
+        (uint8 or float8_e4m3fn); a tile scale that is not positive and finite is refused."""
+        a = np.asarray(data)
+        if a.dtype == _FP8:
+            a = a.view(np.uint8)
+        if a.dtype != np.uint8:
+            raise TypeError(f"fp8 data has dtype {a.dtype}; expected uint8 or float8_e4m3fn")
+        if a.shape != (self.num_blocks, self.block_size, _FP8_TOKEN):
+            raise ValueError(f"fp8 data has shape {a.shape}; expected {(self.num_blocks, self.block_size, _FP8_TOKEN)}")
+        self._c.import_fp8(np.ascontiguousarray(a))
+
     def export_int8(self) -> dict:
         """int8 only, lossless: latent int8 [nb, bs, 512], rope bfloat16 [nb, bs, 64], and the
-        scales: token_scale float32 [nb, bs] / tensor_scale float / channel_scale float32 [512]
-        (None where the mode has none)."""
+        scales: token_scale float32 [nb, bs] (token mode) or [nb, bs, 512 // group] (group
+        modes; entry g scales channels ``g*group .. (g+1)*group - 1``) / tensor_scale float /
+        channel_scale float32 [512] (None where the mode has none)."""
         d = self._c.export_int8()
         d["rope"] = d["rope"].view(_BF16)
         return d

@@ -467,18 +467,11 @@ struct LatentCache {
     MLA_CHECK(block_size >= 1, "block_size = " << block_size << " must be at least 1");
     const mla::KvDType kv = mla::parse_kv_dtype(dtype);
     const mla::KvScale mode = mla::parse_kv_scale(scale);
-    // The C++ library has these formats (issue 12); this package's cache, import/export and
-    // array paths do not take them yet.
-    MLA_CHECK(kv != mla::KvDType::fp8, "LatentCache: dtype 'fp8' is not supported by the Python "
-                                       "package yet (bf16, fp16 or int8)");
-    MLA_CHECK(kv != mla::KvDType::int8 || mla::kv_token_scales(mode) <= 1,
-              "LatentCache: int8 scale '" << scale << "' is not supported by the Python package "
-                                             "yet (token, tensor or channel)");
     return {.num_blocks = num_blocks, .block_size = block_size, .dtype = kv, .scale = mode};
   }
 
   void require_writable() const {
-    MLA_CHECK(cache.dtype() != mla::KvDType::int8 || cache.scale_mode() == mla::KvScale::token ||
+    MLA_CHECK(cache.dtype() != mla::KvDType::int8 || mla::kv_token_scales(cache.scale_mode()) >= 1 ||
                   static_scale,
               "this int8 cache has " << mla::kv_scale_name(cache.scale_mode())
                                      << " scales: call set_tensor_scale / set_channel_scales or "
@@ -558,10 +551,30 @@ NB_MODULE(_mla, m) {
         int h_kv = 1, block_size = 0;
         int64_t num_blocks = 0;
         mla::DType kt = mla::DType::bf16;
+        bool fp8 = false;  // k_cache uint8: FlashMLA's 656-byte fp8 tokens (is_fp8_kvcache)
         if (nb::try_cast(k, lc)) {
           block_size = lc->cache.block_size();
+        } else if (Array ka(k, "k_cache"); ka.dtype().code == kUInt && ka.dtype().bits == 8) {
+          // [num_blocks, page_block_size, 656] or [num_blocks, page_block_size, 1, 656]; each
+          // token's 656 bytes contiguous, blocks and tokens at any byte stride (FlashMLA pads).
+          const bool ok = (ka.ndim() == 3 || (ka.ndim() == 4 && ka.shape(2) == 1)) &&
+                          ka.shape(ka.ndim() - 1) == size_t(mla::kFp8TokenBytes) && ka.shape(1) >= 1 &&
+                          ka.stride(ka.ndim() - 1) == 1;
+          if (!ok)
+            throw nb::value_error(("fp8 k_cache.shape = " + shape_str(ka) +
+                                   "; expected (num_blocks, page_block_size, 656) or (num_blocks, "
+                                   "page_block_size, 1, 656) uint8 with each token's 656 bytes contiguous").c_str());
+          if (ka.shape(0) > 1 && ka.stride(0) < int64_t(ka.shape(1)) * ka.stride(1))
+            throw nb::value_error(("fp8 k_cache strides: block stride " + std::to_string(ka.stride(0)) +
+                                   " bytes overlaps its " + std::to_string(ka.shape(1)) + " tokens").c_str());
+          if (ka.shape(1) > 1 && ka.stride(1) < mla::kFp8TokenBytes)
+            throw nb::value_error(("fp8 k_cache strides: token stride " + std::to_string(ka.stride(1)) +
+                                   " bytes is under 656").c_str());
+          fp8 = true;
+          num_blocks = int64_t(ka.shape(0));
+          block_size = int(ka.shape(1));
+          karr.emplace(std::move(ka));
         } else {
-          Array ka(k, "k_cache");
           kt = float_type(ka, k_bf16_bits, "k_cache");
           if (kt == mla::DType::f32)
             throw nb::type_error("k_cache has dtype float32; expected bfloat16 or float16 (the cache "
@@ -598,7 +611,11 @@ NB_MODULE(_mla, m) {
         // copy first.
         const void* kd = nullptr;
         int64_t ks[3] = {0, 0, 0};
-        if (karr) {
+        if (karr && fp8) {
+          kd = karr->data();
+          ks[0] = karr->stride(0);
+          ks[1] = karr->shape(1) > 1 ? karr->stride(1) : mla::kFp8TokenBytes;
+        } else if (karr) {
           if (karr->stride(3) == 1) {
             kd = karr->data();
             for (int i = 0; i < 3; ++i) ks[i] = karr->stride(i);
@@ -635,6 +652,15 @@ NB_MODULE(_mla, m) {
           std::lock_guard<std::mutex> lock(decode_mutex());
           if (lc) {
             glue::run_group(c, lc->cache.view(), 0);
+          } else if (fp8) {
+            mla::CacheView v;
+            v.format = mla::KvDType::fp8;
+            v.blocks = num_blocks;
+            v.tokens_per_block = block_size;
+            v.fp8 = static_cast<const uint8_t*>(kd);
+            v.kv_block_stride = num_blocks > 1 ? ks[0] : int64_t(block_size) * ks[1];
+            v.kv_token_stride = ks[1];
+            glue::run_group(c, v, 0);
           } else {
             glue::run_array(c, kt, kd, num_blocks, block_size, ks[0], ks[1], ks[2]);
           }
@@ -908,7 +934,7 @@ NB_MODULE(_mla, m) {
             for (size_t i = 0; i < slots.size(); ++i) slots[i] = int64_t(i);
             std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             c.cache.calibrate(f.data(), slots);
-            c.static_scale = c.cache.scale_mode() != mla::KvScale::token;
+            c.static_scale = mla::kv_token_scales(c.cache.scale_mode()) == 0;
           },
           "tokens"_a, "bf16_bits"_a)
       .def(
@@ -945,6 +971,27 @@ NB_MODULE(_mla, m) {
           },
           "kv"_a, "bf16_bits"_a)
       .def(
+          "export_fp8",
+          [](const LatentCache& c) {
+            MLA_CHECK(c.cache.dtype() == mla::KvDType::fp8,
+                      "export_fp8: the cache is " << mla::kv_dtype_name(c.cache.dtype()) << ", not fp8");
+            const std::vector<uint8_t> b = c.cache.export_fp8();
+            return numpy_copy(b.data(), {size_t(c.cache.num_blocks()), size_t(c.cache.block_size()),
+                                         size_t(mla::kFp8TokenBytes)});
+          })
+      .def(
+          "import_fp8",
+          [](LatentCache& c, nb::ndarray<nb::ro, nb::device::cpu, uint8_t, nb::c_contig> bytes) {
+            MLA_CHECK(c.cache.dtype() == mla::KvDType::fp8,
+                      "import_fp8: the cache is " << mla::kv_dtype_name(c.cache.dtype()) << ", not fp8");
+            const size_t want = size_t(c.cache.num_slots()) * mla::kFp8TokenBytes;
+            MLA_CHECK(bytes.size() == want, "fp8 bytes have " << bytes.size() << " values; expected "
+                                                 << c.cache.num_slots() << " x 656");
+            std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
+            c.cache.import_fp8(bytes.data(), bytes.size());
+          },
+          "bytes"_a)
+      .def(
           "export_int8",
           [](const LatentCache& c) {
             MLA_CHECK(c.cache.dtype() == mla::KvDType::int8,
@@ -954,7 +1001,11 @@ NB_MODULE(_mla, m) {
             nb::dict d;
             d["latent"] = numpy_copy(x.latent.data(), {nb_, bs, size_t(mla::kLatentDim)});
             d["rope"] = numpy_copy(x.rope.data(), {nb_, bs, size_t(mla::kRopeDim)});
-            d["token_scale"] = x.token_scale.empty() ? nb::none() : numpy_copy(x.token_scale.data(), {nb_, bs});
+            // token mode [num_blocks, block_size]; group modes [num_blocks, block_size, 512 / group]
+            const int g = mla::kv_token_scales(c.cache.scale_mode());
+            d["token_scale"] = x.token_scale.empty() ? nb::none()
+                               : g == 1 ? numpy_copy(x.token_scale.data(), {nb_, bs})
+                                        : numpy_copy(x.token_scale.data(), {nb_, bs, size_t(g)});
             d["tensor_scale"] = c.cache.scale_mode() == mla::KvScale::tensor ? nb::cast(x.tensor_scale) : nb::none();
             d["channel_scale"] = x.channel_scale.empty() ? nb::none()
                                                          : numpy_copy(x.channel_scale.data(), {x.channel_scale.size()});
@@ -982,7 +1033,7 @@ NB_MODULE(_mla, m) {
             if (channel_scale) x.channel_scale.assign(channel_scale->data(), channel_scale->data() + channel_scale->size());
             std::lock_guard<std::mutex> lock(decode_mutex());  // not while a decode reads the cache
             c.cache.import_int8(x);
-            c.static_scale = c.cache.scale_mode() != mla::KvScale::token;
+            c.static_scale = mla::kv_token_scales(c.cache.scale_mode()) == 0;
           },
           "latent"_a, "rope"_a, "token_scale"_a.none(), "tensor_scale"_a.none(), "channel_scale"_a.none());
 }

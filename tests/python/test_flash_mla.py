@@ -11,6 +11,7 @@ import time
 import zlib
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -224,7 +225,8 @@ def fill_latent_cache(rng, cache, lens):
 
 
 @pytest.mark.parametrize("dtype,scale", [("bf16", "token"), ("fp16", "token"), ("int8", "token"),
-                                         ("int8", "tensor"), ("int8", "channel")])
+                                         ("int8", "tensor"), ("int8", "channel"), ("int8", "group32"),
+                                         ("int8", "group64"), ("int8", "group128"), ("fp8", "token")])
 def test_latent_cache_in_place_of_k_cache(dtype, scale):
     rng, seed = rng_for(f"lc{dtype}{scale}")
     cache = mla.LatentCache(num_blocks=40, block_size=32, dtype=dtype, scale=scale, shuffle_seed=seed + 1)
@@ -236,7 +238,7 @@ def test_latent_cache_in_place_of_k_cache(dtype, scale):
     sl = cache.seq_lens(seqs)
     assert list(sl) == lens
     q = rng.standard_normal((4, 2, 16, D)).astype(np.float16 if dtype == "fp16" else BF16)
-    out, lse = mla.flash_mla_with_kvcache(q, cache, bt, sl, 512, None, causal=True)
+    out, lse = mla.flash_mla_with_kvcache(q, cache, bt, sl, 512, None, causal=True, is_fp8_kvcache=dtype == "fp8")
     kv = cache.export_array()[:, :, None, :]  # the content as the kernels see it
     ro, rl = reference(cache.query_values(q), kv, bt, sl, True)  # and the query too
     if dtype == "int8":
@@ -455,3 +457,79 @@ def test_latent_cache_is_read_in_place():
 def test_array_k_cache_is_not_copied():
     frac = copied_fraction("array")
     assert frac < 0.1, f"the process grew by {frac:.2f} x k_cache's size during one decode"
+
+
+def fp8_layouts(data):
+    """FlashMLA's fp8 cache bytes [nb, bs, 656] in the layouts a caller may hand over: contiguous,
+    [nb, bs, 1, 656], float8_e4m3fn, blocks padded, tokens padded (read in place by strides)."""
+    nb_, bs, t = data.shape
+    yield "contiguous", data
+    yield "4d", data[:, :, None, :]
+    yield "float8_e4m3fn", data.view(ml_dtypes.float8_e4m3fn)
+    blocks = np.full((nb_, bs * t + 96), 0xFF, np.uint8)  # padding of NaN codes, never read
+    view = blocks[:, :bs * t].reshape(nb_, bs, t)
+    view[...] = data
+    assert not view.flags.c_contiguous and np.shares_memory(view, blocks)
+    yield "padded blocks", view
+    toks = np.full((nb_, bs, t + 16), 0xFF, np.uint8)
+    toks[:, :, :t] = data
+    yield "padded tokens", toks[:, :, :t]
+
+
+def test_fp8_array_k_cache():
+    rng, seed = rng_for("fp8array")
+    cache = mla.LatentCache(num_blocks=20, block_size=16, dtype="fp8", shuffle_seed=seed + 1)
+    seqs = fill_latent_cache(rng, cache, [150, 0, 33])
+    bt, sl = cache.block_table(seqs), cache.seq_lens(seqs)
+    q = rng.standard_normal((3, 2, 16, D)).astype(BF16)
+    want_o, want_l = mla.flash_mla_with_kvcache(q, cache, bt, sl, 512, None, causal=True, is_fp8_kvcache=True)
+    # float64 reference on the de-quantized cache and the query the kernel used (DESIGN §6: 5e-3)
+    ro, rl = reference(cache.query_values(q), cache.export_array()[:, :, None, :], bt, sl, True)
+    check_design(want_o, want_l, ro, rl, seed)
+    data = cache.export_fp8()
+    assert data.dtype == np.uint8 and data.shape == (20, 16, 656)
+    for name, k in fp8_layouts(data):
+        o, l = mla.flash_mla_with_kvcache(q, k, bt, sl, 512, None, causal=True, is_fp8_kvcache=True)
+        assert np.array_equal(o.view(np.uint16), want_o.view(np.uint16)), f"{name} (seed {seed})"
+        assert np.array_equal(l, want_l), f"{name} (seed {seed})"
+    other = mla.LatentCache(num_blocks=20, block_size=16, dtype="fp8")
+    other.import_fp8(data)
+    assert np.array_equal(other.export_fp8(), data)
+    with pytest.raises(ValueError, match="is_fp8_kvcache = False"):
+        mla.flash_mla_with_kvcache(q, data, bt, sl, 512, None)
+    with pytest.raises(ValueError, match="is_fp8_kvcache = False"):
+        mla.flash_mla_with_kvcache(q, cache, bt, sl, 512, None)
+    with pytest.raises(ValueError, match="656"):
+        mla.flash_mla_with_kvcache(q, data[:, :, :600], bt, sl, 512, None, is_fp8_kvcache=True)
+    with pytest.raises(ValueError, match="shape"):
+        other.import_fp8(data[:10])
+    bad = data.copy()
+    bad[0, 3, 512:516] = np.frombuffer(np.float32(-1).tobytes(), np.uint8)  # tile scale -1
+    with pytest.raises(ValueError, match="scale"):
+        other.import_fp8(bad)
+
+
+@pytest.mark.parametrize("scale,groups", [("group32", 16), ("group64", 8), ("group128", 4)])
+def test_int8_group_export(scale, groups):
+    rng, seed = rng_for(f"grp{scale}")
+    cache = mla.LatentCache(num_blocks=3, block_size=8, dtype="int8", scale=scale)
+    s = cache.add_sequence()
+    toks = rng.standard_normal((20, D)).astype(np.float32)
+    toks[:, 7] *= 30  # an outlier channel: only its group's scale grows
+    cache.append(s, toks)
+    content = cache.export_int8()
+    ts = content["token_scale"]
+    assert ts.shape == (3, 8, groups), f"seed {seed}"
+    slots = cache.slot_mapping(s, range(20))
+    flat = ts.reshape(-1, groups)[slots]
+    g = 512 // groups
+    want = np.abs(toks[:, :512]).reshape(20, groups, g).max(axis=2) / 127
+    assert np.allclose(flat, want, rtol=1e-6), f"seed {seed}"
+    got = cache.export_array().reshape(-1, D)[slots]
+    deq = content["latent"].reshape(-1, 512)[slots].astype(np.float64) * np.repeat(flat, g, axis=1)
+    assert np.array_equal(got[:, :512], deq.astype(np.float32)), f"seed {seed}"
+    other = mla.LatentCache(num_blocks=3, block_size=8, dtype="int8", scale=scale)
+    other.import_int8(**content)
+    assert np.array_equal(other.export_array(), cache.export_array())
+    with pytest.raises(ValueError):
+        other.import_int8(**{**content, "token_scale": ts[:, :, :1]})
