@@ -257,7 +257,7 @@ def flash_mla_with_kvcache(
     # arrays, a LatentCache, a schedule already set up for these shapes. Everything else, and
     # every error message, goes the general way below.
     sched = tile_scheduler_metadata
-    if (type(q) is np.ndarray and type(k_cache) is LatentCache and type(block_table) is np.ndarray
+    if (type(q) is np.ndarray and type(k_cache) is LatentCache and not k_cache._fp8 and type(block_table) is np.ndarray
             and type(cache_seqlens) is np.ndarray and type(sched) is FlashMLASchedMeta and q_lens is None
             and threads is None and not is_fp8_kvcache and indices is None and head_dim_v == 512):
         shape = q.shape
@@ -355,6 +355,7 @@ class LatentCache:
                  shuffle_seed: int = 0) -> None:
         self._c = _mla.LatentCache(num_blocks, block_size, dtype, scale, shuffle_seed)
         self._block_size = self._c.block_size
+        self._fp8 = self._c.dtype == "fp8"  # the fast path in flash_mla_with_kvcache takes no fp8
 
     num_blocks = property(lambda self: self._c.num_blocks, doc="blocks in the pool")
     block_size = property(lambda self: self._c.block_size, doc="tokens per block")

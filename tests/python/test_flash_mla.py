@@ -499,6 +499,10 @@ def test_fp8_array_k_cache():
         mla.flash_mla_with_kvcache(q, data, bt, sl, 512, None)
     with pytest.raises(ValueError, match="is_fp8_kvcache = False"):
         mla.flash_mla_with_kvcache(q, cache, bt, sl, 512, None)
+    sched, _ = mla.get_mla_metadata()
+    mla.flash_mla_with_kvcache(q, cache, bt, sl, 512, sched, causal=True, is_fp8_kvcache=True)
+    with pytest.raises(ValueError, match="is_fp8_kvcache = False"):  # also where a schedule is set up
+        mla.flash_mla_with_kvcache(q, cache, bt, sl, 512, sched, causal=True)
     with pytest.raises(ValueError, match="656"):
         mla.flash_mla_with_kvcache(q, data[:, :, :600], bt, sl, 512, None, is_fp8_kvcache=True)
     with pytest.raises(ValueError, match="shape"):
