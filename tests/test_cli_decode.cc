@@ -1295,5 +1295,76 @@ TEST(CliDecode, HelpListsTheOptions) {
                                                   << r.describe();
 }
 
+// ---- NaN / Inf in the files (DESIGN §6; README "NaN and Inf") ----------------------------------
+
+// NaN and Inf in q.npy and kv.npy reach the kernels: exactly the rows that see them come out NaN
+// (o and lse), every other row finite, for each cache format and 1 or 3 threads.
+TEST(CliDecode, NanAndInfInTheFilesFollowTheRule) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  for (const Format& f : kFormats) {
+    Spec s{.batch = 2, .q_len = 2, .heads = 4, .block_size = 16, .seq_lens = {70, 45}, .fmt = f};
+    FileCase c = make_case(s, seed);
+    c.q[((0 * 2 + 1) * 4 + 2) * kDk + 5] = std::nanf("");  // row (0, 1, head 2)
+    // Sequence 1, position 44 (seen by its row 1 only): the rope (int8 keeps it in bf16).
+    c.kv[c.slot(1, 44) * kDk + kDv + 3] = std::numeric_limits<float>::infinity();
+    const fs::path in = tmp.path / (f.kv + f.scale) / "in";
+    write_case(c, in);
+    for (const char* threads : {"1", "3"}) {
+      const fs::path out = tmp.path / (f.kv + f.scale) / (std::string("out") + threads);
+      const RunResult r =
+          run_cli(set_options(decode_args(c, in, out, ""), {"--threads", threads}), tmp.path);
+      ASSERT_EQ(r.code, 0) << r.describe();
+      const auto o = read_outputs(c, out);
+      ASSERT_TRUE(o);
+      for (int b = 0; b < 2; ++b)
+        for (int i = 0; i < 2; ++i)
+          for (int h = 0; h < 4; ++h) {
+            const int64_t row = (b * 2 + i) * 4 + h;
+            const bool bad = (b == 0 && i == 1 && h == 2) || (b == 1 && i == 1);
+            EXPECT_EQ(bad, std::isnan(o->lse.as<float>()[row])) << f.name() << " row " << row;
+            for (int d = 0; d < kDv; d += 97)
+              EXPECT_EQ(bad, std::isnan(o->o.as<float>()[row * kDv + d])) << f.name() << " row " << row;
+          }
+    }
+  }
+}
+
+// A finite value the cache cannot hold (fp16 past 65504) or a NaN latent value of an int8 cache
+// is refused, naming its place; the same value in a slot no sequence uses is not.
+TEST(CliDecode, RefusesValuesTheCacheCannotHold) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  struct Bad {
+    Format fmt;
+    float value;
+    int dim;
+  };
+  for (const Bad& x : {Bad{{"fp16", "token"}, 1e6f, 7}, Bad{{"int8", "token"}, std::nanf(""), 9},
+                       Bad{{"int8", "tensor"}, std::numeric_limits<float>::infinity(), 9},
+                       Bad{{"int8", "channel"}, std::nanf(""), 3}}) {
+    Spec s{.batch = 2, .q_len = 1, .heads = 2, .block_size = 16, .seq_lens = {30, 20}, .fmt = x.fmt};
+    FileCase c = make_case(s, seed);
+    const fs::path dir = tmp.path / x.fmt.name();
+    // In an unused slot: fine.
+    int64_t unused = 0;
+    while (c.used[unused]) ++unused;
+    c.kv[unused * kDk + x.dim] = x.value;
+    write_case(c, dir / "in");
+    RunResult r = run_cli(decode_args(c, dir / "in", dir / "out_ok", ""), dir);
+    EXPECT_EQ(r.code, 0) << r.describe();
+    // In sequence 1 position 13: refused, named, nothing written.
+    c.kv[c.slot(1, 13) * kDk + x.dim] = x.value;
+    write_case(c, dir / "in");
+    r = run_cli(decode_args(c, dir / "in", dir / "out_bad", ""), dir);
+    EXPECT_EQ(r.code, 2) << r.describe();
+    EXPECT_NE(r.err.find("sequence 1 position 13"), std::string::npos) << r.describe();
+    EXPECT_NE(r.err.find("[" + std::to_string(x.dim) + "]"), std::string::npos) << r.describe();
+    EXPECT_FALSE(fs::exists(dir / "out_bad" / "o.npy"));
+  }
+}
+
 }  // namespace
 }  // namespace mla

@@ -79,11 +79,15 @@ class PagedLatentCache {
   // slots are read, so garbage (NaN included) elsewhere does not matter. No-op in token mode.
   void calibrate(const float* kv, const std::vector<int64_t>& slots);
 
-  // Stores one token (576 floats): rounded to bf16/fp16, or quantized (int8).
-  void write(int64_t slot, const float* token);
+  // Stores one token (576 floats): rounded to bf16/fp16, or quantized (int8). Returns how many
+  // values the format could not hold: finite values beyond its range (fp16 past 65504, bf16 past
+  // 3.4e38: stored as Inf) and, int8, NaN/Inf latent values (token mode stores the token's scale
+  // as NaN, so rows that see it come out NaN; tensor/channel mode stores 0). NaN and Inf are
+  // otherwise stored as they are. 0 means the token is exactly what the kernels will see.
+  int write(int64_t slot, const float* token);
   // The token as the kernels see it: the stored 16-bit values, or int8 * scale.
   void read(int64_t slot, float* token) const;
-  void import_f32(const float* kv /*[num_slots, 576]*/);
+  int64_t import_f32(const float* kv /*[num_slots, 576]*/);  // write() of every slot; summed count
   void export_f32(float* kv /*[num_slots, 576]*/) const;
 
   // int8 only.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -131,26 +132,36 @@ void PagedLatentCache::require_static_scale() const {
                                        "set_channel_scales() or calibrate() before writing");
 }
 
-void PagedLatentCache::write(int64_t slot, const float* x) {
+int PagedLatentCache::write(int64_t slot, const float* x) {
   check_slot(slot);
+  int lost = 0;  // finite values stored as Inf, non-finite latent values in an int8 cache
   switch (cfg_.dtype) {
     case KvDType::bf16: {
       uint16_t* d = kv16_.data() + slot * kQkDim;
-      for (int i = 0; i < kQkDim; ++i) d[i] = f32_to_bf16(x[i]);
-      return;
+      for (int i = 0; i < kQkDim; ++i) {
+        d[i] = f32_to_bf16(x[i]);
+        lost += std::isfinite(x[i]) && !std::isfinite(bf16_to_f32(d[i]));
+      }
+      return lost;
     }
     case KvDType::fp16: {
       uint16_t* d = kv16_.data() + slot * kQkDim;
-      for (int i = 0; i < kQkDim; ++i) d[i] = f32_to_f16(x[i]);
-      return;
+      for (int i = 0; i < kQkDim; ++i) {
+        d[i] = f32_to_f16(x[i]);
+        lost += std::isfinite(x[i]) && !std::isfinite(f16_to_f32(d[i]));
+      }
+      return lost;
     }
     case KvDType::int8: break;
   }
   require_static_scale();
   int8_t* d = latent8_.data() + slot * kLatentDim;
+  for (int c = 0; c < kLatentDim; ++c) lost += !std::isfinite(x[c]);
   switch (cfg_.scale) {
     case KvScale::token: {
-      const float s = max_abs(x, kLatentDim) / 127.f;
+      // A NaN or Inf latent value cannot be quantized: the token's scale becomes NaN, so every
+      // row that sees the token comes out NaN (DESIGN §6) rather than reading a made-up 0.
+      const float s = lost ? std::numeric_limits<float>::quiet_NaN() : max_abs(x, kLatentDim) / 127.f;
       token_scale_[slot] = s;
       for (int c = 0; c < kLatentDim; ++c) d[c] = quantize(x[c], s);
       break;
@@ -163,7 +174,12 @@ void PagedLatentCache::write(int64_t slot, const float* x) {
       break;
   }
   uint16_t* r = rope16_.data() + slot * kRopeDim;
-  for (int i = 0; i < kRopeDim; ++i) r[i] = f32_to_bf16(x[kLatentDim + i]);
+  for (int i = 0; i < kRopeDim; ++i) {
+    const float v = x[kLatentDim + i];
+    r[i] = f32_to_bf16(v);
+    lost += std::isfinite(v) && !std::isfinite(bf16_to_f32(r[i]));
+  }
+  return lost;
 }
 
 void PagedLatentCache::read(int64_t slot, float* x) const {
@@ -192,8 +208,10 @@ void PagedLatentCache::read(int64_t slot, float* x) const {
   for (int i = 0; i < kRopeDim; ++i) x[kLatentDim + i] = bf16_to_f32(r[i]);
 }
 
-void PagedLatentCache::import_f32(const float* kv) {
-  for (int64_t s = 0; s < num_slots(); ++s) write(s, kv + s * kQkDim);
+int64_t PagedLatentCache::import_f32(const float* kv) {
+  int64_t lost = 0;
+  for (int64_t s = 0; s < num_slots(); ++s) lost += write(s, kv + s * kQkDim);
+  return lost;
 }
 
 void PagedLatentCache::export_f32(float* kv) const {

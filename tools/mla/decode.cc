@@ -218,6 +218,33 @@ void write_outputs(const std::string& dir, const std::vector<OutFile>& files) {
   fs::remove_all(stage, ec);
 }
 
+// NaN and Inf go to the kernels as they are (DESIGN §6: the rows that see them come out NaN), but
+// a finite value the cache format cannot hold (fp16 past 65504) or a non-finite latent value of an
+// int8 cache (no scale represents it: PagedLatentCache::write counts both) is refused, at the first
+// position that has one. Slots no sequence uses may hold anything.
+void check_storable(const Problem& pr, const DecodeParams& p, KvDType kv) {
+  auto lost = [&](float x, int d) {
+    if (kv == KvDType::int8 && d < kLatentDim) return !std::isfinite(x);
+    if (!std::isfinite(x)) return false;
+    return !std::isfinite(kv == KvDType::fp16 ? f16_to_f32(f32_to_f16(x)) : bf16_to_f32(f32_to_bf16(x)));
+  };
+  for (int b = 0; b < p.batch; ++b)
+    for (int t = 0; t < p.seq_lens[b]; ++t) {
+      const int64_t slot =
+          int64_t(p.block_table[int64_t(b) * p.max_blocks_per_seq + t / pr.block_size]) * pr.block_size +
+          t % pr.block_size;
+      const float* tok = pr.kv.data() + slot * kQkDim;
+      for (int d = 0; d < kQkDim; ++d)
+        MLA_CHECK(!lost(tok[d], d),
+                  "kv.npy: block " << slot / pr.block_size << " token " << slot % pr.block_size
+                                   << " (sequence " << b << " position " << t << ") value [" << d
+                                   << "] = " << tok[d]
+                                   << (kv == KvDType::int8 ? " is not finite and cannot be stored in an int8 cache (no scale represents it)"
+                                                           : std::string(" is beyond the largest finite ") +
+                                                                 kv_dtype_name(kv) + " value and cannot be stored"));
+    }
+}
+
 void run_decode(const DecodeArgs& a) {
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvScale mode = parse_kv_scale(a.kv_scale);
@@ -236,6 +263,7 @@ void run_decode(const DecodeArgs& a) {
   PagedLatentCache cache(CacheConfig{.num_blocks = pr.num_blocks, .block_size = pr.block_size,
                                      .dtype = kv, .scale = mode});
   validate(p, cache);  // before the cache is filled: block ids and lengths are sane
+  check_storable(pr, p, kv);
   if (kv == KvDType::int8 && mode != KvScale::token) {
     if (pr.tensor_scale && mode == KvScale::tensor) {
       cache.set_tensor_scale(*pr.tensor_scale);
@@ -250,6 +278,9 @@ void run_decode(const DecodeArgs& a) {
       cache.calibrate(pr.kv.data(), used);
     }
   }
+
+  // Only slots no sequence uses can hold what the format cannot (check_storable checked the
+  // others), and nothing reads them.
   cache.import_f32(pr.kv.data());
 
   const DType qt = opt.impl == Impl::fast ? kernel_q_dtype(kv, q_dtype_of(a, kv)) : q_dtype_of(a, kv);

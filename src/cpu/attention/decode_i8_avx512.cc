@@ -181,7 +181,8 @@ void prefetch_tokens(const int8_t* const* tok, const int64_t* slot, const uint16
 }
 
 // s[t][v][16] = (S_nope * qs * ks[t] + S_rope) for tokens k (latent, 512 bytes apart) and kr
-// (rope, 64 bf16 apart); positions past lim[] get -inf where `mask`. mx[v] = max(mx[v], s[.][v]).
+// (rope, 64 bf16 apart); positions past lim[] get -inf where `mask`. mx[v] = max(mx[v], s[.][v]),
+// NaN for a row with a non-finite visible score.
 // kTok: per-token key scales ks (token mode), else 1.
 template <int N, int RV, bool kTok>
 __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const uint16_t* kr,
@@ -255,12 +256,15 @@ __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const u
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) {
       __m512 x = f[n][v];
+      __mmask16 bad = nonfinite_mask(x);
       if (mask) {
         const __mmask16 vis = _mm512_cmpge_epi32_mask(lim[v], _mm512_set1_epi32(pos0 + n));
         x = _mm512_mask_mov_ps(ninf, vis, x);
+        bad &= vis;
       }
       _mm512_store_ps(s + (n * RV + v) * 16, x);
-      m[v] = _mm512_max_ps(m[v], x);
+      // A row that sees a NaN or Inf score gets mx = NaN, which max(x, NaN) keeps.
+      m[v] = _mm512_mask_mov_ps(_mm512_max_ps(x, m[v]), bad, _mm512_set1_ps(__builtin_nanf("")));
     }
   }
 #pragma GCC unroll 4
@@ -448,14 +452,18 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
       const int i = r / nh, h = a.head_begin + r % nh;
       src[e] = a.q + ((int64_t(a.seq) * p.q_len + i) * p.num_heads + h) * kQkDim;
       __m512 mx = _mm512_setzero_ps();
+      __mmask16 bad = 0;
       for (int c = 0; c < kLatentDim; c += 16) {
         __m512 x = bf16x16_to_ps(src[e] + c);
         if (cs) x = _mm512_mul_ps(x, _mm512_loadu_ps(cs + c));
+        bad |= nonfinite_mask(x);
         mx = _mm512_max_ps(mx, _mm512_abs_ps(x));
       }
-      const float m = _mm512_reduce_max_ps(mx);
+      const float m = bad ? 0.f : _mm512_reduce_max_ps(mx);
       const float iv = m > 0.f ? 127.f / m : 0.f;
-      qs[r] = m / 127.f * tensor;
+      // A NaN or Inf in the latent cannot be quantized: q8 = 0 and qs = NaN mark the row (run()
+      // starts it with m = NaN). A non-finite rope value shows up in the scores instead.
+      qs[r] = bad ? __builtin_nanf("") : m / 127.f * tensor;
       inv[e] = _mm512_set1_ps(negate ? -iv : iv);
     }
     for (int c0 = 0; c0 < kLatentDim; c0 += 64) {
@@ -595,7 +603,12 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
     // own step maximum anyway.
     const __mmask16 move =
         _mm512_cmp_ps_mask(cand, _mm512_add_ps(m_old, _mm512_set1_ps(kLazyRescale)), _CMP_GT_OQ);
-    const __m512 m_new = _mm512_mask_mov_ps(m_old, move, cand);
+    // A row whose step maximum or running maximum is NaN (it saw a non-finite value) keeps
+    // m = NaN; finalize turns it into o = NaN, lse = NaN.
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) |
+                          _mm512_cmp_ps_mask(m_old, m_old, _CMP_UNORD_Q);
+    const __m512 m_new = _mm512_mask_mov_ps(_mm512_mask_mov_ps(m_old, move, cand), nan,
+                                            _mm512_set1_ps(__builtin_nanf("")));
     same_max &= move == 0;
     // alpha = 2^(m_old - m_new): 0 where m_old = -inf, 1 where m stays.
     _mm512_store_ps(it.alpha + rv, _mm512_mask_blend_ps(move, _mm512_set1_ps(1.f),
@@ -607,8 +620,10 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
     m_use[v] = _mm512_maskz_mov_ps(seen, m_new);
     sum[v] = _mm512_setzero_ps();
   }
+  // s * c2 rounded before the subtraction, as the maximum was: the fused form left the row's
+  // largest score up to half an ulp of s * c2 above m (2^(5e5) = inf at a softmax scale of 1e12).
   auto prob = [&](const float* s, int v) {
-    return exp2_fma5_ps(_mm512_fmsub_ps(_mm512_load_ps(s), c2, m_use[v]));
+    return exp2_fma5_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(s), c2), m_use[v]));
   };
   auto quant = [&](__m512 p, int v) {
     return _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(p, inv[v])), cap);
@@ -757,14 +772,19 @@ void row_tile(const Item& it, const Step& st, int v0, const int8_t* const* pf_to
 }
 
 // Finalize rows [r0, r0 + rows): o = go / l, lse = ln2 * m + ln l; rows that saw no key: o = 0,
-// lse = -inf.
+// lse = -inf; rows with m = NaN (a non-finite value seen): o = NaN, lse = NaN.
 void finalize(const Item& it, int r0, int rows) {
   const KernelArgs& a = *it.a;
   for (int r = r0; r < r0 + rows; ++r) {
     float* o = a.o + (r / it.nh) * a.o_stride_i + (r % it.nh) * a.o_stride_h;
     const float l = it.l[r];
-    a.lse[(r / it.nh) * a.lse_stride_i + (r % it.nh) * a.lse_stride_h] =
-        l > 0.f ? it.m[r] * kLn2 + std::log(l) : kNegInf;
+    float* lse = a.lse + (r / it.nh) * a.lse_stride_i + (r % it.nh) * a.lse_stride_h;
+    if (std::isnan(it.m[r])) {  // the row saw a NaN or Inf
+      *lse = __builtin_nanf("");
+      std::fill_n(o, kLatentDim, __builtin_nanf(""));
+      continue;
+    }
+    *lse = l > 0.f ? it.m[r] * kLn2 + std::log(l) : kNegInf;
     const __m512 inv = _mm512_set1_ps(l > 0.f ? 1.f / l : 0.f);
     if (it.resident) {
       const float* g = it.go + int64_t(r - r0) * kLatentDim;
@@ -880,11 +900,26 @@ void run(const KernelArgs& a, Scratch& scratch) {
     if (cs)
       for (int d = 0; d < kLatentDim; ++d) cs_pos[position_of(d)] = cs[d];
     std::memset(zero, 0, kLatentDim);
+    // A non-finite token scale (a latent written from NaN/Inf) is replaced by 0 so that P' and
+    // the step's quantization stay finite for the rows that cannot see the token; the rows that
+    // can (a prefix of positions: lim >= bad_pos) start with m = NaN, as do rows whose query is
+    // not finite (qs = NaN from pack_queries).
+    int bad_pos = a.kv_end;
+    if (mode == KvScale::token) {
+      for (int t = 0; t < ntok; ++t) {
+        ks[t] = cache.token_scale(slot[t]);
+        if (!std::isfinite(ks[t])) {
+          ks[t] = 0.f;
+          bad_pos = std::min(bad_pos, a.kv_begin + t);
+        }
+      }
+      std::fill(ks + ntok, ks + npad, 0.f);
+    }
     for (int r = 0; r < Rp; ++r) {
-      m[r] = kNegInf;
       l[r] = 0.f;
       // Padding rows see everything (their scores are 0, finite; their outputs are never written).
       lim[r] = r < R ? std::min(last_visible(p, a.seq, r / nh), a.kv_end - 1) : a.kv_end - 1;
+      m[r] = r < R && (lim[r] >= bad_pos || std::isnan(qs[r])) ? __builtin_nanf("") : kNegInf;
     }
     const Item it{.a = &a,
                   .cache = &cache,
@@ -914,10 +949,6 @@ void run(const KernelArgs& a, Scratch& scratch) {
                   .s = s,
                   .pp = pp};
 
-    if (it.tok) {
-      for (int t = 0; t < ntok; ++t) ks[t] = cache.token_scale(slot[t]);
-      std::fill(ks + ntok, ks + npad, 0.f);
-    }
     for (int v0 = 0; v0 < nrv;) {
       if (nrv - v0 >= kMainRV) {
         run_rows<kMainRV>(it, v0, slot, tok, ks, kstage, rstage);

@@ -95,10 +95,12 @@ void run(const KernelArgs& a, Scratch& scratch) {
         }
       }
       for (int r = 0; r < R; ++r) {
+        if (std::isnan(st[r].m)) continue;  // the row saw a NaN or Inf: its result is NaN
         // QK + SM.
         float* sr = s + size_t(r) * T;
         const int vis = std::min(n, last[r] - t0 + 1);  // visible tokens of this step
         float mx = kNegInf;
+        bool bad = false;
         for (int t = 0; t < std::max(vis, 0); ++t) {
           const float* kr = kf + size_t(t) * kQkDim;
           float x;
@@ -122,9 +124,14 @@ void run(const KernelArgs& a, Scratch& scratch) {
           }
           sr[t] = x;
           mx = std::max(mx, x);
+          bad |= !std::isfinite(x);
         }
         float* go = go_row(r);
         if (vis <= 0) continue;  // fully masked step: the row's state is unchanged
+        if (bad) {  // DESIGN §6: a visible NaN or Inf makes the row's o and lse NaN
+          st[r].m = st[r].l = std::numeric_limits<float>::quiet_NaN();
+          continue;
+        }
         const float alpha = st[r].rescale_to(mx);
         const float shift = st[r].shift();
         float sum = 0.f;
