@@ -18,6 +18,7 @@
 #include <functional>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -1364,6 +1365,81 @@ TEST(CliDecode, RefusesValuesTheCacheCannotHold) {
     EXPECT_NE(r.err.find("[" + std::to_string(x.dim) + "]"), std::string::npos) << r.describe();
     EXPECT_FALSE(fs::exists(dir / "out_bad" / "o.npy"));
   }
+}
+
+// ---- all-or-nothing outputs (tools/mla/decode.cc: write_outputs) ------------------------------
+
+// The four output files of a run, by name.
+std::map<std::string, std::string> output_set(const fs::path& out) {
+  std::map<std::string, std::string> m;
+  for (const char* n : {"o.npy", "lse.npy", "q_used.npy", "kv_used.npy"})
+    if (fs::exists(out / n)) m[n] = slurp(out / n);
+  return m;
+}
+
+std::vector<std::string> siblings_of(const fs::path& out) {
+  std::vector<std::string> v;
+  for (const auto& e : fs::directory_iterator(out.parent_path()))
+    if (e.path().filename().string().rfind("." + out.filename().string() + ".mla-", 0) == 0)
+      v.push_back(e.path().filename().string());
+  return v;
+}
+
+// A failed or killed run (simulated with the MLA_TEST_CRASH_AT / MLA_TEST_FAIL_AT hooks) leaves
+// --out holding either the previous run's four files or the new run's four, never a mix, and
+// never none; what a killed run leaves beside --out is removed by the next run.
+TEST(CliDecode, OutputsAreAllOrNothingAcrossFailuresAndKills) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  const fs::path& dir = tmp.path;
+  const Spec s{.batch = 2, .q_len = 1, .heads = 2, .block_size = 16, .seq_lens = {30, 5}};
+  const FileCase a = make_case(s, seed), b = make_case(s, seed + 1);
+  write_case(a, dir / "in_a");
+  write_case(b, dir / "in_b");
+  ASSERT_EQ(run_cli(decode_args(b, dir / "in_b", dir / "want_b", ""), dir).code, 0);
+  const auto set_b = output_set(dir / "want_b");
+  const fs::path out = dir / "work" / "out";
+  ASSERT_EQ(run_cli(decode_args(a, dir / "in_a", out, ""), dir).code, 0);
+  const auto set_a = output_set(out);
+  ASSERT_EQ(set_a.size(), 4u);
+  ASSERT_NE(set_a, set_b);
+
+  auto run_b_with = [&](const char* var, const char* point) {
+    ::setenv(var, point, 1);
+    const RunResult r = run_cli(decode_args(b, dir / "in_b", out, ""), dir);
+    ::unsetenv(var);
+    return r;
+  };
+  // Failures (an exception at each point): the previous set survives, nothing is left beside it.
+  for (const char* point : {"file0", "file2", "file3", "swap"}) {
+    const RunResult r = run_b_with("MLA_TEST_FAIL_AT", point);
+    EXPECT_EQ(r.code, 2) << point << "\n" << r.describe();
+    EXPECT_NE(r.err.find("nothing written"), std::string::npos) << r.describe();
+    EXPECT_EQ(output_set(out), set_a) << "failure at " << point << " changed the previous outputs";
+    EXPECT_TRUE(siblings_of(out).empty()) << "failure at " << point << " left " << siblings_of(out)[0];
+  }
+  // Kills before the swap: the previous set, and a stale sibling the next run removes.
+  for (const char* point : {"file0", "file1", "file3", "swap"}) {
+    const RunResult r = run_b_with("MLA_TEST_CRASH_AT", point);
+    EXPECT_EQ(r.code, 137) << r.describe();
+    EXPECT_EQ(output_set(out), set_a) << "a kill at " << point << " changed the previous outputs";
+    EXPECT_FALSE(siblings_of(out).empty());
+  }
+  // A kill right after the swap: the new set whole.
+  EXPECT_EQ(run_b_with("MLA_TEST_CRASH_AT", "swapped").code, 137);
+  EXPECT_EQ(output_set(out), set_b) << "a kill after the swap left a mix";
+  // The next run cleans up after the killed ones.
+  ASSERT_EQ(run_cli(decode_args(a, dir / "in_a", out, ""), dir).code, 0);
+  EXPECT_EQ(output_set(out), set_a);
+  EXPECT_TRUE(siblings_of(out).empty()) << siblings_of(out)[0];
+  // An --out holding anything else is refused before any work, and left as it was.
+  std::ofstream(out / "notes.txt") << "mine";
+  const RunResult r = run_cli(decode_args(b, dir / "in_b", out, ""), dir);
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("notes.txt"), std::string::npos) << r.describe();
+  EXPECT_EQ(output_set(out), set_a);
+  EXPECT_EQ(slurp(out / "notes.txt"), "mine");
 }
 
 }  // namespace
