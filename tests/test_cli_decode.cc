@@ -1442,5 +1442,49 @@ TEST(CliDecode, OutputsAreAllOrNothingAcrossFailuresAndKills) {
   EXPECT_EQ(slurp(out / "notes.txt"), "mine");
 }
 
+// ---- bounded options --------------------------------------------------------------------------
+
+// Out-of-range numbers are refused with exit 2 and a message naming the option: never exit 3
+// ("internal error"), a wrap-around, or gigabytes allocated first.
+TEST(CliDecode, NumericOptionsAreBounded) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  const fs::path& dir = tmp.path;
+  const Spec s{.batch = 1, .q_len = 1, .heads = 2, .block_size = 16, .seq_lens = {50}};
+  const FileCase c = make_case(s, seed);
+  write_case(c, dir / "in");
+  struct Bad {
+    std::vector<std::string> args;
+    std::string names;
+  };
+  const std::vector<Bad> files = {{{"--chunk", "1000000"}, "--chunk"},
+                                  {{"--chunk", "33554432"}, "--chunk"},
+                                  {{"--chunk", "67108865"}, "--chunk"},
+                                  {{"--threads", "2147483647"}, "--threads"},
+                                  {{"--threads", "5000"}, "--threads"}};
+  for (const Bad& b : files) {
+    const RunResult r = run_cli(set_options(decode_args(c, dir / "in", dir / "out", ""), b.args), dir);
+    EXPECT_EQ(r.code, 2) << r.describe();
+    EXPECT_NE(r.err.find(b.names), std::string::npos) << r.describe();
+    EXPECT_FALSE(fs::exists(dir / "out"));
+  }
+  const std::vector<Bad> random = {
+      {{"--context", "2147483647"}, "--context"},
+      {{"--batch", "100000"}, "--batch"},
+      {{"--heads", "100000"}, "--heads"},
+      {{"--block-size", "2147483647"}, "--block-size"},
+      {{"--q-len", "0"}, "--q-len"},
+      // In range one by one, together far beyond any memory: refused with the estimate.
+      {{"--batch", "65536", "--heads", "1024", "--context", "16777216"}, "GB"}};
+  for (const Bad& b : random) {
+    std::vector<std::string> args = {"decode", "--random", "1", "--threads", "1"};
+    args.insert(args.end(), b.args.begin(), b.args.end());
+    const RunResult r = run_cli(args, dir);
+    EXPECT_EQ(r.code, 2) << r.describe();
+    EXPECT_NE(r.err.find(b.names), std::string::npos) << r.describe();
+  }
+}
+
 }  // namespace
 }  // namespace mla

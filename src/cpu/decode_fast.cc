@@ -39,8 +39,10 @@ void write_padding_rows(const DecodeParams& p, float* o, float* lse) {
 
 void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
                  const DecodeOptions& opt, float* o, float* lse) {
-  MLA_CHECK(opt.chunk >= 1, "chunk = " << opt.chunk << " must be at least 1");
-  MLA_CHECK(opt.threads >= 0, "threads = " << opt.threads << " is negative");
+  MLA_CHECK(opt.chunk >= 1 && opt.chunk <= kMaxChunk,
+            "chunk = " << opt.chunk << " is outside 1.." << kMaxChunk);
+  MLA_CHECK(opt.threads >= 0 && opt.threads <= kMaxThreads,
+            "threads = " << opt.threads << " is outside 0.." << kMaxThreads << " (0: all cores)");
   const KernelInfo& kernel = cpu::select_kernel(cache.dtype(), opt.isa, opt.kernel);
   const int64_t nq = int64_t(p.batch) * p.q_len * p.num_heads * kQkDim;
 

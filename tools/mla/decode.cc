@@ -52,9 +52,11 @@ DecodeOptions options_of(const DecodeArgs& a) {
   DecodeOptions o;
   MLA_CHECK(a.impl == "ref" || a.impl == "fast", "--impl " << a.impl << " is not ref or fast");
   o.impl = a.impl == "ref" ? Impl::ref : Impl::fast;
-  MLA_CHECK(a.threads >= 0, "--threads " << a.threads << " is negative");
+  MLA_CHECK(a.threads >= 0 && a.threads <= kMaxThreads,
+            "--threads " << a.threads << " is outside 0.." << kMaxThreads << " (0: all cores)");
   o.threads = a.threads;
-  MLA_CHECK(a.chunk >= 1, "--chunk " << a.chunk << " must be at least 1");
+  MLA_CHECK(a.chunk >= 1 && a.chunk <= kMaxChunk,
+            "--chunk " << a.chunk << " is outside 1.." << kMaxChunk << " (tiles of 64 tokens)");
   o.chunk = a.chunk;
   MLA_CHECK(a.reduction == "separate" || a.reduction == "last",
             "--reduction " << a.reduction << " is not separate or last");
@@ -104,6 +106,10 @@ Problem load_problem(const std::string& dir) {
   Problem pr;
   NpyArray q = read_npy(path("q.npy"), DType::f32, {-1, -1, -1, kQkDim});
   NpyArray kv = read_npy(path("kv.npy"), DType::f32, {-1, -1, kQkDim});
+  for (const NpyArray* x : {&q, &kv})
+    for (int64_t d : x->shape)
+      MLA_CHECK(d <= (int64_t(1) << 30), (x == &q ? path("q.npy") : path("kv.npy"))
+                                             << ": shape " << x->shape_str() << " has a dimension above 2^30");
   pr.batch = int(q.shape[0]);
   pr.q_len = int(q.shape[1]);
   pr.heads = int(q.shape[2]);
@@ -136,10 +142,45 @@ Problem load_problem(const std::string& dir) {
 }
 
 // A random case: scattered blocks, NaN in every slot no sequence uses, uneven q_lens when q_len > 1.
-Problem random_problem(const DecodeArgs& a, uint64_t seed) {
-  MLA_CHECK(a.batch >= 1 && a.heads >= 1 && a.q_len >= 1 && a.context >= 1 && a.block_size >= 1,
-            "--batch, --heads, --q-len, --context and --block-size must be positive");
+// Bytes available to this process: MemAvailable of /proc/meminfo (0 if unknown).
+double available_memory() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  double kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb * 1024;
+}
+
+// The random case's shape, bounded, and its memory estimated before anything is allocated.
+void check_random_shape(const DecodeArgs& a) {
+  auto in = [](const char* opt, int v, int lo, int hi) {
+    MLA_CHECK(v >= lo && v <= hi, opt << " " << v << " is outside " << lo << ".." << hi);
+  };
+  in("--batch", a.batch, 1, 1 << 16);
+  in("--heads", a.heads, 1, kMaxHeads);
+  in("--q-len", a.q_len, 1, kMaxQLen);
+  in("--context", a.context, 1, 1 << 24);
+  in("--block-size", a.block_size, 1, 1 << 16);
   MLA_CHECK(a.context >= a.q_len, "--context " << a.context << " is shorter than --q-len " << a.q_len);
+  // What the run holds at once: the fp32 cache content and the cache (<= 4 + 2 bytes a value), the
+  // query (fp32, working copy, q_used), o and lse (fp32 and the float64 reference), and the
+  // reference's float64 copy of the longest sequence's keys and values.
+  const double slots = (double((a.context + a.block_size - 1) / a.block_size) * a.batch + 3) * a.block_size;
+  const double rows = double(a.batch) * a.q_len * a.heads;
+  const double bytes = slots * kQkDim * 6 + rows * kQkDim * 10 + rows * (kLatentDim + 1) * 12 +
+                       double(a.context) * (kQkDim + kLatentDim) * 8;
+  const double avail = available_memory();
+  MLA_CHECK(avail == 0 || bytes <= 0.8 * avail,
+            "the random case needs about " << bytes / 1e9 << " GB, more than the " << avail / 1e9
+                                           << " GB of memory available (reduce --batch, --heads, "
+                                              "--q-len or --context)");
+}
+
+Problem random_problem(const DecodeArgs& a, uint64_t seed) {
+  check_random_shape(a);
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   Problem pr;
