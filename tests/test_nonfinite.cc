@@ -18,6 +18,7 @@
 #include "cpu/attention/kernel.h"
 #include "mla/attention.h"
 #include "mla/dtype.h"
+#include "mla/status.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
 #include "support/random_case.h"
@@ -403,6 +404,51 @@ TEST(Dispatch, SelectsTheAvx512KernelsThisCpuReports) {
   for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8})
     EXPECT_TRUE(cpu::select_kernel(kv, Isa::portable).portable);
   std::printf("[ INFO     ] avx512 bf16 %d, f16 %d, int8 vnni %d\n", bf16, f16, i8);
+}
+
+// Large finite inputs compute like the float64 reference or are refused, never Inf/NaN: a softmax
+// scale of 1e12 (the exp of a maximum rounded half an ulp above m gave inf), and a cache value of
+// 1e38 (the fp32 scores would overflow: refused; an fp16 cache cannot hold it: counted).
+TEST_P(NonFinite, LargeFiniteInputsComputeOrAreRefused) {
+  const cpu::KernelInfo& k = *GetParam();
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  CaseSpec s{.batch = 2, .q_len = 2, .heads = 16, .block_size = 64, .seq_lens = {700, 90}};
+  s.kv = k.kv;
+  test::Case c = test::make_case(s, seed);
+  c.p.softmax_scale = 1e12f;
+  const int64_t rows = int64_t(c.p.batch) * c.p.q_len * c.p.num_heads;
+  for (int threads : {1, 3}) {
+    const Outputs r = run(c, c.q16, DecodeOptions{.threads = threads, .kernel = k.name});
+    std::vector<double> ro(rows * kLatentDim), rl(rows);
+    ref::decode(c.p, c.q_ref.data(), c.cache, ro.data(), rl.data());
+    double worst_lse = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+      ASSERT_TRUE(std::isfinite(r.lse[i])) << k.name << " scale 1e12: lse[" << i << "] = " << r.lse[i];
+      worst_lse = std::max(worst_lse, std::fabs(r.lse[i] - rl[i]) / std::fabs(rl[i]));
+    }
+    EXPECT_LT(worst_lse, 1e-5) << k.name << " scale 1e12, threads " << threads;
+    const ref::Comparison cmp =
+        ref::compare(r.o.data(), r.lse.data(), ro.data(), rl.data(), rows, kLatentDim,
+                     ref::Tolerance{.rel_err = ref::tolerance_for(k.kv, false).rel_err,
+                                    .cosine = 0.99, .lse_abs = std::numeric_limits<double>::infinity(),
+                                    .row_rel_err = ref::tolerance_for(k.kv, false).row_rel_err});
+    EXPECT_TRUE(cmp.pass) << k.name << " scale 1e12, threads " << threads << ": " << cmp.summary();
+  }
+  c.p.softmax_scale = 1.f / std::sqrt(192.f);
+  std::vector<float> tok(c.kv.begin() + slot_of(c, 0, 5) * kQkDim,
+                         c.kv.begin() + (slot_of(c, 0, 5) + 1) * kQkDim);
+  tok[kLatentDim + 2] = 1e38f;  // the rope: bf16 in every format (fp16: beyond its range)
+  const int lost = c.cache.write(slot_of(c, 0, 5), tok.data());
+  EXPECT_EQ(lost, k.kv == KvDType::fp16 ? 1 : 0) << k.name;
+  if (k.kv == KvDType::fp16) return;
+  std::vector<float> o(rows * kLatentDim), lse(rows);
+  try {
+    decode(c.p, c.q_dtype, c.q16.data(), c.cache, DecodeOptions{.kernel = k.name}, o.data(), lse.data());
+    ADD_FAILURE() << k.name << ": a cache value of 1e38 was not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("too large"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 // size; import/export of the logical content is lossless.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -102,9 +103,15 @@ class PagedLatentCache {
   float tensor_scale() const { return tensor_scale_; }
   const float* channel_scales() const { return channel_scale_.data(); }
   KvScale scale_mode() const { return cfg_.scale; }
+  // The largest finite magnitude ever stored (as the kernels read it), for decode's check that
+  // its fp32 sums cannot overflow; it only grows, so a value overwritten later still counts.
+  float max_abs() const { return max_abs_; }
 
  private:
   void check_slot(int64_t slot) const;
+  void note_magnitude(float v) {
+    if (std::isfinite(v) && std::fabs(v) > max_abs_) max_abs_ = std::fabs(v);
+  }
   void require_static_scale() const;
 
   CacheConfig cfg_;
@@ -113,6 +120,7 @@ class PagedLatentCache {
   AlignedVec<uint16_t> rope16_;    // int8: rope in bf16
   std::vector<float> token_scale_; // int8, token mode
   float tensor_scale_ = 0.f;       // int8, tensor mode (0: not set)
+  float max_abs_ = 0.f;            // see max_abs()
   std::vector<float> channel_scale_;  // int8, channel mode (empty: not set)
 };
 

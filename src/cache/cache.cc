@@ -141,6 +141,7 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
       for (int i = 0; i < kQkDim; ++i) {
         d[i] = f32_to_bf16(x[i]);
         lost += std::isfinite(x[i]) && !std::isfinite(bf16_to_f32(d[i]));
+        note_magnitude(bf16_to_f32(d[i]));
       }
       return lost;
     }
@@ -149,6 +150,7 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
       for (int i = 0; i < kQkDim; ++i) {
         d[i] = f32_to_f16(x[i]);
         lost += std::isfinite(x[i]) && !std::isfinite(f16_to_f32(d[i]));
+        note_magnitude(f16_to_f32(d[i]));
       }
       return lost;
     }
@@ -161,7 +163,7 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
     case KvScale::token: {
       // A NaN or Inf latent value cannot be quantized: the token's scale becomes NaN, so every
       // row that sees the token comes out NaN (DESIGN §6) rather than reading a made-up 0.
-      const float s = lost ? std::numeric_limits<float>::quiet_NaN() : max_abs(x, kLatentDim) / 127.f;
+      const float s = lost ? std::numeric_limits<float>::quiet_NaN() : mla::max_abs(x, kLatentDim) / 127.f;
       token_scale_[slot] = s;
       for (int c = 0; c < kLatentDim; ++c) d[c] = quantize(x[c], s);
       break;
@@ -178,6 +180,13 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
     const float v = x[kLatentDim + i];
     r[i] = f32_to_bf16(v);
     lost += std::isfinite(v) && !std::isfinite(bf16_to_f32(r[i]));
+    note_magnitude(bf16_to_f32(r[i]));
+  }
+  for (int c = 0; c < kLatentDim; ++c) {
+    const float s = cfg_.scale == KvScale::token    ? token_scale_[slot]
+                    : cfg_.scale == KvScale::tensor ? tensor_scale_
+                                                    : channel_scale_[c];
+    note_magnitude(float(d[c]) * s);
   }
   return lost;
 }
@@ -258,6 +267,11 @@ void PagedLatentCache::import_int8(const Int8CacheContent& c) {
   }
   latent8_.assign(c.latent.begin(), c.latent.end());
   rope16_.assign(c.rope.begin(), c.rope.end());
+  for (int64_t s = 0; s < num_slots(); ++s) {
+    float tok[kQkDim];
+    read(s, tok);
+    for (float v : tok) note_magnitude(v);
+  }
 }
 
 // ---- BlockAllocator -------------------------------------------------------------------------

@@ -59,6 +59,24 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Page
     qk = qconv.data();
   }
 
+  // Large finite inputs are computed like the reference or refused, never turned into Inf/NaN:
+  // the kernels' fp32 scores are bounded by 576 max|q| max|kv| |scale| log2(e), their sums of
+  // p v (p <= 2^8 between rescales, int8) by 2^8 seq_len max|kv|; both must stay below 2^126.
+  {
+    float qmax = 0.f;
+    for (int64_t i = 0; i < nq; ++i) {
+      const float v = std::fabs(kt == DType::f16 ? f16_to_f32(qk[i]) : bf16_to_f32(qk[i]));
+      if (v > qmax && v <= std::numeric_limits<float>::max()) qmax = v;  // NaN/Inf: the rule
+    }
+    int max_len = 0;
+    for (int b = 0; b < p.batch; ++b) max_len = std::max(max_len, p.seq_lens[b]);
+    const double kmax = cache.max_abs(), limit = std::ldexp(1.0, 126);
+    const double score = double(kQkDim) * qmax * kmax * std::max(1.0, std::fabs(double(p.softmax_scale)) * 1.4426950408889634);
+    MLA_CHECK(score < limit && 256.0 * max_len * kmax < limit,
+              "inputs too large for the fp32 kernels: max|q| = " << qmax << ", max|kv| = " << kmax
+                  << ", softmax_scale = " << p.softmax_scale << " (scores up to " << score
+                  << ") would overflow; scale them down");
+  }
   const int workers = opt.threads > 0 ? opt.threads : cpu::ThreadPool::available_cpus();
   const Plan plan = make_plan(PlanInput{.batch = p.batch, .seq_lens = p.seq_lens, .q_lens = p.q_lens,
                                         .q_len = p.q_len, .num_heads = p.num_heads,

@@ -86,6 +86,12 @@ MLA_AVX512_INLINE __mmask16 nonfinite_mask(__m512 x) {
   return _mm512_fpclass_ps_mask(x, 0x99);  // QNaN | +Inf | -Inf | SNaN
 }
 
+// s * c rounded to fp32 whatever -ffp-contract says (the mul_round intrinsic is never fused into
+// a following subtraction): the maximum and the exp arguments must use the same rounded product.
+MLA_AVX512_INLINE __m512 scaled_score(__m512 s, __m512 c) {
+  return _mm512_mul_round_ps(s, c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 // Max of the visible scaled scores s[t * ss] over tokens [0, ntok); -inf if none is visible.
 // *bad_vis: the rows with a non-finite visible score; *bad_any: the rows with any non-finite
 // score, visible or not (a key or value holding NaN/Inf that P.V would multiply by 0 = NaN).
@@ -97,8 +103,8 @@ MLA_AVX512_INLINE __m512 rows16_masked_max(const float* s, int64_t ss, int ntok,
   for (; t + 2 <= ntok; t += 2) {
     const __mmask16 k0 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
     const __mmask16 k1 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t + 1));
-    const __m512 x0 = _mm512_mul_ps(_mm512_load_ps(s + t * ss), c);
-    const __m512 x1 = _mm512_mul_ps(_mm512_load_ps(s + (t + 1) * ss), c);
+    const __m512 x0 = scaled_score(_mm512_load_ps(s + t * ss), c);
+    const __m512 x1 = scaled_score(_mm512_load_ps(s + (t + 1) * ss), c);
     const __mmask16 n0 = nonfinite_mask(x0), n1 = nonfinite_mask(x1);
     bv |= (n0 & k0) | (n1 & k1);
     ba |= n0 | n1;
@@ -107,7 +113,7 @@ MLA_AVX512_INLINE __m512 rows16_masked_max(const float* s, int64_t ss, int ntok,
   }
   if (t < ntok) {
     const __mmask16 k0 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
-    const __m512 x0 = _mm512_mul_ps(_mm512_load_ps(s + t * ss), c);
+    const __m512 x0 = scaled_score(_mm512_load_ps(s + t * ss), c);
     const __mmask16 n0 = nonfinite_mask(x0);
     bv |= n0 & k0;
     ba |= n0;
@@ -139,10 +145,10 @@ MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* a
 
 // p = 2^(s * c - m_use) for the visible lanes of token t, 0 for the others. s * c is rounded
 // before the subtraction, as in rows16_masked_max: with the fused form the row's maximum came out
-// up to half an ulp of s * c above m, 2^(5e5) = inf at a softmax scale of 1e12.
+// up to half an ulp of s * c away from m, 2^(+-2e6) = inf or 0 at a softmax scale of 1e12.
 MLA_AVX512_INLINE __m512 rows16_prob(const float* s_t, int t, __m512i lim, __m512 c, __m512 m_use) {
   const __mmask16 k = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
-  return exp2_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(s_t), c), m_use), k);
+  return exp2_ps(_mm512_sub_ps(scaled_score(_mm512_load_ps(s_t), c), m_use), k);
 }
 
 // Whether a 16-bit cache row (576 values) holds a NaN or Inf: all exponent bits set, exp_mask

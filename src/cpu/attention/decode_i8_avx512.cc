@@ -623,7 +623,7 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
   // s * c2 rounded before the subtraction, as the maximum was: the fused form left the row's
   // largest score up to half an ulp of s * c2 above m (2^(5e5) = inf at a softmax scale of 1e12).
   auto prob = [&](const float* s, int v) {
-    return exp2_fma5_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(s), c2), m_use[v]));
+    return exp2_fma5_ps(_mm512_sub_ps(scaled_score(_mm512_load_ps(s), c2), m_use[v]));
   };
   auto quant = [&](__m512 p, int v) {
     return _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(p, inv[v])), cap);
