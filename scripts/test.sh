@@ -5,8 +5,10 @@
 #   2. the whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer (the CLI, the
 #      thread pool and the AVX-512 kernels included), with MLA_TEST_QUICK=1 so the long random
 #      sweeps run a smaller sample;
-#   3. ThreadSanitizer over the decode and thread-pool tests (scripts/tsan.sh).
-# MLA_SKIP_SANITIZE=1 skips 2 and 3; MLA_SKIP_TSAN=1 skips 3.
+#   3. ThreadSanitizer over the decode and thread-pool tests (scripts/tsan.sh);
+#   4. the libFuzzer targets (fuzz/), 10 s each from their corpus (scripts/fuzz.sh; longer runs:
+#      scripts/fuzz.sh 600).
+# MLA_SKIP_SANITIZE=1 skips 2-4; MLA_SKIP_TSAN=1 skips 3.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
@@ -25,4 +27,5 @@ if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
   if [ "${MLA_SKIP_TSAN:-0}" != 1 ]; then
     bash "$root/scripts/tsan.sh"
   fi
+  bash "$root/scripts/fuzz.sh" "${MLA_FUZZ_SECONDS:-10}"
 fi
