@@ -56,7 +56,7 @@ TEST_P(AccuracyBound, WithinAFewTimesTodaysError) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (set MLA_TEST_SEED to repeat)");
   const bool print = std::getenv("MLA_PRINT_ACCURACY") != nullptr;
-  const int reps = print ? 40 : 2;
+  const int reps = print ? 40 : test::sweep_trials(2);
   double worst_rel = 0, worst_row = 0, worst_lse = 0;
   for (int rep = 0; rep < reps; ++rep) {
     for (bool sink : {false, true}) {

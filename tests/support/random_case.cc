@@ -1,5 +1,6 @@
 #include "support/random_case.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -10,6 +11,11 @@ uint64_t test_seed() {
   if (const char* s = std::getenv("MLA_TEST_SEED")) return std::strtoull(s, nullptr, 10);
   static const uint64_t seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
   return seed;
+}
+
+int sweep_trials(int n) {
+  const char* q = std::getenv("MLA_TEST_QUICK");
+  return q && std::string(q) == "1" ? std::max(1, n / 4) : n;
 }
 
 std::string Case::describe() const {
