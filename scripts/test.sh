@@ -23,7 +23,10 @@ if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
   cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_SANITIZE=ON \
     -DMLA_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
   cmake --build "$root/build-asan" -j"$jobs"
-  (cd "$root/build-asan" && MLA_TEST_QUICK=1 ctest --output-on-failure -j"$jobs")
+  # CeilingsMeasure.Fallbacks compares measured L2 and memory bandwidths, which ASan's checked
+  # loads distort (L2 came out below memory); every other test runs.
+  (cd "$root/build-asan" && MLA_TEST_QUICK=1 ctest --output-on-failure -j"$jobs" \
+    -E '^CeilingsMeasure\.Fallbacks$')
   if [ "${MLA_SKIP_TSAN:-0}" != 1 ]; then
     bash "$root/scripts/tsan.sh"
   fi
