@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # ThreadSanitizer over the multi-threaded parts: the thread pool, the decode driver (split KV,
-# both reductions, the last-worker hand-off) and the non-finite rule at 1-8 threads.
+# both reductions, the last-worker hand-off) and the non-finite rule at 1-8 threads on the AVX-512
+# kernels (the portable kernels' runs of it take 80 s each under TSan; their threading is the same
+# driver's).
 # Builds build-tsan/ (tests only) and runs those tests; extra arguments go to ctest.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,4 +16,4 @@ cmake -S "$root" -B "$root/build-tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_B
 cmake --build "$root/build-tsan" -j"$jobs" --target test_thread_pool test_decode test_combine \
   test_nonfinite
 (cd "$root/build-tsan" && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" MLA_TEST_QUICK=1 \
-  ctest --output-on-failure -j"$jobs" -R '^(ThreadPool|Decode|Registry/(DecodeKernel|NonFinite)|Combine|NonFinite)' "$@")
+  ctest --output-on-failure -j"$jobs" -R '^(ThreadPool|Decode|Combine|Registry/DecodeKernel|Registry/NonFinite\.VisibleNanOrInfMakesExactlyThoseRowsNan/.*avx512)' "$@")
