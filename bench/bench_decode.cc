@@ -4,7 +4,7 @@
 //   128 heads x q_len 2 (256 query rows per sequence) and 16 heads x q_len 1, b 1 and 8, k 4096.
 // Counters: GFLOP/s (2 * H * q_len * k * 1088 per sequence) and, when a ceilings file is found
 // ($MLA_CEILINGS or ./ceilings.json, written by bench/roofline), floor = the fraction of the
-// floor time of bench/support/perf_model.h reached. Kernels this CPU cannot run are skipped.
+// floor time of harness/perf_model.h reached. Kernels this CPU cannot run are skipped.
 //
 //   bench_decode                                  everything (all cores)
 //   bench_decode --benchmark_filter='i8.*b8'      one kernel, one batch
@@ -18,15 +18,15 @@
 #include <vector>
 
 #include "cpu/attention/kernel.h"
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/attention.h"
 #include "mla/status.h"
-#include "support/blas_baseline.h"
-#include "support/case.h"
-#include "support/parallel.h"
-#include "support/perf_model.h"
-#include "support/stats.h"
-#include "support/variants.h"
+#include "harness/blas_baseline.h"
+#include "harness/case.h"
+#include "harness/parallel.h"
+#include "harness/perf_model.h"
+#include "harness/stats.h"
+#include "harness/variants.h"
 
 namespace mla {
 namespace {
@@ -112,6 +112,24 @@ void BM_Decode(benchmark::State& state, const cpu::KernelInfo* kernel, ShapeArgs
   set_counters(state, kernel->kv, s, opt.threads, bench::now_s() - t0);
 }
 
+// The default kernel with stage timers off (the markers compiled in, no recorder) and on: the cost
+// of the timers. decode/stage_timers/<format>/<shape>/{off,on}.
+void BM_StageTimers(benchmark::State& state, KvDType kv, ShapeArgs s, bool on) {
+  const bench::Case& c = get_case(kv, s);
+  DecodeOptions opt = bench::new_options(4);
+  opt.threads = bench::hardware_threads();
+  StageTimes times;
+  if (on) opt.stage_times = &times;
+  std::vector<float> o(c.o_size()), lse(c.rows());
+  bench::run_decode(c, opt, o.data(), lse.data());
+  const double t0 = bench::now_s();
+  for (auto _ : state) {
+    bench::run_decode(c, opt, o.data(), lse.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, kv, s, opt.threads, bench::now_s() - t0);
+}
+
 void BM_Blas(benchmark::State& state, KvDType kv, ShapeArgs s) {
   const bench::Case& c = get_case(kv, s);
   bench::BlasBaseline blas(bench::hardware_threads());
@@ -142,6 +160,15 @@ void register_all() {
             ->Unit(benchmark::kMillisecond);
     }
   }
+  for (KvDType kv : {KvDType::int8, KvDType::bf16, KvDType::fp16})
+    for (const ShapeArgs& s : kShapes)
+      for (bool on : {false, true})
+        benchmark::RegisterBenchmark((std::string("decode/stage_timers/") + kv_dtype_name(kv) +
+                                      "/" + shape_name(s) + (on ? "/on" : "/off"))
+                                         .c_str(),
+                                     BM_StageTimers, kv, s, on)
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
   for (KvDType kv : {KvDType::int8, KvDType::bf16, KvDType::fp16})
     for (const ShapeArgs& s : kShapes)
       benchmark::RegisterBenchmark(

@@ -20,11 +20,11 @@
 #include <vector>
 
 #include "cpu/attention/kernel.h"
-#include "support/case.h"
+#include "harness/case.h"
 
 namespace mla::cpu {
-extern const KernelInfo kDecodeBf16Avx512;
-extern const KernelInfo kDecodeF16Avx512;
+extern const KernelInfo decode_bf16_avx512bf16;
+extern const KernelInfo decode_f16_avx512f;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -184,8 +184,8 @@ void kernel_args(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->MinTime(0.3);
 }
 
-BENCHMARK_CAPTURE(BM_Kernel, bf16, &cpu::kDecodeBf16Avx512)->Apply(kernel_args);
-BENCHMARK_CAPTURE(BM_Kernel, f16, &cpu::kDecodeF16Avx512)->Apply(kernel_args);
+BENCHMARK_CAPTURE(BM_Kernel, bf16, &cpu::decode_bf16_avx512bf16)->Apply(kernel_args);
+BENCHMARK_CAPTURE(BM_Kernel, f16, &cpu::decode_f16_avx512f)->Apply(kernel_args);
 
 }  // namespace
 }  // namespace mla

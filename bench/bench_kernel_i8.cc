@@ -5,7 +5,7 @@
 //   floor = 2 * rows * k * 1024 / int8-dot rate + 2 * rows * k * 64 / bf16-dot rate
 //
 // (S_nope and P.V on vpdpbusd, S_rope on vdpbf16ps), the two rates measured in-process with the
-// roofline's own loops (src/cpu/ceilings.h). Counters: GOPS = 2 * rows * k * 1088 / time (the
+// roofline's own loops (roofline/ceilings.h). Counters: GOPS = 2 * rows * k * 1088 / time (the
 // int8 and bf16 operations together), frac_floor = floor / time.
 //
 //   bench_kernel_i8 --benchmark_filter='rows:256'
@@ -22,11 +22,11 @@
 #include <vector>
 
 #include "cpu/attention/kernel.h"
-#include "cpu/ceilings.h"
-#include "support/case.h"
+#include "roofline/ceilings.h"
+#include "harness/case.h"
 
 namespace mla::cpu {
-extern const KernelInfo kDecodeI8Avx512Vnni;
+extern const KernelInfo decode_i8_avx512vnni;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -62,7 +62,7 @@ double bf16_rate() {
 }
 
 void BM_PeakInt8Dot(benchmark::State& state) {
-  if (!cpu::kDecodeI8Avx512Vnni.supported()) return state.SkipWithError("no AVX512-VNNI/BF16");
+  if (!cpu::decode_i8_avx512vnni.supported()) return state.SkipWithError("no AVX512-VNNI/BF16");
   for (auto _ : state) benchmark::DoNotOptimize(int8_rate());
   state.counters["GOPS"] = int8_rate() * 1e-9;
   state.counters["bf16_GFLOPS"] = bf16_rate() * 1e-9;
@@ -88,7 +88,7 @@ const bench::Case& get_case(int heads, int q_len, int k, KvScale scale) {
 
 // Args: heads, q_len, k, chunk, spill (0 resident, 1 spill), scale (0 token, 1 tensor, 2 channel).
 void BM_KernelI8(benchmark::State& state) {
-  const cpu::KernelInfo& kernel = cpu::kDecodeI8Avx512Vnni;
+  const cpu::KernelInfo& kernel = cpu::decode_i8_avx512vnni;
   if (!kernel.supported()) return state.SkipWithError("CPU lacks the instructions");
   const int heads = int(state.range(0)), q_len = int(state.range(1)), k = int(state.range(2));
   const int chunk = int(state.range(3));

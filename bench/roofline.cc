@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/status.h"
 
 namespace {

@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
 # Builds everything and runs the whole test suite (the README's test command; .ci/run calls it):
-#   1. the release build's tests (CTest), with numpy from the project's venv (scripts/venv.sh) so
-#      the .npy cross-check runs;
-#   2. the whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer (the CLI, the
-#      thread pool and the AVX-512 kernels included), with MLA_TEST_QUICK=1 so the long random
-#      sweeps run a smaller sample;
-#   3. ThreadSanitizer over the decode and thread-pool tests (scripts/tsan.sh);
-#   4. the libFuzzer targets (fuzz/), 10 s each from their corpus (scripts/fuzz.sh; longer runs:
+#   1. the release build's tests (CTest), with NumPy from the Python package's venv
+#      (scripts/venv.sh) so the C++ .npy cross-check runs, then the Python package's tests (pytest);
+#   2. the C++ tests again under AddressSanitizer + UndefinedBehaviorSanitizer (the CLI, the
+#      thread pool, the non-finite rule and the AVX-512 kernels included), with MLA_TEST_QUICK=1
+#      so the long random sweeps run a smaller sample; only the test binaries and the program are
+#      built there (the benchmarks, roofline tools and simulator program are not, to keep a cold
+#      sanitized build within the CI budget);
+#   3. the libFuzzer targets (fuzz/), 10 s each from their corpus (scripts/fuzz.sh; longer runs:
 #      scripts/fuzz.sh 600).
-# MLA_SKIP_SANITIZE=1 skips 2-4; MLA_SKIP_TSAN=1 skips 3.
+# ThreadSanitizer is scripts/tsan.sh (a third cold build does not fit CI's 10 minutes on 2 cores);
+# MLA_TSAN=1 runs it here too. MLA_SKIP_SANITIZE=1 skips 2-3, MLA_SKIP_PYTHON=1 the Python parts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
-MLA_PYTHON=$(bash "$root/scripts/venv.sh")
-export MLA_PYTHON
 bash "$root/scripts/build.sh" "$root/build"
+if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
+  echo "== Python environment: .venv (pinned packages), pip install ." >&2
+  MLA_PYTHON=$(bash "$root/scripts/venv.sh")  # the C++ .npy test exchanges files with its NumPy
+  export MLA_PYTHON
+fi
 (cd "$root/build" && ctest --output-on-failure -j"$jobs")
+if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
+  echo "== Python package tests (tests/python)" >&2
+  MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"
+fi
 if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
-  echo "== sanitizer build (address, undefined): the whole suite" >&2
+  echo "== sanitizer build (address, undefined): the C++ tests and the program" >&2
   launcher=()
   command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_SANITIZE=ON \
     -DMLA_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
-  cmake --build "$root/build-asan" -j"$jobs"
+  mapfile -t tests < <(cd "$root/tests" && ls test_*.cc | sed 's/\.cc$//')
+  cmake --build "$root/build-asan" -j"$jobs" --target mla "${tests[@]}"
   # CeilingsMeasure.Fallbacks compares measured L2 and memory bandwidths, which ASan's checked
   # loads distort (L2 came out below memory); every other test runs.
   (cd "$root/build-asan" && MLA_TEST_QUICK=1 ctest --output-on-failure -j"$jobs" \
     -E '^CeilingsMeasure\.Fallbacks$')
-  if [ "${MLA_SKIP_TSAN:-0}" != 1 ]; then
+  if [ "${MLA_TSAN:-0}" = 1 ]; then
     bash "$root/scripts/tsan.sh"
   fi
   bash "$root/scripts/fuzz.sh" "${MLA_FUZZ_SECONDS:-10}"

@@ -13,7 +13,7 @@
 #include "mla/attention.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {

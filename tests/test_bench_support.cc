@@ -19,14 +19,14 @@
 #include <string>
 #include <vector>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/status.h"
 #include "ref/reference.h"
-#include "support/blas_baseline.h"
-#include "support/case.h"
-#include "support/perf_model.h"
-#include "support/stats.h"
-#include "support/variants.h"
+#include "harness/blas_baseline.h"
+#include "harness/case.h"
+#include "harness/perf_model.h"
+#include "harness/stats.h"
+#include "harness/variants.h"
 
 namespace mla {
 namespace {

@@ -13,7 +13,7 @@
 #include "mla/npy.h"
 #include "mla/plan.h"
 #include "mla/status.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {

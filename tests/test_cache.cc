@@ -9,7 +9,7 @@
 #include "mla/cache.h"
 #include "mla/dtype.h"
 #include "mla/status.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/status.h"
 
 namespace mla {

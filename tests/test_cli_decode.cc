@@ -28,7 +28,7 @@
 
 #include "mla/npy.h"
 #include "mla/plan.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {

@@ -12,7 +12,7 @@
 #include "mla/status.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {
@@ -123,7 +123,7 @@ TEST_P(DecodeKernel, ArbitraryKvCutsMergeToTheWhole) {
         pl(size_t(parts) * rows, std::nanf(""));
     cpu::Scratch scratch;
     for (int j = 0; j < parts; ++j) {
-      cpu::KernelArgs a{.p = &c.p, .cache = &c.cache, .q = c.q16.data(), .seq = 0,
+      cpu::KernelArgs a{.p = &c.p, .cache = &c.view, .q = c.q16.data(), .seq = 0,
                         .head_begin = 0, .head_end = H, .kv_begin = cuts[j], .kv_end = cuts[j + 1],
                         .o = po.data() + size_t(j) * rows * kLatentDim,
                         .o_stride_i = int64_t(H) * kLatentDim, .o_stride_h = kLatentDim,

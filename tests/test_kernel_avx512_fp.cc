@@ -16,11 +16,11 @@
 #include "cpu/attention/kernel.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla::cpu {
-extern const KernelInfo kDecodeBf16Avx512;
-extern const KernelInfo kDecodeF16Avx512;
+extern const KernelInfo decode_bf16_avx512bf16;
+extern const KernelInfo decode_f16_avx512f;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -56,7 +56,7 @@ ItemRun run_item(const KernelInfo& k, const Case& c, int seq, int hb, int he, in
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
   cpu::KernelArgs a{.p = &c.p,
-                    .cache = &c.cache,
+                    .cache = &c.view,
                     .q = c.q16.data(),
                     .seq = seq,
                     .head_begin = hb,
@@ -365,7 +365,7 @@ TEST_P(KernelAvx512Fp, SinkAndWideScores) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, KernelAvx512Fp,
-                         ::testing::Values(&cpu::kDecodeBf16Avx512, &cpu::kDecodeF16Avx512),
+                         ::testing::Values(&cpu::decode_bf16_avx512bf16, &cpu::decode_f16_avx512f),
                          [](const auto& info) { return std::string(info.param->name); });
 
 }  // namespace

@@ -18,10 +18,10 @@
 #include "cpu/attention/kernel.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla::cpu {
-extern const KernelInfo kDecodeI8Avx512Vnni;
+extern const KernelInfo decode_i8_avx512vnni;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -33,7 +33,7 @@ using test::CaseSpec;
 constexpr float kSentinel = 12345.f;
 constexpr uint16_t kBf16NaN = 0x7fc0;
 
-const cpu::KernelInfo& kernel() { return cpu::kDecodeI8Avx512Vnni; }
+const cpu::KernelInfo& kernel() { return cpu::decode_i8_avx512vnni; }
 
 // One work item's outputs: a gap of one row between query tokens and a tail, all holding the
 // sentinel, so that a write outside the item's rows shows.
@@ -57,7 +57,7 @@ ItemRun run_item(const Case& c, int seq, int hb, int he, int kb, int ke, int chu
       r.lse[i * r.lse_si() + hh] = std::nanf("");
     }
   const cpu::KernelArgs a{.p = &c.p,
-                          .cache = &c.cache,
+                          .cache = &c.view,
                           .q = c.q16.data(),
                           .seq = seq,
                           .head_begin = hb,

@@ -21,7 +21,7 @@
 #include "mla/status.h"
 #include "ref/compare.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {

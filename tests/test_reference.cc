@@ -10,7 +10,7 @@
 #include "mla/attention.h"
 #include "mla/status.h"
 #include "ref/reference.h"
-#include "support/random_case.h"
+#include "harness/random_case.h"
 
 namespace mla {
 namespace {

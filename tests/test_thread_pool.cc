@@ -1,8 +1,13 @@
 // The persistent thread pool (src/cpu/thread_pool.h): every worker index runs exactly once per run,
 // rapid back-to-back runs never deadlock, exceptions reach the caller, nested and serial reuse,
-// per-worker scratch.
+// per-worker scratch, and where the threads are placed (facts read from the kernel, not timings):
+// never on the caller's CPU, within the creator's affinity mask, unpinned when they outnumber the
+// CPUs, two pools apart, for any CPU count (the placement rule on its own).
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -14,9 +19,50 @@
 #include <vector>
 
 #include "cpu/thread_pool.h"
+#include "mla/status.h"
 
 namespace mla::cpu {
 namespace {
+
+// The CPUs the calling thread may run on.
+std::vector<int> my_mask() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  EXPECT_EQ(pthread_getaffinity_np(pthread_self(), sizeof(set), &set), 0);
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+void set_my_mask(const std::vector<int>& cpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c : cpus) CPU_SET(c, &set);
+  ASSERT_EQ(pthread_setaffinity_np(pthread_self(), sizeof(set), &set), 0);
+}
+
+// Where each worker ran in one run: its CPU and its affinity mask, read by the worker itself.
+struct Placement {
+  std::vector<int> cpu;
+  std::vector<std::vector<int>> mask;
+};
+
+Placement place(ThreadPool& pool, int n) {
+  Placement p{std::vector<int>(n), std::vector<std::vector<int>>(n)};
+  pool.run(n, [&](int w) {
+    p.cpu[w] = sched_getcpu();
+    p.mask[w] = my_mask();
+  });
+  return p;
+}
+
+// Runs f on a thread of its own, so that the test thread's affinity stays as it was.
+template <class F>
+void on_own_thread(F&& f) {
+  std::thread t(std::forward<F>(f));
+  t.join();
+}
 
 TEST(ThreadPool, EveryWorkerOnceEveryRun) {
   ThreadPool pool(8);
@@ -166,6 +212,156 @@ TEST(ThreadPool, ScratchIsAlignedPerWorkerAndReused) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(big) % 64, 0u);
   std::memset(big, 1, 1 << 20);
   EXPECT_EQ(pool.scratch(2, 1 << 20), big);
+}
+
+TEST(ThreadPool, WorkerLeavesTheCpuTheCallerMovesTo) {
+  // The caller is pinned (by the application) to each allowed CPU in turn, including the ones the
+  // pool's thread sits on: the thread must always end up pinned elsewhere, never sharing the
+  // caller's core. (The pool used to pin its thread to the second allowed CPU whatever the caller.)
+  on_own_thread([] {
+    const std::vector<int> cpus = my_mask();
+    ThreadPool pool(2);
+    if (cpus.size() < 2) {  // one CPU: nothing to pin to apart from the caller's
+      EXPECT_EQ(pool.worker_cpus(), (std::vector<int>{-1, -1}));
+      return;
+    }
+    for (int round = 0; round < 2; ++round) {
+      for (int c : cpus) {
+        set_my_mask({c});
+        const Placement p = place(pool, 2);
+        SCOPED_TRACE(::testing::Message() << "caller pinned to cpu " << c);
+        EXPECT_EQ(p.cpu[0], c);
+        ASSERT_EQ(p.mask[1].size(), 1u) << "the worker is pinned to one CPU";
+        EXPECT_NE(p.mask[1][0], c);
+        EXPECT_NE(p.cpu[1], c);
+        EXPECT_TRUE(std::count(cpus.begin(), cpus.end(), p.mask[1][0]));
+        EXPECT_EQ(pool.worker_cpus()[1], p.mask[1][0]);
+      }
+    }
+  });
+}
+
+TEST(ThreadPool, ThreadsNeverOnTheCallersCpuAtAnySize) {
+  on_own_thread([] {
+    const std::vector<int> cpus = my_mask();
+    const int n = static_cast<int>(cpus.size());
+    set_my_mask({cpus.back()});  // the caller sits where a pool would have put its last thread
+    ThreadPool pool(n, cpus);    // as many workers as CPUs: all pinned, one CPU each
+    const Placement p = place(pool, n);
+    std::vector<int> used = {cpus.back()};
+    for (int w = 1; w < n; ++w) {
+      ASSERT_EQ(p.mask[w].size(), 1u) << "worker " << w;
+      used.push_back(p.mask[w][0]);
+    }
+    std::sort(used.begin(), used.end());
+    EXPECT_EQ(used, cpus) << "caller and threads on distinct CPUs, all of them allowed";
+  });
+}
+
+TEST(ThreadPool, MoreThreadsThanCpusAreNotPinned) {
+  on_own_thread([] {
+    const std::vector<int> cpus = my_mask();
+    const int n = static_cast<int>(cpus.size()) + 2;
+    ThreadPool pool(n);
+    const Placement p = place(pool, n);
+    for (int w = 0; w < n; ++w) {
+      EXPECT_EQ(pool.worker_cpus()[w], -1) << "worker " << w;
+      EXPECT_EQ(p.mask[w], cpus) << "worker " << w << " may run on every allowed CPU";
+    }
+    // Grown past the CPUs later: the threads pinned until then are let go as well.
+    ThreadPool grown(2);
+    grown.grow(n);
+    const Placement q = place(grown, n);
+    for (int w = 1; w < n; ++w) EXPECT_EQ(q.mask[w], cpus) << "worker " << w;
+  });
+}
+
+TEST(ThreadPool, StaysInsideARestrictedAffinityMask) {
+  // A caller restricted (taskset, cgroups) to part of the machine: the pool's threads stay there.
+  on_own_thread([] {
+    const std::vector<int> all = my_mask();
+    const std::vector<int> part(all.begin() + all.size() / 2, all.end());  // at least one CPU
+    set_my_mask(part);
+    EXPECT_EQ(ThreadPool::available_cpus(), static_cast<int>(part.size()));
+    for (int n : {2, static_cast<int>(part.size()), static_cast<int>(part.size()) + 1}) {
+      ThreadPool pool(n);
+      const Placement p = place(pool, n);
+      for (int w = 0; w < n; ++w)
+        for (int c : p.mask[w])
+          EXPECT_TRUE(std::count(part.begin(), part.end(), c))
+              << "worker " << w << " of " << n << " may run on cpu " << c;
+    }
+  });
+}
+
+TEST(ThreadPool, TwoPoolsKeepOffTheCallerAndApart) {
+  on_own_thread([] {
+    const std::vector<int> cpus = my_mask();
+    if (cpus.size() < 2) return;  // (covered by WorkerLeavesTheCpuTheCallerMovesTo)
+    set_my_mask({cpus[0]});
+    ThreadPool a(2, cpus), b(2, cpus);
+    const Placement pa = place(a, 2), pb = place(b, 2);
+    ASSERT_EQ(pa.mask[1].size(), 1u);
+    ASSERT_EQ(pb.mask[1].size(), 1u);
+    EXPECT_NE(pa.mask[1][0], cpus[0]);
+    EXPECT_NE(pb.mask[1][0], cpus[0]);
+    // With a CPU to spare the second pool's thread takes it rather than the first pool's.
+    if (cpus.size() >= 3) {
+      EXPECT_NE(pa.mask[1][0], pb.mask[1][0]);
+    }
+  });
+}
+
+TEST(ThreadPool, ChooseCpuForAnyCpuCount) {
+  // The placement rule at machine sizes this host does not have: 256 CPUs, a caller on CPU 17,
+  // one pool of 256 threads (255 pinned), then pools of 4 that must spread.
+  std::vector<int> cpus(256);
+  for (int c = 0; c < 256; ++c) cpus[c] = c;
+  std::vector<int> load(256, 0);
+  std::vector<bool> taken(256, false);
+  auto is_taken = [&](int c) { return static_cast<bool>(taken[c]); };
+  auto pinned = [&](int c) { return load[c]; };
+  for (int w = 1; w < 256; ++w) {
+    const int c = choose_cpu(cpus, 17, is_taken, pinned);
+    ASSERT_GE(c, 0) << "worker " << w;
+    ASSERT_NE(c, 17);
+    ASSERT_FALSE(taken[c]) << "cpu " << c << " twice";
+    taken[c] = true;
+  }
+  EXPECT_EQ(choose_cpu(cpus, 17, is_taken, pinned), -1) << "every CPU taken or the caller's";
+
+  std::fill(taken.begin(), taken.end(), false);
+  std::vector<int> seen;
+  for (int pool = 0; pool < 8; ++pool) {
+    std::vector<bool> mine(256, false);
+    auto mine_taken = [&](int c) { return static_cast<bool>(mine[c]); };
+    for (int w = 1; w < 4; ++w) {
+      const int c = choose_cpu(cpus, 0, mine_taken, pinned);
+      ASSERT_NE(c, 0);
+      EXPECT_EQ(load[c], 0) << "pool " << pool << " doubled up on cpu " << c;
+      mine[c] = true;
+      ++load[c];
+      seen.push_back(c);
+    }
+  }
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(std::unique(seen.begin(), seen.end()), seen.end()) << "8 pools x 3 threads apart";
+
+  // A CPU set that is not 0..n-1 (taskset -c 4,6,9): the earliest free one in the set's order.
+  const std::vector<int> odd = {4, 6, 9};
+  std::vector<int> none(256, 0);
+  auto free_all = [](int) { return false; };
+  auto zero = [&](int c) { return none[c]; };
+  EXPECT_EQ(choose_cpu(odd, 4, free_all, zero), 6);
+  EXPECT_EQ(choose_cpu(odd, -1, free_all, zero), 4);
+}
+
+TEST(ThreadPool, ExplicitCpuSetIsChecked) {
+  EXPECT_THROW(ThreadPool(2, {-1}), Error);
+  const std::vector<int> cpus = my_mask();
+  ThreadPool pool(2, {cpus.back()});  // one CPU for two workers: unpinned, but inside the set
+  const Placement p = place(pool, 2);
+  EXPECT_EQ(p.mask[1], std::vector<int>{cpus.back()});
 }
 
 }  // namespace

@@ -2,8 +2,10 @@
 //
 //   q            [batch, q_len, num_heads, 576]   f32, bf16 or f16
 //   cache        PagedLatentCache (bf16, fp16 or int8)
-//   o            [batch, q_len, num_heads, 512]   f32
-//   lse          [batch, q_len, num_heads]        f32, natural log
+//   o            [batch, q_len, num_heads, 512]   f32  (or any strides: DecodeParams::o_strides)
+//   lse          [batch, q_len, num_heads]        f32, natural log (or any strides: FlashMLA's
+//                                                 [batch, num_heads, q_len] is lse_strides
+//                                                 {H x q_len, 1, q_len})
 //
 // Sequence b brings q_lens[b] <= q_len new tokens (its last q_lens[b] cache positions). With causal
 // masking, query row i (0-based) sees cache positions 0 .. seq_lens[b] - q_lens[b] + i:
@@ -20,9 +22,22 @@
 #include <string>
 
 #include "mla/cache.h"
+#include "mla/decode_plan.h"
+#include "mla/stage_times.h"
 #include "mla/dtype.h"
 
 namespace mla {
+
+// Strides of an output in elements, per sequence b, query row i and head h; an o row's 512 values
+// are contiguous. All zero: dense, [batch, q_len, H, 512] for o and [batch, q_len, H] for lse.
+struct OutputStrides {
+  int64_t b = 0, i = 0, h = 0;
+};
+// The strides in effect for rows of `row` elements (512 for o, 1 for lse).
+inline OutputStrides resolved(OutputStrides s, int q_len, int num_heads, int64_t row) {
+  if (s.b || s.i || s.h) return s;
+  return {int64_t(q_len) * num_heads * row, int64_t(num_heads) * row, row};
+}
 
 struct DecodeParams {
   int batch = 0;
@@ -34,7 +49,19 @@ struct DecodeParams {
   const int32_t* q_lens = nullptr;       // [batch] or nullptr: every sequence has q_len rows
   const int32_t* block_table = nullptr;  // [batch, max_blocks_per_seq]; unused entries may be -1
   int max_blocks_per_seq = 0;
+  OutputStrides o_strides, lse_strides;  // all zero: dense (no two rows may overlap)
 };
+
+// DeepSeek's softmax scale 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(192), rounded
+// once from double.
+float default_softmax_scale();
+
+// Floating-point operations of a decode of `rows` query rows (tokens x heads) over `keys` keys
+// each: 2 x (576 for q.k + 512 for p.v) per row and key.
+constexpr int64_t kFlopsPerKeyRow = 2 * (kQkDim + kLatentDim);
+inline double decode_flops(int64_t rows, int64_t keys) {
+  return double(kFlopsPerKeyRow) * double(rows) * double(keys);
+}
 
 inline int q_len_of(const DecodeParams& p, int b) { return p.q_lens ? p.q_lens[b] : p.q_len; }
 
@@ -45,8 +72,9 @@ inline int last_visible(const DecodeParams& p, int b, int i) {
   return p.causal ? sl - ql + i : sl - 1;
 }
 
-// Checks the parameters against the cache before any work; throws mla::Error naming the problem.
-void validate(const DecodeParams& p, const PagedLatentCache& cache);
+// Checks the parameters against the cache's geometry before any work; throws mla::Error naming the
+// problem. (decode() also checks the view itself, check_view, once its scales must be set.)
+void validate(const DecodeParams& p, const CacheView& cache);
 
 enum class Impl { ref, fast };
 enum class Reduction { separate, last };  // who merges split-KV partials (DESIGN §5)
@@ -62,6 +90,7 @@ struct DecodeOptions {
   UpForm up = UpForm::resident;
   Isa isa = Isa::best;
   const char* kernel = nullptr;  // a kernel by name (tests, benchmarks); nullptr: chosen by isa
+  StageTimes* stage_times = nullptr;  // non-null: per-stage times are added here
 };
 constexpr int kKvTile = 64;  // tokens per KV tile: FlashMLA's block, whatever the cache's pages
 // Bounds of the options and shapes (decode refuses beyond them, naming the value). Chunks past 64
@@ -82,10 +111,19 @@ DType kernel_q_dtype(KvDType cache, DType requested);
 // unchanged for bf16/fp16 caches; for int8 the latent part quantized per row to int8
 // (scale max|q'|/127, q' = q * channel scale in channel mode) and de-quantized, the rope part as
 // is. q and out: [rows, 576]. A reference on these values sees exactly what the kernel saw.
-void kernel_query_values(const PagedLatentCache& cache, int64_t rows, const float* q, float* out);
+void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, float* out);
 
-// Runs the decode. Validates first; o and lse are untouched when it throws.
-void decode(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
+// Runs the decode. Validates first; o and lse are untouched when it throws. Plans the step on
+// every call (a convenience: a decode step of many layers makes one DecodePlan instead).
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
             const DecodeOptions& opt, float* o, float* lse);
+
+// Runs the decode with a plan made by make_decode_plan for this shape and these lengths (refused,
+// naming the difference, otherwise; so is opt.threads other than 0 or the plan's workers). No
+// planning, no allocation: the partials go to `workspace` (plan.workspace_bytes() bytes, 64-byte
+// aligned), or to the plan's own workspace when it is null.
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
+            const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
+            void* workspace = nullptr);
 
 }  // namespace mla

@@ -63,6 +63,57 @@ struct Int8CacheContent {
   std::vector<float> channel_scale; // [512] (channel mode; empty otherwise)
 };
 
+// A read-only view of a paged latent cache in memory someone else owns: a PagedLatentCache (its
+// view()), a FlashMLA-style k_cache array from Python, or an engine's own pool. The kernels and
+// the reference read the cache only through a view. Strides are in elements.
+//
+//   bf16 / fp16  token t of block b: 576 values at kv + b * kv_block_stride + t * kv_token_stride
+//                (FlashMLA's k_cache [num_blocks, block_size, 1, 576]: strides block_size x 576, 576)
+//   int8         latent [num_blocks * block_size, 512] int8, rope [.., 64] bf16, dense by slot;
+//                scales: per token [num_blocks * block_size], per tensor, or per channel [512]
+struct CacheView {
+  KvDType format = KvDType::bf16;
+  int64_t blocks = 0;
+  int tokens_per_block = 64;
+  const uint16_t* kv = nullptr;  // bf16 / fp16 bits
+  int64_t kv_block_stride = 0, kv_token_stride = kQkDim;
+  const int8_t* latent = nullptr;  // int8
+  const uint16_t* rope = nullptr;  // int8: bf16 bits
+  KvScale scale = KvScale::token;
+  const float* scale_per_token = nullptr;
+  float scale_per_tensor = 0.f;
+  const float* scale_per_channel = nullptr;
+  // Largest finite |value| stored, where the owner tracks it (PagedLatentCache does); -1: not
+  // known. decode() refuses inputs whose fp32 scores could overflow against it.
+  float max_abs = -1.f;
+
+  // The same reads as PagedLatentCache's, so kernels take either spelling.
+  int64_t num_blocks() const { return blocks; }
+  int block_size() const { return tokens_per_block; }
+  KvDType dtype() const { return format; }
+  int64_t num_slots() const { return blocks * tokens_per_block; }
+  KvScale scale_mode() const { return scale; }
+  // Token `off` of block `block` (bf16 / fp16), and the same by slot.
+  const uint16_t* token16_at(int64_t block, int off) const {
+    return kv + block * kv_block_stride + off * kv_token_stride;
+  }
+  const uint16_t* token16(int64_t slot) const {
+    if (kv_block_stride == tokens_per_block * kv_token_stride) return kv + slot * kv_token_stride;
+    return token16_at(slot / tokens_per_block, int(slot % tokens_per_block));
+  }
+  const int8_t* latent_i8(int64_t slot) const { return latent + slot * kLatentDim; }
+  const uint16_t* rope_bf16(int64_t slot) const { return rope + slot * kRopeDim; }
+  float token_scale(int64_t slot) const { return scale_per_token[slot]; }
+  float tensor_scale() const { return scale_per_tensor; }
+  const float* channel_scales() const { return scale_per_channel; }
+  // The token as the kernels see it (576 floats): the stored 16-bit values, or int8 * scale.
+  void read(int64_t slot, float* token) const;
+};
+
+// Throws mla::Error naming the problem if the view cannot be read as it says (missing pointers,
+// strides that overlap tokens, missing or non-positive static scales).
+void check_view(const CacheView& v);
+
 class PagedLatentCache {
  public:
   explicit PagedLatentCache(const CacheConfig& cfg);
@@ -95,7 +146,12 @@ class PagedLatentCache {
   Int8CacheContent export_int8() const;
   void import_int8(const Int8CacheContent& c);  // checks sizes and scales
 
-  // Raw storage for the kernels.
+  // A view of this cache (valid while the cache lives and is not resized); also an implicit
+  // conversion, so everything that reads a view reads an owning cache.
+  CacheView view() const;
+  operator CacheView() const { return view(); }
+
+  // Raw storage.
   const uint16_t* token16(int64_t slot) const { return kv16_.data() + slot * kQkDim; }  // bf16/fp16
   const int8_t* latent_i8(int64_t slot) const { return latent8_.data() + slot * kLatentDim; }
   const uint16_t* rope_bf16(int64_t slot) const { return rope16_.data() + slot * kRopeDim; }

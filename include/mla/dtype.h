@@ -11,8 +11,8 @@ namespace mla {
 enum class DType : uint8_t { f32, f16, bf16, i8, i32, u16 };
 
 size_t dtype_size(DType t);
-const char* dtype_name(DType t);    // "f32", "f16", "bf16", "i8", "i32", "u16"
-DType parse_dtype(const std::string& s);  // accepts "fp32"/"f32", "fp16"/"f16", "bf16", ...
+const char* dtype_name(DType t);    // "fp32", "fp16", "bf16", "int8", "int32", "uint16"
+DType parse_dtype(const std::string& s);  // exactly the names dtype_name gives
 
 inline uint32_t f32_bits(float f) {
   uint32_t u;

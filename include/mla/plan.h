@@ -76,6 +76,32 @@ struct Plan {
 // sequence, num_workers < 1, num_heads < 1, kv_tile < 1, ...), naming the offending value.
 Plan make_plan(const PlanInput& in);
 
+// How many times make_plan has run in this process: tests check that a reused DecodePlan plans
+// nothing on later calls.
+uint64_t plan_count();
+
+// Where the partial results of a plan's split items go (DESIGN §5). Compact per merge group g
+// (rows_g = q_lens[g.seq] x heads of g, row r = i x heads + (h - head_begin), the kernels' row
+// order):
+//
+//   partial_lse  ... | group g: [num_partials][rows_g]      | group g+1 ...   (first at offset[g])
+//   partial_o    ... | group g: [num_partials][rows_g][dv]  | group g+1 ...   (offset[g] x dv)
+//
+// Only real rows (i < q_lens[seq]) have a place: padding rows are written elsewhere.
+struct PartialLayout {
+  std::vector<int64_t> offset;  // [merges]: first row of group g's first partial
+  std::vector<int32_t> rows;    // [merges]: rows per partial of group g
+  int64_t total_rows = 0;       // floats in partial_lse; partial_o holds total_rows x dv
+
+  // Row r of the k-th partial (k = item.partial - g.partial_begin) of group g.
+  int64_t row(int g, int k, int r) const {
+    return offset[g] + static_cast<int64_t>(k) * rows[g] + r;
+  }
+};
+
+// q_lens: [batch] rows per sequence, or nullptr: q_len each.
+PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len);
+
 // The planner's cost model, exposed so that tests and benchmarks check the balance the planner
 // promises. Unit: one KV tile for one query row. A piece of sequence b with `heads` heads over
 // positions [kv_begin, kv_end) costs

@@ -32,8 +32,8 @@ const char* kv_scale_name(KvScale s) {
 
 KvDType parse_kv_dtype(const std::string& s) {
   if (s == "bf16") return KvDType::bf16;
-  if (s == "fp16" || s == "f16") return KvDType::fp16;
-  if (s == "int8" || s == "i8") return KvDType::int8;
+  if (s == "fp16") return KvDType::fp16;
+  if (s == "int8") return KvDType::int8;
   MLA_FAIL("unknown kv dtype '" << s << "' (expected bf16, fp16 or int8)");
 }
 
@@ -193,7 +193,27 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
 
 void PagedLatentCache::read(int64_t slot, float* x) const {
   check_slot(slot);
-  switch (cfg_.dtype) {
+  view().read(slot, x);
+}
+
+CacheView PagedLatentCache::view() const {
+  return CacheView{.format = cfg_.dtype,
+                   .blocks = cfg_.num_blocks,
+                   .tokens_per_block = cfg_.block_size,
+                   .kv = kv16_.data(),
+                   .kv_block_stride = int64_t(cfg_.block_size) * kQkDim,
+                   .kv_token_stride = kQkDim,
+                   .latent = latent8_.data(),
+                   .rope = rope16_.data(),
+                   .scale = cfg_.scale,
+                   .scale_per_token = token_scale_.data(),
+                   .scale_per_tensor = tensor_scale_,
+                   .scale_per_channel = channel_scale_.empty() ? nullptr : channel_scale_.data(),
+                   .max_abs = max_abs_};
+}
+
+void CacheView::read(int64_t slot, float* x) const {
+  switch (format) {
     case KvDType::bf16: {
       const uint16_t* s = token16(slot);
       for (int i = 0; i < kQkDim; ++i) x[i] = bf16_to_f32(s[i]);
@@ -208,13 +228,44 @@ void PagedLatentCache::read(int64_t slot, float* x) const {
   }
   const int8_t* q = latent_i8(slot);
   for (int c = 0; c < kLatentDim; ++c) {
-    const float s = cfg_.scale == KvScale::token    ? token_scale_[slot]
-                    : cfg_.scale == KvScale::tensor ? tensor_scale_
-                                                    : channel_scale_[c];
+    const float s = scale == KvScale::token    ? scale_per_token[slot]
+                    : scale == KvScale::tensor ? scale_per_tensor
+                                               : scale_per_channel[c];
     x[c] = float(q[c]) * s;
   }
   const uint16_t* r = rope_bf16(slot);
   for (int i = 0; i < kRopeDim; ++i) x[kLatentDim + i] = bf16_to_f32(r[i]);
+}
+
+void check_view(const CacheView& v) {
+  MLA_CHECK(v.blocks >= 0, "cache view: num_blocks = " << v.blocks << " is negative");
+  MLA_CHECK(v.tokens_per_block >= 1,
+            "cache view: block_size = " << v.tokens_per_block << " must be at least 1");
+  if (v.blocks == 0) return;
+  if (v.format != KvDType::int8) {
+    MLA_CHECK(v.kv, "cache view: the " << kv_dtype_name(v.format) << " k_cache pointer is null");
+    MLA_CHECK(v.kv_token_stride >= kQkDim, "cache view: token stride " << v.kv_token_stride
+                                                                       << " is below " << kQkDim);
+    MLA_CHECK(v.kv_block_stride >= v.tokens_per_block * v.kv_token_stride,
+              "cache view: block stride " << v.kv_block_stride << " is below block_size x token "
+                                          << "stride = " << v.tokens_per_block * v.kv_token_stride);
+    return;
+  }
+  MLA_CHECK(v.latent && v.rope, "cache view: the int8 latent or rope pointer is null");
+  switch (v.scale) {
+    case KvScale::token:
+      MLA_CHECK(v.scale_per_token, "cache view: the per-token scales pointer is null");
+      break;
+    case KvScale::tensor:
+      MLA_CHECK(std::isfinite(v.scale_per_tensor) && v.scale_per_tensor > 0.f,
+                "cache view: tensor scale " << v.scale_per_tensor << " is not positive and finite"
+                                            << " (set or calibrate it first)");
+      break;
+    case KvScale::channel:
+      MLA_CHECK(v.scale_per_channel, "cache view: the channel scales pointer is null"
+                                         << " (set or calibrate them first)");
+      break;
+  }
 }
 
 int64_t PagedLatentCache::import_f32(const float* kv) {

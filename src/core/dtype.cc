@@ -28,38 +28,27 @@ size_t dtype_size(DType t) {
 const char* dtype_name(DType t) {
   switch (t) {
     case DType::f32:
-      return "f32";
+      return "fp32";
     case DType::f16:
-      return "f16";
+      return "fp16";
     case DType::bf16:
       return "bf16";
     case DType::i8:
-      return "i8";
+      return "int8";
     case DType::i32:
-      return "i32";
+      return "int32";
     case DType::u16:
-      return "u16";
+      return "uint16";
   }
   MLA_FAIL("dtype_name: invalid DType value " << int(t));
 }
 
+// One spelling per type, the one dtype_name gives (and kv_dtype_name, for the cache formats);
+// nothing else is accepted, so a typo or a foreign alias never passes silently.
 DType parse_dtype(const std::string& s) {
-  struct Alias {
-    const char* name;
-    DType type;
-  };
-  static constexpr Alias kAliases[] = {
-      {"fp32", DType::f32},  {"f32", DType::f32},       {"float32", DType::f32},
-      {"fp16", DType::f16},  {"f16", DType::f16},       {"float16", DType::f16},
-      {"bf16", DType::bf16}, {"bfloat16", DType::bf16}, {"i8", DType::i8},
-      {"int8", DType::i8},   {"i32", DType::i32},       {"int32", DType::i32},
-      {"u16", DType::u16},   {"uint16", DType::u16},
-  };
-  for (const Alias& a : kAliases)
-    if (s == a.name) return a.type;
-  MLA_FAIL("unknown dtype '" << s
-                             << "'; accepted: fp32/f32/float32, fp16/f16/float16, bf16/bfloat16, "
-                                "i8/int8, i32/int32, u16/uint16");
+  for (DType t : {DType::f32, DType::f16, DType::bf16, DType::i8, DType::i32, DType::u16})
+    if (s == dtype_name(t)) return t;
+  MLA_FAIL("unknown dtype '" << s << "'; accepted: fp32, fp16, bf16, int8, int32, uint16");
 }
 
 //   half:  s eeeee mmmmmmmmmm        bias 15, subnormal when e == 0, Inf/NaN when e == 31

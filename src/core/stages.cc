@@ -2,10 +2,14 @@
 #include "core/stages.h"
 
 #include <algorithm>
+#include <chrono>
 
+#include "mla/stage_times.h"
 #include "mla/status.h"
 
 namespace mla {
+
+static_assert(kNumStages == StageTimes::kStages);
 
 const char* stage_name(Stage s) {
   switch (s) {
@@ -17,6 +21,10 @@ const char* stage_name(Stage s) {
     case Stage::UP: return "UP";
   }
   return "?";
+}
+
+const char* stage_index_name(int i) {
+  return i >= 0 && i < kNumStages ? stage_name(Stage(i)) : "?";
 }
 
 Unit stage_unit(Stage s) {
@@ -54,6 +62,38 @@ std::vector<StageOp> stage_list(const StageListInput& in) {
     add(Stage::UP);
   }
   return ops;
+}
+
+namespace {
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+void StageRecorder::add(const StageOp& op, int64_t ns) {
+  ns_[int(op.stage)] += ns;
+  ++count_[int(op.stage)];
+  if (keep_ops_) ops_.push_back(op);
+}
+
+void StageRecorder::clear() {
+  ops_.clear();
+  std::fill(ns_, ns_ + kNumStages, 0);
+  std::fill(count_, count_ + kNumStages, 0);
+}
+
+void StageMarks::start(int step, int tokens) {
+  step_ = step;
+  tokens_ = tokens;
+  t_ = now_ns();
+}
+
+void StageMarks::record(Stage s) {
+  const int64_t t = now_ns();
+  rec_->add(StageOp{s, step_, rows_, tokens_}, t - t_);
+  t_ = t;
 }
 
 }  // namespace mla

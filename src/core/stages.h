@@ -18,7 +18,7 @@
 namespace mla {
 
 enum class Stage : uint8_t { QK, QK_nope, QK_rope, SM, PV, UP };
-constexpr int kNumStages = 6;
+constexpr int kNumStages = 6;  // = StageTimes::kStages (mla/stage_times.h)
 
 const char* stage_name(Stage s);  // "QK", "QK_nope", ...
 
@@ -45,5 +45,43 @@ struct StageListInput {
 
 // The stages one work item runs, step by step, in execution order. An empty KV range runs nothing.
 std::vector<StageOp> stage_list(const StageListInput& in);
+
+// What a kernel ran: each stage of each step as it finished, with its time. Kernels report to one
+// through StageMarks; tests compare ops() with stage_list, benchmarks read the per-stage sums.
+class StageRecorder {
+ public:
+  explicit StageRecorder(bool keep_ops = false) : keep_ops_(keep_ops) {}
+  void add(const StageOp& op, int64_t ns);
+  const std::vector<StageOp>& ops() const { return ops_; }  // only with keep_ops
+  int64_t ns(Stage s) const { return ns_[int(s)]; }
+  int64_t count(Stage s) const { return count_[int(s)]; }
+  void clear();
+
+ private:
+  bool keep_ops_;
+  std::vector<StageOp> ops_;
+  int64_t ns_[kNumStages] = {}, count_[kNumStages] = {};
+};
+
+// A kernel's stage markers for one work item: step() at the start of each step, done(s) as each
+// stage ends (the time since the previous mark goes to s). Without a recorder each mark is one
+// test of a null pointer, so the markers stay compiled in (bench/bench_decode.cc measures both).
+class StageMarks {
+ public:
+  StageMarks(StageRecorder* rec, int rows) : rec_(rec), rows_(rows) {}
+  void step(int step, int tokens) {
+    if (rec_) [[unlikely]] start(step, tokens);
+  }
+  void done(Stage s) {
+    if (rec_) [[unlikely]] record(s);
+  }
+
+ private:
+  void start(int step, int tokens);
+  void record(Stage s);
+  StageRecorder* rec_;
+  int32_t rows_, step_ = 0, tokens_ = 0;
+  int64_t t_ = 0;
+};
 
 }  // namespace mla

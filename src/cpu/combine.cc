@@ -10,27 +10,18 @@
 
 namespace mla::cpu {
 
-PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len) {
-  PartialLayout l;
-  for (const MergeGroup& g : plan.merges) {
-    const int32_t rows = (q_lens ? q_lens[g.seq] : q_len) * (g.head_end - g.head_begin);
-    l.offset.push_back(l.total_rows);
-    l.rows.push_back(rows);
-    l.total_rows += static_cast<int64_t>(rows) * g.num_partials;
-  }
-  return l;
-}
-
 void combine_rows(const Plan& plan, int group, const CombineParams& c, int row_begin, int row_end) {
   const MergeGroup& g = plan.merges[group];
   const int heads = g.head_end - g.head_begin;
   const std::ptrdiff_t stride = c.layout->rows[group];  // between consecutive partials of a row
+  const OutputStrides os = resolved(c.o_strides, c.q_len, c.num_heads, c.dv);
+  const OutputStrides ls = resolved(c.lse_strides, c.q_len, c.num_heads, 1);
   for (int r = row_begin; r < row_end; ++r) {
     const int i = r / heads, h = g.head_begin + r % heads;
     const int64_t first = c.layout->row(group, 0, r);
-    const int64_t out = (static_cast<int64_t>(g.seq) * c.q_len + i) * c.num_heads + h;
-    c.lse[out] = combine(g.num_partials, c.partial_lse + first, stride, c.partial_o + first * c.dv,
-                         stride * c.dv, c.dv, c.o + out * c.dv);
+    c.lse[g.seq * ls.b + i * ls.i + h * ls.h] =
+        combine(g.num_partials, c.partial_lse + first, stride, c.partial_o + first * c.dv,
+                stride * c.dv, c.dv, c.o + g.seq * os.b + i * os.i + h * os.h);
   }
 }
 
@@ -69,13 +60,22 @@ void combine_all(const Plan& plan, const CombineParams& c, ThreadPool* pool, int
   });
 }
 
+MergeCounters::MergeCounters(int32_t* storage, std::size_t num_groups)
+    : count_(storage), size_(num_groups), capacity_(num_groups) {
+  for (std::size_t k = 0; k < size_; ++k)
+    std::atomic_ref<int32_t>(count_[k]).store(0, std::memory_order_relaxed);
+}
+
 void MergeCounters::reset(std::size_t num_groups) {
   if (num_groups > capacity_ || !count_) {
+    MLA_CHECK(!count_ || owned_, "merge counters in caller memory cannot grow to " << num_groups);
     capacity_ = std::max<std::size_t>(num_groups, 1);
-    count_ = std::make_unique<std::atomic<int32_t>[]>(capacity_);
+    owned_ = std::make_unique<int32_t[]>(capacity_);
+    count_ = owned_.get();
   }
   size_ = num_groups;
-  for (std::size_t k = 0; k < size_; ++k) count_[k].store(0, std::memory_order_relaxed);
+  for (std::size_t k = 0; k < size_; ++k)
+    std::atomic_ref<int32_t>(count_[k]).store(0, std::memory_order_relaxed);
 }
 
 bool finish_partial(const Plan& plan, int item, MergeCounters& counters, const CombineParams& c) {

@@ -9,15 +9,7 @@
 //                   the last partial of a group merges that group at once, while the other workers
 //                   still compute (MergeCounters decides who is last).
 //
-// Partial buffers, compact per merge group g (rows_g = q_lens[g.seq] x heads of g, row r = i x
-// heads
-// + (h - head_begin), the kernels' row order):
-//
-//   partial_lse  ... | group g: [num_partials][rows_g]      | group g+1 ...   (first at offset[g])
-//   partial_o    ... | group g: [num_partials][rows_g][dv]  | group g+1 ...   (first at offset[g] x
-//   dv)
-//
-// Only real rows (i < q_lens[seq]) have a place: padding rows are written elsewhere.
+// The partial buffers are laid out as mla::PartialLayout (plan.h) says.
 #pragma once
 
 #include <atomic>
@@ -26,25 +18,15 @@
 #include <memory>
 #include <vector>
 
+#include "mla/attention.h"
 #include "mla/plan.h"
 
 namespace mla::cpu {
 
 class ThreadPool;
 
-struct PartialLayout {
-  std::vector<int64_t> offset;  // [merges]: first row of group g's first partial
-  std::vector<int32_t> rows;    // [merges]: rows per partial of group g
-  int64_t total_rows = 0;       // floats in partial_lse; partial_o holds total_rows x dv
-
-  // Row r of the k-th partial (k = item.partial - g.partial_begin) of group g.
-  int64_t row(int g, int k, int r) const {
-    return offset[g] + static_cast<int64_t>(k) * rows[g] + r;
-  }
-};
-
-// q_lens: [batch] rows per sequence, or nullptr: q_len each.
-PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len);
+using mla::PartialLayout;
+using mla::layout_partials;
 
 struct CombineParams {
   int q_len = 1;      // rows per sequence in o / lse
@@ -53,8 +35,9 @@ struct CombineParams {
   const PartialLayout* layout = nullptr;
   const float* partial_o = nullptr;    // [layout->total_rows][dv]
   const float* partial_lse = nullptr;  // [layout->total_rows]
-  float* o = nullptr;                  // [batch, q_len, num_heads, dv]
-  float* lse = nullptr;                // [batch, q_len, num_heads]
+  float* o = nullptr;                  // [batch, q_len, num_heads, dv] by o_strides
+  float* lse = nullptr;                // [batch, q_len, num_heads] by lse_strides
+  OutputStrides o_strides, lse_strides;  // all zero: dense
 };
 
 // Merges rows [row_begin, row_end) of merge group `group` of the plan.
@@ -71,7 +54,9 @@ void combine_all(const Plan& plan, const CombineParams& c, ThreadPool* pool, int
 class MergeCounters {
  public:
   explicit MergeCounters(std::size_t num_groups = 0) { reset(num_groups); }
-  // Sets every counter to 0. Not concurrently with arrive().
+  // Counters in memory the caller owns (a decode workspace): num_groups int32, set to 0 here.
+  MergeCounters(int32_t* storage, std::size_t num_groups);
+  // Sets every counter to 0 (growing owned storage as needed). Not concurrently with arrive().
   void reset(std::size_t num_groups);
   std::size_t size() const { return size_; }
   // Call once per partial of `group`, after that partial is completely written. Returns true for
@@ -81,14 +66,16 @@ class MergeCounters {
   // (a release sequence). The last caller also sets the counter back to 0, so the counters serve
   // the next run (a pool run's end orders that store before any later arrival).
   bool arrive(int group, int num_partials) {
-    const int prev = count_[group].fetch_add(1, std::memory_order_acq_rel);
+    std::atomic_ref<int32_t> c(count_[group]);
+    const int prev = c.fetch_add(1, std::memory_order_acq_rel);
     if (prev != num_partials - 1) return false;
-    count_[group].store(0, std::memory_order_relaxed);
+    c.store(0, std::memory_order_relaxed);
     return true;
   }
 
  private:
-  std::unique_ptr<std::atomic<int32_t>[]> count_;
+  std::unique_ptr<int32_t[]> owned_;
+  int32_t* count_ = nullptr;
   std::size_t size_ = 0, capacity_ = 0;
 };
 

@@ -5,8 +5,10 @@
 
 namespace mla {
 
-// Called by decode() after validation. q is in q_dtype; it is converted to the kernel's type.
-void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const PagedLatentCache& cache,
-                 const DecodeOptions& opt, float* o, float* lse);
+// Called by decode() after validation and the plan's check. q is in q_dtype; it is converted to
+// the kernel's type. workspace: plan.workspace_bytes() bytes, 64-byte aligned.
+void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
+                 const DecodeOptions& opt, const DecodePlan& plan, void* workspace, float* o,
+                 float* lse);
 
 }  // namespace mla

@@ -1,5 +1,5 @@
 // The persistent thread pool (thread_pool.h): per-worker wake words, spin-then-futex waiting,
-// pinning.
+// placement of the threads around the caller.
 //
 // Hand-off protocol. The caller writes job_, then bumps the epoch word of each worker 1..n-1 (its
 // own cache line) and futex-wakes those that announced they sleep; each worker runs the job and
@@ -13,9 +13,11 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "mla/status.h"
 
@@ -100,12 +102,54 @@ std::vector<int> affinity_cpus() {
   return cpus;
 }
 
+// Pool threads pinned to each CPU, over every pool of the process: placement spreads pools over the
+// machine, and a thread sharing its CPU with another pool's thread does not spin.
+#if defined(__linux__)
+constexpr int kMaxCpus = CPU_SETSIZE;
+#else
+constexpr int kMaxCpus = 1024;
+#endif
+std::atomic<int> g_pinned[kMaxCpus];
+std::mutex g_placement;  // one placement decision at a time, over every pool
+
+int pinned_on(int cpu) {
+  return cpu >= 0 && cpu < kMaxCpus ? g_pinned[cpu].load(std::memory_order_relaxed) : 0;
+}
+
+// The CPU the calling thread runs on now, or -1.
+int current_cpu() {
+#if defined(__linux__)
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+// Restricts a thread to one CPU (cpu >= 0) or to all of `all` (cpu < 0). False when refused.
+bool set_affinity(std::thread& t, int cpu, const std::vector<int>& all) {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= 0) {
+    if (cpu >= kMaxCpus) return false;
+    CPU_SET(cpu, &set);
+  } else {
+    for (int c : all)
+      if (c < kMaxCpus) CPU_SET(c, &set);
+  }
+  return pthread_setaffinity_np(t.native_handle(), sizeof(set), &set) == 0;
+#else
+  return cpu < 0;
+#endif
+}
+
 }  // namespace
 
 struct alignas(64) ThreadPool::Slot {
   std::atomic<uint32_t> epoch{0};     // bumped by the caller to hand this worker the current job
   std::atomic<uint32_t> sleeping{0};  // the worker sleeps on epoch
   std::exception_ptr error;           // what the worker's fn threw in the current run
+  std::atomic<int> cpu{-1};           // the CPU the thread is pinned to, or -1
   std::thread thread;                 // none for slot 0 (the caller)
   void* scratch = nullptr;
   std::size_t scratch_bytes = 0;
@@ -114,9 +158,19 @@ struct alignas(64) ThreadPool::Slot {
 
 int ThreadPool::available_cpus() { return static_cast<int>(affinity_cpus().size()); }
 
-ThreadPool::ThreadPool(int size) : cpus_(affinity_cpus()) {
+ThreadPool::ThreadPool(int size, std::vector<int> cpus)
+    : cpus_(cpus.empty() ? affinity_cpus() : std::move(cpus)) {
   MLA_CHECK(size >= 1, "thread pool: size = " << size << " must be at least 1");
+  for (int c : cpus_)
+    MLA_CHECK(c >= 0 && c < kMaxCpus,
+              "thread pool: cpu " << c << " is outside 0.." << kMaxCpus - 1);
   start_threads(size);
+}
+
+std::vector<int> ThreadPool::worker_cpus() const {
+  std::vector<int> out;
+  for (const auto& s : slots_) out.push_back(s->cpu.load(std::memory_order_relaxed));
+  return out;
 }
 
 ThreadPool::~ThreadPool() {
@@ -128,6 +182,11 @@ ThreadPool::~ThreadPool() {
     futex_wake(&s.epoch);
   }
   for (size_t w = 1; w < slots_.size(); ++w) slots_[w]->thread.join();
+  std::lock_guard<std::mutex> g(g_placement);
+  for (size_t w = 1; w < slots_.size(); ++w) {
+    const int c = slots_[w]->cpu.load(std::memory_order_relaxed);
+    if (c >= 0) g_pinned[c].fetch_sub(1, std::memory_order_relaxed);
+  }
 }
 
 void ThreadPool::lock() {
@@ -150,6 +209,7 @@ void ThreadPool::grow(int size) {
 void ThreadPool::start_threads(int size) {
   const int old = static_cast<int>(slots_.size());
   if (size <= old) return;
+  // Pinned threads need a CPU each apart from the caller's.
   const bool pin = size <= static_cast<int>(cpus_.size());
   spin_.store(pin, std::memory_order_relaxed);
   for (int w = old; w < size; ++w) {
@@ -164,29 +224,83 @@ void ThreadPool::start_threads(int size) {
       throw;
     }
   }
-#if defined(__linux__)
-  // Pin thread w to the w-th allowed CPU (the caller, worker 0, keeps the others' CPU 0 to itself),
-  // or, once threads outnumber CPUs, let every thread run anywhere again.
-  cpu_set_t set;
-  for (int w = 1; w < size; ++w) {
-    CPU_ZERO(&set);
-    if (pin) {
-      CPU_SET(cpus_[w], &set);
-    } else {
-      for (int c : cpus_) CPU_SET(c, &set);
-    }
-    // Unpinned threads get the whole mask explicitly: they would inherit the creating thread's.
-    pthread_setaffinity_np(slots_[w]->thread.native_handle(), sizeof(set),
-                           &set);  // failure: unpinned
-  }
-#endif
+  const bool was_pinned = pin_;
+  pin_ = pin;
+  place_threads(was_pinned && pin ? old : 1);
   size_.store(size, std::memory_order_release);
+}
+
+void ThreadPool::unpin(int w) {
+  Slot& s = *slots_[w];
+  const int c = s.cpu.exchange(-1, std::memory_order_relaxed);
+  if (c >= 0) g_pinned[c].fetch_sub(1, std::memory_order_relaxed);
+}
+
+// Pins threads first..size-1 to CPUs of their own away from the caller's, or, once threads
+// outnumber CPUs, lets every thread run anywhere in cpus_ (given explicitly: a thread inherits its
+// creator's mask, which may be narrower).
+void ThreadPool::place_threads(int first) {
+  std::lock_guard<std::mutex> g(g_placement);
+  const int n = static_cast<int>(slots_.size());
+  if (!pin_) {
+    for (int w = std::max(first, 1); w < n; ++w) {
+      unpin(w);
+      set_affinity(slots_[w]->thread, -1, cpus_);
+    }
+    return;
+  }
+  const int caller = current_cpu();
+  auto taken = [&](int c) {
+    for (int w = 1; w < n; ++w)
+      if (slots_[w]->cpu.load(std::memory_order_relaxed) == c) return true;
+    return false;
+  };
+  for (int w = std::max(first, 1); w < n; ++w) {
+    unpin(w);
+    const int c = choose_cpu(cpus_, caller, taken, pinned_on);
+    if (c >= 0 && set_affinity(slots_[w]->thread, c, cpus_)) {
+      g_pinned[c].fetch_add(1, std::memory_order_relaxed);
+      slots_[w]->cpu.store(c, std::memory_order_relaxed);
+    } else {
+      set_affinity(slots_[w]->thread, -1, cpus_);
+    }
+  }
+}
+
+// The caller has moved onto `cpu`: the thread pinned there moves to a free CPU.
+void ThreadPool::move_off(int cpu) {
+  const int n = static_cast<int>(slots_.size());
+  int w = 1;
+  while (w < n && slots_[w]->cpu.load(std::memory_order_relaxed) != cpu) ++w;
+  if (w == n) return;
+  std::lock_guard<std::mutex> g(g_placement);
+  auto taken = [&](int c) {
+    for (int v = 1; v < n; ++v)
+      if (slots_[v]->cpu.load(std::memory_order_relaxed) == c) return true;
+    return false;
+  };
+  const int c = choose_cpu(cpus_, cpu, taken, pinned_on);
+  if (c < 0 || !set_affinity(slots_[w]->thread, c, cpus_)) return;  // stays; the caller won't spin
+  g_pinned[cpu].fetch_sub(1, std::memory_order_relaxed);
+  g_pinned[c].fetch_add(1, std::memory_order_relaxed);
+  slots_[w]->cpu.store(c, std::memory_order_relaxed);
+}
+
+bool ThreadPool::caller_may_spin() {
+  if (!pin_) return false;
+  const int cpu = current_cpu();
+  if (cpu < 0) return true;
+  if (pinned_on(cpu) > 0) move_off(cpu);
+  return pinned_on(cpu) == 0;
 }
 
 void ThreadPool::worker_loop(int w, Slot* s) {
   uint32_t seen = 0;
   for (;;) {
-    seen = wait_for_change(s->epoch, seen, s->sleeping, spin_.load(std::memory_order_relaxed));
+    // Spin only on a CPU of its own (see the header).
+    const int cpu = s->cpu.load(std::memory_order_relaxed);
+    const bool spin = spin_.load(std::memory_order_relaxed) && (cpu < 0 || pinned_on(cpu) == 1);
+    seen = wait_for_change(s->epoch, seen, s->sleeping, spin);
     if (stop_.load(std::memory_order_acquire)) return;
     try {
       job_.call(job_.ctx, w);
@@ -218,6 +332,8 @@ void ThreadPool::run_impl(int n, Call call, void* ctx) {
     ~Unlock() { busy.store(false, std::memory_order_release); }
   } unlock{busy_};
   if (n > static_cast<int>(slots_.size())) start_threads(n);
+  // Before waking anyone: a worker pinned to the caller's CPU would take turns with it there.
+  const bool caller_spin = n > 1 && caller_may_spin();
 
   job_ = {call, ctx};
   pending_.store(static_cast<uint32_t>(n - 1), std::memory_order_relaxed);
@@ -236,7 +352,7 @@ void ThreadPool::run_impl(int n, Call call, void* ctx) {
 
   if (n > 1) {
     bool done = false;
-    if (spin_.load(std::memory_order_relaxed)) {
+    if (caller_spin) {
       const auto deadline = std::chrono::steady_clock::now() + kSpin;
       for (uint32_t i = 1; !(done = pending_.load(std::memory_order_acquire) == 0); ++i) {
         cpu_relax();

@@ -5,12 +5,21 @@
 // the planner (which only says what each worker does).
 //
 // Waiting: a worker that has finished spins on its own cache line for a short while (~20 us, so the
-// next layer's call finds it awake), then sleeps on a futex so an idle pool burns no CPU. With more
-// threads than CPUs nobody spins: a spinning thread would take the CPU from one that works.
+// next layer's call finds it awake), then sleeps on a futex so an idle pool burns no CPU. Nobody
+// spins where that would take a CPU from a thread that works: not with more threads than CPUs, not
+// a worker whose CPU another pool's thread is pinned to as well, not the caller on a CPU a pool
+// thread is pinned to.
 //
-// Pinning: thread w (w >= 1) is pinned to the w-th CPU the process may run on, so its scratch and
-// its slice of the KV stay in that core's caches; the calling thread is never pinned (it belongs to
-// the application). With more threads than CPUs no thread is pinned. Failures to pin are ignored.
+// Pinning: each thread w >= 1 is pinned to a CPU of its own from the pool's CPU set (by default the
+// creating thread's affinity mask, so taskset / cgroup limits hold), so its scratch and its slice
+// of the KV stay in that core's caches. The calling thread is never pinned (it belongs to the
+// application), so the pool moves out of its way instead: threads are placed on CPUs other than the
+// caller's current one, and every run re-checks (one vDSO call) that the caller has not moved onto
+// a worker's CPU, re-pinning that worker to a free CPU if it has. Otherwise the caller and a worker
+// would take turns on one core while another idles, which made two-thread calls run at 1x, 1.5x or
+// 3x the time of the good case depending on where the scheduler had put the caller. Pools of one
+// process spread over the CPUs (a process-wide count of pinned threads per CPU). With more threads
+// than CPUs no thread is pinned. Failures to pin are ignored.
 #pragma once
 
 #include <atomic>
@@ -26,8 +35,9 @@ namespace mla::cpu {
 
 class ThreadPool {
  public:
-  // A pool of `size` workers: the caller plus size - 1 threads (size >= 1).
-  explicit ThreadPool(int size = 1);
+  // A pool of `size` workers: the caller plus size - 1 threads (size >= 1), placed on `cpus`
+  // (empty: the CPUs the creating thread may run on).
+  explicit ThreadPool(int size = 1, std::vector<int> cpus = {});
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -56,8 +66,12 @@ class ThreadPool {
   // worker w's fn, or outside any run. Each buffer is first touched by the thread that uses it.
   void* scratch(int worker, std::size_t bytes);
 
-  // CPUs this process may run on (its affinity mask; at least 1).
+  // CPUs the calling thread may run on (its affinity mask; at least 1).
   static int available_cpus();
+
+  // The CPU each worker's thread is pinned to, -1 where it is not (always for worker 0, the
+  // caller).
+  std::vector<int> worker_cpus() const;
 
  private:
   struct Slot;
@@ -67,13 +81,17 @@ class ThreadPool {
   void lock();  // takes busy_, waiting for a run in progress
   void start_threads(int size);
   void worker_loop(int w, Slot* slot);
+  void place_threads(int first);  // pins threads first..size-1 (busy_ held)
+  void move_off(int cpu);         // re-pins the thread pinned to `cpu`, if any (busy_ held)
+  void unpin(int w);              // (busy_ held)
+  bool caller_may_spin();         // re-checks the caller's CPU first (busy_ held)
 
   struct Job {
     Call call = nullptr;
     void* ctx = nullptr;
   };
   std::vector<std::unique_ptr<Slot>> slots_;  // [size]; slot 0 is the caller's (no thread)
-  std::vector<int> cpus_;                     // the CPUs of the process's affinity mask
+  std::vector<int> cpus_;                     // the CPUs threads may be placed on
   std::atomic<int> size_{0};
   Job job_;
   alignas(64) std::atomic<uint32_t> pending_{0};  // workers 1..n-1 still running the current job
@@ -81,7 +99,24 @@ class ThreadPool {
   alignas(64) std::atomic<bool> busy_{false};  // a run (or a grow) is in progress
   std::atomic<bool> stop_{false};
   std::atomic<bool> spin_{true};  // false when threads outnumber CPUs
+  bool pin_ = false;              // threads are pinned (they do not outnumber cpus_)
 };
+
+// Chooses a CPU from `cpus` for a thread to pin: not one `taken(cpu)` says this pool's threads
+// hold, not `avoid` (the caller's CPU; -1: none), the fewest pool threads of the process pinned to
+// it
+// (`pinned(cpu)`) first, then the earliest in `cpus`. Returns -1 when every CPU is taken or
+// avoided. Pure (the pool's placement rule), so that it is tested for any CPU count.
+template <class Taken, class Pinned>
+int choose_cpu(const std::vector<int>& cpus, int avoid, Taken&& taken, Pinned&& pinned) {
+  int best = -1, best_load = 0;
+  for (int c : cpus) {
+    if (c == avoid || taken(c)) continue;
+    const int load = pinned(c);
+    if (best < 0 || load < best_load) best = c, best_load = load;
+  }
+  return best;
+}
 
 // The process-wide pool, grown to at least n workers (n <= 0: one per available CPU). Not to be
 // called with a larger n from inside a run of that pool (growing waits for the run to end).

@@ -27,7 +27,17 @@
 //    but the time is in the dot products); below that, every group pays the full read of the keys,
 //    so few-row cases (H = 16 at q_len 1) split the KV range instead, and many-row ones (H = 128)
 //    split heads.
+// 4. A second family, kept when it reaches a lower largest worker cost (then fewer partials, then a
+//    lower total): every sequence gets workers of its own (batch <= W), its heads are cut into
+//    groups of whole blocks, and a group split into k KV pieces takes k workers, one piece each.
+//    For a makespan m, the blocks a group of k pieces can hold follow from the cost model; the
+//    fewest workers covering a sequence is an unbounded knapsack over k; m is the least value for
+//    which the sequences' workers add up to at most W. Groups of different sizes with different KV
+//    splits are what the uniform head-group count of 1-3 cannot express: b1 k512 H 128 q_len 2 on
+//    5 workers is 13 blocks in 4 KV pieces plus 3 blocks unsplit (928, 896 per worker), where the
+//    cost line gave 1024 to four workers and left the fifth idle.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -273,8 +283,10 @@ int64_t piece_cost(const PlanInput& in, int seq, int heads, int kv_begin, int kv
          in.overhead_tiles * tile_cost_checked(in);
 }
 
-Plan make_plan(const PlanInput& in) {
-  check_input(in);
+namespace {
+
+// The first family (header comment, 1-3): the cost line cut into W stretches.
+Plan line_plan(const PlanInput& in) {
   const int64_t tile = tile_cost_checked(in);
   const int64_t overhead = in.overhead_tiles * tile;
   const int max_groups = std::min(
@@ -301,7 +313,6 @@ Plan make_plan(const PlanInput& in) {
   Plan plan;
   plan.num_workers = in.num_workers;
   plan.worker_offsets.assign(in.num_workers + 1, 0);
-  std::vector<int32_t> item_unit;
   const int n = static_cast<int>(best.units.size());
   for (int w = 0; w < in.num_workers; ++w) {
     const Cut a = best.cuts[w], b = best.cuts[w + 1];
@@ -317,17 +328,157 @@ Plan make_plan(const PlanInput& in) {
                             .kv_begin = t0 * in.kv_tile,
                             .kv_end = t1 == u.tiles ? len : t1 * in.kv_tile,
                             .partial = -1});
-      item_unit.push_back(ui);
     }
     plan.worker_offsets[w + 1] = static_cast<int32_t>(plan.items.size());
   }
 
-  // Items of one unit are consecutive (workers walk the line in order): a unit with more than one
-  // item gets a merge group and one partial slot per item, in KV order.
+  return plan;
+}
+
+// The second family of plans (header comment, 4): every sequence gets workers of its own; its heads
+// are cut into groups of whole blocks, and group j's KV range into k_j pieces of ceil(tiles / k_j)
+// tiles, one piece per worker.
+struct SeqShape {
+  int64_t tiles, q;
+  bool operator==(const SeqShape&) const = default;
+};
+
+class Rects {
+ public:
+  Rects(const PlanInput& in, int64_t overhead) : in_(in), o_(overhead) {
+    blocks_ = (in.num_heads + in.min_heads_per_group - 1) / in.min_heads_per_group;
+    for (int b = 0; b < in.batch; ++b) {
+      if (in.seq_lens[b] == 0) continue;
+      const SeqShape sh{tiles_of(in, 0, in.seq_lens[b]), q_len_of(in, b)};
+      if (std::find(shapes_.begin(), shapes_.end(), sh) == shapes_.end()) shapes_.push_back(sh);
+      seq_shape_.push_back(
+          {b, static_cast<int>(std::find(shapes_.begin(), shapes_.end(), sh) - shapes_.begin())});
+    }
+  }
+  bool empty() const { return seq_shape_.empty(); }
+  int sequences() const { return static_cast<int>(seq_shape_.size()); }
+
+  // Blocks of heads one group split into k KV pieces can take within m: a piece costs o + its
+  // tiles x max(q x heads, mem_bound_rows).
+  int64_t capacity(const SeqShape& sh, int64_t k, int64_t m) const {
+    const int64_t per_tile = (m - o_) / ((sh.tiles + k - 1) / k);
+    if (m <= o_ || per_tile < in_.mem_bound_rows) return 0;
+    const int64_t heads = per_tile / sh.q;
+    return heads >= in_.num_heads ? blocks_ : heads / in_.min_heads_per_group;
+  }
+
+  // Least workers covering every block of a sequence of shape sh within m (unbounded knapsack over
+  // the pieces per group k), and the k of each group; more than `limit` means "too many".
+  int workers(const SeqShape& sh, int64_t m, int limit, std::vector<int>* groups) const {
+    const int kmax = static_cast<int>(std::min<int64_t>(sh.tiles, limit));
+    std::vector<int>& need = need_;
+    std::vector<int>& pick = pick_;
+    need.assign(blocks_ + 1, limit + 1);
+    pick.assign(blocks_ + 1, 0);
+    need[0] = 0;
+    for (int k = 1; k <= kmax; ++k) {
+      const int64_t c = capacity(sh, k, m);
+      if (c == 0) continue;
+      for (int b = 1; b <= blocks_; ++b) {
+        const int from = static_cast<int>(std::max<int64_t>(0, b - c));
+        if (need[from] + k < need[b]) need[b] = need[from] + k, pick[b] = k;
+      }
+    }
+    if (groups && need[blocks_] <= limit) {
+      groups->clear();
+      for (int b = blocks_; b > 0;) {
+        const int k = pick[b];
+        groups->push_back(k);
+        b = static_cast<int>(std::max<int64_t>(0, b - capacity(sh, k, m)));
+      }
+    }
+    return need[blocks_];
+  }
+
+  bool feasible(int64_t m) const {
+    std::vector<int>& per_shape = per_shape_;
+    per_shape.resize(shapes_.size());
+    for (size_t i = 0; i < shapes_.size(); ++i)
+      per_shape[i] = workers(shapes_[i], m, in_.num_workers, nullptr);
+    int64_t total = 0;
+    for (const auto& [b, i] : seq_shape_)
+      if ((total += per_shape[i]) > in_.num_workers) return false;
+    return true;
+  }
+
+  // The plan at the least feasible makespan, if that is at most `at_most` (the other family's), or
+  // an empty plan (then the other family is at least as good, and one check is all this costs).
+  Plan plan(int64_t at_most) const {
+    Plan p;
+    if (empty() || sequences() > in_.num_workers || at_most <= o_) return p;
+    // Every sequence pays o at least once and its tiles at least at its full rows: no makespan of
+    // this family is below the mean of that.
+    int64_t least = 0;
+    for (const auto& [b, i] : seq_shape_)
+      least += o_ + shapes_[i].tiles * rows_cost(in_, shapes_[i].q * in_.num_heads);
+    int64_t lo = std::max(o_ + 1, (least + in_.num_workers - 1) / in_.num_workers);
+    if (lo > at_most || !feasible(at_most)) return p;
+    int64_t hi = at_most;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (feasible(mid))
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    p.num_workers = in_.num_workers;
+    p.worker_offsets.assign(in_.num_workers + 1, 0);
+    int w = 0;
+    std::vector<int> groups;
+    for (const auto& [b, i] : seq_shape_) {
+      const SeqShape& sh = shapes_[i];
+      workers(sh, hi, in_.num_workers, &groups);
+      // The knapsack's groups in head order, each taking its capacity (the last what is left).
+      int block = 0;
+      for (int k : groups) {
+        const int take = static_cast<int>(std::min<int64_t>(capacity(sh, k, hi), blocks_ - block));
+        if (take <= 0) continue;
+        const int hb = block * in_.min_heads_per_group;
+        const int he = std::min(in_.num_heads, (block + take) * in_.min_heads_per_group);
+        block += take;
+        for (int j = 0; j < k; ++j) {
+          const int64_t t0 = sh.tiles * j / k, t1 = sh.tiles * (j + 1) / k;
+          p.items.push_back(
+              {.seq = b,
+               .head_begin = hb,
+               .head_end = he,
+               .kv_begin = static_cast<int32_t>(t0 * in_.kv_tile),
+               .kv_end = t1 == sh.tiles ? in_.seq_lens[b] : static_cast<int32_t>(t1 * in_.kv_tile),
+               .partial = -1});
+          p.worker_offsets[++w] = static_cast<int32_t>(p.items.size());
+        }
+      }
+    }
+    for (int v = w + 1; v <= in_.num_workers; ++v) p.worker_offsets[v] = p.worker_offsets[w];
+    return p;
+  }
+
+ private:
+  const PlanInput& in_;
+  int64_t o_;
+  int blocks_;
+  std::vector<SeqShape> shapes_;
+  std::vector<std::pair<int, int>> seq_shape_;        // (seq, its shape)
+  mutable std::vector<int> need_, pick_, per_shape_;  // scratch of workers() and feasible()
+};
+
+// Merge groups for the items of one (seq, head group) that split its KV range; items of one unit
+// are consecutive in both families.
+void add_merges(Plan& plan) {
+  plan.merges.clear();
+  plan.num_partials = 0;
   plan.item_merge.assign(plan.items.size(), -1);
+  auto same_unit = [](const WorkItem& a, const WorkItem& b) {
+    return a.seq == b.seq && a.head_begin == b.head_begin && a.head_end == b.head_end;
+  };
   for (size_t i = 0; i < plan.items.size();) {
     size_t j = i + 1;
-    while (j < plan.items.size() && item_unit[j] == item_unit[i]) ++j;
+    while (j < plan.items.size() && same_unit(plan.items[j], plan.items[i])) ++j;
     if (j - i > 1) {
       const WorkItem& first = plan.items[i];
       const int32_t group = static_cast<int32_t>(plan.merges.size());
@@ -340,10 +491,62 @@ Plan make_plan(const PlanInput& in) {
         plan.items[k].partial = plan.num_partials++;
         plan.item_merge[k] = group;
       }
+    } else {
+      plan.items[i].partial = -1;
     }
     i = j;
   }
-  return plan;
+}
+
+// (largest worker cost, partials, sum of worker costs): the order plans are compared in.
+std::tuple<int64_t, int64_t, int64_t> score(const PlanInput& in, const Plan& p) {
+  const int64_t overhead = in.overhead_tiles * tile_cost_checked(in);
+  int64_t largest = 0, total = 0;
+  for (int w = 0; w < p.num_workers; ++w) {
+    int64_t c = 0;
+    for (int32_t i = p.worker_offsets[w]; i < p.worker_offsets[w + 1]; ++i) {
+      const WorkItem& it = p.items[i];
+      c += tiles_of(in, it.kv_begin, it.kv_end) *
+               rows_cost(in, int64_t{q_len_of(in, it.seq)} * (it.head_end - it.head_begin)) +
+           overhead;
+    }
+    largest = std::max(largest, c);
+    total += c;
+  }
+  return {largest, p.num_partials, total};
+}
+
+std::atomic<uint64_t> g_plan_count{0};
+
+}  // namespace
+
+uint64_t plan_count() { return g_plan_count.load(std::memory_order_relaxed); }
+
+PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len) {
+  PartialLayout l;
+  for (const MergeGroup& g : plan.merges) {
+    const int32_t rows = (q_lens ? q_lens[g.seq] : q_len) * (g.head_end - g.head_begin);
+    l.offset.push_back(l.total_rows);
+    l.rows.push_back(rows);
+    l.total_rows += static_cast<int64_t>(rows) * g.num_partials;
+  }
+  return l;
+}
+
+Plan make_plan(const PlanInput& in) {
+  g_plan_count.fetch_add(1, std::memory_order_relaxed);
+  check_input(in);
+  Plan best = line_plan(in);
+  add_merges(best);
+  // The other family can only win by a lower makespan, or an equal one with fewer partials.
+  const auto [line_makespan, line_partials, line_total] = score(in, best);
+  Plan rects = Rects(in, in.overhead_tiles * tile_cost_checked(in))
+                   .plan(line_partials == 0 ? line_makespan - 1 : line_makespan);
+  if (!rects.worker_offsets.empty()) {
+    add_merges(rects);
+    if (score(in, rects) < score(in, best)) best = std::move(rects);
+  }
+  return best;
 }
 
 }  // namespace mla

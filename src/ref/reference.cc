@@ -13,7 +13,7 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-int64_t slot_of(const DecodeParams& p, const PagedLatentCache& cache, int b, int pos) {
+int64_t slot_of(const DecodeParams& p, const CacheView& cache, int b, int pos) {
   const int bs = cache.block_size();
   return int64_t(p.block_table[int64_t(b) * p.max_blocks_per_seq + pos / bs]) * bs + pos % bs;
 }
@@ -50,7 +50,7 @@ void softmax_sum(const std::vector<double>& s, const std::vector<double>& vals, 
 
 }  // namespace
 
-void decode_range(const DecodeParams& p, const float* q, const PagedLatentCache& cache, int seq,
+void decode_range(const DecodeParams& p, const float* q, const CacheView& cache, int seq,
                   int head_begin, int head_end, int kv_begin, int kv_end, std::vector<double>* o,
                   std::vector<double>* lse) {
   const int ql = q_len_of(p, seq), nh = head_end - head_begin, n = kv_end - kv_begin;
@@ -80,7 +80,7 @@ void decode_range(const DecodeParams& p, const float* q, const PagedLatentCache&
   }
 }
 
-void decode(const DecodeParams& p, const float* q, const PagedLatentCache& cache, double* o,
+void decode(const DecodeParams& p, const float* q, const CacheView& cache, double* o,
             double* lse) {
   validate(p, cache);
   const int H = p.num_heads;
@@ -160,7 +160,7 @@ std::vector<double> project_output(const UpProjections& w, const std::vector<dou
 }
 
 void mha_unabsorbed(const DecodeParams& p, const std::vector<double>& q_nope,
-                    const std::vector<double>& q_pe, const PagedLatentCache& cache,
+                    const std::vector<double>& q_pe, const CacheView& cache,
                     const UpProjections& w, double* out, double* lse) {
   validate(p, cache);
   const int H = p.num_heads, N = w.nope_dim, V = w.v_dim;

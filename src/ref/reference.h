@@ -13,13 +13,13 @@ namespace mla::ref {
 // o [batch, q_len, H, 512], lse [batch, q_len, H]. q [batch, q_len, H, 576] holds the values the
 // kernel computes with (already rounded to its working type); the cache is read through
 // PagedLatentCache::read (de-quantized). Padding rows: o = 0, lse = -inf. Validates p first.
-void decode(const DecodeParams& p, const float* q, const PagedLatentCache& cache, double* o,
+void decode(const DecodeParams& p, const float* q, const CacheView& cache, double* o,
             double* lse);
 
 // The rows (i, h) of sequence `seq`, heads [head_begin, head_end), over cache positions
 // [kv_begin, kv_end) only: what one work item of a split plan computes. o [q_len_b, nh, 512],
 // lse [q_len_b, nh]; a row that sees no key of the range: o = 0, lse = -inf. No validation.
-void decode_range(const DecodeParams& p, const float* q, const PagedLatentCache& cache, int seq,
+void decode_range(const DecodeParams& p, const float* q, const CacheView& cache, int seq,
                   int head_begin, int head_end, int kv_begin, int kv_end, std::vector<double>* o,
                   std::vector<double>* lse);
 
@@ -47,7 +47,7 @@ std::vector<double> project_output(const UpProjections& w, const std::vector<dou
 // W_UV c_kv, scores scaled by p.softmax_scale, same masking as decode().
 // q_nope [batch, q_len, H, nope], q_pe [batch, q_len, H, 64] -> out [batch, q_len, H, v], lse.
 void mha_unabsorbed(const DecodeParams& p, const std::vector<double>& q_nope,
-                    const std::vector<double>& q_pe, const PagedLatentCache& cache,
+                    const std::vector<double>& q_pe, const CacheView& cache,
                     const UpProjections& w, double* out, double* lse);
 
 }  // namespace mla::ref

@@ -1,9 +1,9 @@
 // `mla bench`: the seed's table for the paged-attention decode on this machine. One row per shape
 // b{B}_k{K}_c{C}: the time of two kernel configurations ("old" = the straightforward kernel, "new"
 // = the best one, or any two given with --variants), their ratio and its average, the achieved
-// GFLOP/s and fraction of the floor set by the measured ceilings (bench/support/perf_model.h), the
+// GFLOP/s and fraction of the floor set by the measured ceilings (harness/perf_model.h), the
 // time of a baseline composed from OpenBLAS, and a check of every timed output against the float64
-// reference. The shapes, the baseline, the model and the check live in bench/support; this file
+// reference. The shapes, the baseline, the model and the check live in harness/; this file
 // is the command line, the timing loop and the report.
 #include <unistd.h>
 
@@ -23,15 +23,15 @@
 #include <string>
 #include <vector>
 
-#include "cpu/ceilings.h"
+#include "roofline/ceilings.h"
 #include "mla/commands.h"
 #include "mla/status.h"
-#include "support/blas_baseline.h"
-#include "support/case.h"
-#include "support/parallel.h"
-#include "support/perf_model.h"
-#include "support/stats.h"
-#include "support/variants.h"
+#include "harness/blas_baseline.h"
+#include "harness/case.h"
+#include "harness/parallel.h"
+#include "harness/perf_model.h"
+#include "harness/stats.h"
+#include "harness/variants.h"
 
 namespace mla::tool {
 
@@ -58,6 +58,7 @@ struct BenchArgs {
   std::string ceilings_path;
   bool no_baseline = false;
   bool no_check = false;
+  bool stage_times = false;
 };
 
 // Repetition bounds when --reps is not given. The kernels: at least 5 runs for a median and a
@@ -191,6 +192,10 @@ struct RowResult {
   double flops = 0;
   std::optional<bench::Floor> floor;
   int reps = 0, baseline_reps = 0;
+  // --stage-times: the "new" variant's per-stage times per call (summed over its workers), from
+  // separate runs after the timed ones, so the timers cannot touch the timed numbers.
+  std::optional<StageTimes> stages;
+  int stage_runs = 0;
   double ratio() const { return variants[0].stats.median / variants[1].stats.median; }
   double gflops() const { return flops / variants[1].stats.median / 1e9; }
   std::optional<double> fraction() const {
@@ -249,6 +254,13 @@ void print_row(const RowResult& r) {
               r.baseline ? fmt_pct(r.baseline->stats.spread()).c_str() : "-",
               r.baseline ? fmt("%.3f", n.median / r.baseline->stats.median).c_str() : "-",
               check.c_str());
+  if (r.stages) {
+    std::string line = "    stages of new, per call (all workers):";
+    for (int k = 0; k < StageTimes::kStages; ++k)
+      if (r.stages->steps[k])
+        line += std::string(" ") + stage_index_name(k) + " " + fmt_us(r.stages->seconds[k]);
+    std::printf("%s\n", line.c_str());
+  }
   std::fflush(stdout);
 }
 
@@ -318,6 +330,15 @@ json row_json(const RowResult& r, const BenchArgs& a) {
     j["check"] = "skipped";
   } else {
     j["check"] = r.failures().empty() ? "pass" : "fail";
+  }
+  if (r.stages) {
+    json us = json::object(), steps = json::object();
+    for (int k = 0; k < StageTimes::kStages; ++k) {
+      us[stage_index_name(k)] = r.stages->seconds[k] * 1e6;
+      steps[stage_index_name(k)] = r.stages->steps[k] / std::max(r.stage_runs, 1);
+    }
+    j["stage_times"] = {{"variant", "new"}, {"runs", r.stage_runs}, {"us_per_call", us},
+                        {"steps_per_call", steps}};
   }
   j["checks"] = {{"old", check_json(r.variants[0].check)},
                  {"new", check_json(r.variants[1].check)},
@@ -418,6 +439,17 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
   }
   for (size_t i = 0; i < nv; ++i)
     r.variants.push_back(Timed{variants[i], bench::summarize(samples[i]), checks[i]});
+  if (a.stage_times) {
+    progress.step(tag + r.name + ": stage times of the new variant");
+    StageTimes st;
+    DecodeOptions opt = variants[nv - 1].opt;
+    opt.threads = c;
+    opt.stage_times = &st;
+    for (int rep = 0; rep < r.reps; ++rep) bench::run_decode(cs, opt, o.data(), lse.data());
+    for (int k = 0; k < StageTimes::kStages; ++k) st.seconds[k] /= r.reps;
+    r.stages = st;
+    r.stage_runs = r.reps;
+  }
   if (blas)
     r.baseline =
         Timed{bench::Variant{.text = "blas", .opt = {}}, bench::summarize(samples[nv]), checks[nv]};
@@ -653,7 +685,7 @@ Variants (--variants OLD:NEW; the first is the "old" column, the ratio is old/ne
 
 Columns: median times over the repetitions, spread = (p90 - p10) / median, GFLOP/s of the new
 variant (flops = 2 * heads * q_len * k * 1088 per sequence), floor = fraction of the time the
-measured ceilings allow (see bench/support/perf_model.h), BLAS = the OpenBLAS-composed baseline,
+measured ceilings allow (see harness/perf_model.h), BLAS = the OpenBLAS-composed baseline,
 check = every timed output against the float64 reference (ok* = on sampled sequences and heads).
 Exit code 1 when a check fails.)";
 
@@ -697,6 +729,9 @@ void add_bench_command(CLI::App& app) {
                   "measured briefly when missing)");
   cmd->add_flag("--no-baseline", args->no_baseline, "skip the BLAS baseline");
   cmd->add_flag("--no-check", args->no_check, "skip the checks against the float64 reference");
+  cmd->add_flag("--stage-times", args->stage_times,
+                "also time each pipeline stage (QK, SM, PV, UP; int8 QK_nope/QK_rope) of the new "
+                "variant, in separate runs; per call, summed over workers");
   cmd->footer(kFooter);
   cmd->callback([args] { run_bench(*args); });
 }

@@ -15,5 +15,6 @@ struct CheckFailed : std::runtime_error {
 
 void add_decode_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_sim_command(CLI::App& app);  // sim.cc: the pipeline simulator (src/sim)
 
 }  // namespace mla::tool

@@ -375,7 +375,7 @@ void run_decode(const DecodeArgs& a) {
   if (!a.random_seed) check_out_dir(fs::absolute(fs::path(a.out)).lexically_normal());
 
   DecodeParams p{.batch = pr.batch, .q_len = pr.q_len, .num_heads = pr.heads,
-                 .softmax_scale = a.scale.value_or(1.f / std::sqrt(192.f)), .causal = a.causal,
+                 .softmax_scale = a.scale.value_or(default_softmax_scale()), .causal = a.causal,
                  .seq_lens = pr.seq_lens.data(),
                  .q_lens = pr.q_lens.empty() ? nullptr : pr.q_lens.data(),
                  .block_table = pr.block_table.data(), .max_blocks_per_seq = pr.max_blocks};

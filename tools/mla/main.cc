@@ -1,4 +1,4 @@
-// `mla`: MLA decode on files (decode), the benchmark report (bench).
+// `mla`: MLA decode on files (decode), the benchmark report (bench), the pipeline simulator (sim).
 #include <cstdio>
 #include <exception>
 
@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   mla::tool::add_decode_command(app);
   mla::tool::add_bench_command(app);
+  mla::tool::add_sim_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,7 +1,9 @@
-// AVX-512 building blocks shared by the attention kernels (the *_avx512.cc files, compiled with
-// AVX-512 F/BW/VL/DQ/VNNI/BF16 enabled): a fast exp2, a 16 x 16 transpose of 32-bit elements, and
-// the online-softmax step for 16 query rows held in the lanes of a vector. Header-only and inline
-// so that the kernels' hot loops see through them; include it only from *_avx512.cc files.
+// AVX-512 building blocks shared by the attention kernels (the *_avx512*.cc files, compiled with
+// the instruction sets of isa.h): a fast exp2, a 16 x 16 transpose of 32-bit elements, and the
+// online-softmax step for 16 query rows held in the lanes of a vector. Header-only and inline so
+// that the kernels' hot loops see through them; include it only from *_avx512*.cc files. All of
+// it is in an anonymous namespace: files built with different instruction sets (the fp16 kernel
+// has AVX-512F only) must never share a compiled copy (isa.h).
 #pragma once
 
 // GCC 12 warns about its own _mm512_undefined_* (`__m512 __Y = __Y;`, GCC bug 105593) wherever a
@@ -22,6 +24,7 @@
 #define MLA_AVX512_INLINE inline __attribute__((always_inline))
 
 namespace mla::cpu::avx512 {
+namespace {
 
 // 2^x for the lanes in `keep`, 0 elsewhere; also 0 where x < -126 (so -inf gives 0 and no NaN,
 // and no denormal is ever produced). x must not be NaN; x > 128 overflows to +inf.
@@ -83,7 +86,10 @@ MLA_AVX512_INLINE void transpose16x16_epi32(__m512i r[16]) {
 // then writes o = NaN, lse = NaN for it. The exp and sums of such a row may hold anything
 // meanwhile: they only ever reach that row's own lanes.
 MLA_AVX512_INLINE __mmask16 nonfinite_mask(__m512 x) {
-  return _mm512_fpclass_ps_mask(x, 0x99);  // QNaN | +Inf | -Inf | SNaN
+  // Exponent all ones: NaN or +-Inf. (AVX-512F only: the fp16 kernel is built without DQ's
+  // fpclass.)
+  const __m512i e = _mm512_set1_epi32(0x7f800000);
+  return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x), e), e);
 }
 
 // s * c rounded to fp32 whatever -ffp-contract says (the mul_round intrinsic is never fused into
@@ -207,7 +213,7 @@ inline void step_token_ptrs(const KernelArgs& a, int t0, int n, int n_pad, const
   const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
   int blk = t0 / bs, off = t0 % bs;
   for (int t = 0; t < n; ++t) {
-    kptr[t] = a.cache->token16(int64_t(table[blk]) * bs + off);
+    kptr[t] = a.cache->token16_at(table[blk], off);
     if (++off == bs) off = 0, ++blk;
   }
   for (int t = n; t < n_pad; ++t) kptr[t] = zero;
@@ -278,7 +284,7 @@ inline void finalize_rows(const ItemRows& ir, const float* go_resident, const fl
   }
 }
 
-// ---- appended for the int8 kernel (decode_i8_avx512.cc); usable by any kernel -----------------
+// ---- appended for the int8 kernel (decode_i8_avx512vnni.cc); usable by any kernel -----------------
 
 // 2^x for x < 128 (meant for the x <= 0 of softmax), with nothing but 5 FMAs on the FMA pipes: on Zen 4,
 // vfmadd/vmulps/vcmpps share their pipes with vpdpbusd and vdpbf16ps, while max, roundscale, sub
@@ -299,4 +305,5 @@ MLA_AVX512_INLINE __m512 exp2_fma5_ps(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
+}  // namespace
 }  // namespace mla::cpu::avx512

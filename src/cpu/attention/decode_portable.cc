@@ -25,7 +25,7 @@ template <KvDType KV>
 void run(const KernelArgs& a, Scratch& scratch) {
   constexpr bool kInt8 = KV == KvDType::int8;
   const DecodeParams& p = *a.p;
-  const PagedLatentCache& cache = *a.cache;
+  const CacheView& cache = *a.cache;
   const int nh = a.head_end - a.head_begin;
   const int ql = q_len_of(p, a.seq);
   const int R = ql * nh;
@@ -49,6 +49,8 @@ void run(const KernelArgs& a, Scratch& scratch) {
     float* go_res = cv.take<float>(size_t(R) * kLatentDim);  // resident accumulator
     SoftmaxState* st = cv.take<SoftmaxState>(R);
     int* last = cv.take<int>(R);
+    int* vis = cv.take<int>(R);        // visible tokens of the step per row
+    float* alpha = cv.take<float>(R);  // the step's rescale of the row's accumulator
     if (pass == 0) {
       bytes = cv.used();
       continue;
@@ -77,8 +79,10 @@ void run(const KernelArgs& a, Scratch& scratch) {
       std::fill(go_row(r), go_row(r) + kLatentDim, 0.f);
     }
 
-    for (int t0 = a.kv_begin; t0 < a.kv_end; t0 += T) {
+    StageMarks marks(a.stages, R);
+    for (int t0 = a.kv_begin, step = 0; t0 < a.kv_end; t0 += T, ++step) {
       const int n = std::min(T, a.kv_end - t0);
+      marks.step(step, n);
       // Gather the step's tokens (only [kv_begin, kv_end) is ever read).
       for (int t = 0; t < n; ++t) {
         const int64_t slot = slot_of(p, bs, a.seq, t0 + t);
@@ -94,71 +98,97 @@ void run(const KernelArgs& a, Scratch& scratch) {
           for (int d = 0; d < kQkDim; ++d) kf[size_t(t) * kQkDim + d] = to_f32(KV, src[d]);
         }
       }
+      // QK (int8: S_nope in int32, then the rope part in fp32), one row at a time.
       for (int r = 0; r < R; ++r) {
-        if (std::isnan(st[r].m)) continue;  // the row saw a NaN or Inf: its result is NaN
-        // QK + SM.
         float* sr = s + size_t(r) * T;
-        const int vis = std::min(n, last[r] - t0 + 1);  // visible tokens of this step
-        float mx = kNegInf;
-        bool bad = false;
-        for (int t = 0; t < std::max(vis, 0); ++t) {
+        // Visible tokens of this step; none for a row that already saw a NaN or Inf (its result
+        // is NaN whatever follows).
+        vis[r] = std::isnan(st[r].m) ? 0 : std::min(n, last[r] - t0 + 1);
+        for (int t = 0; t < vis[r]; ++t) {
           const float* kr = kf + size_t(t) * kQkDim;
-          float x;
           if constexpr (kInt8) {
             const int8_t* qa = q8 + size_t(r) * kLatentDim;
             const int8_t* ka = k8 + size_t(t) * kLatentDim;
             int32_t acc = 0;
 #pragma omp simd reduction(+ : acc)
             for (int c = 0; c < kLatentDim; ++c) acc += int32_t(qa[c]) * int32_t(ka[c]);
-            float rope = 0.f;
-            const float* qr = q + size_t(r) * kQkDim + kLatentDim;
-#pragma omp simd reduction(+ : rope)
-            for (int d = 0; d < kRopeDim; ++d) rope += qr[d] * kr[kLatentDim + d];
-            x = (float(acc) * qs[r] * ks[t] + rope) * p.softmax_scale;
+            sr[t] = float(acc) * qs[r] * ks[t];
           } else {
             const float* qr = q + size_t(r) * kQkDim;
             float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
             for (int d = 0; d < kQkDim; ++d) acc += qr[d] * kr[d];
-            x = acc * p.softmax_scale;
+            sr[t] = acc * p.softmax_scale;
           }
-          sr[t] = x;
-          mx = std::max(mx, x);
-          bad |= !std::isfinite(x);
         }
-        float* go = go_row(r);
-        if (vis <= 0) continue;  // fully masked step: the row's state is unchanged
+      }
+      if constexpr (kInt8) {
+        marks.done(Stage::QK_nope);
+        for (int r = 0; r < R; ++r) {
+          float* sr = s + size_t(r) * T;
+          const float* qr = q + size_t(r) * kQkDim + kLatentDim;
+          for (int t = 0; t < vis[r]; ++t) {
+            const float* kr = kf + size_t(t) * kQkDim;
+            float rope = 0.f;
+#pragma omp simd reduction(+ : rope)
+            for (int d = 0; d < kRopeDim; ++d) rope += qr[d] * kr[kLatentDim + d];
+            sr[t] = (sr[t] + rope) * p.softmax_scale;
+          }
+        }
+        marks.done(Stage::QK_rope);
+      } else {
+        marks.done(Stage::QK);
+      }
+
+      // SM. A fully masked step leaves the row's state unchanged.
+      for (int r = 0; r < R; ++r) {
+        if (vis[r] <= 0) continue;
+        float* sr = s + size_t(r) * T;
+        float mx = kNegInf;
+        bool bad = false;
+        for (int t = 0; t < vis[r]; ++t) {
+          mx = std::max(mx, sr[t]);
+          bad |= !std::isfinite(sr[t]);
+        }
         if (bad) {  // DESIGN §6: a visible NaN or Inf makes the row's o and lse NaN
           st[r].m = st[r].l = std::numeric_limits<float>::quiet_NaN();
+          vis[r] = 0;  // no PV or UP for it this step
           continue;
         }
-        const float alpha = st[r].rescale_to(mx);
+        alpha[r] = st[r].rescale_to(mx);
         const float shift = st[r].shift();
         float sum = 0.f;
-        for (int t = 0; t < vis; ++t) {
+        for (int t = 0; t < vis[r]; ++t) {
           sr[t] = std::exp(sr[t] - shift);
           sum += sr[t];
         }
         st[r].add_sum(sum);
-        // PV.
+      }
+      marks.done(Stage::SM);
+
+      // PV.
+      for (int r = 0; r < R; ++r) {
+        const int nv = vis[r];
+        if (nv <= 0) continue;
+        float* sr = s + size_t(r) * T;
         float* lor = lo + size_t(r) * kLatentDim;
         if constexpr (kInt8) {
           // P' = P * value scale. The row's largest P' of the step (an attention sink, say) is
           // applied exactly in fp32; the others are quantized to u8 against the largest of them,
           // so one dominant key does not cost the rest of the step their resolution.
           int top = 0;
-          for (int t = 1; t < vis; ++t)
+          for (int t = 1; t < nv; ++t)
             if (sr[t] * (mode == KvScale::token ? ks[t] : 1.f) > sr[top] * (mode == KvScale::token ? ks[top] : 1.f)) top = t;
           const float p_top = sr[top] * (mode == KvScale::token ? ks[top] : 1.f);
           float pm = 0.f;
-          for (int t = 0; t < vis; ++t)
+          for (int t = 0; t < nv; ++t)
             if (t != top) pm = std::max(pm, sr[t] * (mode == KvScale::token ? ks[t] : 1.f));
           const float inv = pm > 0.f ? 255.f / pm : 0.f;
           uint8_t* pr = p8 + size_t(r) * T;
-          for (int t = 0; t < vis; ++t)
+          for (int t = 0; t < nv; ++t)
             pr[t] = t == top ? 0 : uint8_t(std::nearbyint(sr[t] * (mode == KvScale::token ? ks[t] : 1.f) * inv));
           int32_t acc[kLatentDim] = {};
-          for (int t = 0; t < vis; ++t) {
+          for (int t = 0; t < nv; ++t) {
             const int32_t pt = pr[t];
             const int8_t* v = k8 + size_t(t) * kLatentDim;
             for (int d = 0; d < kLatentDim; ++d) acc[d] += pt * int32_t(v[d]);
@@ -170,16 +200,24 @@ void run(const KernelArgs& a, Scratch& scratch) {
             lor[d] = (float(acc[d]) * dq + p_top * ts * float(vt[d])) * (cscale ? cscale[d] : 1.f);
         } else {
           std::fill(lor, lor + kLatentDim, 0.f);
-          for (int t = 0; t < vis; ++t) {
+          for (int t = 0; t < nv; ++t) {
             // The bf16 kernel feeds P to its dot product in bf16; round the same way here.
             const float pt = KV == KvDType::bf16 ? bf16_to_f32(f32_to_bf16(sr[t])) : sr[t];
             const float* v = kf + size_t(t) * kQkDim;
             for (int d = 0; d < kLatentDim; ++d) lor[d] += pt * v[d];
           }
         }
-        // UP.
-        for (int d = 0; d < kLatentDim; ++d) go[d] = go[d] * alpha + lor[d];
       }
+      marks.done(Stage::PV);
+
+      // UP.
+      for (int r = 0; r < R; ++r) {
+        if (vis[r] <= 0) continue;
+        float* go = go_row(r);
+        const float* lor = lo + size_t(r) * kLatentDim;
+        for (int d = 0; d < kLatentDim; ++d) go[d] = go[d] * alpha[r] + lor[d];
+      }
+      marks.done(Stage::UP);
     }
 
     // Finalize: o = go / l, lse = m + log l; rows that saw no key: o = 0, lse = -inf.
@@ -197,14 +235,14 @@ bool always() { return true; }
 
 }  // namespace
 
-const KernelInfo kDecodeBf16Portable{.name = "decode_bf16_portable", .kv = KvDType::bf16,
+const KernelInfo decode_bf16_portable{.name = "decode_bf16_portable", .kv = KvDType::bf16,
                                      .portable = true, .supported = always,
-                                     .run = run<KvDType::bf16>};
-const KernelInfo kDecodeF16Portable{.name = "decode_f16_portable", .kv = KvDType::fp16,
+                                     .run = run<KvDType::bf16>, .stages = item_stages};
+const KernelInfo decode_f16_portable{.name = "decode_f16_portable", .kv = KvDType::fp16,
                                     .portable = true, .supported = always,
-                                    .run = run<KvDType::fp16>};
-const KernelInfo kDecodeI8Portable{.name = "decode_i8_portable", .kv = KvDType::int8,
+                                    .run = run<KvDType::fp16>, .stages = item_stages};
+const KernelInfo decode_i8_portable{.name = "decode_i8_portable", .kv = KvDType::int8,
                                    .portable = true, .supported = always,
-                                   .run = run<KvDType::int8>};
+                                   .run = run<KvDType::int8>, .stages = item_stages_split_qk};
 
 }  // namespace mla::cpu

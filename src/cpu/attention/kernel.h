@@ -27,7 +27,7 @@ namespace mla::cpu {
 
 struct KernelArgs {
   const DecodeParams* p = nullptr;
-  const PagedLatentCache* cache = nullptr;
+  const CacheView* cache = nullptr;
   const uint16_t* q = nullptr;  // [batch, q_len, H, 576]: bf16 bits (bf16/int8 caches), f16 (fp16)
   int seq = 0;
   int head_begin = 0, head_end = 0;
@@ -40,6 +40,7 @@ struct KernelArgs {
   int64_t lse_stride_i = 0, lse_stride_h = 0;
   int chunk = 4;  // tiles of kKvTile tokens per step, >= 1
   UpForm up = UpForm::resident;
+  StageRecorder* stages = nullptr;  // receives each stage as it ends (tests, stage timing)
 };
 
 // Per-worker scratch: 64-byte aligned, grows on demand, never shrinks, contents undefined.
@@ -72,6 +73,9 @@ class ScratchCarver {
 };
 
 using KernelFn = void (*)(const KernelArgs&, Scratch&);
+// The stages the kernel runs for a work item of `rows` query rows over [kv_begin, kv_end), in
+// order, as its StageMarks report them (tests/test_stages.cc checks that).
+using KernelStagesFn = std::vector<StageOp> (*)(int rows, int kv_begin, int kv_end, int chunk);
 
 struct KernelInfo {
   const char* name;  // dtype, ISA: decode_i8_avx512vnni
@@ -79,7 +83,13 @@ struct KernelInfo {
   bool portable;         // plain C++, runs anywhere
   bool (*supported)();   // does this CPU have the instructions?
   KernelFn run;
+  KernelStagesFn stages;
 };
+
+// The canonical stage list (core/stages.h's stage_list, tile kKvTile): what the kernels that take
+// all rows of an item through each step run; split_qk: QK_nope then QK_rope.
+std::vector<StageOp> item_stages(int rows, int kv_begin, int kv_end, int chunk);
+std::vector<StageOp> item_stages_split_qk(int rows, int kv_begin, int kv_end, int chunk);
 
 // Every kernel, portable ones included; tests and benchmarks iterate over it.
 const std::vector<KernelInfo>& kernel_registry();
@@ -93,12 +103,12 @@ inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {
              block_size + pos % block_size;
 }
 
-// The kernels (each in a file of its own).
-extern const KernelInfo kDecodeBf16Portable;
-extern const KernelInfo kDecodeF16Portable;
-extern const KernelInfo kDecodeI8Portable;
-extern const KernelInfo kDecodeBf16Avx512;  // decode_bf16_avx512bf16
-extern const KernelInfo kDecodeF16Avx512;   // decode_f16_avx512f
-extern const KernelInfo kDecodeI8Avx512Vnni;  // decode_i8_avx512vnni
+// The kernels, named by their ids; an ISA kernel lives in the file of its name (isa.h).
+extern const KernelInfo decode_bf16_portable;
+extern const KernelInfo decode_f16_portable;
+extern const KernelInfo decode_i8_portable;
+extern const KernelInfo decode_bf16_avx512bf16;
+extern const KernelInfo decode_f16_avx512f;
+extern const KernelInfo decode_i8_avx512vnni;
 
 }  // namespace mla::cpu

@@ -12,6 +12,9 @@
 #include "mla/cache.h"
 
 namespace mla::cpu {
+// Anonymous: the int8 AVX-512 kernel includes this too, and must not share its compiled copy with
+// baseline files (isa.h).
+namespace {
 
 // q: 512 latent values (already including channel scales where used). Returns the row's scale.
 // A row holding NaN or Inf cannot be quantized: q8 = 0 and the scale is NaN, so that every score
@@ -34,4 +37,5 @@ inline float quantize_query_row(const float* q, int8_t* q8) {
   return scale;
 }
 
+}  // namespace
 }  // namespace mla::cpu

@@ -7,15 +7,25 @@
 
 namespace mla::cpu {
 
+std::vector<StageOp> item_stages(int rows, int kv_begin, int kv_end, int chunk) {
+  return stage_list({.split_qk = false, .rows = rows, .kv_begin = kv_begin, .kv_end = kv_end,
+                     .chunk = chunk, .tile = kKvTile});
+}
+
+std::vector<StageOp> item_stages_split_qk(int rows, int kv_begin, int kv_end, int chunk) {
+  return stage_list({.split_qk = true, .rows = rows, .kv_begin = kv_begin, .kv_end = kv_end,
+                     .chunk = chunk, .tile = kKvTile});
+}
+
 const std::vector<KernelInfo>& kernel_registry() {
   // Fastest first within a format: select_kernel takes the first supported one.
   static const std::vector<KernelInfo> all = {
-      kDecodeBf16Avx512,
-      kDecodeBf16Portable,
-      kDecodeF16Avx512,
-      kDecodeF16Portable,
-      kDecodeI8Avx512Vnni,
-      kDecodeI8Portable,
+      decode_bf16_avx512bf16,
+      decode_bf16_portable,
+      decode_f16_avx512f,
+      decode_f16_portable,
+      decode_i8_avx512vnni,
+      decode_i8_portable,
   };
   return all;
 }

@@ -1,0 +1,96 @@
+// The decode operator's entry point: validation, query conversion to the working type, and the
+// choice between the float64 reference and the fast CPU kernels.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/attention/quantize.h"
+#include "cpu/decode_fast.h"
+#include "mla/attention.h"
+#include "mla/status.h"
+#include "ref/reference.h"
+
+namespace mla {
+
+DType kernel_q_dtype(KvDType cache, DType requested) {
+  (void)requested;
+  return cache == KvDType::fp16 ? DType::f16 : DType::bf16;
+}
+
+void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, float* out) {
+  std::copy(q, q + rows * kQkDim, out);
+  if (cache.dtype() != KvDType::int8) return;
+  const float* cs = cache.scale_mode() == KvScale::channel ? cache.channel_scales() : nullptr;
+  float scaled[kLatentDim];
+  int8_t q8[kLatentDim];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + r * kQkDim;
+    for (int c = 0; c < kLatentDim; ++c) scaled[c] = cs ? qr[c] * cs[c] : qr[c];
+    const float s = cpu::quantize_query_row(scaled, q8);
+    for (int c = 0; c < kLatentDim; ++c)
+      out[r * kQkDim + c] = cs ? float(q8[c]) * s / cs[c] : float(q8[c]) * s;
+  }
+}
+
+float default_softmax_scale() { return float(1.0 / std::sqrt(192.0)); }
+
+namespace {
+
+void check_call(const DecodeParams& p, DType q_dtype, const CacheView& cache,
+                const DecodeOptions& opt) {
+  validate(p, cache);
+  check_view(cache);
+  MLA_CHECK(q_dtype == DType::f32 || q_dtype == DType::bf16 || q_dtype == DType::f16,
+            "query dtype " << dtype_name(q_dtype) << " is not supported (fp32, bf16 or fp16)");
+  MLA_CHECK(opt.chunk >= 1 && opt.chunk <= kMaxChunk,
+            "chunk = " << opt.chunk << " is outside 1.." << kMaxChunk);
+  MLA_CHECK(opt.threads >= 0 && opt.threads <= kMaxThreads,
+            "threads = " << opt.threads << " is outside 0.." << kMaxThreads << " (0: all cores)");
+}
+
+void decode_ref(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
+                float* o, float* lse) {
+  const int64_t rows = int64_t(p.batch) * p.q_len * p.num_heads;
+  std::vector<float> qf(rows * kQkDim);
+  for (int64_t i = 0; i < rows * kQkDim; ++i) qf[i] = load_f32(q_dtype, q, i);
+  std::vector<double> od(rows * kLatentDim), ld(rows);
+  ref::decode(p, qf.data(), cache, od.data(), ld.data());
+  const OutputStrides os = resolved(p.o_strides, p.q_len, p.num_heads, kLatentDim);
+  const OutputStrides ls = resolved(p.lse_strides, p.q_len, p.num_heads, 1);
+  for (int b = 0; b < p.batch; ++b)
+    for (int i = 0; i < p.q_len; ++i)
+      for (int h = 0; h < p.num_heads; ++h) {
+        const int64_t r = (int64_t(b) * p.q_len + i) * p.num_heads + h;
+        float* orow = o + b * os.b + i * os.i + h * os.h;
+        for (int d = 0; d < kLatentDim; ++d) orow[d] = float(od[r * kLatentDim + d]);
+        lse[b * ls.b + i * ls.i + h * ls.h] = float(ld[r]);
+      }
+}
+
+}  // namespace
+
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
+            const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
+            void* workspace) {
+  check_call(p, q_dtype, cache, opt);
+  plan.check_matches(p);
+  MLA_CHECK(opt.threads == 0 || opt.threads == plan.workers(),
+            "threads = " << opt.threads << " differs from the decode plan's " << plan.workers()
+                         << " workers");
+  if (opt.impl == Impl::ref) return decode_ref(p, q_dtype, q, cache, o, lse);
+  decode_fast(p, q_dtype, q, cache, opt, plan, workspace ? workspace : plan.owned_workspace(), o,
+              lse);
+}
+
+void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
+            const DecodeOptions& opt, float* o, float* lse) {
+  check_call(p, q_dtype, cache, opt);
+  if (opt.impl == Impl::ref) return decode_ref(p, q_dtype, q, cache, o, lse);
+  const DecodePlan plan = make_decode_plan({.batch = p.batch, .q_len = p.q_len,
+                                            .num_heads = p.num_heads, .seq_lens = p.seq_lens,
+                                            .q_lens = p.q_lens, .workers = opt.threads,
+                                            .kv_tile = kKvTile});
+  decode_fast(p, q_dtype, q, cache, opt, plan, plan.owned_workspace(), o, lse);
+}
+
+}  // namespace mla

@@ -1,0 +1,493 @@
+// Schedule building, costs and results of the simulated accelerator (see model.h).
+#include "sim/model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "mla/status.h"
+
+namespace mla::sim {
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::stage:
+      return "stage";
+    case Op::load_kv:
+      return "load KV";
+    case Op::load_s:
+      return "load S";
+    case Op::store_p:
+      return "store P";
+    case Op::load_p:
+      return "load P";
+    case Op::load_lo:
+      return "load lo";
+    case Op::load_go:
+      return "load go";
+    case Op::store_go:
+      return "store go";
+    case Op::merge:
+      return "merge";
+  }
+  return "?";
+}
+
+std::string lane_name(int lane) {
+  if (lane == kLaneCube) return "cube";
+  if (lane == kLaneMte2Cube) return "MTE2 (cube)";
+  const int v = (lane - kLaneVec0) / 3;
+  const char* const kinds[] = {"vector ", "MTE2 (vec ", "MTE3 (vec "};
+  return kinds[(lane - kLaneVec0) % 3] + std::to_string(v) + ((lane - kLaneVec0) % 3 ? ")" : "");
+}
+
+namespace {
+
+// Bytes per cached token read from global memory: int8 latent + bf16 rope, or 576 bf16.
+int64_t kv_token_bytes(KvDType kv) {
+  return kv == KvDType::int8 ? kLatentDim + 2 * kRopeDim : 2 * kQkDim;
+}
+
+constexpr int64_t kMaxSteps = 2'000'000;
+
+double per(double amount, double rate) { return rate > 0 ? amount / rate * 1e6 : 0.0; }
+
+// Rows of vector unit `part` of `parts` for a task over `rows` rows.
+int32_t part_rows(int32_t rows, int part, int parts) {
+  return int32_t(int64_t(rows) * (part + 1) / parts - int64_t(rows) * part / parts);
+}
+
+struct Builder {
+  const SimConfig& cfg;
+  const Profile& prof;
+  BuiltSchedule out;
+  int vparts = 1;
+
+  int32_t res(int core, int lane) const {
+    return prof.shared_unit ? core : core * out.lanes_per_core + lane;
+  }
+
+  int32_t add(const SimTask& t, double duration_us, int32_t resource) {
+    out.engine.tasks.push_back(EngineTask{.resource = resource, .duration_us = duration_us});
+    out.tasks.push_back(t);
+    return int32_t(out.tasks.size() - 1);
+  }
+  void dep(int32_t task, int32_t on, double latency) {
+    if (task >= 0 && on >= 0) out.engine.tasks[task].deps.push_back({on, latency});
+  }
+  void queue(int32_t task) {
+    if (task >= 0) out.engine.queues[out.engine.tasks[task].resource].push_back(task);
+  }
+
+  double matrix_us(const StageOp& s) const {
+    const double mac2 = 2.0 * s.rows * s.tokens;
+    switch (s.stage) {
+      case Stage::QK:
+        return prof.overhead_qk_us + per(mac2 * kQkDim, prof.matrix_bf16_flops_per_s);
+      case Stage::QK_nope:
+        return prof.overhead_qk_us + per(mac2 * kLatentDim, prof.matrix_int8_ops_per_s);
+      case Stage::QK_rope:
+        return prof.overhead_qk_us + per(mac2 * kRopeDim, prof.matrix_bf16_flops_per_s);
+      case Stage::PV:
+        return prof.overhead_pv_us + per(mac2 * kLatentDim, cfg.kv == KvDType::int8
+                                                                ? prof.matrix_int8_ops_per_s
+                                                                : prof.matrix_bf16_flops_per_s);
+      default:
+        break;
+    }
+    MLA_FAIL("matrix_us: " << stage_name(s.stage) << " is not a matrix stage");
+  }
+  double transfer_us(double bytes, double bw) const {
+    return prof.overhead_transfer_us + per(bytes, bw);
+  }
+};
+
+// The tasks of one step of one core; [v]: the share of vector unit v (its own MTE2 / MTE3).
+struct StepTasks {
+  int32_t item = 0, step = 0;
+  bool first = false, last = false;
+  int32_t rows = 0, tokens = 0;
+  std::vector<StageOp> ops;                     // from stage_list, in order
+  int32_t lk = -1;                              // load KV (cube side)
+  std::vector<int32_t> qk;                      // QK, or QK_nope + QK_rope
+  int32_t lp = -1, pv = -1;                     // load P (cube side), PV
+  std::vector<std::vector<int32_t>> ls;         // [v][qk]: load S_nope / S_rope, or S
+  std::vector<int32_t> sm, wp, lo, lg, up, wg;  // [v]
+};
+
+}  // namespace
+
+BuiltSchedule build_schedule(const SimConfig& cfg, const Profile& prof) {
+  MLA_CHECK(cfg.batch >= 1, "--b = " << cfg.batch << " must be at least 1");
+  MLA_CHECK(cfg.heads >= 1, "--heads = " << cfg.heads << " must be at least 1");
+  MLA_CHECK(cfg.q_len >= 1, "--q-len = " << cfg.q_len << " must be at least 1");
+  MLA_CHECK(cfg.k >= cfg.q_len,
+            "--k = " << cfg.k << " is shorter than --q-len = " << cfg.q_len << " (k counts them)");
+  MLA_CHECK(cfg.batch <= (1 << 16), "--b = " << cfg.batch << " is more than 65536");
+  MLA_CHECK(cfg.heads <= (1 << 16), "--heads = " << cfg.heads << " is more than 65536");
+  MLA_CHECK(cfg.q_len <= 1024, "--q-len = " << cfg.q_len << " is more than 1024");
+  MLA_CHECK(cfg.cores >= 1 && cfg.cores <= 4096, "--c = " << cfg.cores << " must be in 1..4096");
+  MLA_CHECK(cfg.chunk >= 1, "--chunk " << cfg.chunk << " must be at least 1");
+  MLA_CHECK(cfg.kv == KvDType::int8 || cfg.kv == KvDType::bf16,
+            "--kv-dtype " << kv_dtype_name(cfg.kv) << ": the simulator models int8 and bf16");
+  MLA_CHECK(std::isfinite(cfg.sm_scale) && cfg.sm_scale > 0,
+            "--sm-scale = " << cfg.sm_scale << " must be a positive number");
+  const int64_t work = int64_t(cfg.batch) * cfg.k * cfg.heads * cfg.q_len;
+  MLA_CHECK(work <= (int64_t(1) << 34), "--b " << cfg.batch << " x --k " << cfg.k << " x --heads "
+                                               << cfg.heads << " x --q-len " << cfg.q_len
+                                               << " is too large to simulate");
+
+  Builder B{cfg, prof, {}, prof.shared_unit ? 1 : prof.vector_units};
+  const int V = B.vparts;
+  const int P = prof.cube_preload;
+  const int NB = prof.buffers;
+  const double sync = prof.sync_latency_us;
+  const bool ws = prof.workspace_transfers;
+  const bool spill = cfg.up == UpForm::spill;
+  const bool split_qk = cfg.kv == KvDType::int8;
+  BuiltSchedule& out = B.out;
+
+  const std::vector<int32_t> seq_lens(cfg.batch, cfg.k);
+  out.plan = make_plan(PlanInput{.batch = cfg.batch,
+                                 .seq_lens = seq_lens.data(),
+                                 .q_lens = nullptr,
+                                 .q_len = cfg.q_len,
+                                 .num_heads = cfg.heads,
+                                 .num_workers = cfg.cores,
+                                 .kv_tile = prof.kv_tile});
+  const Plan& plan = out.plan;
+  // Each step is ~10-20 tasks; beyond a few million steps a run takes minutes and gigabytes.
+  int64_t total_steps = 0;
+  const int64_t step_tokens = int64_t(cfg.chunk) * prof.kv_tile;
+  for (const WorkItem& it : plan.items)
+    total_steps += (int64_t(it.kv_end) - it.kv_begin + step_tokens - 1) / step_tokens;
+  MLA_CHECK(total_steps <= kMaxSteps,
+            "--b " << cfg.batch << " --k " << cfg.k << " --chunk " << cfg.chunk << " makes "
+                   << total_steps << " pipeline steps, more than the " << kMaxSteps
+                   << " the simulator runs; use a larger --chunk or fewer sequences");
+  out.lanes_per_core = prof.shared_unit ? 1 : kLaneVec0 + 3 * V;
+  const int nres = cfg.cores * out.lanes_per_core;
+  out.engine.queues.assign(nres, {});
+  out.engine.core_of_resource.resize(nres);
+  for (int r = 0; r < nres; ++r) out.engine.core_of_resource[r] = r / out.lanes_per_core;
+
+  std::vector<std::vector<int32_t>> item_final(
+      plan.items.size());  // [v]: writes of the item's output
+
+  for (int w = 0; w < cfg.cores; ++w) {
+    std::vector<StepTasks> steps;
+    for (int32_t it = plan.worker_offsets[w]; it < plan.worker_offsets[w + 1]; ++it) {
+      const WorkItem& item = plan.items[it];
+      const int32_t rows = cfg.q_len * (item.head_end - item.head_begin);
+      const std::vector<StageOp> ops = stage_list(StageListInput{.split_qk = split_qk,
+                                                                 .rows = rows,
+                                                                 .kv_begin = item.kv_begin,
+                                                                 .kv_end = item.kv_end,
+                                                                 .chunk = cfg.chunk,
+                                                                 .tile = prof.kv_tile});
+      for (const StageOp& op : ops) {
+        if (steps.empty() || steps.back().item != it || steps.back().step != op.step)
+          steps.push_back(StepTasks{.item = it,
+                                    .step = op.step,
+                                    .first = op.step == 0,
+                                    .rows = op.rows,
+                                    .tokens = op.tokens});
+        steps.back().ops.push_back(op);
+      }
+      if (!steps.empty() && steps.back().item == it) steps.back().last = true;
+    }
+    const int S = int(steps.size());
+
+    // ---- tasks ----
+    for (StepTasks& st : steps) {
+      auto base = [&](Op op, int lane, int part) {
+        return SimTask{.op = op,
+                       .core = w,
+                       .lane = lane,
+                       .item = st.item,
+                       .step = st.step,
+                       .part = part,
+                       .rows = st.rows,
+                       .tokens = st.tokens};
+      };
+      const double n = st.tokens;
+      std::vector<double> Rv(V);  // rows of vector unit v
+      for (int v = 0; v < V; ++v) Rv[v] = part_rows(st.rows, v, V);
+      st.ls.assign(V, {});
+      st.sm.assign(V, -1);
+      st.wp.assign(V, -1);
+      st.lo.assign(V, -1);
+      st.lg.assign(V, -1);
+      st.up.assign(V, -1);
+      st.wg.assign(V, -1);
+      if (prof.kv_read_bytes_per_s > 0)
+        st.lk = B.add(base(Op::load_kv, kLaneMte2Cube, 0),
+                      B.transfer_us(n * kv_token_bytes(cfg.kv), prof.kv_read_bytes_per_s),
+                      B.res(w, kLaneMte2Cube));
+      for (const StageOp& op : st.ops) {
+        SimTask t = base(Op::stage, kLaneCube, 0);
+        t.stage = op.stage;
+        if (stage_unit(op.stage) == Unit::matrix && op.stage != Stage::PV) {
+          double us = B.matrix_us(op);
+          if (st.first && st.qk.empty()) us += prof.item_overhead_us;
+          st.qk.push_back(B.add(t, us, B.res(w, kLaneCube)));
+        } else if (op.stage == Stage::PV) {
+          st.pv = B.add(t, B.matrix_us(op), B.res(w, kLaneCube));
+        } else {
+          for (int v = 0; v < V; ++v) {
+            t.lane = vec_lane(v);
+            t.part = v;
+            const double elems = Rv[v] * (op.stage == Stage::SM ? n : kLatentDim);
+            const double us = op.stage == Stage::SM
+                                  ? (prof.overhead_sm_us +
+                                     per(elems * prof.sm_ops_per_element, prof.vector_ops_per_s)) *
+                                        cfg.sm_scale
+                                  : prof.overhead_up_us +
+                                        per(elems * prof.up_ops_per_element, prof.vector_ops_per_s);
+            (op.stage == Stage::SM ? st.sm : st.up)[v] = B.add(t, us, B.res(w, vec_lane(v)));
+          }
+        }
+      }
+      const double p_bytes_per_row = n * (split_qk ? 1 : 2);  // P: int8 or bf16
+      for (int v = 0; v < V; ++v) {
+        if (ws) {
+          for (size_t q = 0; q < st.qk.size(); ++q)  // S_nope int32 and S_rope fp32, or S fp32
+            st.ls[v].push_back(B.add(base(Op::load_s, mte2_lane(v), v),
+                                     B.transfer_us(Rv[v] * n * 4, prof.ws_read_bytes_per_s),
+                                     B.res(w, mte2_lane(v))));
+          st.wp[v] = B.add(base(Op::store_p, mte3_lane(v), v),
+                           B.transfer_us(Rv[v] * p_bytes_per_row, prof.ws_write_bytes_per_s),
+                           B.res(w, mte3_lane(v)));
+          st.lo[v] = B.add(base(Op::load_lo, mte2_lane(v), v),
+                           B.transfer_us(Rv[v] * kLatentDim * 4, prof.ws_read_bytes_per_s),
+                           B.res(w, mte2_lane(v)));
+        }
+        if (spill && !st.first)
+          st.lg[v] = B.add(base(Op::load_go, mte2_lane(v), v),
+                           B.transfer_us(Rv[v] * kLatentDim * 4, prof.ws_read_bytes_per_s),
+                           B.res(w, mte2_lane(v)));
+        if (spill || st.last)  // the accumulator out every step, or the output (and lse) at the end
+          st.wg[v] = B.add(base(Op::store_go, mte3_lane(v), v),
+                           B.transfer_us(Rv[v] * (kLatentDim + (st.last ? 1 : 0)) * 4,
+                                         prof.ws_write_bytes_per_s),
+                           B.res(w, mte3_lane(v)));
+      }
+      if (ws)
+        st.lp = B.add(base(Op::load_p, kLaneMte2Cube, 0),
+                      B.transfer_us(st.rows * p_bytes_per_row, prof.ws_read_bytes_per_s),
+                      B.res(w, kLaneMte2Cube));
+      if (st.last) item_final[st.item] = st.wg;
+    }
+
+    // ---- dependencies: data hand-overs and buffer slots ----
+    for (int g = 0; g < S; ++g) {
+      StepTasks& st = steps[g];
+      const StepTasks* back = g >= NB ? &steps[g - NB] : nullptr;  // the step whose slot we reuse
+      B.dep(st.lk, back ? back->pv : -1, 0);  // K/V tile slot in L1, free after that PV
+      for (int32_t q : st.qk) B.dep(q, st.lk, 0);
+      for (int v = 0; v < V; ++v) {
+        if (back && ws) B.dep(st.qk.front(), back->ls[v].back(), sync);  // S slot, workspace
+        if (ws)
+          for (size_t q = 0; q < st.qk.size(); ++q) {
+            B.dep(st.ls[v][q], st.qk[q], sync);
+            if (!prof.two_stage_qk_sync) B.dep(st.ls[v][q], st.qk.back(), sync);
+          }
+        if (ws) {
+          for (int32_t l : st.ls[v]) B.dep(st.sm[v], l, 0);
+          if (back) B.dep(st.sm[v], back->wp[v], 0);  // P slot in UB
+          B.dep(st.wp[v], st.sm[v], 0);
+          if (back) B.dep(st.wp[v], back->lp, sync);  // P slot in the workspace
+          B.dep(st.lp, st.wp[v], sync);
+          if (back) B.dep(st.pv, back->lo[v], sync);  // lo slot in the workspace
+          B.dep(st.lo[v], st.pv, sync);
+          B.dep(st.up[v], st.lo[v], 0);
+        } else {
+          for (int32_t q : st.qk) B.dep(st.sm[v], q, sync);
+          B.dep(st.pv, st.sm[v], sync);
+          B.dep(st.up[v], st.pv, sync);
+        }
+        if (st.lg[v] >= 0) B.dep(st.lg[v], steps[g - 1].wg[v], 0);
+        B.dep(st.up[v], st.lg[v], 0);
+        B.dep(st.wg[v], st.up[v], 0);
+      }
+      B.dep(st.pv, st.lp, 0);
+      B.dep(st.pv, st.lk, 0);
+    }
+
+    // ---- program order of each lane ----
+    if (prof.shared_unit) {
+      for (StepTasks& st : steps) {
+        B.queue(st.lk);
+        for (int32_t q : st.qk) B.queue(q);
+        for (int v = 0; v < V; ++v)
+          for (int32_t l : st.ls[v]) B.queue(l);
+        for (int v = 0; v < V; ++v) B.queue(st.sm[v]);
+        for (int v = 0; v < V; ++v) B.queue(st.wp[v]);
+        B.queue(st.lp);
+        B.queue(st.pv);
+        for (int v = 0; v < V; ++v) B.queue(st.lo[v]);
+        for (int v = 0; v < V; ++v) B.queue(st.lg[v]);
+        for (int v = 0; v < V; ++v) B.queue(st.up[v]);
+        for (int v = 0; v < V; ++v) B.queue(st.wg[v]);
+      }
+    } else {
+      for (int g = 0; g < S + P; ++g) {
+        StepTasks* now = g < S ? &steps[g] : nullptr;
+        StepTasks* lag = g >= P ? &steps[g - P] : nullptr;  // the step whose second half runs
+        if (now) {
+          B.queue(now->lk);
+          for (int32_t q : now->qk) B.queue(q);
+          for (int v = 0; v < V; ++v) {
+            for (int32_t l : now->ls[v]) B.queue(l);
+            B.queue(now->sm[v]);
+            B.queue(now->wp[v]);
+          }
+        }
+        if (lag) {
+          B.queue(lag->lp);
+          B.queue(lag->pv);
+          for (int v = 0; v < V; ++v) {
+            B.queue(lag->lo[v]);
+            B.queue(lag->lg[v]);
+            B.queue(lag->up[v]);
+            B.queue(lag->wg[v]);
+          }
+        }
+      }
+    }
+  }
+
+  // ---- split-KV reduction ----
+  auto merge_us = [&](double rows, double partials) {
+    const double elems = rows * partials * kLatentDim;
+    return prof.overhead_merge_us + per(elems * prof.merge_ops_per_element, prof.vector_ops_per_s) +
+           per(rows * partials * (kLatentDim + 1) * 4.0, prof.ws_read_bytes_per_s) +
+           per(rows * (kLatentDim + 1) * 4.0, prof.ws_write_bytes_per_s);
+  };
+  const int ng = int(plan.merges.size());
+  out.merge_writes = ng;
+  if (ng > 0 && cfg.reduction == Reduction::last) {
+    for (int gi = 0; gi < ng; ++gi) {
+      const MergeGroup& m = plan.merges[gi];
+      const int32_t rows = cfg.q_len * (m.head_end - m.head_begin);
+      for (int v = 0; v < V; ++v) {
+        SimTask t{.op = Op::merge,
+                  .core = -1,
+                  .lane = vec_lane(v),
+                  .part = v,
+                  .rows = part_rows(rows, v, V)};
+        const int32_t id = B.add(t, merge_us(t.rows, m.num_partials), -1);
+        for (int w = 0; w < cfg.cores; ++w)
+          out.engine.tasks[id].float_resources.push_back(B.res(w, vec_lane(v)));
+        for (size_t it = 0; it < plan.items.size(); ++it)
+          if (plan.item_merge[it] == gi)
+            for (int32_t f : item_final[it]) B.dep(id, f, sync);
+      }
+    }
+  } else if (ng > 0) {
+    // After a global sync, the rows x partials of all groups spread evenly over every core and
+    // vector unit (combine_all's split).
+    double total = 0, rows_total = 0;
+    for (const MergeGroup& m : plan.merges) {
+      const double rows = double(cfg.q_len) * (m.head_end - m.head_begin);
+      total += rows * m.num_partials;
+      rows_total += rows;
+    }
+    std::vector<int32_t> lasts;
+    for (const auto& q : out.engine.queues)
+      if (!q.empty()) lasts.push_back(q.back());
+    const double share = 1.0 / (double(cfg.cores) * V);
+    const double avg_partials = total / rows_total;
+    for (int w = 0; w < cfg.cores; ++w)
+      for (int v = 0; v < V; ++v) {
+        SimTask t{.op = Op::merge,
+                  .core = w,
+                  .lane = vec_lane(v),
+                  .part = v,
+                  .rows = int32_t(std::ceil(rows_total * share))};
+        const int32_t id =
+            B.add(t, merge_us(rows_total * share, avg_partials), B.res(w, vec_lane(v)));
+        for (int32_t l : lasts) B.dep(id, l, sync + prof.separate_pass_overhead_us);
+        B.queue(id);
+      }
+  }
+  return std::move(B.out);
+}
+
+SimResult run_sim(const SimConfig& cfg, const Profile& prof) {
+  SimResult r;
+  r.sched = build_schedule(cfg, prof);
+  r.tl = simulate(r.sched.engine);
+  r.predicted_us = r.tl.makespan_us + prof.call_overhead_us;
+  const int V = prof.shared_unit ? 1 : prof.vector_units;
+  double matrix = 0, vector = 0;
+  std::vector<double> core_first(cfg.cores, INFINITY), core_last(cfg.cores, 0),
+      core_matrix(cfg.cores, 0);
+  for (size_t t = 0; t < r.sched.tasks.size(); ++t) {
+    const SimTask& task = r.sched.tasks[t];
+    const double d = r.tl.end_us[t] - r.tl.start_us[t];
+    const int core = r.sched.engine.core_of_resource[r.tl.resource[t]];
+    core_first[core] = std::min(core_first[core], r.tl.start_us[t]);
+    core_last[core] = std::max(core_last[core], r.tl.end_us[t]);
+    const bool is_matrix = task.op == Op::stage && stage_unit(task.stage) == Unit::matrix;
+    if (is_matrix)
+      matrix += d;
+    else if (task.op == Op::stage || task.op == Op::merge)
+      vector += d;
+    // On a shared unit the matrix unit is the core itself: it idles only when nothing runs.
+    if (is_matrix || prof.shared_unit) core_matrix[core] += d;
+    if (task.op == Op::store_p || task.op == Op::store_go) ++r.mte3_transfers;
+  }
+  r.mte3_transfers += r.sched.merge_writes;
+  const double span = r.tl.makespan_us;
+  if (span > 0) {
+    r.cube_busy = matrix / (cfg.cores * span);
+    r.vector_busy = vector / (double(cfg.cores) * V * span);
+  }
+  int active = 0;
+  double idle = 0;
+  for (int c = 0; c < cfg.cores; ++c) {
+    if (!(core_last[c] > core_first[c])) continue;
+    ++active;
+    idle += core_last[c] - core_first[c] - core_matrix[c];
+  }
+  r.bubble_us = active ? idle / active : 0;
+  return r;
+}
+
+std::vector<std::vector<StageOp>> stages_run(const SimResult& r, bool step_major) {
+  struct Ran {
+    int32_t step;
+    double start;
+    size_t task;
+  };
+  std::vector<std::vector<Ran>> by_item(r.sched.plan.items.size());
+  for (size_t t = 0; t < r.sched.tasks.size(); ++t) {
+    const SimTask& task = r.sched.tasks[t];
+    if (task.op == Op::stage && task.part == 0)
+      by_item[task.item].push_back({task.step, r.tl.start_us[t], t});
+  }
+  std::vector<std::vector<StageOp>> out(by_item.size());
+  for (size_t i = 0; i < by_item.size(); ++i) {
+    std::stable_sort(by_item[i].begin(), by_item[i].end(), [&](const Ran& a, const Ran& b) {
+      if (step_major && a.step != b.step) return a.step < b.step;
+      return a.start < b.start;
+    });
+    for (const Ran& x : by_item[i]) {
+      const SimTask& task = r.sched.tasks[x.task];
+      out[i].push_back({task.stage, task.step, task.rows, task.tokens});
+    }
+  }
+  return out;
+}
+
+int busiest_core(const SimResult& r) {
+  std::vector<double> busy;
+  for (size_t t = 0; t < r.sched.tasks.size(); ++t) {
+    const size_t core = size_t(r.sched.engine.core_of_resource[r.tl.resource[t]]);
+    if (busy.size() <= core) busy.resize(core + 1, 0.0);
+    busy[core] += r.tl.end_us[t] - r.tl.start_us[t];
+  }
+  return busy.empty() ? 0 : int(std::max_element(busy.begin(), busy.end()) - busy.begin());
+}
+
+}  // namespace mla::sim

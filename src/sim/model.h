@@ -1,0 +1,122 @@
+// The simulated accelerator running the CPU kernel's own schedule (DESIGN §8): the work comes from
+// the planner (mla::make_plan: items per core, merge groups) and the stage vocabulary
+// (mla::stage_list: the stages of every step of every item); this file turns them into engine
+// tasks on the units of each core, with costs from the profile (profile.h), and reads the results
+// back (predicted time, busy fractions, bubbles, MTE3 transfers).
+//
+// One core = one worker of the plan. Its lanes (resources of the engine):
+//
+//   cube       QK (or QK_nope, QK_rope) and PV of every step, QK of step s + preload before PV of s
+//   mte2_cube  cache tiles (K = V in MLA) and P from global memory into L1
+//   per vector unit v (each SM, UP and merge is split by rows across the vector units):
+//     vec v    SM and UP of its rows; merges
+//     mte2 v   S, lo and the spilled accumulator from the workspace into UB
+//     mte3 v   P, the spilled accumulator and the outputs from UB to global memory
+//
+// The units hand data over through global memory and cross-core flags, so every matrix <-> vector
+// dependency carries the sync latency; each buffer between them has `buffers` slots, so step s
+// waits until step s - buffers has released the slot (the ping-pong bound on running ahead). With
+// shared_unit (the CPU) a core has a single lane that runs the step's work serially in the
+// kernel's order: load, QK, SM, PV, UP.
+//
+// Split-KV reduction: `separate` merges every group after all cores have finished (a global sync,
+// then the rows spread over all cores as the CPU's combine_all does); `last` merges a group on the
+// core that finishes its last partial, right after that partial (the CPU's finish_partial).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/stages.h"
+#include "mla/attention.h"
+#include "mla/cache.h"
+#include "mla/plan.h"
+#include "sim/engine.h"
+#include "sim/profile.h"
+
+namespace mla::sim {
+
+struct SimConfig {
+  int batch = 1;
+  int k = 4096;  // seq_len of every sequence
+  int heads = 128;
+  int q_len = 2;
+  int cores = 1;
+  KvDType kv = KvDType::int8;  // int8 or bf16
+  int chunk = 4;
+  UpForm up = UpForm::resident;
+  Reduction reduction = Reduction::last;
+  double sm_scale = 1.0;  // stretches every SM stage (the seed's long-softmax bubble)
+};
+
+enum class Op : uint8_t {
+  stage,
+  load_kv,
+  load_s,
+  store_p,
+  load_p,
+  load_lo,
+  load_go,
+  store_go,
+  merge
+};
+const char* op_name(Op op);
+
+// Lanes of a core: the cube and its load engine, then per vector unit v (an AIV core with its own
+// load and store engines) its vector lane, MTE2 and MTE3.
+constexpr int kLaneCube = 0, kLaneMte2Cube = 1, kLaneVec0 = 2;
+constexpr int vec_lane(int v) { return kLaneVec0 + 3 * v; }
+constexpr int mte2_lane(int v) { return kLaneVec0 + 3 * v + 1; }
+constexpr int mte3_lane(int v) { return kLaneVec0 + 3 * v + 2; }
+std::string lane_name(int lane);
+
+struct SimTask {
+  Op op;
+  Stage stage = Stage::QK;  // op == stage
+  int32_t core;
+  int32_t lane;                  // the lane it runs on (on a shared unit: the lane it would have)
+  int32_t item = -1;             // plan item, -1 for merges
+  int32_t step = -1;             // step within the item
+  int32_t part = 0;              // vector unit share of a split task
+  int32_t rows = 0, tokens = 0;  // of the whole step (a merge: its share of rows)
+};
+
+struct BuiltSchedule {
+  Plan plan;
+  int lanes_per_core = 0;  // resources per core (1 with shared_unit)
+  Schedule engine;
+  std::vector<SimTask> tasks;  // [engine.tasks]
+  int64_t merge_writes = 0;    // output writes of merges (one per merge group)
+};
+
+// Throws mla::Error naming the bad value (batch < 1, k < q_len, chunk < 1, bf16/int8 only, ...).
+BuiltSchedule build_schedule(const SimConfig& cfg, const Profile& prof);
+
+struct SimResult {
+  BuiltSchedule sched;
+  Timeline tl;
+  double predicted_us = 0;     // makespan + per-call overhead
+  double cube_busy = 0;        // matrix-stage time / (cores x makespan)
+  double vector_busy = 0;      // vector-stage time / (cores x vector units x makespan)
+  double bubble_us = 0;        // mean over cores of the time the matrix unit idles inside the
+                               // core's busy span (first start .. last end)
+  int64_t mte3_transfers = 0;  // stores from UB to global memory: P, accumulator, outputs
+};
+
+SimResult run_sim(const SimConfig& cfg, const Profile& prof);
+
+// The stages each plan item ran (a stage split across vector units counted once): step by step
+// and, within a step, in the order they started (step_major), or all in the order they started
+// (an accelerator overlaps the steps; a shared unit runs them in stage_list order). Tests compare
+// them with stage_list.
+std::vector<std::vector<StageOp>> stages_run(const SimResult& r, bool step_major = true);
+
+// The core with the most busy time (the one --svg draws by default).
+int busiest_core(const SimResult& r);
+
+// One core's timeline as an SVG document (lanes, labelled and coloured stages, idle time of the
+// matrix unit shaded).
+std::string timeline_svg(const SimResult& r, const SimConfig& cfg, const Profile& prof, int core);
+
+}  // namespace mla::sim

@@ -1,0 +1,242 @@
+// `mla sim`: the pipeline simulator (src/sim, DESIGN §8) on the command line. For one shape it
+// prints, per variant (chunk x UP form x reduction), the predicted time, the busy fraction of the
+// matrix and vector units, the bubble time and the MTE3 transfer count; with --grid seed, the
+// seed's table (old/new per row b{B}_k{K}_c{C} and the average); --svg draws one core's timeline.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mla/commands.h"
+#include "mla/status.h"
+#include "sim/model.h"
+
+namespace mla::tool {
+
+namespace {
+
+using nlohmann::json;
+
+struct SimArgs {
+  int b = 0, k = 0, c = 0;  // 0: not given
+  int heads = 128;
+  int q_len = 2;
+  std::string kv_dtype = "int8";
+  std::string chunk;      // "1,2,4"; empty: those three (grid: the profile's default_chunk)
+  std::string up;         // empty: both
+  std::string reduction;  // empty: both
+  double sm_scale = 1.0;
+  std::string profile = "ascend-910b";
+  std::string grid;
+  std::string svg_path, json_path;
+  int svg_core = -1;  // -1: the busiest core
+};
+
+std::vector<int> parse_chunks(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    MLA_CHECK(used > 0 && used == item.size() && v >= 1 && v <= 1024,
+              "--chunk '" << text << "': '" << item << "' is not an integer in 1..1024");
+    out.push_back(int(v));
+  }
+  MLA_CHECK(!out.empty(), "--chunk is empty");
+  return out;
+}
+
+void check_out_path(const std::string& path, const char* option) {
+  if (path.empty()) return;
+  const auto dir = std::filesystem::path(path).parent_path();
+  MLA_CHECK(dir.empty() || std::filesystem::is_directory(dir),
+            option << " " << path << ": directory " << dir.string() << " does not exist");
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    MLA_CHECK(f.good(), path << ": cannot open " << tmp << " for writing");
+    f << text;
+    f.flush();
+    if (!f.good()) {
+      std::remove(tmp.c_str());
+      MLA_FAIL(path << ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    MLA_FAIL(path << ": cannot rename " << tmp << " into place");
+  }
+}
+
+std::string sm_note(double scale) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "; SM stages x%g", scale);
+  return buf;
+}
+
+const char* up_name(UpForm u) { return u == UpForm::resident ? "resident" : "spill"; }
+const char* red_name(Reduction r) { return r == Reduction::last ? "last" : "separate"; }
+
+void run_sim_command(const SimArgs& a) {
+  // ---- everything checked before any work ----
+  const sim::Profile prof = sim::load_profile(a.profile);
+  const KvDType kv = parse_kv_dtype(a.kv_dtype);
+  MLA_CHECK(kv == KvDType::int8 || kv == KvDType::bf16,
+            "--kv-dtype " << a.kv_dtype << ": the simulator models int8 and bf16");
+  MLA_CHECK(a.grid.empty() || a.grid == "seed", "--grid '" << a.grid << "' is not seed");
+  MLA_CHECK(std::isfinite(a.sm_scale) && a.sm_scale > 0,
+            "--sm-scale = " << a.sm_scale << " must be a positive number");
+  MLA_CHECK(a.up.empty() || a.up == "resident" || a.up == "spill",
+            "--up '" << a.up << "' is not resident or spill");
+  MLA_CHECK(a.reduction.empty() || a.reduction == "separate" || a.reduction == "last",
+            "--reduction '" << a.reduction << "' is not separate or last");
+  check_out_path(a.svg_path, "--svg");
+  check_out_path(a.json_path, "--json");
+  sim::SimConfig base{.heads = a.heads, .q_len = a.q_len, .kv = kv, .sm_scale = a.sm_scale};
+
+  if (!a.grid.empty()) {
+    MLA_CHECK(a.svg_path.empty(), "--svg draws one shape; leave out --grid");
+    MLA_CHECK(a.b == 0 && a.k == 0, "--grid seed sets b and k; leave out --b / --k");
+    const std::vector<int> chunks =
+        a.chunk.empty() ? std::vector<int>{prof.default_chunk} : parse_chunks(a.chunk);
+    MLA_CHECK(chunks.size() == 1,
+              "--chunk '" << a.chunk << "': --grid seed takes the new pipeline's one chunk");
+    const int c = a.c ? a.c : prof.default_cores;
+    MLA_CHECK(c >= 1, "--c = " << a.c << " must be at least 1");
+    std::printf("mla sim --grid seed: profile %s, %s cache, %d heads, q_len %d, c %d\n",
+                prof.name.c_str(), kv_dtype_name(kv), a.heads, a.q_len, c);
+    std::printf(
+        "  old: chunk 1, UP spill, reduction separate;  new: chunk %d, UP resident, "
+        "reduction last%s\n\n",
+        chunks[0], a.sm_scale != 1 ? sm_note(a.sm_scale).c_str() : "");
+    std::printf("%-18s %12s %12s %8s\n", "row", "old us", "new us", "old/new");
+    json rows = json::array();
+    double sum = 0;
+    for (int b : {1, 2, 4, 8, 16, 24, 48})
+      for (int k : {512, 2048, 4096}) {
+        sim::SimConfig old_cfg = base, new_cfg = base;
+        old_cfg.batch = new_cfg.batch = b;
+        old_cfg.k = new_cfg.k = k;
+        old_cfg.cores = new_cfg.cores = c;
+        old_cfg.chunk = 1;
+        old_cfg.up = UpForm::spill;
+        old_cfg.reduction = Reduction::separate;
+        new_cfg.chunk = chunks[0];
+        new_cfg.up = UpForm::resident;
+        new_cfg.reduction = Reduction::last;
+        const double o = sim::run_sim(old_cfg, prof).predicted_us;
+        const double n = sim::run_sim(new_cfg, prof).predicted_us;
+        const std::string name =
+            "b" + std::to_string(b) + "_k" + std::to_string(k) + "_c" + std::to_string(c);
+        std::printf("%-18s %12.1f %12.1f %8.3f\n", name.c_str(), o, n, o / n);
+        sum += o / n;
+        rows.push_back(
+            {{"b", b}, {"k", k}, {"c", c}, {"old_us", o}, {"new_us", n}, {"speedup", o / n}});
+      }
+    std::printf("%-18s %12s %12s %8.3f\n", "AVG", "", "", sum / double(rows.size()));
+    if (!a.json_path.empty()) write_file_atomic(a.json_path, json{{"rows", rows}}.dump(2) + "\n");
+    return;
+  }
+
+  MLA_CHECK(a.b >= 1, "--b = " << a.b << " must be given, at least 1 (or use --grid seed)");
+  MLA_CHECK(a.k >= 1, "--k = " << a.k << " must be given, at least 1 (or use --grid seed)");
+  MLA_CHECK(a.c >= 1, "--c = " << a.c << " must be given, at least 1 (or use --grid seed)");
+  MLA_CHECK(a.svg_core >= -1 && a.svg_core < a.c,
+            "--svg-core = " << a.svg_core << " outside the cores 0.." << a.c - 1);
+  const std::vector<int> chunks = parse_chunks(a.chunk.empty() ? "1,2,4" : a.chunk);
+  std::vector<UpForm> ups;
+  if (a.up != "spill") ups.push_back(UpForm::resident);
+  if (a.up != "resident") ups.push_back(UpForm::spill);
+  std::vector<Reduction> reds;
+  if (a.reduction != "separate") reds.push_back(Reduction::last);
+  if (a.reduction != "last") reds.push_back(Reduction::separate);
+  base.batch = a.b;
+  base.k = a.k;
+  base.cores = a.c;
+
+  std::printf("mla sim: profile %s, b %d, k %d, c %d, %d heads, q_len %d, %s cache%s\n\n",
+              prof.name.c_str(), a.b, a.k, a.c, a.heads, a.q_len, kv_dtype_name(kv),
+              a.sm_scale != 1 ? sm_note(a.sm_scale).c_str() : "");
+  std::printf("%6s %-9s %-9s %13s %10s %12s %11s %15s\n", "chunk", "up", "reduction",
+              "predicted us", "cube busy", "vector busy", "bubble us", "MTE3 transfers");
+  json variants = json::array();
+  std::string svg;
+  int svg_core = 0;
+  for (int chunk : chunks)
+    for (UpForm up : ups)
+      for (Reduction red : reds) {
+        sim::SimConfig cfg = base;
+        cfg.chunk = chunk;
+        cfg.up = up;
+        cfg.reduction = red;
+        const sim::SimResult r = sim::run_sim(cfg, prof);
+        std::printf("%6d %-9s %-9s %13.1f %9.1f%% %11.1f%% %11.1f %15lld\n", chunk, up_name(up),
+                    red_name(red), r.predicted_us, 100 * r.cube_busy, 100 * r.vector_busy,
+                    r.bubble_us, static_cast<long long>(r.mte3_transfers));
+        variants.push_back({{"chunk", chunk},
+                            {"up", up_name(up)},
+                            {"reduction", red_name(red)},
+                            {"predicted_us", r.predicted_us},
+                            {"cube_busy", r.cube_busy},
+                            {"vector_busy", r.vector_busy},
+                            {"bubble_us", r.bubble_us},
+                            {"mte3_transfers", r.mte3_transfers}});
+        if (!a.svg_path.empty() && svg.empty()) {
+          svg_core = a.svg_core >= 0 ? a.svg_core : sim::busiest_core(r);
+          svg = sim::timeline_svg(r, cfg, prof, svg_core);
+        }
+      }
+  if (!a.svg_path.empty())
+    std::printf("\n--svg %s: core %d of the first variant\n", a.svg_path.c_str(), svg_core);
+  if (!a.json_path.empty())
+    write_file_atomic(a.json_path, json{{"variants", variants}}.dump(2) + "\n");
+  if (!a.svg_path.empty()) write_file_atomic(a.svg_path, svg);
+}
+
+}  // namespace
+
+void add_sim_command(CLI::App& app) {
+  auto args = std::make_shared<SimArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "sim", "Simulate the kernel's pipeline on a cube/vector accelerator (or the CPU profile)");
+  cmd->add_option("--b", args->b, "batch (sequences)");
+  cmd->add_option("--k", args->k, "tokens per sequence (its q_len new ones included)");
+  cmd->add_option("--c", args->c, "cores (workers of the plan); --grid: default from the profile");
+  cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
+  cmd->add_option("--q-len", args->q_len, "query tokens per sequence (MTP)")->capture_default_str();
+  cmd->add_option("--kv-dtype", args->kv_dtype, "cache format: int8 or bf16")
+      ->capture_default_str();
+  cmd->add_option("--chunk", args->chunk,
+                  "KV tiles per step, comma-separated (default 1,2,4; --grid: the new pipeline's, "
+                  "default from the profile)");
+  cmd->add_option("--up", args->up, "resident or spill (default: both)");
+  cmd->add_option("--reduction", args->reduction, "separate or last (default: both)");
+  cmd->add_option("--sm-scale", args->sm_scale, "stretch every softmax stage by this factor")
+      ->capture_default_str();
+  cmd->add_option("--profile", args->profile,
+                  "cost model: a name in profiles/ (ascend-910b, cpu) or a JSON file")
+      ->capture_default_str();
+  cmd->add_option("--grid", args->grid, "seed: b {1,2,4,8,16,24,48} x k {512,2048,4096}, old/new");
+  cmd->add_option("--svg", args->svg_path, "draw one core's timeline of the first variant");
+  cmd->add_option("--svg-core", args->svg_core, "the core --svg draws (default: the busiest)");
+  cmd->add_option("--json", args->json_path, "also write the results to this file (JSON)");
+  cmd->callback([args] { run_sim_command(*args); });
+}
+
+}  // namespace mla::tool
