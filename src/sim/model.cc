@@ -2,6 +2,7 @@
 #include "sim/model.h"
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 
 #include "mla/status.h"
@@ -116,6 +117,81 @@ struct StepTasks {
 
 }  // namespace
 
+namespace {
+
+// The ascend-tp1 split (model.h). Every sequence has cfg.k tokens.
+Plan ascend_tp1_plan(const SimConfig& cfg, const Profile& prof) {
+  const int c = cfg.cores, groups = std::min(cfg.q_len, cfg.heads);
+  const int tasks = cfg.batch * groups;
+  int former = tasks / c * c, tail = tasks - former;
+  // The tiling runs a tail of at least 0.8 c tasks whole (SPLITKV_RATION).
+  if (tail * 5 >= c * 4) former = tasks, tail = 0;
+  const int split = tail > 0 ? std::lcm(tail, c) / tail : 1;
+  const int blocks = (cfg.k + prof.kv_tile - 1) / prof.kv_tile;
+  const int piece = (blocks + split - 1) / split * prof.kv_tile;
+  struct Placed {
+    int core;
+    WorkItem item;
+  };
+  std::vector<Placed> placed;
+  auto heads_of = [&](int t) {
+    const int g = t % groups;
+    return std::pair{g * cfg.heads / groups, (g + 1) * cfg.heads / groups};
+  };
+  for (int t = 0; t < former; ++t) {
+    const auto [hb, he] = heads_of(t);
+    placed.push_back({t % c, {t / groups, hb, he, 0, cfg.k, -1}});
+  }
+  Plan plan;
+  for (int j = 0; j < tail; ++j) {
+    const int t = former + j;
+    const auto [hb, he] = heads_of(t);
+    const int first = int(placed.size());
+    for (int s = 0; s < split && s * piece < cfg.k; ++s)
+      placed.push_back({(j * split + s) % c,
+                        {t / groups, hb, he, s * piece, std::min(cfg.k, (s + 1) * piece), -1}});
+    const int n = int(placed.size()) - first;
+    if (n > 1) {
+      plan.merges.push_back({t / groups, hb, he, plan.num_partials, n});
+      for (int i = first; i < first + n; ++i) placed[i].item.partial = plan.num_partials++;
+    }
+  }
+  // Each core's items in the order it runs them (task / piece order).
+  std::stable_sort(placed.begin(), placed.end(),
+                   [](const Placed& a, const Placed& b) { return a.core < b.core; });
+  plan.num_workers = c;
+  plan.worker_offsets.assign(c + 1, 0);
+  for (const Placed& p : placed) {
+    plan.items.push_back(p.item);
+    ++plan.worker_offsets[p.core + 1];
+  }
+  for (int w = 0; w < c; ++w) plan.worker_offsets[w + 1] += plan.worker_offsets[w];
+  for (const WorkItem& it : plan.items) {
+    int32_t g = -1;
+    if (it.partial >= 0)
+      for (size_t m = 0; m < plan.merges.size(); ++m)
+        if (it.partial >= plan.merges[m].partial_begin &&
+            it.partial < plan.merges[m].partial_begin + plan.merges[m].num_partials)
+          g = int32_t(m);
+    plan.item_merge.push_back(g);
+  }
+  return plan;
+}
+
+}  // namespace
+
+Plan sim_plan(const SimConfig& cfg, const Profile& prof) {
+  if (prof.scheduler == "ascend-tp1") return ascend_tp1_plan(cfg, prof);
+  const std::vector<int32_t> seq_lens(cfg.batch, cfg.k);
+  return make_plan(PlanInput{.batch = cfg.batch,
+                             .seq_lens = seq_lens.data(),
+                             .q_lens = nullptr,
+                             .q_len = cfg.q_len,
+                             .num_heads = cfg.heads,
+                             .num_workers = cfg.cores,
+                             .kv_tile = prof.kv_tile});
+}
+
 BuiltSchedule build_schedule(const SimConfig& cfg, const Profile& prof) {
   MLA_CHECK(cfg.batch >= 1, "--b = " << cfg.batch << " must be at least 1");
   MLA_CHECK(cfg.heads >= 1, "--heads = " << cfg.heads << " must be at least 1");
@@ -146,14 +222,7 @@ BuiltSchedule build_schedule(const SimConfig& cfg, const Profile& prof) {
   const bool split_qk = cfg.kv == KvDType::int8;
   BuiltSchedule& out = B.out;
 
-  const std::vector<int32_t> seq_lens(cfg.batch, cfg.k);
-  out.plan = make_plan(PlanInput{.batch = cfg.batch,
-                                 .seq_lens = seq_lens.data(),
-                                 .q_lens = nullptr,
-                                 .q_len = cfg.q_len,
-                                 .num_heads = cfg.heads,
-                                 .num_workers = cfg.cores,
-                                 .kv_tile = prof.kv_tile});
+  out.plan = sim_plan(cfg, prof);
   const Plan& plan = out.plan;
   // Each step is ~10-20 tasks; beyond a few million steps a run takes minutes and gigabytes.
   int64_t total_steps = 0;

@@ -90,6 +90,18 @@ struct BuiltSchedule {
   int64_t merge_writes = 0;    // output writes of merges (one per merge group)
 };
 
+// The work split the profile's scheduler makes (Profile::scheduler):
+//   planner     mla::make_plan with the defaults `mla decode` uses (kv_tile = the profile's).
+//   ascend-tp1  the seed accelerator's own split for 128 heads (catlass examples/19_mla,
+//               GetMLATilingSpec / GetKVSplitParamSpec): one task per (sequence, query token) with
+//               every head; with T tasks on c cores, floor(T / c) x c tasks run whole, task t on
+//               core t % c; the tail of T mod c tasks (unless it reaches 0.8 c: then all run whole)
+//               splits its KV range into n = lcm(tail, c) / tail pieces of ceil(blocks / n) tiles,
+//               piece s of tail task j on core (j n + s) mod c. A task of one query token x H heads
+//               is written as an item of the query tokens x H / q_len heads (the same rows: the
+//               stages cost by rows), heads [i H / q_len, (i + 1) H / q_len) for token i.
+Plan sim_plan(const SimConfig& cfg, const Profile& prof);
+
 // Throws mla::Error naming the bad value (batch < 1, k < q_len, chunk < 1, bf16/int8 only, ...).
 BuiltSchedule build_schedule(const SimConfig& cfg, const Profile& prof);
 

@@ -81,6 +81,13 @@ Profile profile_from_json_text(const std::string& text, const std::string& origi
   text_field("name", p.name);
   text_field("description", p.description);
   bool_field("shared_unit", p.shared_unit);
+  fields["scheduler"] = [&p, &origin](const json& v) {
+    MLA_CHECK(v.is_string() && (v.get<std::string>() == "planner" ||
+                                v.get<std::string>() == "ascend-tp1"),
+              "profile " << origin << ": \"scheduler\" = " << v.dump()
+                         << " must be \"planner\" or \"ascend-tp1\"");
+    p.scheduler = v.get<std::string>();
+  };
   int_field("vector_units", p.vector_units, 1, 64);
   bool_field("workspace_transfers", p.workspace_transfers);
   bool_field("two_stage_qk_sync", p.two_stage_qk_sync);

@@ -19,6 +19,9 @@ struct Profile {
   std::string description;
   // Structure.
   bool shared_unit = false;         // one unit runs matrix, vector and transfer work serially (CPU)
+  // Who splits the work over the cores: "planner" (mla::make_plan, as `mla decode` does) or
+  // "ascend-tp1" (the accelerator's own tiling: sim_plan in model.h).
+  std::string scheduler = "planner";
   int vector_units = 2;             // per core; SM, UP and merges are split across them by rows
   bool workspace_transfers = true;  // S, P, lo pass through global memory between the units
   bool two_stage_qk_sync = true;    // int8: S_nope is handed over before QK_rope finishes
