@@ -68,6 +68,10 @@ void dequantize_tokens(const PagedLatentCache& c, const int32_t* table, int64_t 
       for (int d = 0; d < kQkDim; ++d) out[d] = half_to_float(s[d]);
       continue;
     }
+    if (c.dtype() == KvDType::fp8 || kv_token_scales(c.scale_mode()) > 1) {
+      c.read(slot, out);  // fp8 and the int8 group modes: the cache's own de-quantization
+      continue;
+    }
     const int8_t* l = c.latent_i8(slot);
     if (c.scale_mode() == KvScale::channel) {
       const float* s = c.channel_scales();

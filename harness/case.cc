@@ -113,16 +113,20 @@ Case::Case(const CaseSpec& spec)
     }
   });
   // NaN in every slot no sequence owns. An int8 cache stores NaN latents as 0 (quantization),
-  // so in token mode the slot's scale is set to NaN as well: the slot then reads as NaN whole.
+  // so in the token and group modes the slot's scales are set to NaN as well: the slot then
+  // reads as NaN whole.
   {
     float nan_tok[kQkDim];
     std::fill(nan_tok, nan_tok + kQkDim, std::numeric_limits<float>::quiet_NaN());
     for (int64_t s = 0; s < cache_.num_slots(); ++s)
       if (!used_[s]) cache_.write(s, nan_tok);
-    if (spec.kv_dtype == KvDType::int8 && spec.kv_scale == KvScale::token) {
+    const int per_slot = kv_token_scales(spec.kv_scale);
+    if (spec.kv_dtype == KvDType::int8 && per_slot) {
       Int8CacheContent content = cache_.export_int8();
       for (int64_t s = 0; s < cache_.num_slots(); ++s)
-        if (!used_[s]) content.token_scale[s] = std::numeric_limits<float>::quiet_NaN();
+        if (!used_[s])
+          std::fill_n(content.token_scale.begin() + s * per_slot, per_slot,
+                      std::numeric_limits<float>::quiet_NaN());
       cache_.import_int8(content);
     }
   }

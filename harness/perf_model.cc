@@ -14,8 +14,9 @@ double flops(const Shape& s) {
 }
 
 double kv_bytes_per_token(KvDType kv, KvScale scale) {
+  if (kv == KvDType::fp8) return kFp8TokenBytes;
   if (kv != KvDType::int8) return kQkDim * 2.0;
-  return kLatentDim + kRopeDim * 2.0 + (scale == KvScale::token ? 4.0 : 0.0);
+  return kLatentDim + kRopeDim * 2.0 + 4.0 * kv_token_scales(scale);
 }
 
 double kv_bytes(const Shape& s) {
@@ -36,6 +37,7 @@ Floor floor_time(const Shape& s, const Ceilings& c, int64_t l3_bytes) {
                     2 * rk * kRopeDim / need(c.bf16_dot_gflops, "bf16_dot_gflops");
       break;
     case KvDType::bf16:
+    case KvDType::fp8:  // e4m3 widened to bf16 in registers: the bf16 dot products' floor
       f.compute_s = rk * kFlopsPerKeyRow / need(c.bf16_dot_gflops, "bf16_dot_gflops");
       break;
     case KvDType::fp16:

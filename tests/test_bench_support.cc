@@ -43,7 +43,11 @@ const KvFormat kFormats[] = {{KvDType::bf16, KvScale::token},
                              {KvDType::fp16, KvScale::token},
                              {KvDType::int8, KvScale::token},
                              {KvDType::int8, KvScale::tensor},
-                             {KvDType::int8, KvScale::channel}};
+                             {KvDType::int8, KvScale::channel},
+                             {KvDType::int8, KvScale::group32},
+                             {KvDType::int8, KvScale::group64},
+                             {KvDType::int8, KvScale::group128},
+                             {KvDType::fp8, KvScale::token}};
 
 bench::CaseSpec small_spec(KvFormat f, uint64_t seed = 5) {
   return bench::CaseSpec{.batch = 3,
@@ -72,9 +76,10 @@ TEST(CaseBuilder, NanExactlyInUnusedSlots) {
         for (float x : tok) EXPECT_LE(std::fabs(x), 1.0f + 1e-2f) << "slot " << s;
       } else {
         ++nan_slots;
-        // The 16-bit formats and an int8 cache with per-token scales are NaN throughout; with a
-        // static scale the int8 latent cannot hold NaN, but the bf16 rope part does.
-        const bool whole = f.kv != KvDType::int8 || f.scale == KvScale::token;
+        // The 16-bit and fp8 formats and an int8 cache with per-token (or per-group) scales are
+        // NaN throughout; with a static scale the int8 latent cannot hold NaN, but the bf16 rope
+        // part does.
+        const bool whole = f.kv != KvDType::int8 || kv_token_scales(f.scale) > 0;
         EXPECT_EQ(nans, whole ? kQkDim : kRopeDim) << "unused slot " << s;
       }
     }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <set>
 
@@ -57,7 +58,8 @@ TEST_P(Int8Cache, WithinHalfAStepAndLosslessExport) {
   c.export_f32(back.data());
   for (int64_t s = 0; s < n; ++s) {
     for (int d = 0; d < kLatentDim; ++d) {
-      const float step = mode == KvScale::token    ? c.token_scale(s)
+      const int gs = kv_scale_group(mode);
+      const float step = gs                        ? c.view().token_scales(s)[d / gs]
                          : mode == KvScale::tensor ? c.tensor_scale()
                                                    : c.channel_scales()[d];
       ASSERT_GT(step, 0.f);
@@ -75,11 +77,107 @@ TEST_P(Int8Cache, WithinHalfAStepAndLosslessExport) {
   d.export_f32(back2.data());
   for (size_t i = 0; i < back.size(); ++i) ASSERT_EQ(back[i], back2[i]) << i;
   EXPECT_EQ(d.export_int8().latent, content.latent);
+  EXPECT_EQ(d.export_int8().token_scale, content.token_scale);
+  EXPECT_EQ(content.token_scale.size(), size_t(n * kv_token_scales(mode)));
+  if (kv_token_scales(mode)) {  // the wrong count of scales is refused, naming it
+    content.token_scale.pop_back();
+    EXPECT_THROW(d.import_int8(content), Error);
+  }
+}
+
+// Group scales follow each group's own maximum: a group of small values next to a group of
+// large ones keeps its resolution (the point of the format).
+TEST(Cache, GroupScalesAreEachGroupsMaximum) {
+  for (KvScale mode : {KvScale::group32, KvScale::group64, KvScale::group128}) {
+    PagedLatentCache c({.num_blocks = 1, .block_size = 2, .dtype = KvDType::int8, .scale = mode});
+    std::vector<float> x(kQkDim, 0.f);
+    for (int d = 0; d < kLatentDim; ++d) x[d] = (d % 7 - 3) * (d < 32 ? 100.f : 0.01f);
+    c.write(1, x.data());
+    const int gs = kv_scale_group(mode);
+    const float* ts = c.view().token_scales(1);
+    EXPECT_FLOAT_EQ(ts[0], 300.f / 127.f) << kv_scale_name(mode);
+    EXPECT_FLOAT_EQ(ts[1], 0.03f / 127.f) << kv_scale_name(mode);  // channels gs..2gs: small
+    std::vector<float> back(kQkDim);
+    c.read(1, back.data());
+    for (int d = 32; d < 64; ++d)
+      EXPECT_NEAR(back[d], x[d], gs == 32 ? 1.2e-4 : 1.2) << kv_scale_name(mode) << " " << d;
+  }
+}
+
+// fp8: FlashMLA's 656-byte tokens. Each value within half an e4m3 step of its scaled value, the
+// scales powers of two with max|x| / scale in (224, 448], the rope bf16, and export -> import a
+// byte-exact round trip.
+TEST(Cache, Fp8TokensAreFlashMlaBytesAndRoundTripExactly) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(seed);
+  for (int block_size : {1, 16, 64}) {
+    PagedLatentCache c({.num_blocks = 3, .block_size = block_size, .dtype = KvDType::fp8});
+    const int64_t n = c.num_slots();
+    auto kv = random_tokens(n, seed + block_size);
+    c.import_f32(kv.data());
+    const std::vector<uint8_t> bytes = c.export_fp8();
+    ASSERT_EQ(bytes.size(), size_t(n) * 656);
+    std::vector<float> back(kv.size());
+    c.export_f32(back.data());
+    for (int64_t s = 0; s < n; ++s) {
+      const uint8_t* tok = bytes.data() + s * 656;
+      for (int g = 0; g < 4; ++g) {
+        float sc;
+        std::memcpy(&sc, tok + 512 + 4 * g, 4);
+        int e;
+        ASSERT_EQ(std::frexp(sc, &e), 0.5f) << "scale " << sc << " is not a power of two";
+        float amax = 0.f;
+        for (int d = g * 128; d < (g + 1) * 128; ++d) amax = std::max(amax, std::fabs(kv[s * kQkDim + d]));
+        EXPECT_GT(amax / sc, 224.f);
+        EXPECT_LE(amax / sc, 448.f);
+        for (int d = g * 128; d < (g + 1) * 128; ++d) {
+          ASSERT_EQ(back[s * kQkDim + d], fp8e4m3_to_f32(tok[d]) * sc) << s << " " << d;
+          ASSERT_EQ(tok[d], f32_to_fp8e4m3(kv[s * kQkDim + d] / sc)) << s << " " << d;
+        }
+      }
+      for (int i = 0; i < 64; ++i) {
+        uint16_t r;
+        std::memcpy(&r, tok + 528 + 2 * i, 2);
+        ASSERT_EQ(r, f32_to_bf16(kv[s * kQkDim + 512 + i]));
+        ASSERT_EQ(back[s * kQkDim + 512 + i], bf16_to_f32(r));
+      }
+    }
+    PagedLatentCache d({.num_blocks = 3, .block_size = block_size, .dtype = KvDType::fp8});
+    d.import_fp8(bytes.data(), bytes.size());
+    EXPECT_EQ(d.export_fp8(), bytes);
+    // Refused: wrong size, a negative or NaN scale (naming the slot), nothing imported.
+    std::vector<uint8_t> bad = bytes;
+    EXPECT_THROW(d.import_fp8(bad.data(), bad.size() - 1), Error);
+    const float neg = -1.f;
+    std::memcpy(bad.data() + 656 + 512 + 4, &neg, 4);
+    try {
+      d.import_fp8(bad.data(), bad.size());
+      ADD_FAILURE() << "negative scale accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("slot 1 scale[1]"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(d.export_fp8(), bytes);
+    EXPECT_THROW(c.export_int8(), Error);
+  }
+}
+
+// A NaN or Inf in a tile makes that tile read back non-finite, never a plausible number.
+TEST(Cache, Fp8NonFiniteStaysNonFinite) {
+  PagedLatentCache c({.num_blocks = 1, .block_size = 1, .dtype = KvDType::fp8});
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    std::vector<float> x(kQkDim, 0.5f), back(kQkDim);
+    x[130] = bad;
+    c.write(0, x.data());
+    c.read(0, back.data());
+    EXPECT_TRUE(std::isnan(back[130])) << bad;
+    EXPECT_TRUE(std::isfinite(back[0])) << "another tile stays finite";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, Int8Cache,
                          ::testing::Combine(::testing::Values(KvScale::token, KvScale::tensor,
-                                                              KvScale::channel),
+                                                              KvScale::channel, KvScale::group32,
+                                                              KvScale::group64, KvScale::group128),
                                             ::testing::Values(1, 16, 64, 128)));
 
 TEST(Cache, StaticScaleSaturatesAndCalibrationIgnoresUnusedSlots) {

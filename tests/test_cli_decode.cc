@@ -120,8 +120,8 @@ float to_f16(float x) { return float(static_cast<_Float16>(x)); }
 // ---- a case on files ----------------------------------------------------------------------
 
 struct Format {
-  std::string kv = "bf16";      // bf16 | fp16 | int8
-  std::string scale = "token";  // int8: token | tensor | channel
+  std::string kv = "bf16";      // bf16 | fp16 | int8 | fp8
+  std::string scale = "token";  // int8: token | tensor | channel | group32 | group64 | group128
   std::string name() const { return kv == "int8" ? kv + "/" + scale : kv; }
   std::vector<std::string> args() const {
     std::vector<std::string> a{"--kv-dtype", kv};
@@ -1281,6 +1281,65 @@ TEST(CliDecode, RandomCasePassesForEveryFormatAndImpl) {
       EXPECT_NE(r.out.find(" ms"), std::string::npos);
       EXPECT_NE(r.out.find(std::string("kv ") + f.kv), std::string::npos);
     }
+}
+
+// The formats of issue 12 (fp8, int8 group scales) on files through the fast path at DESIGN §6
+// against the float64 attention on what the kernel saw (q_used, kv_used); with --kv-original the
+// end-to-end error against the unquantized cache is printed beside the kernel's; a random case
+// prints both; --kv-original with --random is refused.
+TEST(CliDecode, NewFormatsOnFilesAndTheEndToEndError) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(trace(seed));
+  const TestDir tmp;
+  const fs::path& dir = tmp.path;
+  const Format formats[] = {{"fp8", "token"}, {"int8", "group32"}, {"int8", "group64"},
+                            {"int8", "group128"}};
+  int n = 0;
+  for (const Format& f : formats) {
+    SCOPED_TRACE(f.name());
+    const Spec s{.batch = 3, .q_len = 2, .heads = 16, .block_size = 16,
+                 .seq_lens = {400, 0, 75}, .q_lens = {2, 1, 1}, .fmt = f};
+    const FileCase c = make_case(s, seed + n);
+    const fs::path in = dir / ("in" + std::to_string(n)), out = dir / ("out" + std::to_string(n));
+    ++n;
+    write_case(c, in);
+    std::vector<std::string> args = decode_args(c, in, out, "fast");
+    args.insert(args.end(), {"--threads", "2", "--kv-original", (in / "kv.npy").string()});
+    const RunResult r = run_cli(args, dir);
+    ASSERT_EQ(r.code, 0) << r.describe();
+    EXPECT_NE(r.out.find("de-quantized cache"), std::string::npos) << r.describe();
+    EXPECT_NE(r.out.find("end to end"), std::string::npos) << r.describe();
+    const std::optional<Outputs> o = read_outputs(c, out);
+    ASSERT_TRUE(o);
+    const Expected e = attention_f64(c, o->q_used.as<float>(), o->kv_used.as<float>());
+    check_against(c, *o, e, f.kv == "int8" ? kInt8Tol : kFp16Tol);
+
+    std::vector<std::string> ra{"decode", "--random", std::to_string(seed % 1000), "--batch", "2",
+                                "--heads", "16", "--context", "300", "--threads", "2"};
+    const auto fa = f.args();
+    ra.insert(ra.end(), fa.begin(), fa.end());
+    const RunResult rr = run_cli(ra, dir);
+    EXPECT_EQ(rr.code, 0) << rr.describe();
+    EXPECT_NE(rr.out.find("PASS"), std::string::npos) << rr.describe();
+    EXPECT_NE(rr.out.find("end to end"), std::string::npos) << rr.describe();
+    ra.insert(ra.end(), {"--kv-original", (in / "kv.npy").string()});
+    EXPECT_EQ(run_cli(ra, dir).code, 2);
+  }
+}
+
+// `mla formats` prints one row per data kind and format, every error finite.
+TEST(CliFormats, PrintsEveryFormatFinite) {
+  const TestDir tmp;
+  const RunResult r = run_cli({"formats", "--heads", "4", "--batch", "2", "--context", "200",
+                               "--threads", "2"}, tmp.path);
+  ASSERT_EQ(r.code, 0) << r.describe();
+  for (const char* row : {"| normal | bf16 |", "| outlier channels | fp8 |",
+                          "| attention sink | int8 group64 |", "| normal | int8 tensor |"})
+    EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.describe();
+  EXPECT_EQ(r.out.find("nan"), std::string::npos) << r.describe();
+  size_t rows = 0;
+  for (size_t i = r.out.find("\n| "); i != std::string::npos; i = r.out.find("\n| ", i + 1)) ++rows;
+  EXPECT_EQ(rows, 2 + 3 * 9u) << r.describe();  // header, separator, 3 data kinds x 9 formats
 }
 
 TEST(CliDecode, HelpListsTheOptions) {

@@ -50,6 +50,16 @@ void check_decode(const test::Case& c, const DecodeOptions& opt, const std::stri
   }
 }
 
+// An int8 scale mode the kernel runs (group modes only where it has group_scales), chosen at
+// random; token for the other formats.
+KvScale random_scale(const cpu::KernelInfo& k, std::mt19937_64& rng) {
+  if (k.kv != KvDType::int8) return KvScale::token;
+  for (;;) {
+    const KvScale m = KvScale(rng() % kNumKvScales);
+    if (cpu::kernel_runs(k, k.kv, m)) return m;
+  }
+}
+
 class DecodeKernel : public ::testing::TestWithParam<const cpu::KernelInfo*> {};
 
 // A random sweep over the edge cases of DEVELOPERS.md; each configuration is reproducible from the
@@ -64,7 +74,7 @@ TEST_P(DecodeKernel, RandomSweepMatchesReference) {
   for (int trial = 0; trial < trials; ++trial) {
     CaseSpec s;
     s.kv = k.kv;
-    s.scale = k.kv == KvDType::int8 ? KvScale(rng() % 3) : KvScale::token;
+    s.scale = random_scale(k, rng);
     s.block_size = pick({1, 16, 64, 128});
     s.batch = pick({1, 1, 2, 3, 5});
     s.q_len = pick({1, 2, 3, 4});
@@ -109,7 +119,7 @@ TEST_P(DecodeKernel, ArbitraryKvCutsMergeToTheWhole) {
     CaseSpec s{.batch = 1, .q_len = 1 + int(rng() % 4), .heads = int(1 + rng() % 20),
                .block_size = int(std::vector<int>{1, 16, 64, 128}[rng() % 4])};
     s.kv = k.kv;
-    s.scale = k.kv == KvDType::int8 ? KvScale(rng() % 3) : KvScale::token;
+    s.scale = random_scale(k, rng);
     s.seq_lens = {s.q_len + int(rng() % 400)};
     s.q_lens = {s.q_len};
     test::Case c = test::make_case(s, rng());
@@ -186,7 +196,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, DecodeKernel, ::testing::ValuesIn(supported_k
 TEST(Decode, ForcedPortablePathAgreesWithBestPath) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
-  for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8}) {
+  for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8, KvDType::fp8}) {
     CaseSpec s{.batch = 2, .q_len = 2, .heads = 16, .block_size = 64, .seq_lens = {300, 129}};
     s.kv = kv;
     test::Case c = test::make_case(s, seed);

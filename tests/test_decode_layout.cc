@@ -4,6 +4,8 @@
 // result, with nothing written outside the rows.
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include <cmath>
 #include <cstring>
 
@@ -70,20 +72,38 @@ TEST(DecodeLayout, StridedOutputsHoldTheDenseResult) {
 TEST(DecodeLayout, ViewOverCallerMemoryReadsWhatTheCacheReads) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (set MLA_TEST_SEED to repeat)");
-  for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8}) {
-    SCOPED_TRACE(kv_dtype_name(kv));
+  for (int variant = 0; variant < 5; ++variant) {
+    // int8 twice: channel scales and group64 scales.
+    const KvDType kv = std::array{KvDType::bf16, KvDType::fp16, KvDType::int8, KvDType::int8,
+                                  KvDType::fp8}[variant];
+    const KvScale mode = variant == 2 ? KvScale::channel : variant == 3 ? KvScale::group64
+                                                                        : KvScale::token;
+    SCOPED_TRACE(std::string(kv_dtype_name(kv)) + " " + kv_scale_name(mode));
     CaseSpec s{.batch = 2, .q_len = 2, .heads = 8, .block_size = 16, .seq_lens = {300, 37}};
     s.kv = kv;
-    s.scale = kv == KvDType::int8 ? KvScale::channel : KvScale::token;
+    s.scale = mode;
     const test::Case c = test::make_case(s, seed);
     const PagedLatentCache& cache = c.cache;
     const int bs = cache.block_size();
     // A k_cache of the caller's own: tokens 600 values apart, blocks with 40 more values between.
     const int64_t ts = 600, bstride = bs * ts + 40;
     std::vector<uint16_t> k_cache;
+    std::vector<uint8_t> fp8_cache;
     Int8CacheContent i8;
     CacheView v{.format = kv, .blocks = cache.num_blocks(), .tokens_per_block = bs};
-    if (kv != KvDType::int8) {
+    if (kv == KvDType::fp8) {
+      // FlashMLA's test layout: blocks of block_size + 1 tokens of 656 bytes, the last unused
+      // (filled with NaN codes).
+      const int64_t fbs = int64_t(bs + 1) * kFp8TokenBytes;
+      const std::vector<uint8_t> bytes = cache.export_fp8();
+      fp8_cache.assign(size_t(cache.num_blocks()) * fbs, 0x7f);
+      for (int64_t slot = 0; slot < cache.num_slots(); ++slot)
+        std::memcpy(&fp8_cache[(slot / bs) * fbs + (slot % bs) * kFp8TokenBytes],
+                    bytes.data() + slot * kFp8TokenBytes, kFp8TokenBytes);
+      v.fp8 = fp8_cache.data();
+      v.kv_block_stride = fbs;
+      v.kv_token_stride = kFp8TokenBytes;
+    } else if (kv != KvDType::int8) {
       k_cache.assign(size_t(cache.num_blocks()) * bstride, 0x7fc0);  // NaN bits between tokens
       for (int64_t slot = 0; slot < cache.num_slots(); ++slot)
         std::memcpy(&k_cache[(slot / bs) * bstride + (slot % bs) * ts], cache.token16(slot),
@@ -95,8 +115,9 @@ TEST(DecodeLayout, ViewOverCallerMemoryReadsWhatTheCacheReads) {
       i8 = cache.export_int8();
       v.latent = i8.latent.data();
       v.rope = i8.rope.data();
-      v.scale = KvScale::channel;
-      v.scale_per_channel = i8.channel_scale.data();
+      v.scale = mode;
+      v.scale_per_channel = i8.channel_scale.empty() ? nullptr : i8.channel_scale.data();
+      v.scale_per_token = i8.token_scale.empty() ? nullptr : i8.token_scale.data();
     }
     for (const DecodeOptions& opt : {DecodeOptions{.threads = 2}, DecodeOptions{.isa = Isa::portable},
                                      DecodeOptions{.impl = Impl::ref}}) {

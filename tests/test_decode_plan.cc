@@ -28,7 +28,7 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 TEST(DecodePlan, ReusedAcrossCallsWithoutPlanning) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (set MLA_TEST_SEED to repeat)");
-  for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8}) {
+  for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8, KvDType::fp8}) {
     SCOPED_TRACE(kv_dtype_name(kv));
     // 16 heads, one long sequence, 3 workers: the planner splits the KV range, so the partial
     // buffers and merge counters of the workspace are used.

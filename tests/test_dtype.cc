@@ -309,3 +309,79 @@ TEST(DType, RoundThrough) {
 
 }  // namespace
 }  // namespace mla
+
+// ---- fp8 e4m3 ---------------------------------------------------------------------------------
+
+namespace mla {
+namespace {
+
+// The value of an e4m3fn code from its fields (the OCP definition), in double.
+double e4m3_fields(int b) {
+  const int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+  const double mag = e == 0 ? m * std::ldexp(1.0, -9) : (1 + m / 8.0) * std::ldexp(1.0, e - 7);
+  return s ? -mag : mag;
+}
+
+TEST(Fp8, EveryCodeDecodesToItsFieldsAndRoundTrips) {
+  int nans = 0;
+  for (int b = 0; b < 256; ++b) {
+    const float f = fp8e4m3_to_f32(uint8_t(b));
+    if ((b & 0x7f) == 0x7f) {
+      EXPECT_TRUE(std::isnan(f)) << hex(b);
+      EXPECT_EQ(std::signbit(f), bool(b & 0x80)) << hex(b);
+      ++nans;
+      continue;
+    }
+    EXPECT_EQ(double(f), e4m3_fields(b)) << hex(b);
+    EXPECT_EQ(bf16_to_f32(f32_to_bf16(f)), f) << hex(b) << " is exact in bf16";
+    EXPECT_EQ(int(f32_to_fp8e4m3(f)), b) << hex(b);  // -0 keeps its sign bit (0x80)
+  }
+  EXPECT_EQ(nans, 2);
+  EXPECT_EQ(fp8e4m3_to_f32(0x7e), 448.f);
+}
+
+// Rounding: every midpoint between adjacent codes goes to the even code, and the floats just
+// beside it to the nearer one; beyond 448 saturates; NaN and Inf give NaN.
+TEST(Fp8, RoundsToNearestEvenAndSaturates) {
+  std::vector<float> pos;
+  for (int b = 0; b < 0x7f; ++b) pos.push_back(fp8e4m3_to_f32(uint8_t(b)));
+  for (size_t i = 0; i + 1 < pos.size(); ++i) {
+    const float lo = pos[i], hi = pos[i + 1];
+    const float mid = (lo + hi) / 2;  // exact: both have few mantissa bits
+    const int even = (i % 2 == 0) ? int(i) : int(i + 1);
+    EXPECT_EQ(int(f32_to_fp8e4m3(mid)), even) << mid;
+    EXPECT_EQ(int(f32_to_fp8e4m3(-mid)), 0x80 | even) << -mid;
+    EXPECT_EQ(int(f32_to_fp8e4m3(std::nextafter(mid, 0.f))), int(i)) << mid;
+    EXPECT_EQ(int(f32_to_fp8e4m3(std::nextafter(mid, 1e9f))), int(i + 1)) << mid;
+  }
+  for (float big : {448.5f, 464.f, 480.f, 1e6f, 3e38f}) {
+    EXPECT_EQ(int(f32_to_fp8e4m3(big)), 0x7e) << big;
+    EXPECT_EQ(int(f32_to_fp8e4m3(-big)), 0xfe) << -big;
+  }
+  EXPECT_EQ(int(f32_to_fp8e4m3(1e-30f)), 0);
+  EXPECT_EQ(int(f32_to_fp8e4m3(std::ldexp(1.f, -10))), 0) << "half the smallest subnormal: tie to 0";
+  EXPECT_EQ(int(f32_to_fp8e4m3(std::ldexp(1.5f, -10))), 1);
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY})
+    EXPECT_TRUE(std::isnan(fp8e4m3_to_f32(f32_to_fp8e4m3(bad)))) << bad;
+}
+
+TEST(Fp8, RandomFloatsMatchNearestCode) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-500.f, 500.f);
+  // A full scan of the codes per value: 4000 values cover every binade many times.
+  for (int i = 0; i < 4000; ++i) {
+    const float x = i % 2 ? u(rng) : u(rng) * 1e-3f;
+    const float y = fp8e4m3_to_f32(f32_to_fp8e4m3(x));
+    // Nearest finite code (saturating): no code is strictly closer.
+    const double err = std::fabs(double(y) - x);
+    for (int b = 0; b < 256; ++b) {
+      if ((b & 0x7f) == 0x7f) continue;
+      ASSERT_LE(err, std::fabs(e4m3_fields(b) - x)) << x << " -> " << y << ", code " << hex(b);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mla

@@ -5,8 +5,16 @@
 // Formats:
 //   bf16, fp16  [num_blocks, block_size, 576] 16-bit values (FlashMLA's layout);
 //   int8        latent [num_blocks, block_size, 512] int8, rope [num_blocks, block_size, 64] bf16,
-//               and a scale: per token (computed on write), per tensor or per channel (static,
-//               set or calibrated before writing). value = int8 * scale, int8 in [-127, 127].
+//               and a scale: per token (computed on write), per group of 32, 64 or 128 channels
+//               of each token (computed on write; llama.cpp's q8_0 is group32), per tensor or per
+//               channel (static, set or calibrated before writing). value = int8 * scale, int8 in
+//               [-127, 127].
+//   fp8         FlashMLA's fp8 token (its sparse decoding's "V32_FP8Sparse" layout), 656 bytes:
+//                 [0, 512)    latent, fp8 e4m3
+//                 [512, 528)  four float32 scales, one per 128 latent channels (value = e4m3 * scale;
+//                             written as the power of two at or above max|x| / 448, as FlashMLA does)
+//                 [528, 656)  rope, 64 bf16
+//               stored as [num_blocks, block_size, 656] bytes, so import/export is a copy.
 // The kernels gather and repack tokens per chunk, so the storage stays token-major for any block
 // size; import/export of the logical content is lossless.
 #pragma once
@@ -25,12 +33,37 @@ constexpr int kLatentDim = 512;  // kv_lora_rank: the latent, also the value
 constexpr int kRopeDim = 64;     // qk_rope_head_dim
 constexpr int kQkDim = kLatentDim + kRopeDim;  // 576
 
-enum class KvDType { bf16, fp16, int8 };
-enum class KvScale { token, tensor, channel };
+enum class KvDType { bf16, fp16, int8, fp8 };
+enum class KvScale { token, tensor, channel, group32, group64, group128 };
+constexpr int kNumKvScales = 6;
 const char* kv_dtype_name(KvDType t);
 const char* kv_scale_name(KvScale s);
-KvDType parse_kv_dtype(const std::string& s);  // "bf16" | "fp16" | "int8"
-KvScale parse_kv_scale(const std::string& s);  // "token" | "tensor" | "channel"
+KvDType parse_kv_dtype(const std::string& s);  // "bf16" | "fp16" | "int8" | "fp8"
+// "token" | "tensor" | "channel" | "group32" | "group64" | "group128"
+KvScale parse_kv_scale(const std::string& s);
+
+// Latent channels that share one per-token scale: 512 in token mode, 32/64/128 in group modes;
+// 0 for the static modes (tensor, channel), which have no per-token scale.
+constexpr int kv_scale_group(KvScale s) {
+  switch (s) {
+    case KvScale::token: return kLatentDim;
+    case KvScale::group32: return 32;
+    case KvScale::group64: return 64;
+    case KvScale::group128: return 128;
+    default: return 0;
+  }
+}
+// Per-token scales of a token: 1 (token), 512 / group (group modes), 0 (static modes).
+constexpr int kv_token_scales(KvScale s) {
+  return kv_scale_group(s) ? kLatentDim / kv_scale_group(s) : 0;
+}
+
+// FlashMLA's fp8 token (see above).
+constexpr int kFp8Tile = 128;                        // latent channels per scale
+constexpr int kFp8Tiles = kLatentDim / kFp8Tile;     // 4
+constexpr int kFp8ScaleOffset = kLatentDim;          // 512
+constexpr int kFp8RopeOffset = kLatentDim + 4 * kFp8Tiles;  // 528
+constexpr int kFp8TokenBytes = kFp8RopeOffset + 2 * kRopeDim;  // 656
 
 // 64-byte aligned storage so the kernels' vector loads never split a cache line.
 template <class T>
@@ -58,7 +91,9 @@ struct CacheConfig {
 struct Int8CacheContent {
   std::vector<int8_t> latent;       // [num_slots, 512]
   std::vector<uint16_t> rope;       // [num_slots, 64] bf16 bits
-  std::vector<float> token_scale;   // [num_slots] (token mode; empty otherwise)
+  // [num_slots, kv_token_scales(mode)]: token mode one per slot, group modes 512/group per slot
+  // (group g covers channels [g * group, (g + 1) * group)); empty in the static modes.
+  std::vector<float> token_scale;
   float tensor_scale = 0.f;         // tensor mode
   std::vector<float> channel_scale; // [512] (channel mode; empty otherwise)
 };
@@ -70,7 +105,10 @@ struct Int8CacheContent {
 //   bf16 / fp16  token t of block b: 576 values at kv + b * kv_block_stride + t * kv_token_stride
 //                (FlashMLA's k_cache [num_blocks, block_size, 1, 576]: strides block_size x 576, 576)
 //   int8         latent [num_blocks * block_size, 512] int8, rope [.., 64] bf16, dense by slot;
-//                scales: per token [num_blocks * block_size], per tensor, or per channel [512]
+//                scales: per token [num_blocks * block_size, kv_token_scales(scale)] (token
+//                and group modes), per tensor, or per channel [512]
+//   fp8          token t of block b: 656 bytes at fp8 + b * kv_block_stride + t * kv_token_stride
+//                (strides in bytes; FlashMLA's fp8 k_cache [num_blocks, block_size, 1, 656])
 struct CacheView {
   KvDType format = KvDType::bf16;
   int64_t blocks = 0;
@@ -80,9 +118,10 @@ struct CacheView {
   const int8_t* latent = nullptr;  // int8
   const uint16_t* rope = nullptr;  // int8: bf16 bits
   KvScale scale = KvScale::token;
-  const float* scale_per_token = nullptr;
+  const float* scale_per_token = nullptr;  // [slots, kv_token_scales(scale)]
   float scale_per_tensor = 0.f;
   const float* scale_per_channel = nullptr;
+  const uint8_t* fp8 = nullptr;  // fp8: 656-byte tokens (kv_*_stride in bytes)
   // Largest finite |value| stored, where the owner tracks it (PagedLatentCache does); -1: not
   // known. decode() refuses inputs whose fp32 scores could overflow against it.
   float max_abs = -1.f;
@@ -101,9 +140,18 @@ struct CacheView {
     if (kv_block_stride == tokens_per_block * kv_token_stride) return kv + slot * kv_token_stride;
     return token16_at(slot / tokens_per_block, int(slot % tokens_per_block));
   }
+  // fp8: token `slot`'s 656 bytes.
+  const uint8_t* token_fp8(int64_t slot) const {
+    return fp8 + (slot / tokens_per_block) * kv_block_stride +
+           (slot % tokens_per_block) * kv_token_stride;
+  }
   const int8_t* latent_i8(int64_t slot) const { return latent + slot * kLatentDim; }
   const uint16_t* rope_bf16(int64_t slot) const { return rope + slot * kRopeDim; }
   float token_scale(int64_t slot) const { return scale_per_token[slot]; }
+  // Group / token mode: the slot's kv_token_scales(scale) scales.
+  const float* token_scales(int64_t slot) const {
+    return scale_per_token + slot * kv_token_scales(scale);
+  }
   float tensor_scale() const { return scale_per_tensor; }
   const float* channel_scales() const { return scale_per_channel; }
   // The token as the kernels see it (576 floats): the stored 16-bit values, or int8 * scale.
@@ -146,6 +194,12 @@ class PagedLatentCache {
   Int8CacheContent export_int8() const;
   void import_int8(const Int8CacheContent& c);  // checks sizes and scales
 
+  // fp8 only: FlashMLA's bytes, [num_slots, 656] (see above). Import refuses a scale that is not
+  // positive and finite, naming the slot; the e4m3 codes are taken as they are (NaN codes read
+  // as NaN).
+  std::vector<uint8_t> export_fp8() const;
+  void import_fp8(const uint8_t* bytes, size_t n);
+
   // A view of this cache (valid while the cache lives and is not resized); also an implicit
   // conversion, so everything that reads a view reads an owning cache.
   CacheView view() const;
@@ -174,7 +228,8 @@ class PagedLatentCache {
   AlignedVec<uint16_t> kv16_;      // bf16 / fp16
   AlignedVec<int8_t> latent8_;     // int8
   AlignedVec<uint16_t> rope16_;    // int8: rope in bf16
-  std::vector<float> token_scale_; // int8, token mode
+  AlignedVec<uint8_t> fp8_;        // fp8: 656-byte tokens
+  std::vector<float> token_scale_; // int8, token and group modes [slots, kv_token_scales]
   float tensor_scale_ = 0.f;       // int8, tensor mode (0: not set)
   float max_abs_ = 0.f;            // see max_abs()
   std::vector<float> channel_scale_;  // int8, channel mode (empty: not set)

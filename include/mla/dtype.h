@@ -37,6 +37,25 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+// fp8 e4m3 (OCP "e4m3fn", torch.float8_e4m3fn): 1 sign, 4 exponent (bias 7), 3 mantissa bits;
+// no Inf; 0x7f / 0xff are NaN; the largest finite value is 448; subnormals down to 2^-9.
+// Every code is exactly a bf16 (and an fp32) value.
+inline float fp8e4m3_to_f32(uint8_t b) {
+  const uint32_t sign = uint32_t(b & 0x80u) << 24;
+  const uint32_t e = (b >> 3) & 0xfu, m = b & 0x7u;
+  if (e == 0xf && m == 0x7) return bits_f32(sign | 0x7fc00000u);  // NaN
+  if (e == 0) {  // subnormal: m * 2^-9
+    const float v = float(m) * 0x1p-9f;
+    return sign ? -v : v;
+  }
+  return bits_f32(sign | ((e + 120u) << 23) | (m << 20));
+}
+
+// Round to nearest, ties to even; finite values beyond 448 saturate to +-448 (what FlashMLA's
+// and vLLM's writers do after scaling); NaN and +-Inf become NaN (e4m3 has no Inf, and an Inf
+// must not turn into a plausible number).
+uint8_t f32_to_fp8e4m3(float f);
+
 // Element i of an array of type t (f32, f16 or bf16) as a float.
 inline float load_f32(DType t, const void* data, int64_t i) {
   switch (t) {

@@ -397,8 +397,16 @@ struct LatentCache {
                                  const std::string& scale) {
     MLA_CHECK(num_blocks >= 1, "num_blocks = " << num_blocks << " must be at least 1");
     MLA_CHECK(block_size >= 1, "block_size = " << block_size << " must be at least 1");
-    return {.num_blocks = num_blocks, .block_size = block_size,
-            .dtype = mla::parse_kv_dtype(dtype), .scale = mla::parse_kv_scale(scale)};
+    const mla::KvDType kv = mla::parse_kv_dtype(dtype);
+    const mla::KvScale mode = mla::parse_kv_scale(scale);
+    // The C++ library has these formats (issue 12); this package's cache, import/export and
+    // array paths do not take them yet.
+    MLA_CHECK(kv != mla::KvDType::fp8, "LatentCache: dtype 'fp8' is not supported by the Python "
+                                       "package yet (bf16, fp16 or int8)");
+    MLA_CHECK(kv != mla::KvDType::int8 || mla::kv_token_scales(mode) <= 1,
+              "LatentCache: int8 scale '" << scale << "' is not supported by the Python package "
+                                             "yet (token, tensor or channel)");
+    return {.num_blocks = num_blocks, .block_size = block_size, .dtype = kv, .scale = mode};
   }
 
   void require_writable() const {

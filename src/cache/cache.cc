@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <cstring>
 #include <random>
 
 #include "mla/dtype.h"
@@ -17,6 +18,7 @@ const char* kv_dtype_name(KvDType t) {
     case KvDType::bf16: return "bf16";
     case KvDType::fp16: return "fp16";
     case KvDType::int8: return "int8";
+    case KvDType::fp8: return "fp8";
   }
   return "?";
 }
@@ -26,6 +28,9 @@ const char* kv_scale_name(KvScale s) {
     case KvScale::token: return "token";
     case KvScale::tensor: return "tensor";
     case KvScale::channel: return "channel";
+    case KvScale::group32: return "group32";
+    case KvScale::group64: return "group64";
+    case KvScale::group128: return "group128";
   }
   return "?";
 }
@@ -34,14 +39,20 @@ KvDType parse_kv_dtype(const std::string& s) {
   if (s == "bf16") return KvDType::bf16;
   if (s == "fp16") return KvDType::fp16;
   if (s == "int8") return KvDType::int8;
-  MLA_FAIL("unknown kv dtype '" << s << "' (expected bf16, fp16 or int8)");
+  if (s == "fp8") return KvDType::fp8;
+  MLA_FAIL("unknown kv dtype '" << s << "' (expected bf16, fp16, int8 or fp8)");
 }
 
 KvScale parse_kv_scale(const std::string& s) {
   if (s == "token") return KvScale::token;
   if (s == "tensor") return KvScale::tensor;
   if (s == "channel") return KvScale::channel;
-  MLA_FAIL("unknown kv scale mode '" << s << "' (expected token, tensor or channel)");
+  if (s == "group32") return KvScale::group32;
+  if (s == "group64") return KvScale::group64;
+  if (s == "group128") return KvScale::group128;
+  MLA_FAIL("unknown kv scale mode '" << s
+                                     << "' (expected token, tensor, channel, group32, group64 or "
+                                        "group128)");
 }
 
 namespace {
@@ -61,6 +72,17 @@ float max_abs(const float* x, int n) {
   return m;
 }
 
+// FlashMLA's fp8 scale: the power of two at or above max|x| / 448, at least 2^-14 (its
+// quantize_k_cache clamps max|x| / 448 at 1e-4 first). A power of two keeps x / scale exact, so
+// the only rounding is e4m3's own. Non-finite max|x| gives a non-finite scale: the tile reads NaN.
+float fp8_scale(float amax) {
+  const float r = std::max(amax / 448.f, 1e-4f);
+  if (!std::isfinite(r)) return r;
+  int e;
+  const float m = std::frexp(r, &e);  // r = m * 2^e, m in [0.5, 1)
+  return std::ldexp(1.f, m == 0.5f ? e - 1 : e);
+}
+
 }  // namespace
 
 PagedLatentCache::PagedLatentCache(const CacheConfig& cfg) : cfg_(cfg) {
@@ -73,7 +95,9 @@ PagedLatentCache::PagedLatentCache(const CacheConfig& cfg) : cfg_(cfg) {
   if (cfg.dtype == KvDType::int8) {
     latent8_.assign(n * kLatentDim, 0);
     rope16_.assign(n * kRopeDim, 0);
-    if (cfg.scale == KvScale::token) token_scale_.assign(n, 0.f);
+    token_scale_.assign(n * kv_token_scales(cfg.scale), 0.f);
+  } else if (cfg.dtype == KvDType::fp8) {
+    fp8_.assign(n * kFp8TokenBytes, 0);
   } else {
     kv16_.assign(n * kQkDim, 0);
   }
@@ -102,7 +126,7 @@ void PagedLatentCache::set_channel_scales(const float* s) {
 }
 
 void PagedLatentCache::calibrate(const float* kv, const std::vector<int64_t>& slots) {
-  if (cfg_.dtype != KvDType::int8 || cfg_.scale == KvScale::token) return;
+  if (cfg_.dtype != KvDType::int8 || kv_token_scales(cfg_.scale)) return;
   std::vector<float> m(kLatentDim, 0.f);
   for (int64_t s : slots) {
     check_slot(s);
@@ -154,18 +178,55 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
       }
       return lost;
     }
+    case KvDType::fp8: {
+      uint8_t* d = fp8_.data() + slot * kFp8TokenBytes;
+      for (int g = 0; g < kFp8Tiles; ++g) {
+        const float* xg = x + g * kFp8Tile;
+        // A NaN or Inf latent value has no e4m3 code with a finite scale (Inf would saturate to
+        // 448 x scale): its tile's scale becomes NaN, so the rows that see the token come out
+        // NaN (DESIGN §6); counted like an int8 cache's.
+        int bad = 0;
+        for (int c = 0; c < kFp8Tile; ++c) bad += !std::isfinite(xg[c]);
+        lost += bad;
+        const float s = bad ? std::numeric_limits<float>::quiet_NaN()
+                            : fp8_scale(mla::max_abs(xg, kFp8Tile));
+        std::memcpy(d + kFp8ScaleOffset + 4 * g, &s, 4);
+        for (int c = 0; c < kFp8Tile; ++c) {
+          d[g * kFp8Tile + c] = bad ? 0 : f32_to_fp8e4m3(xg[c] / s);
+          if (!bad) note_magnitude(fp8e4m3_to_f32(d[g * kFp8Tile + c]) * s);
+        }
+      }
+      for (int i = 0; i < kRopeDim; ++i) {
+        const float v = x[kLatentDim + i];
+        const uint16_t r = f32_to_bf16(v);
+        std::memcpy(d + kFp8RopeOffset + 2 * i, &r, 2);
+        lost += std::isfinite(v) && !std::isfinite(bf16_to_f32(r));
+        note_magnitude(bf16_to_f32(r));
+      }
+      return lost;
+    }
     case KvDType::int8: break;
   }
   require_static_scale();
   int8_t* d = latent8_.data() + slot * kLatentDim;
   for (int c = 0; c < kLatentDim; ++c) lost += !std::isfinite(x[c]);
   switch (cfg_.scale) {
-    case KvScale::token: {
-      // A NaN or Inf latent value cannot be quantized: the token's scale becomes NaN, so every
-      // row that sees the token comes out NaN (DESIGN §6) rather than reading a made-up 0.
-      const float s = lost ? std::numeric_limits<float>::quiet_NaN() : mla::max_abs(x, kLatentDim) / 127.f;
-      token_scale_[slot] = s;
-      for (int c = 0; c < kLatentDim; ++c) d[c] = quantize(x[c], s);
+    case KvScale::token:
+    case KvScale::group32:
+    case KvScale::group64:
+    case KvScale::group128: {
+      // One scale per group of channels of this token, max|x| / 127 over the group. A NaN or Inf
+      // latent value cannot be quantized: its group's scale becomes NaN, so every row that sees
+      // the token comes out NaN (DESIGN §6) rather than reading a made-up 0.
+      const int gs = kv_scale_group(cfg_.scale), ng = kLatentDim / gs;
+      for (int g = 0; g < ng; ++g) {
+        bool finite = true;
+        for (int c = g * gs; c < (g + 1) * gs; ++c) finite &= std::isfinite(x[c]);
+        const float s = finite ? mla::max_abs(x + g * gs, gs) / 127.f
+                               : std::numeric_limits<float>::quiet_NaN();
+        token_scale_[slot * ng + g] = s;
+        for (int c = g * gs; c < (g + 1) * gs; ++c) d[c] = quantize(x[c], s);
+      }
       break;
     }
     case KvScale::tensor:
@@ -182,10 +243,11 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
     lost += std::isfinite(v) && !std::isfinite(bf16_to_f32(r[i]));
     note_magnitude(bf16_to_f32(r[i]));
   }
+  const int ng = kv_token_scales(cfg_.scale);
   for (int c = 0; c < kLatentDim; ++c) {
-    const float s = cfg_.scale == KvScale::token    ? token_scale_[slot]
-                    : cfg_.scale == KvScale::tensor ? tensor_scale_
-                                                    : channel_scale_[c];
+    const float s = cfg_.scale == KvScale::tensor    ? tensor_scale_
+                    : cfg_.scale == KvScale::channel ? channel_scale_[c]
+                                                     : token_scale_[slot * ng + c / (kLatentDim / ng)];
     note_magnitude(float(d[c]) * s);
   }
   return lost;
@@ -197,7 +259,7 @@ void PagedLatentCache::read(int64_t slot, float* x) const {
 }
 
 CacheView PagedLatentCache::view() const {
-  return CacheView{.format = cfg_.dtype,
+  CacheView v{.format = cfg_.dtype,
                    .blocks = cfg_.num_blocks,
                    .tokens_per_block = cfg_.block_size,
                    .kv = kv16_.data(),
@@ -209,7 +271,13 @@ CacheView PagedLatentCache::view() const {
                    .scale_per_token = token_scale_.data(),
                    .scale_per_tensor = tensor_scale_,
                    .scale_per_channel = channel_scale_.empty() ? nullptr : channel_scale_.data(),
+                   .fp8 = fp8_.data(),
                    .max_abs = max_abs_};
+  if (cfg_.dtype == KvDType::fp8) {
+    v.kv_block_stride = int64_t(cfg_.block_size) * kFp8TokenBytes;
+    v.kv_token_stride = kFp8TokenBytes;
+  }
+  return v;
 }
 
 void CacheView::read(int64_t slot, float* x) const {
@@ -224,13 +292,27 @@ void CacheView::read(int64_t slot, float* x) const {
       for (int i = 0; i < kQkDim; ++i) x[i] = f16_to_f32(s[i]);
       return;
     }
+    case KvDType::fp8: {
+      const uint8_t* t = token_fp8(slot);
+      for (int c = 0; c < kLatentDim; ++c) {
+        float s;
+        std::memcpy(&s, t + kFp8ScaleOffset + 4 * (c / kFp8Tile), 4);
+        x[c] = fp8e4m3_to_f32(t[c]) * s;
+      }
+      for (int i = 0; i < kRopeDim; ++i) {
+        uint16_t r;
+        std::memcpy(&r, t + kFp8RopeOffset + 2 * i, 2);
+        x[kLatentDim + i] = bf16_to_f32(r);
+      }
+      return;
+    }
     case KvDType::int8: break;
   }
   const int8_t* q = latent_i8(slot);
+  const int gs = kv_scale_group(scale);
+  const float* ts = gs ? token_scales(slot) : nullptr;
   for (int c = 0; c < kLatentDim; ++c) {
-    const float s = scale == KvScale::token    ? scale_per_token[slot]
-                    : scale == KvScale::tensor ? scale_per_tensor
-                                               : scale_per_channel[c];
+    const float s = ts ? ts[c / gs] : scale == KvScale::tensor ? scale_per_tensor : scale_per_channel[c];
     x[c] = float(q[c]) * s;
   }
   const uint16_t* r = rope_bf16(slot);
@@ -242,6 +324,20 @@ void check_view(const CacheView& v) {
   MLA_CHECK(v.tokens_per_block >= 1,
             "cache view: block_size = " << v.tokens_per_block << " must be at least 1");
   if (v.blocks == 0) return;
+  if (v.format == KvDType::fp8) {
+    MLA_CHECK(v.fp8, "cache view: the fp8 k_cache pointer is null");
+    MLA_CHECK(v.kv_token_stride >= kFp8TokenBytes, "cache view: fp8 token stride "
+                                                       << v.kv_token_stride << " bytes is below "
+                                                       << kFp8TokenBytes);
+    MLA_CHECK(v.kv_block_stride >= v.tokens_per_block * v.kv_token_stride,
+              "cache view: fp8 block stride " << v.kv_block_stride << " is below block_size x token "
+                                              << "stride = " << v.tokens_per_block * v.kv_token_stride);
+    MLA_CHECK(v.kv_token_stride % 4 == 0 && v.kv_block_stride % 4 == 0 &&
+                  reinterpret_cast<uintptr_t>(v.fp8) % 4 == 0,
+              "cache view: fp8 tokens must start at 4-byte boundaries (their float32 scales), "
+              "strides " << v.kv_block_stride << ", " << v.kv_token_stride);
+    return;
+  }
   if (v.format != KvDType::int8) {
     MLA_CHECK(v.kv, "cache view: the " << kv_dtype_name(v.format) << " k_cache pointer is null");
     MLA_CHECK(v.kv_token_stride >= kQkDim, "cache view: token stride " << v.kv_token_stride
@@ -254,7 +350,11 @@ void check_view(const CacheView& v) {
   MLA_CHECK(v.latent && v.rope, "cache view: the int8 latent or rope pointer is null");
   switch (v.scale) {
     case KvScale::token:
-      MLA_CHECK(v.scale_per_token, "cache view: the per-token scales pointer is null");
+    case KvScale::group32:
+    case KvScale::group64:
+    case KvScale::group128:
+      MLA_CHECK(v.scale_per_token, "cache view: the per-token " << kv_scale_name(v.scale)
+                                                                << " scales pointer is null");
       break;
     case KvScale::tensor:
       MLA_CHECK(std::isfinite(v.scale_per_tensor) && v.scale_per_tensor > 0.f,
@@ -304,11 +404,17 @@ void PagedLatentCache::import_int8(const Int8CacheContent& c) {
                                        << " (the symmetric format uses -127..127)");
   switch (cfg_.scale) {
     case KvScale::token:
-      MLA_CHECK(int64_t(c.token_scale.size()) == n, "cache: int8 import: "
-                                                        << c.token_scale.size()
-                                                        << " token scales, expected " << n);
+    case KvScale::group32:
+    case KvScale::group64:
+    case KvScale::group128: {
+      const int64_t want = n * kv_token_scales(cfg_.scale);
+      MLA_CHECK(int64_t(c.token_scale.size()) == want,
+                "cache: int8 import: " << c.token_scale.size() << " " << kv_scale_name(cfg_.scale)
+                                       << " scales, expected " << want << " (" << n << " slots x "
+                                       << kv_token_scales(cfg_.scale) << ")");
       token_scale_ = c.token_scale;
       break;
+    }
     case KvScale::tensor: set_tensor_scale(c.tensor_scale); break;
     case KvScale::channel:
       MLA_CHECK(c.channel_scale.size() == size_t(kLatentDim),
@@ -318,6 +424,34 @@ void PagedLatentCache::import_int8(const Int8CacheContent& c) {
   }
   latent8_.assign(c.latent.begin(), c.latent.end());
   rope16_.assign(c.rope.begin(), c.rope.end());
+  for (int64_t s = 0; s < num_slots(); ++s) {
+    float tok[kQkDim];
+    read(s, tok);
+    for (float v : tok) note_magnitude(v);
+  }
+}
+
+std::vector<uint8_t> PagedLatentCache::export_fp8() const {
+  MLA_CHECK(cfg_.dtype == KvDType::fp8, "cache: export_fp8 on a " << kv_dtype_name(cfg_.dtype)
+                                                                   << " cache");
+  return std::vector<uint8_t>(fp8_.begin(), fp8_.end());
+}
+
+void PagedLatentCache::import_fp8(const uint8_t* bytes, size_t n) {
+  MLA_CHECK(cfg_.dtype == KvDType::fp8, "cache: import_fp8 into a " << kv_dtype_name(cfg_.dtype)
+                                                                    << " cache");
+  MLA_CHECK(int64_t(n) == num_slots() * kFp8TokenBytes,
+            "cache: fp8 import: " << n << " bytes, expected " << num_slots() << " slots x "
+                                  << kFp8TokenBytes);
+  for (int64_t s = 0; s < num_slots(); ++s)
+    for (int g = 0; g < kFp8Tiles; ++g) {
+      float v;
+      std::memcpy(&v, bytes + s * kFp8TokenBytes + kFp8ScaleOffset + 4 * g, 4);
+      // 0 is allowed: a slot never written holds zeros (and reads as zeros).
+      MLA_CHECK(v >= 0.f && std::isfinite(v), "cache: fp8 import: slot " << s << " scale[" << g
+                                                  << "] = " << v << " is negative or not finite");
+    }
+  fp8_.assign(bytes, bytes + n);
   for (int64_t s = 0; s < num_slots(); ++s) {
     float tok[kQkDim];
     read(s, tok);

@@ -95,4 +95,26 @@ uint16_t f32_to_f16(float f) {
   return uint16_t(sign | h);
 }
 
+uint8_t f32_to_fp8e4m3(float f) {
+  const uint32_t u = f32_bits(f);
+  const uint8_t sign = uint8_t((u >> 24) & 0x80u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a >= 0x7f800000u) return uint8_t(sign | 0x7fu);  // NaN, Inf -> NaN
+  const float x = bits_f32(a);
+  if (x >= 464.f) return uint8_t(sign | 0x7eu);  // 464 is the midpoint 448..512: saturate
+  if (x < 0x1p-6f) {
+    // Subnormal range: multiples of 2^-9, round to nearest even (exact in float: x * 512 < 8).
+    const float q = x * 512.f;
+    uint32_t m = uint32_t(q);
+    const float rest = q - float(m);
+    if (rest > 0.5f || (rest == 0.5f && (m & 1u))) ++m;
+    return uint8_t(sign | m);  // m == 8 is the smallest normal, 0x08: the encoding carries over
+  }
+  // Normal: keep 3 mantissa bits of the float's 23, round to nearest even on the 20 dropped.
+  uint32_t r = a + 0x7ffffu + ((a >> 20) & 1u);
+  const uint32_t e = (r >> 23) - 120u, m = (r >> 20) & 0x7u;
+  if (e > 15 || (e == 15 && m == 7)) return uint8_t(sign | 0x7eu);  // rounded past 448
+  return uint8_t(sign | (e << 3) | m);
+}
+
 }  // namespace mla

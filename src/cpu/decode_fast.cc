@@ -44,7 +44,7 @@ void write_padding_rows(const DecodeParams& p, const OutputStrides& os, const Ou
 void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
                  const DecodeOptions& opt, const DecodePlan& dplan, void* workspace, float* o,
                  float* lse) {
-  const KernelInfo& kernel = cpu::select_kernel(cache.dtype(), opt.isa, opt.kernel);
+  const KernelInfo& kernel = cpu::select_kernel(cache.dtype(), opt.isa, opt.kernel, cache.scale_mode());
   const int64_t nq = int64_t(p.batch) * p.q_len * p.num_heads * kQkDim;
   const Plan& plan = dplan.work();
   const PartialLayout& layout = dplan.partials();

@@ -50,15 +50,19 @@ void softmax_sum(const std::vector<double>& s, const std::vector<double>& vals, 
 
 }  // namespace
 
-void decode_range(const DecodeParams& p, const float* q, const CacheView& cache, int seq,
-                  int head_begin, int head_end, int kv_begin, int kv_end, std::vector<double>* o,
-                  std::vector<double>* lse) {
+namespace {
+
+// decode_range over a token reader: read(slot, float[576]).
+template <class Read>
+void range_of(const DecodeParams& p, const float* q, const CacheView& cache, Read read, int seq,
+              int head_begin, int head_end, int kv_begin, int kv_end, std::vector<double>* o,
+              std::vector<double>* lse) {
   const int ql = q_len_of(p, seq), nh = head_end - head_begin, n = kv_end - kv_begin;
   // The range's keys, de-quantized once; the values are their first 512.
   std::vector<float> tok(kQkDim);
   std::vector<double> keys(size_t(n) * kQkDim), vals(size_t(n) * kLatentDim);
   for (int t = 0; t < n; ++t) {
-    cache.read(slot_of(p, cache, seq, kv_begin + t), tok.data());
+    read(slot_of(p, cache, seq, kv_begin + t), tok.data());
     for (int d = 0; d < kQkDim; ++d) keys[size_t(t) * kQkDim + d] = tok[d];
     for (int d = 0; d < kLatentDim; ++d) vals[size_t(t) * kLatentDim + d] = tok[d];
   }
@@ -77,6 +81,34 @@ void decode_range(const DecodeParams& p, const float* q, const CacheView& cache,
       softmax_sum(s, vals, kLatentDim, o->data() + (size_t(i) * nh + hh) * kLatentDim,
                   lse->data() + size_t(i) * nh + hh);
     }
+  }
+}
+
+}  // namespace
+
+void decode_range(const DecodeParams& p, const float* q, const CacheView& cache, int seq,
+                  int head_begin, int head_end, int kv_begin, int kv_end, std::vector<double>* o,
+                  std::vector<double>* lse) {
+  range_of(p, q, cache, [&](int64_t slot, float* x) { cache.read(slot, x); }, seq, head_begin,
+           head_end, kv_begin, kv_end, o, lse);
+}
+
+void decode_original(const DecodeParams& p, const float* q, const float* kv, int64_t num_blocks,
+                     int block_size, double* o, double* lse) {
+  // A view that only carries the pool's geometry, for validation and slot arithmetic.
+  CacheView geom{.format = KvDType::bf16, .blocks = num_blocks, .tokens_per_block = block_size};
+  validate(p, geom);
+  const int H = p.num_heads;
+  std::vector<double> so, sl;
+  auto read = [&](int64_t slot, float* x) { std::copy(kv + slot * kQkDim, kv + (slot + 1) * kQkDim, x); };
+  for (int b = 0; b < p.batch; ++b) {
+    const int64_t row0 = int64_t(b) * p.q_len * H;
+    std::fill(o + row0 * kLatentDim, o + (row0 + int64_t(p.q_len) * H) * kLatentDim, 0.0);
+    std::fill(lse + row0, lse + row0 + int64_t(p.q_len) * H, kNegInf);
+    if (p.seq_lens[b] == 0) continue;
+    range_of(p, q, geom, read, b, 0, H, 0, p.seq_lens[b], &so, &sl);
+    std::copy(so.begin(), so.end(), o + row0 * kLatentDim);
+    std::copy(sl.begin(), sl.end(), lse + row0);
   }
 }
 

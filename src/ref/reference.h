@@ -16,6 +16,11 @@ namespace mla::ref {
 void decode(const DecodeParams& p, const float* q, const CacheView& cache, double* o,
             double* lse);
 
+// The same on unquantized float values kv [num_blocks * block_size, 576] (the cache before it
+// was written in any format): what a format costs end to end.
+void decode_original(const DecodeParams& p, const float* q, const float* kv, int64_t num_blocks,
+                     int block_size, double* o, double* lse);
+
 // The rows (i, h) of sequence `seq`, heads [head_begin, head_end), over cache positions
 // [kv_begin, kv_end) only: what one work item of a split plan computes. o [q_len_b, nh, 512],
 // lse [q_len_b, nh]; a row that sees no key of the range: o = 0, lse = -inf. No validation.

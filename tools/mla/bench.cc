@@ -704,9 +704,9 @@ void add_bench_command(CLI::App& app) {
                   "context tokens per sequence, comma-separated (replaces the grid's)");
   cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
   cmd->add_option("--q-len", args->q_len, "query tokens per sequence (MTP)")->capture_default_str();
-  cmd->add_option("--kv-dtype", args->kv_dtype, "cache format: int8, bf16 or fp16")
+  cmd->add_option("--kv-dtype", args->kv_dtype, "cache format: int8, bf16, fp16 or fp8")
       ->capture_default_str();
-  cmd->add_option("--kv-scale", args->kv_scale, "int8 scales: token, tensor or channel")
+  cmd->add_option("--kv-scale", args->kv_scale, "int8 scales: token, group32, group64, group128, tensor or channel")
       ->capture_default_str();
   cmd->add_option("--threads,--c", args->c_list,
                   "worker threads, or a comma-separated list (rows per value); default: all cores");

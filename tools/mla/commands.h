@@ -15,6 +15,7 @@ struct CheckFailed : std::runtime_error {
 
 void add_decode_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_formats_command(CLI::App& app);
 void add_sim_command(CLI::App& app);  // sim.cc: the pipeline simulator (src/sim)
 
 }  // namespace mla::tool

@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   mla::tool::add_decode_command(app);
   mla::tool::add_bench_command(app);
+  mla::tool::add_formats_command(app);
   mla::tool::add_sim_command(app);
   try {
     app.parse(argc, argv);

@@ -1,9 +1,11 @@
-// Portable kernels for the three cache formats: plain C++ that the compiler vectorizes for the
+// Portable kernels for the four cache formats: plain C++ that the compiler vectorizes for the
 // baseline target. The dot products' reductions are marked `omp simd` (built with -fopenmp-simd):
 // without it GCC keeps a float sum in order, scalar, and the fp kernels ran 4x slower.
 // They run the same stages and the same arithmetic as the AVX-512 kernels (int8: integer S_nope
 // and P.V, per-row query scales, P quantized against each row's largest value within the step,
-// the largest applied exactly), so forcing them gives the same answers within tolerance.
+// the largest applied exactly; with group scales one S_nope term and one quantized P per group;
+// fp8: each key widened to bf16(e4m3 x its tile's scale), exact for FlashMLA's power-of-two
+// scales, then the bf16 arithmetic), so forcing them gives the same answers within tolerance.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -24,6 +26,7 @@ inline float to_f32(KvDType kv, uint16_t h) {
 template <KvDType KV>
 void run(const KernelArgs& a, Scratch& scratch) {
   constexpr bool kInt8 = KV == KvDType::int8;
+  constexpr bool kFp8 = KV == KvDType::fp8;
   const DecodeParams& p = *a.p;
   const CacheView& cache = *a.cache;
   const int nh = a.head_end - a.head_begin;
@@ -32,6 +35,11 @@ void run(const KernelArgs& a, Scratch& scratch) {
   const int T = a.chunk * kKvTile;
   const int bs = cache.block_size();
   const KvScale mode = cache.scale_mode();
+  // int8 per-token scales of a key: token mode 1, group modes 512/group. ng groups of gs
+  // channels each; the static modes use one "group".
+  const bool per_token = kInt8 && kv_token_scales(mode) > 0;
+  const int ng = per_token ? kv_token_scales(mode) : 1;
+  const int gs = kLatentDim / ng;
 
   // Scratch layout (sizes in elements): queries, one step of keys, scores, the accumulators.
   size_t bytes = 0;
@@ -42,7 +50,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
     float* qs = cv.take<float>(R);                     // int8: per-row query scale
     float* kf = cv.take<float>(size_t(T) * kQkDim);    // step keys (fp) / rope (int8)
     int8_t* k8 = cv.take<int8_t>(size_t(T) * kLatentDim);
-    float* ks = cv.take<float>(T);                     // int8: per-token key/value scale
+    float* ks = cv.take<float>(size_t(T) * ng);        // int8: key/value scales [T, ng]
     float* s = cv.take<float>(size_t(R) * T);          // scores, then probabilities
     uint8_t* p8 = cv.take<uint8_t>(size_t(R) * T);     // int8: quantized probabilities
     float* lo = cv.take<float>(size_t(R) * kLatentDim);  // this step's P.V
@@ -90,9 +98,24 @@ void run(const KernelArgs& a, Scratch& scratch) {
           std::memcpy(k8 + size_t(t) * kLatentDim, cache.latent_i8(slot), kLatentDim);
           const uint16_t* rp = cache.rope_bf16(slot);
           for (int d = 0; d < kRopeDim; ++d) kf[size_t(t) * kQkDim + kLatentDim + d] = bf16_to_f32(rp[d]);
-          ks[t] = mode == KvScale::token    ? cache.token_scale(slot)
-                  : mode == KvScale::tensor ? cache.tensor_scale()
-                                            : 1.f;
+          for (int g = 0; g < ng; ++g)
+            ks[size_t(t) * ng + g] = per_token                 ? cache.token_scales(slot)[g]
+                                     : mode == KvScale::tensor ? cache.tensor_scale()
+                                                               : 1.f;
+        } else if constexpr (kFp8) {
+          // bf16(e4m3 x scale): what the AVX-512 kernel widens each key to in registers.
+          const uint8_t* src = cache.token_fp8(slot);
+          float* kr = kf + size_t(t) * kQkDim;
+          for (int c = 0; c < kLatentDim; ++c) {
+            float sc;
+            std::memcpy(&sc, src + kFp8ScaleOffset + 4 * (c / kFp8Tile), 4);
+            kr[c] = bf16_to_f32(f32_to_bf16(fp8e4m3_to_f32(src[c]) * sc));
+          }
+          for (int d = 0; d < kRopeDim; ++d) {
+            uint16_t h;
+            std::memcpy(&h, src + kFp8RopeOffset + 2 * d, 2);
+            kr[kLatentDim + d] = bf16_to_f32(h);
+          }
         } else {
           const uint16_t* src = cache.token16(slot);
           for (int d = 0; d < kQkDim; ++d) kf[size_t(t) * kQkDim + d] = to_f32(KV, src[d]);
@@ -109,10 +132,16 @@ void run(const KernelArgs& a, Scratch& scratch) {
           if constexpr (kInt8) {
             const int8_t* qa = q8 + size_t(r) * kLatentDim;
             const int8_t* ka = k8 + size_t(t) * kLatentDim;
-            int32_t acc = 0;
+            const float* kst = ks + size_t(t) * ng;
+            // S_nope = sum over groups of (int32 dot of the group) x (the key's group scale).
+            float sn = 0.f;
+            for (int g = 0; g < ng; ++g) {
+              int32_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-            for (int c = 0; c < kLatentDim; ++c) acc += int32_t(qa[c]) * int32_t(ka[c]);
-            sr[t] = float(acc) * qs[r] * ks[t];
+              for (int c = g * gs; c < (g + 1) * gs; ++c) acc += int32_t(qa[c]) * int32_t(ka[c]);
+              sn += float(acc) * kst[g];
+            }
+            sr[t] = sn * qs[r];
           } else {
             const float* qr = q + size_t(r) * kQkDim;
             float acc = 0.f;
@@ -173,36 +202,41 @@ void run(const KernelArgs& a, Scratch& scratch) {
         float* sr = s + size_t(r) * T;
         float* lor = lo + size_t(r) * kLatentDim;
         if constexpr (kInt8) {
-          // P' = P * value scale. The row's largest P' of the step (an attention sink, say) is
-          // applied exactly in fp32; the others are quantized to u8 against the largest of them,
-          // so one dominant key does not cost the rest of the step their resolution.
-          int top = 0;
-          for (int t = 1; t < nv; ++t)
-            if (sr[t] * (mode == KvScale::token ? ks[t] : 1.f) > sr[top] * (mode == KvScale::token ? ks[top] : 1.f)) top = t;
-          const float p_top = sr[top] * (mode == KvScale::token ? ks[top] : 1.f);
-          float pm = 0.f;
-          for (int t = 0; t < nv; ++t)
-            if (t != top) pm = std::max(pm, sr[t] * (mode == KvScale::token ? ks[t] : 1.f));
-          const float inv = pm > 0.f ? 255.f / pm : 0.f;
-          uint8_t* pr = p8 + size_t(r) * T;
-          for (int t = 0; t < nv; ++t)
-            pr[t] = t == top ? 0 : uint8_t(std::nearbyint(sr[t] * (mode == KvScale::token ? ks[t] : 1.f) * inv));
-          int32_t acc[kLatentDim] = {};
-          for (int t = 0; t < nv; ++t) {
-            const int32_t pt = pr[t];
-            const int8_t* v = k8 + size_t(t) * kLatentDim;
-            for (int d = 0; d < kLatentDim; ++d) acc[d] += pt * int32_t(v[d]);
-          }
+          // Per group g of value channels: P'_t = P_t * s_{t,g} (the value scale of the group;
+          // 1 in the static modes, one group). The row's largest P' of the step (an attention
+          // sink, say) is applied exactly in fp32; the others are quantized to u8 against the
+          // largest of them, so one dominant key does not cost the rest of the step their
+          // resolution. Each group's P.V then stays an integer product over its channels.
           const float ts = mode == KvScale::tensor ? cache.tensor_scale() : 1.f;
-          const float dq = pm / 255.f * ts;
-          const int8_t* vt = k8 + size_t(top) * kLatentDim;
-          for (int d = 0; d < kLatentDim; ++d)
-            lor[d] = (float(acc[d]) * dq + p_top * ts * float(vt[d])) * (cscale ? cscale[d] : 1.f);
+          uint8_t* pr = p8 + size_t(r) * T;
+          int32_t acc[kLatentDim] = {};  // each group sums into its own channels
+          for (int g = 0; g < ng; ++g) {
+            auto pscaled = [&](int t) { return per_token ? sr[t] * ks[size_t(t) * ng + g] : sr[t]; };
+            int top = 0;
+            for (int t = 1; t < nv; ++t)
+              if (pscaled(t) > pscaled(top)) top = t;
+            const float p_top = pscaled(top);
+            float pm = 0.f;
+            for (int t = 0; t < nv; ++t)
+              if (t != top) pm = std::max(pm, pscaled(t));
+            const float inv = pm > 0.f ? 255.f / pm : 0.f;
+            for (int t = 0; t < nv; ++t)
+              pr[t] = t == top ? 0 : uint8_t(std::nearbyint(pscaled(t) * inv));
+            for (int t = 0; t < nv; ++t) {
+              const int32_t pt = pr[t];
+              const int8_t* v = k8 + size_t(t) * kLatentDim;
+              for (int d = g * gs; d < (g + 1) * gs; ++d) acc[d] += pt * int32_t(v[d]);
+            }
+            const float dq = pm / 255.f * ts;
+            const int8_t* vt = k8 + size_t(top) * kLatentDim;
+            for (int d = g * gs; d < (g + 1) * gs; ++d)
+              lor[d] = (float(acc[d]) * dq + p_top * ts * float(vt[d])) * (cscale ? cscale[d] : 1.f);
+          }
         } else {
           std::fill(lor, lor + kLatentDim, 0.f);
           for (int t = 0; t < nv; ++t) {
-            // The bf16 kernel feeds P to its dot product in bf16; round the same way here.
-            const float pt = KV == KvDType::bf16 ? bf16_to_f32(f32_to_bf16(sr[t])) : sr[t];
+            // The bf16 kernels feed P to their dot products in bf16; round the same way here.
+            const float pt = KV != KvDType::fp16 ? bf16_to_f32(f32_to_bf16(sr[t])) : sr[t];
             const float* v = kf + size_t(t) * kQkDim;
             for (int d = 0; d < kLatentDim; ++d) lor[d] += pt * v[d];
           }
@@ -243,6 +277,10 @@ const KernelInfo decode_f16_portable{.name = "decode_f16_portable", .kv = KvDTyp
                                     .run = run<KvDType::fp16>, .stages = item_stages};
 const KernelInfo decode_i8_portable{.name = "decode_i8_portable", .kv = KvDType::int8,
                                    .portable = true, .supported = always,
-                                   .run = run<KvDType::int8>, .stages = item_stages_split_qk};
+                                   .run = run<KvDType::int8>, .stages = item_stages_split_qk,
+                                   .group_scales = true};
+const KernelInfo decode_fp8_portable{.name = "decode_fp8_portable", .kv = KvDType::fp8,
+                                    .portable = true, .supported = always,
+                                    .run = run<KvDType::fp8>, .stages = item_stages};
 
 }  // namespace mla::cpu

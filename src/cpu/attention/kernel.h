@@ -84,7 +84,15 @@ struct KernelInfo {
   bool (*supported)();   // does this CPU have the instructions?
   KernelFn run;
   KernelStagesFn stages;
+  bool group_scales = false;  // int8: also runs the group32/64/128 scale modes
 };
+
+// Whether kernel k runs a cache in this scale mode (int8 group modes need group_scales).
+inline bool kernel_runs(const KernelInfo& k, KvDType kv, KvScale scale) {
+  if (k.kv != kv) return false;
+  const int g = kv_scale_group(scale);
+  return kv != KvDType::int8 || g == 0 || g == kLatentDim || k.group_scales;
+}
 
 // The canonical stage list (core/stages.h's stage_list, tile kKvTile): what the kernels that take
 // all rows of an item through each step run; split_qk: QK_nope then QK_rope.
@@ -95,7 +103,10 @@ std::vector<StageOp> item_stages_split_qk(int rows, int kv_begin, int kv_end, in
 const std::vector<KernelInfo>& kernel_registry();
 // The fastest supported kernel for a cache format, or the portable one; or the one named (which
 // must exist, be supported by this CPU and match the format).
-const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name = nullptr);
+// `scale`: the int8 cache's scale mode (a kernel without group_scales is skipped, or refused by
+// name, for the group modes).
+const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name = nullptr,
+                                KvScale scale = KvScale::token);
 
 // Cache slot of position `pos` of sequence `b`.
 inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {
@@ -107,7 +118,9 @@ inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {
 extern const KernelInfo decode_bf16_portable;
 extern const KernelInfo decode_f16_portable;
 extern const KernelInfo decode_i8_portable;
+extern const KernelInfo decode_fp8_portable;
 extern const KernelInfo decode_bf16_avx512bf16;
+extern const KernelInfo decode_fp8_avx512bf16;
 extern const KernelInfo decode_f16_avx512f;
 extern const KernelInfo decode_i8_avx512vnni;
 

@@ -26,23 +26,27 @@ const std::vector<KernelInfo>& kernel_registry() {
       decode_f16_portable,
       decode_i8_avx512vnni,
       decode_i8_portable,
+      decode_fp8_avx512bf16,
+      decode_fp8_portable,
   };
   return all;
 }
 
-const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name) {
+const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name, KvScale scale) {
   if (name) {
     for (const KernelInfo& k : kernel_registry()) {
       if (std::string_view(k.name) != name) continue;
       MLA_CHECK(k.kv == kv, "kernel " << name << " is for a " << kv_dtype_name(k.kv)
                                       << " cache, not " << kv_dtype_name(kv));
       MLA_CHECK(k.supported(), "kernel " << name << " needs instructions this CPU lacks");
+      MLA_CHECK(kernel_runs(k, kv, scale), "kernel " << name << " does not run the "
+                                               << kv_scale_name(scale) << " scale mode");
       return k;
     }
     MLA_FAIL("no kernel named " << name);
   }
   for (const KernelInfo& k : kernel_registry())
-    if (k.kv == kv && (isa == Isa::best || k.portable) && k.supported()) return k;
+    if (kernel_runs(k, kv, scale) && (isa == Isa::best || k.portable) && k.supported()) return k;
   MLA_FAIL("no kernel for a " << kv_dtype_name(kv) << " cache");
 }
 
