@@ -14,25 +14,30 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc)
+# Elapsed time at each phase, for the CI budget (10 minutes in all on 2 cores).
+phase() { echo "== [$((SECONDS / 60))m$((SECONDS % 60))s] $*" >&2; }
+phase "release build"
 bash "$root/scripts/build.sh" "$root/build"
 if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
-  echo "== Python environment: .venv (pinned packages), pip install ." >&2
+  phase "Python environment: .venv (pinned packages), pip install ."
   MLA_PYTHON=$(bash "$root/scripts/venv.sh")  # the C++ .npy test exchanges files with its NumPy
   export MLA_PYTHON
 fi
+phase "release tests (ctest)"
 (cd "$root/build" && ctest --output-on-failure -j"$jobs")
 if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
-  echo "== Python package tests (tests/python)" >&2
+  phase "Python package tests (tests/python)"
   MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"
 fi
 if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
-  echo "== sanitizer build (address, undefined): the C++ tests and the program" >&2
+  phase "sanitizer build (address, undefined): the C++ tests and the program"
   launcher=()
   command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_SANITIZE=ON \
     -DMLA_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
   mapfile -t tests < <(cd "$root/tests" && ls test_*.cc | sed 's/\.cc$//')
   cmake --build "$root/build-asan" -j"$jobs" --target mla "${tests[@]}"
+  phase "sanitized tests (ctest, MLA_TEST_QUICK=1)"
   # CeilingsMeasure.Fallbacks compares measured L2 and memory bandwidths, which ASan's checked
   # loads distort (L2 came out below memory); every other test runs.
   (cd "$root/build-asan" && MLA_TEST_QUICK=1 ctest --output-on-failure -j"$jobs" \
@@ -40,5 +45,7 @@ if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
   if [ "${MLA_TSAN:-0}" = 1 ]; then
     bash "$root/scripts/tsan.sh"
   fi
+  phase "fuzz targets"
   bash "$root/scripts/fuzz.sh" "${MLA_FUZZ_SECONDS:-10}"
 fi
+phase "done"

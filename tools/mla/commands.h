@@ -4,7 +4,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace mla::tool {
 
@@ -16,6 +19,19 @@ struct CheckFailed : std::runtime_error {
 void add_decode_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_formats_command(CLI::App& app);
+void add_layer_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
 void add_sim_command(CLI::App& app);  // sim.cc: the pipeline simulator (src/sim)
+
+// One float32 .npy output of a command.
+struct OutFile {
+  const char* name;
+  std::vector<int64_t> shape;
+  const float* data;
+};
+// All or nothing, also across a kill (decode.cc): the set is written into a sibling of `dir` and
+// swapped with it in one rename (RENAME_EXCHANGE); on any failure the previous files are
+// unchanged and an mla::Error says nothing was written. `dir` may hold only mla outputs.
+void write_outputs(const std::string& dir, const std::vector<OutFile>& files);
 
 }  // namespace mla::tool

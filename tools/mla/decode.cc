@@ -233,12 +233,6 @@ void check_problem_files(const Problem& pr, KvDType kv, KvScale mode) {
                                             << kv_scale_name(mode) << " (use --kv-scale channel)");
 }
 
-struct OutFile {
-  const char* name;
-  std::vector<int64_t> shape;
-  const float* data;
-};
-
 // All or nothing, also across a kill (DESIGN: never a mix of two runs' files). --out DIR holds
 // exactly the output files of one run. A run writes its set into a fresh sibling directory,
 // .DIR.mla-new-<pid>, then swaps it with DIR in one step (renameat2 RENAME_EXCHANGE; a plain
@@ -247,7 +241,8 @@ struct OutFile {
 // DIR and the old one in the sibling. Each run first removes the stale siblings of dead runs.
 // Where the file system cannot exchange (EINVAL), the old set is renamed aside to
 // .DIR.mla-old-<pid> first and put back by the next run if the kill came between the two renames.
-// Because DIR is replaced as a whole, a DIR holding anything else is refused.
+// Because DIR is replaced as a whole, a DIR holding anything else than the outputs of mla's
+// commands (decode's, layer's) is refused.
 const char* const kOutputNames[] = {"o.npy", "lse.npy", "q_used.npy", "kv_used.npy"};
 
 // Test hooks: MLA_TEST_CRASH_AT=<point> dies there as kill -9 would, MLA_TEST_FAIL_AT=<point>
@@ -284,7 +279,7 @@ void clean_stale_siblings(const fs::path& dir) {
 }
 
 // Refuses an --out that is not a directory of mla outputs (before any work is done).
-void check_out_dir(const fs::path& dir) {
+void check_out_dir(const fs::path& dir, const std::vector<OutFile>& files) {
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(dir, ec))) return;
   MLA_CHECK(fs::is_directory(fs::symlink_status(dir, ec)),
@@ -293,47 +288,12 @@ void check_out_dir(const fs::path& dir) {
     const std::string name = e.path().filename().string();
     bool ours = false;
     for (const char* n : kOutputNames) ours |= name == n;
+    for (const OutFile& f : files) ours |= name == f.name;
     MLA_CHECK(ours, "--out " << dir.string() << " holds " << name
-                             << ", which is not an mla decode output; the directory is replaced as a "
+                             << ", which is not an mla output; the directory is replaced as a "
                                 "whole, so give an empty or new one");
     MLA_CHECK(fs::is_regular_file(fs::symlink_status(e.path(), ec)),
               e.path().string() << " is not a regular file");
-  }
-}
-
-void write_outputs(const std::string& out, const std::vector<OutFile>& files) {
-  const fs::path dir = fs::absolute(fs::path(out)).lexically_normal();
-  const fs::path stage = sibling(dir, "new", ::getpid()), aside = sibling(dir, "old", ::getpid());
-  std::error_code ec;
-  try {
-    fs::create_directories(dir.parent_path());
-    clean_stale_siblings(dir);
-    check_out_dir(dir);
-    fs::remove_all(stage);
-    fs::create_directory(stage);
-    for (size_t i = 0; i < files.size(); ++i) {
-      write_npy((stage / files[i].name).string(), DType::f32, files[i].shape, files[i].data);
-      crash_point("file" + std::to_string(i));
-    }
-    crash_point("swap");
-    if (!fs::exists(dir)) {
-      fs::rename(stage, dir);
-    } else if (::renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
-      crash_point("swapped");
-      fs::remove_all(stage, ec);  // the old set
-    } else {
-      MLA_CHECK(errno == EINVAL, "replacing " << dir.string() << ": " << std::strerror(errno));
-      fs::rename(dir, aside);
-      crash_point("aside");
-      fs::rename(stage, dir);
-      fs::remove_all(aside, ec);
-    }
-  } catch (const std::exception& e) {
-    fs::remove_all(stage, ec);
-    if (!fs::exists(dir, ec) && fs::exists(aside, ec)) fs::rename(aside, dir, ec);
-    MLA_FAIL("writing the outputs to " << out << " failed, nothing written (the previous outputs, "
-                                          "if any, are unchanged): "
-                                       << e.what());
   }
 }
 
@@ -376,7 +336,7 @@ void run_decode(const DecodeArgs& a) {
             "--kv-original is for --in files; a random case compares with its own original values");
   const Problem pr = a.random_seed ? random_problem(a, *a.random_seed) : load_problem(a.in);
   check_problem_files(pr, kv, mode);
-  if (!a.random_seed) check_out_dir(fs::absolute(fs::path(a.out)).lexically_normal());
+  if (!a.random_seed) check_out_dir(fs::absolute(fs::path(a.out)).lexically_normal(), {});
 
   DecodeParams p{.batch = pr.batch, .q_len = pr.q_len, .num_heads = pr.heads,
                  .softmax_scale = a.scale.value_or(default_softmax_scale()), .causal = a.causal,
@@ -478,6 +438,44 @@ void run_decode(const DecodeArgs& a) {
 }
 
 }  // namespace
+
+// All or nothing, also across a kill: see the helpers above (the previous run's files survive any
+// failure; a killed run leaves the old set or the new one, never a mix).
+void write_outputs(const std::string& out, const std::vector<OutFile>& files) {
+  const fs::path dir = fs::absolute(fs::path(out)).lexically_normal();
+  const fs::path stage = sibling(dir, "new", ::getpid()), aside = sibling(dir, "old", ::getpid());
+  std::error_code ec;
+  try {
+    fs::create_directories(dir.parent_path());
+    clean_stale_siblings(dir);
+    check_out_dir(dir, files);
+    fs::remove_all(stage);
+    fs::create_directory(stage);
+    for (size_t i = 0; i < files.size(); ++i) {
+      write_npy((stage / files[i].name).string(), DType::f32, files[i].shape, files[i].data);
+      crash_point("file" + std::to_string(i));
+    }
+    crash_point("swap");
+    if (!fs::exists(dir)) {
+      fs::rename(stage, dir);
+    } else if (::renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+      crash_point("swapped");
+      fs::remove_all(stage, ec);  // the old set
+    } else {
+      MLA_CHECK(errno == EINVAL, "replacing " << dir.string() << ": " << std::strerror(errno));
+      fs::rename(dir, aside);
+      crash_point("aside");
+      fs::rename(stage, dir);
+      fs::remove_all(aside, ec);
+    }
+  } catch (const std::exception& e) {
+    fs::remove_all(stage, ec);
+    if (!fs::exists(dir, ec) && fs::exists(aside, ec)) fs::rename(aside, dir, ec);
+    MLA_FAIL("writing the outputs to " << out << " failed, nothing written (the previous outputs, "
+                                          "if any, are unchanged): "
+                                       << e.what());
+  }
+}
 
 void add_decode_command(CLI::App& app) {
   auto a = std::make_shared<DecodeArgs>();

@@ -1,4 +1,5 @@
-// `mla`: MLA decode on files (decode), the benchmark report (bench), the pipeline simulator (sim).
+// `mla`: MLA decode on files (decode), the benchmark report (bench), one attention layer of a
+// checkpoint (layer) and its timing demo (demo), the pipeline simulator (sim).
 #include <cstdio>
 #include <exception>
 
@@ -11,6 +12,8 @@ int main(int argc, char** argv) {
   mla::tool::add_decode_command(app);
   mla::tool::add_bench_command(app);
   mla::tool::add_formats_command(app);
+  mla::tool::add_layer_command(app);
+  mla::tool::add_demo_command(app);
   mla::tool::add_sim_command(app);
   try {
     app.parse(argc, argv);

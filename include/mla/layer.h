@@ -1,0 +1,82 @@
+// One DeepSeek-V2/V3 attention layer (self_attn) for decoding, from a Hugging Face checkpoint
+// (DESIGN §1, §9): preprocess (MLAPO: q and kv projections, RMSNorm, RoPE, W_UK absorption, cache
+// write), the paged-attention decode (mla::decode), and the einsum (W_UV) + o_proj. A prefill path
+// writes a history of hidden states into the cache (the kv path only).
+//
+//   hidden   [batch, q_len, hidden_size]  float32, the self_attn input of the new tokens
+//   out      [batch, q_len, hidden_size]  float32, the self_attn output (after o_proj)
+//
+// The new tokens of sequence b sit at positions seq_lens[b] - q_len .. seq_lens[b] - 1; every
+// sequence brings q_len tokens (MTP when q_len > 1), each sees the history and the new tokens up
+// to itself.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "mla/attention.h"
+#include "mla/cache.h"
+#include "mla/decode_plan.h"
+#include "mla/model.h"
+#include "mla/safetensors.h"
+
+namespace mla {
+
+struct LayerStep {
+  int batch = 0;
+  int q_len = 1;
+  const float* hidden = nullptr;       // [batch, q_len, hidden_size]
+  const int32_t* seq_lens = nullptr;   // [batch] cache tokens after this step, new ones included
+  const int32_t* block_table = nullptr;  // [batch, max_blocks_per_seq], covering seq_lens
+  int max_blocks_per_seq = 0;
+};
+
+// Seconds spent in each operator of the last decode call, by the clock the caller chose: wall
+// time, or the calling thread's CPU time (meaningful with one thread; on a shared machine it
+// leaves out the time the thread waited for a CPU).
+enum class LayerClock { wall, thread_cpu };
+struct LayerTimes {
+  LayerClock clock = LayerClock::wall;  // set by the caller
+  double preprocess = 0, attention = 0, einsum = 0;
+};
+
+class MlaLayer {
+ public:
+  // Reads and checks every tensor of model.layers.{layer}.self_attn.* (names, shapes, dtypes,
+  // fp8 scales) before returning; weights stay memory-mapped in `store`.
+  MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer);
+  ~MlaLayer();
+  MlaLayer(const MlaLayer&) = delete;
+  MlaLayer& operator=(const MlaLayer&) = delete;
+
+  const ModelConfig& config() const;
+  int64_t weight_bytes() const;  // bytes of projection weights one decode step reads
+
+  // Writes the latent (c_kv, k_pe) of n tokens into the cache: hidden [n, hidden_size],
+  // positions [n], slots [n]. threads: 0 = all CPUs.
+  void prefill(int64_t n, const float* hidden, const int32_t* positions, const int64_t* slots,
+               PagedLatentCache& cache, int threads) const;
+
+  // One decode step: writes the new tokens into the cache, attends, projects. `out` is untouched
+  // when the step is refused (bad lengths or block table).
+  void decode(const LayerStep& step, PagedLatentCache& cache, const DecodeOptions& opt, float* out,
+              LayerTimes* times = nullptr) const;
+
+  // The same step with a plan made once for it (make_decode_plan with the step's batch, q_len,
+  // num_heads and seq_lens) and reused by every layer of the model: no planning per layer. The
+  // plan is checked against the step (and opt.threads, when not 0, against its workers) before
+  // the cache is written. workspace: nullptr = the plan's own (one decode at a time).
+  void decode(const LayerStep& step, PagedLatentCache& cache, const DecodeOptions& opt,
+              const DecodePlan& plan, float* out, LayerTimes* times = nullptr,
+              void* workspace = nullptr) const;
+
+ private:
+  void step(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
+            const DecodePlan* plan, void* workspace, float* out, LayerTimes* times) const;
+
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mla

@@ -1,0 +1,139 @@
+// The layer: preprocess -> mla::decode -> einsum + o_proj, with the checks that make a step all or
+// nothing (lengths, block table and slots checked before the cache or the output is touched).
+#include "mla/layer.h"
+
+#include <chrono>
+#include <ctime>
+#include <cmath>
+#include <vector>
+
+#include "layer/ops.h"
+#include "mla/dtype.h"
+#include "mla/status.h"
+
+namespace mla {
+
+namespace {
+
+double now(LayerClock c) {
+  if (c == LayerClock::thread_cpu) {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+struct MlaLayer::Impl {
+  ModelConfig cfg;
+  TensorStore store;  // keeps the mapped files alive
+  layer::AttnWeights w;
+  layer::RopeTable rope;
+};
+
+MlaLayer::MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->cfg = cfg;
+  impl_->store = store;
+  layer::load_attn_weights(cfg, store, layer, impl_->w);
+  impl_->rope.inv_freq = rope_inv_freq(cfg);
+  impl_->rope.factor = rope_attention_factor(cfg);
+  impl_->rope.interleave = cfg.rope_interleave;
+}
+
+MlaLayer::~MlaLayer() = default;
+
+const ModelConfig& MlaLayer::config() const { return impl_->cfg; }
+int64_t MlaLayer::weight_bytes() const { return impl_->w.bytes_per_step; }
+
+void MlaLayer::prefill(int64_t n, const float* hidden, const int32_t* positions, const int64_t* slots,
+                       PagedLatentCache& cache, int threads) const {
+  for (int64_t i = 0; i < n; ++i) {
+    MLA_CHECK(positions[i] >= 0, "prefill: positions[" << i << "] = " << positions[i] << " is negative");
+    MLA_CHECK(slots[i] >= 0 && slots[i] < cache.num_slots(),
+              "prefill: slots[" << i << "] = " << slots[i] << " is outside the cache's "
+                                << cache.num_slots() << " slots");
+  }
+  // Chunks bound the scratch and keep a chunk's activations in cache between the product and the
+  // norm/rope/write pass.
+  constexpr int64_t kChunk = 256;
+  std::vector<float> kv;
+  for (int64_t t = 0; t < n; t += kChunk) {
+    const int64_t m = std::min(kChunk, n - t);
+    layer::write_kv(impl_->w, impl_->rope, m, hidden + t * impl_->cfg.hidden_size, positions + t,
+                    slots + t, cache, threads, kv);
+  }
+}
+
+void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
+                      float* out, LayerTimes* times) const {
+  step(st, cache, opt, nullptr, nullptr, out, times);
+}
+
+void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
+                      const DecodePlan& plan, float* out, LayerTimes* times, void* workspace) const {
+  step(st, cache, opt, &plan, workspace, out, times);
+}
+
+void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
+                    const DecodePlan* plan, void* workspace, float* out, LayerTimes* times) const {
+  const ModelConfig& c = impl_->cfg;
+  MLA_CHECK(st.batch >= 1, "batch " << st.batch << " must be at least 1");
+  MLA_CHECK(st.q_len >= 1, "q_len " << st.q_len << " must be at least 1");
+  for (int b = 0; b < st.batch; ++b)
+    MLA_CHECK(st.seq_lens[b] >= st.q_len, "seq_lens[" << b << "] = " << st.seq_lens[b]
+                                                      << " is shorter than q_len " << st.q_len);
+  const DecodeParams p{.batch = st.batch, .q_len = st.q_len, .num_heads = c.num_heads,
+                       .softmax_scale = float(softmax_scale(c)), .causal = true,
+                       .seq_lens = st.seq_lens, .q_lens = nullptr, .block_table = st.block_table,
+                       .max_blocks_per_seq = st.max_blocks_per_seq};
+  validate(p, cache);
+  // mla::decode checks these too, but only after preprocess has written the cache.
+  if (plan) {
+    plan->check_matches(p);
+    MLA_CHECK(opt.threads == 0 || opt.threads == plan->workers(),
+              "threads = " << opt.threads << " differs from the decode plan's " << plan->workers()
+                           << " workers");
+  }
+
+  const int64_t n = int64_t(st.batch) * st.q_len, H = c.num_heads;
+  std::vector<int32_t> pos(n);
+  std::vector<int64_t> slots(n);
+  const int bs = cache.block_size();
+  for (int b = 0; b < st.batch; ++b)
+    for (int i = 0; i < st.q_len; ++i) {
+      const int32_t ps = st.seq_lens[b] - st.q_len + i;
+      pos[b * st.q_len + i] = ps;
+      slots[b * st.q_len + i] =
+          int64_t(st.block_table[int64_t(b) * st.max_blocks_per_seq + ps / bs]) * bs + ps % bs;
+    }
+
+  const LayerClock clk = times ? times->clock : LayerClock::wall;
+  const double t0 = now(clk);
+  std::vector<float> q(size_t(n) * H * kQkDim);
+  layer::preprocess(c, impl_->w, impl_->rope, n, st.hidden, pos.data(), slots.data(), cache,
+                    opt.threads, q.data());
+  // The query in the type the kernels compute with for this cache (bf16, or fp16 for fp16).
+  const DType qt = kernel_q_dtype(cache.dtype(), cache.dtype() == KvDType::fp16 ? DType::f16 : DType::bf16);
+  std::vector<uint16_t> qbits(q.size());
+  for (size_t i = 0; i < q.size(); ++i)
+    qbits[i] = qt == DType::f16 ? f32_to_f16(q[i]) : f32_to_bf16(q[i]);
+  const double t1 = now(clk);
+  std::vector<float> o(size_t(n) * H * kLatentDim), lse(size_t(n) * H);
+  if (plan)
+    mla::decode(p, qt, qbits.data(), cache, opt, *plan, o.data(), lse.data(), workspace);
+  else
+    mla::decode(p, qt, qbits.data(), cache, opt, o.data(), lse.data());
+  const double t2 = now(clk);
+  layer::einsum_o_proj(c, impl_->w, n, o.data(), opt.threads, out);
+  const double t3 = now(clk);
+  if (times) {
+    times->preprocess = t1 - t0;
+    times->attention = t2 - t1;
+    times->einsum = t3 - t2;
+  }
+}
+
+}  // namespace mla

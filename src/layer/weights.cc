@@ -1,0 +1,107 @@
+// Loading the attention weights of one layer from a checkpoint, with every check done up front.
+#include "layer/weights.h"
+
+#include <cmath>
+
+#include "mla/dtype.h"
+#include "mla/status.h"
+
+namespace mla::layer {
+
+using cpu::LinearWeight;
+using cpu::WDType;
+
+std::string attn_prefix(int layer) { return "model.layers." + std::to_string(layer) + ".self_attn."; }
+
+namespace {
+
+LinearWeight load_linear(const ModelConfig& c, const TensorStore& s, const std::string& name,
+                         int64_t out, int64_t in) {
+  const TensorView t = s.get(name + ".weight", {out, in},
+                             {StDType::bf16, StDType::f16, StDType::f32, StDType::f8_e4m3});
+  LinearWeight w{.out = out, .in = in, .w = t.data, .ld = in};
+  switch (t.dtype) {
+    case StDType::bf16: w.dtype = WDType::bf16; break;
+    case StDType::f16: w.dtype = WDType::f16; break;
+    case StDType::f32: w.dtype = WDType::f32; break;
+    default: {
+      w.dtype = WDType::fp8_e4m3;
+      MLA_CHECK(c.fp8_block_rows > 0, t.file << ": tensor " << t.name
+                                             << " is F8_E4M3 but config.json has no "
+                                                "quantization_config.weight_block_size");
+      w.block_rows = c.fp8_block_rows;
+      w.block_cols = c.fp8_block_cols;
+      const int64_t sr = (out + w.block_rows - 1) / w.block_rows, sc = (in + w.block_cols - 1) / w.block_cols;
+      const TensorView sv = s.get(name + ".weight_scale_inv", {sr, sc}, {StDType::f32});
+      const float* sp = static_cast<const float*>(sv.data);
+      for (int64_t i = 0; i < sr * sc; ++i)
+        MLA_CHECK(std::isfinite(sp[i]), sv.file << ": tensor " << sv.name << " element " << i
+                                                << " is not finite");
+      w.scale_inv = sp;
+      w.scale_ld = sc;
+    }
+  }
+  return w;
+}
+
+std::vector<float> load_norm(const TensorStore& s, const std::string& name, int64_t n) {
+  const TensorView t = s.get(name + ".weight", {n}, {StDType::bf16, StDType::f16, StDType::f32});
+  std::vector<float> v(n);
+  for (int64_t i = 0; i < n; ++i)
+    v[i] = t.dtype == StDType::f32 ? static_cast<const float*>(t.data)[i]
+           : t.dtype == StDType::bf16 ? bf16_to_f32(static_cast<const uint16_t*>(t.data)[i])
+                                      : f16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
+  return v;
+}
+
+}  // namespace
+
+void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w) {
+  MLA_CHECK(layer >= 0 && layer < c.num_hidden_layers,
+            "--layer " << layer << " is outside the model's " << c.num_hidden_layers << " layers");
+  const std::string p = attn_prefix(layer);
+  const int64_t H = c.num_heads, D = c.hidden_size, nope = c.qk_nope_head_dim, v = c.v_head_dim;
+  const int64_t qk = c.qk_head_dim();
+  if (c.q_lora_rank > 0) {
+    w.q_a = load_linear(c, s, p + "q_a_proj", c.q_lora_rank, D);
+    w.q_a_norm = load_norm(s, p + "q_a_layernorm", c.q_lora_rank);
+    w.q_b = load_linear(c, s, p + "q_b_proj", H * qk, c.q_lora_rank);
+  } else {
+    w.q_proj = load_linear(c, s, p + "q_proj", H * qk, D);
+  }
+  w.kv_a = load_linear(c, s, p + "kv_a_proj_with_mqa", kLatentDim + kRopeDim, D);
+  w.kv_a_norm = load_norm(s, p + "kv_a_layernorm", kLatentDim);
+  w.kv_b = load_linear(c, s, p + "kv_b_proj", H * (nope + v), kLatentDim);
+  w.o = load_linear(c, s, p + "o_proj", D, H * v);
+
+  // W_UK[h] = kv_b rows h*(nope+v) .. +nope; stored transposed so absorption is a plain product.
+  const bool bf16 = w.kv_b.dtype == WDType::bf16;
+  const int64_t per_head = int64_t(kLatentDim) * nope;
+  if (bf16) w.uk_t_bf16.resize(H * per_head); else w.uk_t_f32.resize(H * per_head);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t n = 0; n < nope; ++n) {
+      const int64_t r = h * (nope + v) + n;
+      for (int64_t col = 0; col < kLatentDim; ++col) {
+        const int64_t i = h * per_head + col * nope + n;
+        if (bf16) w.uk_t_bf16[i] = static_cast<const uint16_t*>(w.kv_b.w)[r * kLatentDim + col];
+        else w.uk_t_f32[i] = w.kv_b.at(r, col);
+      }
+    }
+  for (int64_t h = 0; h < H; ++h) {
+    LinearWeight uk{.out = kLatentDim, .in = nope, .dtype = bf16 ? WDType::bf16 : WDType::f32, .ld = nope};
+    uk.w = bf16 ? static_cast<const void*>(w.uk_t_bf16.data() + h * per_head)
+                : static_cast<const void*>(w.uk_t_f32.data() + h * per_head);
+    w.uk_t.push_back(uk);
+    LinearWeight uv = w.kv_b;
+    const int64_t r0 = h * (nope + v) + nope;
+    uv.out = v;
+    uv.row0 = r0;
+    uv.w = static_cast<const char*>(w.kv_b.w) + r0 * kLatentDim * int64_t(cpu::wdtype_size(w.kv_b.dtype));
+    w.uv.push_back(uv);
+  }
+  w.bytes_per_step = w.kv_a.bytes() + w.o.bytes() +
+                     (c.q_lora_rank > 0 ? w.q_a.bytes() + w.q_b.bytes() : w.q_proj.bytes());
+  for (int64_t h = 0; h < H; ++h) w.bytes_per_step += w.uk_t[h].bytes() + w.uv[h].bytes();
+}
+
+}  // namespace mla::layer

@@ -1,0 +1,32 @@
+// The attention layer's weights as the fast path reads them: projections as LinearWeight views
+// into the memory-mapped checkpoint (no copy), the two RMSNorm weights as floats, and kv_b_proj
+// split per head into W_UK[h]^T (a transposed copy, [kv_lora, qk_nope], since absorption
+// contracts over qk_nope) and W_UV[h] (a view of kv_b_proj's rows).
+#pragma once
+
+#include <vector>
+
+#include "cpu/linear/linear.h"
+#include "mla/cache.h"
+#include "mla/model.h"
+#include "mla/safetensors.h"
+
+namespace mla::layer {
+
+struct AttnWeights {
+  cpu::LinearWeight q_a, q_b, q_proj;  // q_a/q_b with q LoRA, else q_proj
+  cpu::LinearWeight kv_a, kv_b, o;
+  std::vector<float> q_a_norm, kv_a_norm;
+  std::vector<cpu::LinearWeight> uk_t, uv;  // [heads]
+  AlignedVec<uint16_t> uk_t_bf16;           // storage of uk_t when kv_b_proj is bf16 (exact)
+  AlignedVec<float> uk_t_f32;               // otherwise (exact for fp16/fp32, fp8 x scale in fp32)
+  int64_t bytes_per_step = 0;               // every projection's weight bytes, read once a step
+};
+
+// "model.layers.{layer}.self_attn."
+std::string attn_prefix(int layer);
+
+// Loads and checks every tensor; errors name the file and the tensor.
+void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w);
+
+}  // namespace mla::layer
