@@ -1,6 +1,8 @@
 // roofline: measures this machine's ceilings (read bandwidth from memory, L3 and L2; fp32 FMA,
 // bf16 dot and int8 dot rates) for each requested thread count, prints them as a table and writes
-// them as JSON for the benchmarks, which print each result as a fraction of its ceiling.
+// them as JSON for the benchmarks, which print each result as a fraction of its ceiling. On a CPU
+// with AVX-512 it measures them a second time limited to AVX2 (limit "avx2"), the ceilings of
+// the AVX2 kernels that `mla bench --isa avx2` compares with.
 //
 //   roofline [--threads 1,2] [--out ceilings.json] [--seconds S]
 #include <unistd.h>
@@ -55,14 +57,14 @@ void warn_if_busy() {
 }
 
 void print_header() {
-  std::printf("%7s %10s %10s %10s %12s %12s %12s\n", "threads", "mem GB/s", "L3 GB/s", "L2 GB/s",
-              "fp32 GFLOP/s", "bf16 GFLOP/s", "int8 GOP/s");
+  std::printf("%7s %7s %10s %10s %10s %12s %12s %12s\n", "threads", "limit", "mem GB/s",
+              "L3 GB/s", "L2 GB/s", "fp32 GFLOP/s", "bf16 GFLOP/s", "int8 GOP/s");
 }
 
 void print_row(const mla::Ceilings& c) {
-  std::printf("%7d %10.1f %10.1f %10.1f %12.1f %12.1f %12.1f\n", c.threads, c.read_bw_mem_gbs,
-              c.read_bw_l3_gbs, c.read_bw_l2_gbs, c.fp32_fma_gflops, c.bf16_dot_gflops,
-              c.int8_dot_gops);
+  std::printf("%7d %7s %10.1f %10.1f %10.1f %12.1f %12.1f %12.1f\n", c.threads, c.limit.c_str(),
+              c.read_bw_mem_gbs, c.read_bw_l3_gbs, c.read_bw_l2_gbs, c.fp32_fma_gflops,
+              c.bf16_dot_gflops, c.int8_dot_gops);
   std::fflush(stdout);
 }
 
@@ -90,6 +92,8 @@ int main(int argc, char** argv) {
   warn_if_busy();
   try {
     std::vector<mla::Ceilings> all;
+    const bool avx2_too = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma");
     for (int t : threads) {
       all.push_back(mla::measure_ceilings(t, seconds));
       if (all.size() == 1) {
@@ -97,10 +101,17 @@ int main(int argc, char** argv) {
         print_header();
       }
       print_row(all.back());
+      if (avx2_too) {
+        all.push_back(mla::ceilings_detail::measure_ceilings_limited(
+            t, seconds, mla::ceilings_detail::IsaLimit::avx2));
+        print_row(all.back());
+      }
     }
-    const mla::Ceilings& c = all.front();
-    std::printf("instructions: read %s, fp32 %s, bf16 %s, int8 %s\n", c.read_isa.c_str(),
-                c.fp32_isa.c_str(), c.bf16_isa.c_str(), c.int8_isa.c_str());
+    for (const mla::Ceilings& c : all)
+      if (c.threads == all.front().threads)
+        std::printf("instructions (%s): read %s, fp32 %s, bf16 %s, int8 %s\n", c.limit.c_str(),
+                    c.read_isa.c_str(), c.fp32_isa.c_str(), c.bf16_isa.c_str(),
+                    c.int8_isa.c_str());
     write_file_atomically(out, mla::ceilings_to_json(all));
     std::printf("wrote %s\n", out.c_str());
   } catch (const mla::Error& e) {

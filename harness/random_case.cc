@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "cpu/attention/kernel.h"
+
 namespace mla::test {
 
 uint64_t test_seed() {
@@ -89,6 +91,14 @@ Case make_case(const CaseSpec& spec, uint64_t seed) {
                      .max_blocks_per_seq = mb};
   c.view = c.cache.view();
   return c;
+}
+
+std::vector<Isa> runnable_isas(KvDType kv) {
+  std::vector<Isa> out;
+  for (const cpu::KernelInfo& k : cpu::kernel_registry())
+    if (k.kv == kv && k.supported() && std::find(out.begin(), out.end(), k.isa) == out.end())
+      out.push_back(k.isa);
+  return out;
 }
 
 }  // namespace mla::test

@@ -66,7 +66,7 @@ std::string Variant::describe() const {
   std::ostringstream os;
   os << "chunk=" << opt.chunk << ",up=" << (opt.up == UpForm::resident ? "resident" : "spill")
      << ",red=" << (opt.reduction == Reduction::last ? "last" : "separate")
-     << ",isa=" << (opt.isa == Isa::best ? "best" : "portable")
+     << ",isa=" << isa_name(opt.isa)
      << ",impl=" << (opt.impl == Impl::fast ? "fast" : "ref");
   return os.str();
 }
@@ -104,9 +104,9 @@ Variant parse_variant(const std::string& config, int default_chunk) {
                 "variant item '" << item << "': red must be separate or last");
       v.opt.reduction = val == "last" ? Reduction::last : Reduction::separate;
     } else if (key == "isa") {
-      MLA_CHECK(val == "best" || val == "portable",
-                "variant item '" << item << "': isa must be best or portable");
-      v.opt.isa = val == "best" ? Isa::best : Isa::portable;
+      MLA_CHECK(isa_from_name(val, &v.opt.isa),
+                "variant item '" << item << "': isa must be best, avx512, avx2 or portable");
+      v.isa_given = true;
     } else if (key == "impl") {
       MLA_CHECK(val == "fast" || val == "ref",
                 "variant item '" << item << "': impl must be fast or ref");

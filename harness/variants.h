@@ -8,7 +8,8 @@
 //            | 'up=' UP                 UP: resident (output accumulator kept in registers/L1)
 //                                       or spill (moved out and back every chunk: no "GO move")
 //            | ('red=' | 'reduction=') RED   RED: separate or last (who merges split-KV partials)
-//            | 'isa=' ISA               ISA: best or portable (forces the plain C++ kernels)
+//            | 'isa=' ISA               ISA: best, avx512, avx2 (force those kernels) or portable
+//                                       (the plain C++ kernels)
 //            | 'impl=' IMPL             IMPL: fast or ref (the float64 reference; for debugging)
 //
 // Keys a configuration leaves out take the "new" preset's values; items after a preset override
@@ -26,6 +27,7 @@ namespace mla::bench {
 struct Variant {
   std::string text;              // as given: "old", "chunk=1,up=spill"
   DecodeOptions opt;             // threads not set here (the caller's --threads)
+  bool isa_given = false;        // the configuration names an isa (mla bench --isa leaves it)
   std::string describe() const;  // every key: "chunk=1,up=spill,red=separate,isa=best,impl=fast"
 };
 

@@ -579,6 +579,7 @@ Ceilings measure_ceilings_limited(int threads, double seconds_per_test, IsaLimit
   Ceilings c;
   c.cpu = cpu_name();
   c.threads = threads;
+  c.limit = limit == IsaLimit::native ? "native" : limit == IsaLimit::avx2 ? "avx2" : "sse2";
   c.read_bw_mem_gbs = best(kMem);
   c.read_bw_l2_gbs = best(kL2);
   c.read_bw_l3_gbs = best(kL3);
@@ -627,6 +628,7 @@ std::string ceilings_to_json(const std::vector<Ceilings>& all) {
   for (const Ceilings& c : all) {
     nlohmann::ordered_json e;
     e["threads"] = c.threads;
+    e["limit"] = c.limit;
     for (int i = 0; i < 6; ++i) e[kRateFields[i]] = *rate_fields(c)[i];
     for (int i = 0; i < 4; ++i) e[kIsaFields[i]] = *isa_fields(c)[i];
     j["ceilings"].push_back(std::move(e));
@@ -663,7 +665,15 @@ std::vector<Ceilings> ceilings_from_json_file(const std::string& path) {
     MLA_CHECK(threads >= 1 && threads <= 1 << 20,
               where << ".threads = " << threads << " is not a thread count");
     c.threads = int(threads);
-    MLA_CHECK(find(all, c.threads) == nullptr, where << " repeats threads = " << c.threads);
+    if (e.contains("limit")) {  // optional: files from before the AVX2 kernels lack it
+      MLA_CHECK(e["limit"].is_string() &&
+                    (e["limit"] == "native" || e["limit"] == "avx2" || e["limit"] == "sse2"),
+                where << ".limit = " << e["limit"].dump() << " is not native, avx2 or sse2");
+      c.limit = e["limit"].get<std::string>();
+    }
+    for (const Ceilings& o : all)
+      MLA_CHECK(o.threads != c.threads || o.limit != c.limit,
+                where << " repeats threads = " << c.threads << " (limit " << c.limit << ")");
     for (int i = 0; i < 6; ++i) {
       const char* name = kRateFields[i];
       MLA_CHECK(e.contains(name) && e[name].is_number(),
@@ -686,8 +696,15 @@ std::vector<Ceilings> ceilings_from_json_file(const std::string& path) {
 }
 
 const Ceilings* find(const std::vector<Ceilings>& all, int threads) {
+  return find(all, threads, "native");
+}
+
+const Ceilings* find(const std::vector<Ceilings>& all, int threads, const std::string& limit) {
   for (const Ceilings& c : all)
-    if (c.threads == threads) return &c;
+    if (c.threads == threads && c.limit == limit) return &c;
+  if (limit == "avx2")
+    for (const Ceilings& c : all)
+      if (c.threads == threads && c.limit == "native" && c.fp32_isa == "avx2_fma") return &c;
   return nullptr;
 }
 

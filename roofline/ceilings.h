@@ -17,6 +17,9 @@ namespace mla {
 struct Ceilings {
   std::string cpu;  // model name, e.g. "AMD EPYC 9654 96-Core Processor"
   int threads = 0;
+  // "native": measured with the widest instructions the CPU has; "avx2": limited to AVX2 (+FMA),
+  // the ceilings of the AVX2 kernels on a CPU that also has AVX-512; "sse2" likewise.
+  std::string limit = "native";
   double read_bw_mem_gbs = 0;  // buffers well beyond the L3
   double read_bw_l2_gbs = 0;   // half the L2 per thread
   double read_bw_l3_gbs = 0;   // L2 + a quarter of each thread's share of the L3
@@ -43,8 +46,11 @@ std::string ceilings_to_json(const std::vector<Ceilings>& all);
 // unreadable file, invalid JSON, a missing or mistyped field, or a negative or non-finite rate.
 std::vector<Ceilings> ceilings_from_json_file(const std::string& path);
 
-// The entry measured with exactly `threads` threads, or nullptr.
+// The native entry measured with exactly `threads` threads, or nullptr.
 const Ceilings* find(const std::vector<Ceilings>& all, int threads);
+// The same for a limit: "native", or "avx2" (the avx2 entry, else a native one measured with
+// AVX2: on a CPU without AVX-512 the native ceilings are the AVX2 ones).
+const Ceilings* find(const std::vector<Ceilings>& all, int threads, const std::string& limit);
 
 // $MLA_CEILINGS if set and non-empty, else "ceilings.json" in the current directory.
 std::string default_ceilings_path();

@@ -79,10 +79,10 @@ def ratio_table(a, b, title):
 def ceilings_table():
     d = load("ceilings")
     out = [f"`build/roofline --out docs/perf/ceilings.json` on {d.get('cpu', '?')}", "",
-           "| threads | read mem GB/s | read L3 GB/s | read L2 GB/s | fp32 FMA GFLOP/s | bf16 dot GFLOP/s | int8 dot GOP/s |",
-           "|---:|---:|---:|---:|---:|---:|---:|"]
+           "| threads | limit | read mem GB/s | read L3 GB/s | read L2 GB/s | fp32 FMA GFLOP/s | bf16 dot GFLOP/s | int8 dot GOP/s |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for c in d["ceilings"]:
-        out.append(f"| {c['threads']} | {c['read_bw_mem_gbs']:.1f} | {c['read_bw_l3_gbs']:.1f} | {c['read_bw_l2_gbs']:.1f} | "
+        out.append(f"| {c['threads']} | {c.get('limit', 'native')} | {c['read_bw_mem_gbs']:.1f} | {c['read_bw_l3_gbs']:.1f} | {c['read_bw_l2_gbs']:.1f} | "
                    f"{c['fp32_fma_gflops']:.1f} | {c['bf16_dot_gflops']:.1f} | {c['int8_dot_gops']:.1f} |")
     c = d["ceilings"][0]
     out.append(f"\nInstructions: fp32 {c['fp32_isa']}, bf16 {c['bf16_isa']}, int8 {c['int8_isa']}, reads {c.get('read_isa', '?')}.\n")
@@ -108,3 +108,10 @@ print(variant_table("chunk1_vs_4", "Chunk 1 vs 4 (int8)"))
 print(variant_table("chunk2_vs_4", "Chunk 2 vs 4 (int8)"))
 print(variant_table("up_spill_vs_resident", "UP: accumulator spilled every chunk vs resident (int8)"))
 print(variant_table("red_separate_vs_last", "Reduction: separate pass vs last worker (int8, 16 heads, q_len 1: KV splits)"))
+# The AVX2 kernels (--isa avx2), where perf.sh has run them.
+for name, title in [("avx2_int8_h128", "AVX2 kernel, int8 cache, 128 heads, q_len 2 (read the AVX2 section first)"),
+                    ("avx2_bf16_h128", "AVX2 kernel, bf16 cache, 128 heads, q_len 2 (read the AVX2 section first)"),
+                    ("avx2_int8_h16", "AVX2 kernel, int8 cache, 16 heads, q_len 1 (read the AVX2 section first)"),
+                    ("avx2_bf16_h16", "AVX2 kernel, bf16 cache, 16 heads, q_len 1 (read the AVX2 section first)")]:
+    if os.path.exists(os.path.join(DIR, name + ".json")):
+        print(grid_table(name, title))

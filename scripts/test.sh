@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs the whole test suite (the README's test command; .ci/run calls it):
 #   1. the release build's tests (CTest), with NumPy from the Python package's venv
-#      (scripts/venv.sh) so the C++ .npy cross-check runs, then the Python package's tests (pytest);
+#      (scripts/venv.sh) so the C++ .npy cross-check runs, the instruction-set check of its objects
+#      (scripts/check_isa.sh), then the Python package's tests (pytest);
 #   2. the C++ tests again under AddressSanitizer + UndefinedBehaviorSanitizer (the CLI, the
 #      thread pool, the non-finite rule and the AVX-512 kernels included), with MLA_TEST_QUICK=1
 #      so the long random sweeps run a smaller sample; only the test binaries and the program are
@@ -25,6 +26,8 @@ if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
 fi
 phase "release tests (ctest)"
 (cd "$root/build" && ctest --output-on-failure -j"$jobs")
+# The library runs on a CPU without AVX-512: no EVEX code outside the *_avx512*.cc objects.
+bash "$root/scripts/check_isa.sh" "$root/build"
 if [ "${MLA_SKIP_PYTHON:-0}" != 1 ]; then
   phase "Python package tests (tests/python)"
   MLA_CLI="$root/build/mla" "$MLA_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python"

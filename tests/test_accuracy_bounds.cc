@@ -33,12 +33,18 @@ struct Bound {
 //   decode_i8_portable      4.6e-3   1.2e-2   4.0e-6
 //   decode_fp8_avx512bf16   9.6e-4   3.3e-3   8.1e-6   (against the de-quantized cache)
 //   decode_fp8_portable     9.6e-4   3.3e-3   4.8e-6
+//   decode_bf16_avx2        8.1e-7   3.6e-6   1.5e-5
+//   decode_f16_avx2         1.7e-6   7.9e-6   2.7e-5
+//   decode_i8_avx2          4.5e-3   1.2e-2   7.2e-6
 // The bounds are about 3x those, a kernel's AVX-512 and portable forms sharing one.
 const Bound kBounds[] = {
     {"decode_bf16_avx512bf16", 3e-3, 9e-3, 4e-5},  {"decode_bf16_portable", 3e-3, 9e-3, 4e-5},
     {"decode_f16_avx512f", 5e-6, 4e-5, 8e-5},      {"decode_f16_portable", 5e-6, 4e-5, 8e-5},
     {"decode_i8_avx512vnni", 1.4e-2, 3.5e-2, 3e-5}, {"decode_i8_portable", 1.4e-2, 3.5e-2, 3e-5},
     {"decode_fp8_avx512bf16", 3e-3, 1e-2, 3e-5},   {"decode_fp8_portable", 3e-3, 1e-2, 3e-5},
+    // The AVX2 bf16 kernel keeps P in fp32 (the AVX-512 one rounds it to bf16 for vdpbf16ps).
+    {"decode_bf16_avx2", 2.5e-6, 1.1e-5, 5e-5},    {"decode_f16_avx2", 5e-6, 2.5e-5, 9e-5},
+    {"decode_i8_avx2", 1.4e-2, 3.5e-2, 3e-5},
 };
 
 std::vector<const cpu::KernelInfo*> supported_kernels() {

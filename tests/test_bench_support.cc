@@ -355,6 +355,11 @@ TEST(Variants, GoodSpecs) {
   v = bench::parse_variants("old,chunk=4:reduction=separate,isa=portable,impl=ref", 4);
   EXPECT_EQ(v[0].describe(), "chunk=4,up=spill,red=separate,isa=best,impl=fast");
   EXPECT_EQ(v[1].opt.isa, Isa::portable);
+  EXPECT_FALSE(v[0].isa_given);
+  EXPECT_TRUE(v[1].isa_given);
+  const std::vector<bench::Variant> w = bench::parse_variants("isa=avx2:isa=avx512", 4);
+  EXPECT_EQ(w[0].opt.isa, Isa::avx2);
+  EXPECT_EQ(w[1].describe(), "chunk=4,up=resident,red=last,isa=avx512,impl=fast");
   EXPECT_EQ(v[1].opt.impl, Impl::ref);
   EXPECT_EQ(v[1].opt.reduction, Reduction::separate);
 }

@@ -51,6 +51,7 @@ Ceilings sample(int threads) {
 void expect_equal(const Ceilings& a, const Ceilings& b) {
   EXPECT_EQ(a.cpu, b.cpu);
   EXPECT_EQ(a.threads, b.threads);
+  EXPECT_EQ(a.limit, b.limit);
   EXPECT_EQ(a.read_bw_mem_gbs, b.read_bw_mem_gbs);
   EXPECT_EQ(a.read_bw_l2_gbs, b.read_bw_l2_gbs);
   EXPECT_EQ(a.read_bw_l3_gbs, b.read_bw_l3_gbs);
@@ -140,6 +141,34 @@ TEST(Ceilings, FindByThreads) {
   ASSERT_NE(find(all, 2), nullptr);
   EXPECT_EQ(find(all, 2)->threads, 2);
   EXPECT_EQ(find(all, 3), nullptr);
+}
+
+// A file with both the native and the AVX2-limited ceilings (roofline on an AVX-512 CPU): each
+// is found by its limit; the limit is optional (native) and checked.
+TEST(Ceilings, Avx2LimitedEntries) {
+  Ceilings a2 = sample(2);
+  a2.limit = "avx2";
+  a2.fp32_fma_gflops = 100;
+  a2.fp32_isa = "avx2_fma";
+  const std::vector<Ceilings> all = {sample(1), sample(2), a2};
+  const std::vector<Ceilings> back =
+      ceilings_from_json_file(write_file("limits.json", ceilings_to_json(all)));
+  ASSERT_EQ(back.size(), 3u);
+  expect_equal(back[2], a2);
+  ASSERT_NE(find(back, 2, "avx2"), nullptr);
+  EXPECT_EQ(find(back, 2, "avx2")->fp32_fma_gflops, 100);
+  EXPECT_EQ(find(back, 2)->limit, "native");
+  EXPECT_EQ(find(back, 1, "avx2"), nullptr);  // native is AVX-512 there: no AVX2 figure
+  // On a CPU without AVX-512 the native entry is the AVX2 one.
+  Ceilings n2 = sample(3);
+  n2.fp32_isa = "avx2_fma";
+  const std::vector<Ceilings> only = {n2};
+  EXPECT_EQ(find(only, 3, "avx2"), &only[0]);
+  // Two entries of one thread count and limit, or an unknown limit, are refused.
+  expect_error(write_file("limits2.json", ceilings_to_json({a2, a2})), "repeats threads = 2");
+  std::string text = ceilings_to_json({a2});
+  text.replace(text.find("\"avx2\","), 7, "\"avx9\"");
+  expect_error(write_file("limits3.json", text), "limit");
 }
 
 TEST(Ceilings, DefaultPath) {

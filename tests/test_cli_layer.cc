@@ -119,7 +119,7 @@ TEST(CliLayer, RefusalsExit2NameTheValueAndWriteNothing) {
   refused(base + " --q-len 41", "lens[0] = 40 is outside [--q-len 41");
   refused(base + " --lens " + f.lens + " --q-len 18", "lens[1] = 17");
   refused(base + " --layer 2", "--layer 2 is outside the model's 2 layers");
-  refused(base + " --kv-dtype fp8", "fp8");
+  refused(base + " --kv-dtype int4", "int4");
   refused(base + " --block-size 0", "--block-size 0");
   const std::vector<int32_t> long_lens{40, 41, 3};
   write_npy(f.dir + "/long.npy", DType::i32, {3}, long_lens.data());

@@ -193,7 +193,9 @@ TEST_P(DecodeKernel, NanInUnusedSlotsNeverLeaks) {
 INSTANTIATE_TEST_SUITE_P(Registry, DecodeKernel, ::testing::ValuesIn(supported_kernels()),
                          kernel_names);
 
-TEST(Decode, ForcedPortablePathAgreesWithBestPath) {
+// Every ISA this CPU supports, forced through decode(), agrees with the best path; forcing an ISA
+// picks a kernel of that ISA, and one the CPU lacks is refused with an error naming it.
+TEST(Decode, EachForcedIsaAgreesWithBestPath) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8, KvDType::fp8}) {
@@ -201,14 +203,43 @@ TEST(Decode, ForcedPortablePathAgreesWithBestPath) {
     s.kv = kv;
     test::Case c = test::make_case(s, seed);
     const int64_t rows = 2 * 2 * 16;
-    std::vector<float> ob(rows * kLatentDim), lb(rows), op(rows * kLatentDim), lp(rows);
+    std::vector<float> ob(rows * kLatentDim), lb(rows);
     decode(c.p, c.q_dtype, c.q16.data(), c.cache, DecodeOptions{.isa = Isa::best}, ob.data(), lb.data());
-    decode(c.p, c.q_dtype, c.q16.data(), c.cache, DecodeOptions{.isa = Isa::portable}, op.data(), lp.data());
-    std::vector<double> dop(op.begin(), op.end()), dlp(lp.begin(), lp.end());
-    const ref::Comparison cmp = ref::compare(ob.data(), lb.data(), dop.data(), dlp.data(), rows,
-                                             kLatentDim, ref::tolerance_for(kv, false));
-    EXPECT_TRUE(cmp.pass) << kv_dtype_name(kv) << ": " << cmp.summary();
+    for (Isa isa : {Isa::portable, Isa::avx512, Isa::avx2}) {
+      bool any = false;
+      for (const auto& k : cpu::kernel_registry()) any |= k.kv == kv && k.isa == isa && k.supported();
+      std::vector<float> op(rows * kLatentDim, std::nanf("")), lp(rows, std::nanf(""));
+      const DecodeOptions opt{.isa = isa};
+      if (!any) {
+        try {
+          decode(c.p, c.q_dtype, c.q16.data(), c.cache, opt, op.data(), lp.data());
+          ADD_FAILURE() << isa_name(isa) << " ran on a CPU without it";
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("lacks"), std::string::npos) << e.what();
+        }
+        for (float v : lp) ASSERT_TRUE(std::isnan(v)) << "written on refusal";
+        continue;
+      }
+      EXPECT_EQ(cpu::select_kernel(kv, isa).isa, isa);
+      decode(c.p, c.q_dtype, c.q16.data(), c.cache, opt, op.data(), lp.data());
+      std::vector<double> dop(op.begin(), op.end()), dlp(lp.begin(), lp.end());
+      const ref::Comparison cmp = ref::compare(ob.data(), lb.data(), dop.data(), dlp.data(), rows,
+                                               kLatentDim, ref::tolerance_for(kv, false));
+      EXPECT_TRUE(cmp.pass) << kv_dtype_name(kv) << " " << isa_name(isa) << ": " << cmp.summary();
+    }
   }
+}
+
+TEST(Decode, IsaNamesRoundTrip) {
+  for (Isa isa : {Isa::best, Isa::portable, Isa::avx512, Isa::avx2}) {
+    Isa back = Isa::best;
+    ASSERT_TRUE(isa_from_name(isa_name(isa), &back)) << isa_name(isa);
+    EXPECT_EQ(back, isa);
+  }
+  Isa untouched = Isa::avx2;
+  EXPECT_FALSE(isa_from_name("avx", &untouched));
+  EXPECT_FALSE(isa_from_name("AVX2", &untouched));
+  EXPECT_EQ(untouched, Isa::avx2);
 }
 
 TEST(Decode, RefusesBadOptionsAndWritesNothing) {

@@ -40,12 +40,14 @@ TEST(DecodeLayout, StridedOutputsHoldTheDenseResult) {
     s.kv = kv;
     const test::Case c = test::make_case(s, seed);
     const int B = s.batch, Q = s.q_len, H = s.heads;
-    for (const DecodeOptions& opt :
-         {DecodeOptions{.threads = 1}, DecodeOptions{.threads = 3, .reduction = Reduction::last},
-          DecodeOptions{.threads = 3, .reduction = Reduction::separate},
-          DecodeOptions{.impl = Impl::ref}}) {
+    std::vector<DecodeOptions> opts = {
+        DecodeOptions{.threads = 1}, DecodeOptions{.threads = 3, .reduction = Reduction::last},
+        DecodeOptions{.threads = 3, .reduction = Reduction::separate},
+        DecodeOptions{.impl = Impl::ref}};
+    for (Isa isa : test::runnable_isas(kv)) opts.push_back(DecodeOptions{.threads = 2, .isa = isa});
+    for (const DecodeOptions& opt : opts) {
       SCOPED_TRACE(std::string(kv_dtype_name(kv)) + " threads " + std::to_string(opt.threads) +
-                   (opt.impl == Impl::ref ? " ref" : ""));
+                   " isa " + isa_name(opt.isa) + (opt.impl == Impl::ref ? " ref" : ""));
       const Dense d = run_dense(c, c.cache, opt);
       // o as [b, h, i, 512 + 8] (a gap after each row), lse as FlashMLA's [b, h, s_q].
       const int64_t orow = kLatentDim + 8;
@@ -119,8 +121,10 @@ TEST(DecodeLayout, ViewOverCallerMemoryReadsWhatTheCacheReads) {
       v.scale_per_channel = i8.channel_scale.empty() ? nullptr : i8.channel_scale.data();
       v.scale_per_token = i8.token_scale.empty() ? nullptr : i8.token_scale.data();
     }
-    for (const DecodeOptions& opt : {DecodeOptions{.threads = 2}, DecodeOptions{.isa = Isa::portable},
-                                     DecodeOptions{.impl = Impl::ref}}) {
+    std::vector<DecodeOptions> opts = {DecodeOptions{.threads = 2}, DecodeOptions{.impl = Impl::ref}};
+    for (Isa isa : test::runnable_isas(kv)) opts.push_back(DecodeOptions{.threads = 2, .isa = isa});
+    for (const DecodeOptions& opt : opts) {
+      SCOPED_TRACE(std::string("isa ") + isa_name(opt.isa) + (opt.impl == Impl::ref ? " ref" : ""));
       const Dense a = run_dense(c, cache, opt), b = run_dense(c, v, opt);
       ASSERT_EQ(std::memcmp(a.o.data(), b.o.data(), a.o.size() * sizeof(float)), 0);
       ASSERT_EQ(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)), 0);

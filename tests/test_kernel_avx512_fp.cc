@@ -1,4 +1,5 @@
-// The AVX-512 bf16, fp16 and fp8 attention kernels, run directly on work items (KernelArgs), against
+// The AVX-512 bf16, fp16 and fp8 and the AVX2 bf16 and fp16 attention kernels (each one this CPU
+// supports), run directly on work items (KernelArgs), against
 // float64: full KV ranges against ref::decode, cut ranges against a float64 of the sub-range and,
 // merged with ref::combine, against the unsplit reference. Swept over block sizes (1, 16, 64, 128,
 // scattered tables), heads 1..128, q_len 1..4 (uneven per sequence), causal or not, chunk 1..8,
@@ -22,6 +23,8 @@ namespace mla::cpu {
 extern const KernelInfo decode_bf16_avx512bf16;
 extern const KernelInfo decode_f16_avx512f;
 extern const KernelInfo decode_fp8_avx512bf16;
+extern const KernelInfo decode_bf16_avx2;
+extern const KernelInfo decode_f16_avx2;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -368,6 +371,9 @@ TEST_P(KernelAvx512Fp, SinkAndWideScores) {
 INSTANTIATE_TEST_SUITE_P(Kernels, KernelAvx512Fp,
                          ::testing::Values(&cpu::decode_bf16_avx512bf16, &cpu::decode_f16_avx512f,
                                            &cpu::decode_fp8_avx512bf16),
+                         [](const auto& info) { return std::string(info.param->name); });
+INSTANTIATE_TEST_SUITE_P(Avx2Kernels, KernelAvx512Fp,
+                         ::testing::Values(&cpu::decode_bf16_avx2, &cpu::decode_f16_avx2),
                          [](const auto& info) { return std::string(info.param->name); });
 
 }  // namespace

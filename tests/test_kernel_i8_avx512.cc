@@ -1,4 +1,5 @@
-// The AVX-512 VNNI int8-cache attention kernel, run directly on work items (KernelArgs), against
+// The AVX-512 VNNI and the AVX2 int8-cache attention kernels (each one this CPU supports), run
+// directly on work items (KernelArgs), against
 // float64 at DESIGN §6's int8 tolerances: whole sequences against ref::decode, cut KV ranges
 // against a float64 of the sub-range and, merged with ref::combine, against the unsplit reference.
 // Swept over the three scale modes (token, tensor, channel), block sizes 1, 16, 64, 128 with
@@ -22,6 +23,7 @@
 
 namespace mla::cpu {
 extern const KernelInfo decode_i8_avx512vnni;
+extern const KernelInfo decode_i8_avx2;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -33,7 +35,17 @@ using test::CaseSpec;
 constexpr float kSentinel = 12345.f;
 constexpr uint16_t kBf16NaN = 0x7fc0;
 
-const cpu::KernelInfo& kernel() { return cpu::decode_i8_avx512vnni; }
+// The kernel under test (the fixture's parameter, set in SetUp).
+const cpu::KernelInfo* g_kernel = nullptr;
+const cpu::KernelInfo& kernel() { return *g_kernel; }
+
+// The int8 SIMD kernels this CPU can run (the portable one has test_decode's sweep).
+std::vector<const cpu::KernelInfo*> supported_i8_kernels() {
+  std::vector<const cpu::KernelInfo*> v;
+  for (const cpu::KernelInfo* k : {&cpu::decode_i8_avx512vnni, &cpu::decode_i8_avx2})
+    if (k->supported()) v.push_back(k);
+  return v;
+}
 
 // One work item's outputs: a gap of one row between query tokens and a tail, all holding the
 // sentinel, so that a write outside the item's rows shows.
@@ -175,11 +187,9 @@ Case make(const CaseSpec& spec, uint64_t seed, int zero_every = 0) {
   return c;
 }
 
-class KernelI8Avx512 : public ::testing::Test {
+class KernelI8Avx512 : public ::testing::TestWithParam<const cpu::KernelInfo*> {
  protected:
-  void SetUp() override {
-    if (!kernel().supported()) GTEST_SKIP() << kernel().name << ": CPU lacks the instructions";
-  }
+  void SetUp() override { g_kernel = GetParam(); }
   cpu::Scratch scratch_;
 };
 
@@ -201,7 +211,7 @@ std::string describe(const Sweep& s, KvScale mode, UpForm up) {
 }
 
 // Whole sequences, all heads, every scale mode, compared with ref::decode.
-TEST_F(KernelI8Avx512, FullRangeMatchesReference) {
+TEST_P(KernelI8Avx512, FullRangeMatchesReference) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   const std::vector<Sweep> sweeps = {
@@ -250,7 +260,7 @@ TEST_F(KernelI8Avx512, FullRangeMatchesReference) {
 }
 
 // The two UP forms give the same answer (they differ only in where the accumulator lives).
-TEST_F(KernelI8Avx512, UpFormsAgree) {
+TEST_P(KernelI8Avx512, UpFormsAgree) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   for (KvScale mode : {KvScale::token, KvScale::tensor, KvScale::channel}) {
@@ -276,7 +286,7 @@ TEST_F(KernelI8Avx512, UpFormsAgree) {
 // Items that cut the KV range anywhere and take a subset of heads: each piece matches a float64
 // of its sub-range (with garbage in every slot outside it), and the pieces merged by
 // ref::combine match the unsplit reference.
-TEST_F(KernelI8Avx512, SplitRangesMatchSubRangeAndCombine) {
+TEST_P(KernelI8Avx512, SplitRangesMatchSubRangeAndCombine) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   std::mt19937_64 rng(seed);
@@ -372,7 +382,7 @@ TEST_F(KernelI8Avx512, SplitRangesMatchSubRangeAndCombine) {
 
 // Ranges shorter than a step, single tokens, ranges ending mid-tile and mid-group of 4, for every
 // chunk and block size: the zero-filled, masked tails must leave no trace.
-TEST_F(KernelI8Avx512, ShortRangesAndTails) {
+TEST_P(KernelI8Avx512, ShortRangesAndTails) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   const std::vector<std::pair<int, int>> ranges = {{0, 1},   {149, 150}, {148, 150}, {5, 22},
@@ -408,7 +418,7 @@ TEST_F(KernelI8Avx512, ShortRangesAndTails) {
 
 // Wide score spreads with one dominating key (an attention sink), a negative and a zero softmax
 // scale: the max, the exp and the P quantization must hold up, and never produce NaN.
-TEST_F(KernelI8Avx512, SinkWideScoresAndOddScales) {
+TEST_P(KernelI8Avx512, SinkWideScoresAndOddScales) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   for (float std_ : {1.f, 3.f})
@@ -439,7 +449,7 @@ TEST_F(KernelI8Avx512, SinkWideScoresAndOddScales) {
 
 // Scores that keep growing along the sequence (key scales rising with the position), so that the
 // running maximum moves in most steps, by small and by large amounts: every rescale path of SM/UP.
-TEST_F(KernelI8Avx512, GrowingScoresMoveTheMaximum) {
+TEST_P(KernelI8Avx512, GrowingScoresMoveTheMaximum) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   for (float growth : {2.f, 8.f}) {
@@ -469,7 +479,7 @@ TEST_F(KernelI8Avx512, GrowingScoresMoveTheMaximum) {
 }
 
 // DeepSeek-V3's decode shape (128 heads x q_len 2) over a long sequence, every chunk.
-TEST_F(KernelI8Avx512, ManyHeadsLongSequence) {
+TEST_P(KernelI8Avx512, ManyHeadsLongSequence) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
   CaseSpec spec{.batch = 1,
@@ -489,6 +499,10 @@ TEST_F(KernelI8Avx512, ManyHeadsLongSequence) {
     EXPECT_TRUE(matches(r, ro, rl));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, KernelI8Avx512, ::testing::ValuesIn(supported_i8_kernels()),
+                         [](const auto& info) { return std::string(info.param->name); });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(KernelI8Avx512);  // a CPU without AVX2
 
 }  // namespace
 }  // namespace mla

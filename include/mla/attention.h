@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <string>
 
 #include "mla/cache.h"
@@ -80,7 +81,12 @@ enum class Impl { ref, fast };
 enum class Reduction { separate, last };  // who merges split-KV partials (DESIGN §5)
 enum class UpForm { resident, spill };    // output accumulator kept in registers/L1, or moved
                                           // out and back every chunk (the seed's "old" UP)
-enum class Isa { best, portable };        // portable forces the plain C++ kernels
+// Which kernels: best = the fastest this CPU supports; avx512 / avx2 force that instruction set
+// (an error when the CPU lacks it); portable forces the plain C++ kernels.
+enum class Isa { best, portable, avx512, avx2 };
+const char* isa_name(Isa isa);  // "best", "portable", "avx512", "avx2"
+// The Isa named `name`; false (and *isa untouched) for any other string.
+bool isa_from_name(std::string_view name, Isa* isa);
 
 struct DecodeOptions {
   Impl impl = Impl::fast;

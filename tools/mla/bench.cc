@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/attention/kernel.h"
 #include "roofline/ceilings.h"
 #include "mla/commands.h"
 #include "mla/status.h"
@@ -56,6 +57,7 @@ struct BenchArgs {
   uint64_t seed = 1;
   std::string json_path;
   std::string ceilings_path;
+  std::string isa = "best";  // of every variant that does not name one
   bool no_baseline = false;
   bool no_check = false;
   bool stage_times = false;
@@ -142,7 +144,9 @@ struct CeilingSet {
   json sources = json::object();   // threads -> file path or "measured"
 };
 
-CeilingSet get_ceilings(const std::string& given, const std::vector<int>& threads) {
+// limit: "native", or "avx2" for the AVX2 kernels (ceilings_detail::IsaLimit).
+CeilingSet get_ceilings(const std::string& given, const std::vector<int>& threads,
+                        const std::string& limit) {
   CeilingSet cs;
   std::string path = given;
   if (!given.empty()) {
@@ -157,16 +161,18 @@ CeilingSet get_ceilings(const std::string& given, const std::vector<int>& thread
   }
   std::vector<Ceilings> measured;
   for (int c : threads) {
-    if (find(cs.all, c)) {
+    if (find(cs.all, c, limit)) {
       cs.sources[std::to_string(c)] = path;
       continue;
     }
     std::fprintf(stderr,
-                 "mla bench: no ceilings for %d thread(s)%s%s; measuring them now (0.1 s per "
+                 "mla bench: no %s ceilings for %d thread(s)%s%s; measuring them now (0.1 s per "
                  "test; bench/roofline measures them properly)\n",
-                 c, path.empty() ? "" : " in ", path.c_str());
+                 limit.c_str(), c, path.empty() ? "" : " in ", path.c_str());
     try {
-      measured.push_back(measure_ceilings(c, 0.1));
+      measured.push_back(ceilings_detail::measure_ceilings_limited(
+          c, 0.1,
+          limit == "avx2" ? ceilings_detail::IsaLimit::avx2 : ceilings_detail::IsaLimit::native));
       cs.sources[std::to_string(c)] = "measured";
       cs.notes.push_back("ceilings for c" + std::to_string(c) + " measured briefly by mla bench");
     } catch (const Error& e) {
@@ -542,10 +548,19 @@ json report_json(const BenchArgs& a, const std::vector<int>& bs, const std::vect
                    {"reps", a.reps},
                    {"warmup", a.warmup},
                    {"seed", a.seed},
+                   {"isa", a.isa},
                    {"baseline", !a.no_baseline},
                    {"check", !a.no_check}};
-  doc["variants"] = {{"old", {{"text", variants[0].text}, {"options", variants[0].describe()}}},
-                     {"new", {{"text", variants[1].text}, {"options", variants[1].describe()}}}};
+  const KvDType kv = parse_kv_dtype(a.kv_dtype);
+  auto variant_json = [&](const bench::Variant& v) {
+    const cpu::KernelInfo& k = cpu::select_kernel(kv, v.opt.isa);
+    return json{{"text", v.text}, {"options", v.describe()}, {"kernel", k.name},
+                {"kernel_isa", isa_name(k.isa)}};
+  };
+  doc["variants"] = {{"old", variant_json(variants[0])}, {"new", variant_json(variants[1])}};
+  // The ceilings the floor fractions are taken against: "avx2" for an AVX2 kernel.
+  doc["ceilings_limit"] =
+      cpu::select_kernel(kv, variants[1].opt.isa).isa == Isa::avx2 ? "avx2" : "native";
   doc["baseline"] =
       a.no_baseline ? json(nullptr) : json("OpenBLAS fp32: de-quantize, sgemm, softmax, sgemm");
   // ceilings_to_json: {"cpu": ..., "ceilings": [...]}.
@@ -570,7 +585,8 @@ std::string join(const std::vector<int>& v) {
 }
 
 void print_preamble(const BenchArgs& a, KvDType kv, KvScale scale, const std::vector<int>& cs,
-                    const std::vector<bench::Variant>& variants, const CeilingSet& ceilings) {
+                    const std::vector<bench::Variant>& variants, const CeilingSet& ceilings,
+                    const std::string& limit) {
   const std::string scales =
       kv == KvDType::int8 ? std::string(" (") + kv_scale_name(scale) + " scales)" : "";
   std::printf("mla bench: %s cache%s, %d heads, q_len %d, block %d; threads %s\n",
@@ -580,13 +596,13 @@ void print_preamble(const BenchArgs& a, KvDType kv, KvScale scale, const std::ve
   if (!a.no_baseline)
     std::printf("  BLAS: OpenBLAS fp32: de-quantize, sgemm Q.K^T, softmax, sgemm P.V\n");
   for (int c : cs) {
-    const Ceilings* e = find(ceilings.all, c);
+    const Ceilings* e = find(ceilings.all, c, limit);
     if (!e) continue;
     const std::string from = ceilings.sources.value(std::to_string(c), std::string("?"));
     std::printf(
-        "  ceilings c%d (%s): int8 dot %.0f GOP/s, bf16 dot %.0f GFLOP/s, fp32 FMA %.0f "
+        "  ceilings c%d %s (%s): int8 dot %.0f GOP/s, bf16 dot %.0f GFLOP/s, fp32 FMA %.0f "
         "GFLOP/s, read mem %.1f GB/s, L3 %.1f GB/s\n",
-        c, from.c_str(), e->int8_dot_gops, e->bf16_dot_gflops, e->fp32_fma_gflops,
+        c, e->limit.c_str(), from.c_str(), e->int8_dot_gops, e->bf16_dot_gflops, e->fp32_fma_gflops,
         e->read_bw_mem_gbs, e->read_bw_l3_gbs);
   }
   for (const auto& n : ceilings.notes) std::printf("  note: %s\n", n.c_str());
@@ -622,17 +638,27 @@ void run_bench(const BenchArgs& a) {
             "--warmup = " << a.warmup << " must be at least 1 (the first run is the check)");
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvScale scale = parse_kv_scale(a.kv_scale);
-  const std::vector<bench::Variant> variants = bench::parse_variants(a.variants, a.chunk);
+  std::vector<bench::Variant> variants = bench::parse_variants(a.variants, a.chunk);
+  Isa isa = Isa::best;
+  MLA_CHECK(isa_from_name(a.isa, &isa),
+            "--isa " << a.isa << " is not best, avx512, avx2 or portable");
+  for (bench::Variant& v : variants)
+    if (!v.isa_given) v.opt.isa = isa;
+  // The floor of the kernel the "new" variant runs: an AVX2 kernel is held to the AVX2 ceilings.
+  // (Throws here, before any work, when the CPU lacks a forced ISA.)
+  for (const bench::Variant& v : variants) cpu::select_kernel(kv, v.opt.isa);
+  const std::string limit =
+      cpu::select_kernel(kv, variants[1].opt.isa).isa == Isa::avx2 ? "avx2" : "native";
   if (!a.json_path.empty()) {
     const auto dir = std::filesystem::path(a.json_path).parent_path();
     MLA_CHECK(dir.empty() || std::filesystem::is_directory(dir),
               "--json " << a.json_path << ": directory " << dir.string() << " does not exist");
   }
 
-  const CeilingSet ceilings = get_ceilings(a.ceilings_path, cs);
+  const CeilingSet ceilings = get_ceilings(a.ceilings_path, cs, limit);
   const int64_t l3 = bench::l3_cache_bytes();
 
-  print_preamble(a, kv, scale, cs, variants, ceilings);
+  print_preamble(a, kv, scale, cs, variants, ceilings, limit);
   std::printf("\n");
   print_header();
   std::fflush(stdout);
@@ -654,7 +680,7 @@ void run_bench(const BenchArgs& a) {
                                    .seed = a.seed};
         const std::string tag =
             "[" + std::to_string(rows.size() + 1) + "/" + std::to_string(total) + "] ";
-        rows.push_back(run_row(a, spec, c, variants, find(ceilings.all, c), l3, progress, tag));
+        rows.push_back(run_row(a, spec, c, variants, find(ceilings.all, c, limit), l3, progress, tag));
         progress.clear();
         print_row(rows.back());
       }
@@ -677,7 +703,7 @@ Variants (--variants OLD:NEW; the first is the "old" column, the ratio is old/ne
     chunk=N           KV tiles of 64 tokens per pipeline step (N >= 1)
     up=resident|spill output accumulator kept in registers, or written out every chunk
     red=separate|last split-KV partials merged in a separate pass, or by the last worker
-    isa=best|portable portable forces the plain C++ kernels
+    isa=best|avx512|avx2|portable   force those kernels (default: --isa)
     impl=fast|ref     ref runs the float64 reference (slow; for debugging)
   Keys left out take the "new" values. Examples:
     --variants old:new   --variants chunk=1:chunk=4   --variants red=separate:red=last
@@ -727,6 +753,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--ceilings", args->ceilings_path,
                   "ceilings file from bench/roofline (default: $MLA_CEILINGS or ./ceilings.json; "
                   "measured briefly when missing)");
+  cmd->add_option("--isa", args->isa,
+                  "kernels of the variants that name no isa: best, avx512, avx2 or portable; "
+                  "AVX2 kernels are held to the AVX2 ceilings")
+      ->capture_default_str();
   cmd->add_flag("--no-baseline", args->no_baseline, "skip the BLAS baseline");
   cmd->add_flag("--no-check", args->no_check, "skip the checks against the float64 reference");
   cmd->add_flag("--stage-times", args->stage_times,

@@ -309,7 +309,7 @@ void add_demo_command(CLI::App& app) {
   c->add_option("--batch", a->batch, "Sequences")->capture_default_str();
   c->add_option("--context", a->context, "History tokens per sequence before the first step")->capture_default_str();
   c->add_option("--q-len", a->q_len, "Tokens per sequence per step (MTP)")->capture_default_str();
-  c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16 or int8")->capture_default_str();
+  c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16, int8 or fp8")->capture_default_str();
   c->add_option("--steps", a->steps, "Decode steps")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   c->add_option("--seed", a->seed, "Seed of the random weights and inputs")->capture_default_str();

@@ -98,7 +98,7 @@ void add_layer_command(CLI::App& app) {
   c->add_option("--hidden", a->hidden, "hidden.npy float32 [B, T, hidden_size]: the self_attn input at positions 0..T-1")->required();
   c->add_option("--lens", a->lens, "lens.npy int32 [B]: sequence b uses its first lens[b] tokens (default T)");
   c->add_option("--q-len", a->q_len, "Tokens decoded per sequence in the step (the last q_len of each)")->capture_default_str();
-  c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16 or int8")->capture_default_str();
+  c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16, int8 or fp8")->capture_default_str();
   c->add_option("--block-size", a->block_size, "Tokens per cache block")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   c->add_option("--out", a->out, "Directory for o.npy float32 [B, q_len, hidden_size] (made if missing)")->required();

@@ -13,6 +13,7 @@ namespace mla::cpu {
 extern const KernelInfo decode_bf16_avx512bf16{.name = "decode_bf16_avx512bf16",
                                                .kv = KvDType::bf16,
                                                .portable = false,
+                                               .isa = Isa::avx512,
                                                .supported = cpu_has_avx512_set,
                                                .run = run<KvDType::bf16>,
                                                .stages = item_stages};

@@ -314,6 +314,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
 extern const KernelInfo decode_f16_avx512f{.name = "decode_f16_avx512f",
                                          .kv = KvDType::fp16,
                                          .portable = false,
+                                         .isa = Isa::avx512,
                                          .supported = cpu_has_avx512f_set,
                                          .run = run,
                                          .stages = item_stages};

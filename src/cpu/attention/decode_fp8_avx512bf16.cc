@@ -14,6 +14,7 @@ namespace mla::cpu {
 extern const KernelInfo decode_fp8_avx512bf16{.name = "decode_fp8_avx512bf16",
                                               .kv = KvDType::fp8,
                                               .portable = false,
+                                              .isa = Isa::avx512,
                                               .supported = cpu_has_avx512_set,
                                               .run = run<KvDType::fp8>,
                                               .stages = item_stages};

@@ -988,6 +988,7 @@ std::vector<StageOp> stages(int rows, int kv_begin, int kv_end, int chunk) {
 extern const KernelInfo decode_i8_avx512vnni{.name = "decode_i8_avx512vnni",
                                             .kv = KvDType::int8,
                                             .portable = false,
+                                            .isa = Isa::avx512,
                                             .supported = cpu_has_avx512_set,
                                             .run = run,
                                             .stages = stages};

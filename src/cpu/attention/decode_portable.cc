@@ -270,17 +270,17 @@ bool always() { return true; }
 }  // namespace
 
 const KernelInfo decode_bf16_portable{.name = "decode_bf16_portable", .kv = KvDType::bf16,
-                                     .portable = true, .supported = always,
+                                     .portable = true, .isa = Isa::portable, .supported = always,
                                      .run = run<KvDType::bf16>, .stages = item_stages};
 const KernelInfo decode_f16_portable{.name = "decode_f16_portable", .kv = KvDType::fp16,
-                                    .portable = true, .supported = always,
+                                    .portable = true, .isa = Isa::portable, .supported = always,
                                     .run = run<KvDType::fp16>, .stages = item_stages};
 const KernelInfo decode_i8_portable{.name = "decode_i8_portable", .kv = KvDType::int8,
-                                   .portable = true, .supported = always,
+                                   .portable = true, .isa = Isa::portable, .supported = always,
                                    .run = run<KvDType::int8>, .stages = item_stages_split_qk,
                                    .group_scales = true};
 const KernelInfo decode_fp8_portable{.name = "decode_fp8_portable", .kv = KvDType::fp8,
-                                    .portable = true, .supported = always,
+                                    .portable = true, .isa = Isa::portable, .supported = always,
                                     .run = run<KvDType::fp8>, .stages = item_stages};
 
 }  // namespace mla::cpu

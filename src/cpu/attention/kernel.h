@@ -81,6 +81,7 @@ struct KernelInfo {
   const char* name;  // dtype, ISA: decode_i8_avx512vnni
   KvDType kv;
   bool portable;         // plain C++, runs anywhere
+  Isa isa;               // portable, avx512 or avx2: what --isa forces it by
   bool (*supported)();   // does this CPU have the instructions?
   KernelFn run;
   KernelStagesFn stages;
@@ -101,10 +102,10 @@ std::vector<StageOp> item_stages_split_qk(int rows, int kv_begin, int kv_end, in
 
 // Every kernel, portable ones included; tests and benchmarks iterate over it.
 const std::vector<KernelInfo>& kernel_registry();
-// The fastest supported kernel for a cache format, or the portable one; or the one named (which
-// must exist, be supported by this CPU and match the format).
-// `scale`: the int8 cache's scale mode (a kernel without group_scales is skipped, or refused by
-// name, for the group modes).
+// The fastest supported kernel for a cache format (Isa::best), the kernel of the forced ISA
+// (throws when this CPU lacks its instructions), or the one named (which must exist, be supported
+// by this CPU and match the format). `scale`: the int8 cache's scale mode (a kernel without
+// group_scales is skipped, or refused by name, for the group modes).
 const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name = nullptr,
                                 KvScale scale = KvScale::token);
 
@@ -123,5 +124,8 @@ extern const KernelInfo decode_bf16_avx512bf16;
 extern const KernelInfo decode_fp8_avx512bf16;
 extern const KernelInfo decode_f16_avx512f;
 extern const KernelInfo decode_i8_avx512vnni;
+extern const KernelInfo decode_bf16_avx2;
+extern const KernelInfo decode_f16_avx2;
+extern const KernelInfo decode_i8_avx2;
 
 }  // namespace mla::cpu

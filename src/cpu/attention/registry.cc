@@ -21,10 +21,13 @@ const std::vector<KernelInfo>& kernel_registry() {
   // Fastest first within a format: select_kernel takes the first supported one.
   static const std::vector<KernelInfo> all = {
       decode_bf16_avx512bf16,
+      decode_bf16_avx2,
       decode_bf16_portable,
       decode_f16_avx512f,
+      decode_f16_avx2,
       decode_f16_portable,
       decode_i8_avx512vnni,
+      decode_i8_avx2,
       decode_i8_portable,
       decode_fp8_avx512bf16,
       decode_fp8_portable,
@@ -45,9 +48,46 @@ const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name, KvScale s
     }
     MLA_FAIL("no kernel named " << name);
   }
-  for (const KernelInfo& k : kernel_registry())
-    if (kernel_runs(k, kv, scale) && (isa == Isa::best || k.portable) && k.supported()) return k;
-  MLA_FAIL("no kernel for a " << kv_dtype_name(kv) << " cache");
+  const KernelInfo* forced = nullptr;
+  for (const KernelInfo& k : kernel_registry()) {
+    if (!kernel_runs(k, kv, scale) || (isa != Isa::best && k.isa != isa)) continue;
+    if (k.supported()) return k;
+    forced = &k;
+  }
+  if (forced)
+    MLA_FAIL("isa " << isa_name(isa) << ": this CPU lacks the instructions of " << forced->name
+                    << " (" << (isa == Isa::avx2 ? "AVX2, FMA, F16C" : "AVX-512")
+                    << "); use --isa best");
+  MLA_FAIL("no " << isa_name(isa) << " kernel for a " << kv_dtype_name(kv) << " cache"
+                 << (kv == KvDType::int8 ? std::string(" with ") + kv_scale_name(scale) + " scales"
+                                         : std::string()));
 }
 
 }  // namespace mla::cpu
+
+namespace mla {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::best:
+      return "best";
+    case Isa::portable:
+      return "portable";
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx2:
+      return "avx2";
+  }
+  return "?";
+}
+
+bool isa_from_name(std::string_view name, Isa* isa) {
+  for (Isa i : {Isa::best, Isa::portable, Isa::avx512, Isa::avx2})
+    if (name == isa_name(i)) {
+      *isa = i;
+      return true;
+    }
+  return false;
+}
+
+}  // namespace mla

@@ -1,0 +1,264 @@
+// AVX2 building blocks shared by the *_avx2.cc kernels (compiled with exactly -mavx2 -mfma
+// -mf16c, called only after cpu_has_avx2_set() checks those three, isa.h): a fast exp2 without
+// AVX-512's scalef, the online-softmax step for 8 query rows held in the lanes of a ymm register,
+// the rows of a work item. Header-only and inline so the hot loops see through it; include it
+// only from *_avx2.cc files. All of it is in an anonymous namespace: files built with different
+// instruction sets must never share a compiled copy (isa.h).
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/attention/kernel.h"
+
+#define MLA_AVX2_INLINE inline __attribute__((always_inline))
+
+namespace mla::cpu::avx2 {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kNegInf = -__builtin_inff();
+
+// 2^x. x < -126 and -inf give exactly 0 (no denormals); NaN stays NaN (a NaN score must reach
+// the output, DESIGN §6); x is at most a rounding error above 0 in softmax use.
+// 2^x = 2^n * 2^f, n = round(x), f in [-1/2, 1/2], 2^f by a degree-5 minimax polynomial
+// (relative error about 2.5e-7); 2^n is built in the exponent field (AVX2 has no scalef).
+MLA_AVX2_INLINE __m256 exp2_ps(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-126.f), _CMP_LT_OQ);  // NaN: false
+  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-127.f), x);                // NaN: NaN
+  const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(xc, n);
+  __m256 y = _mm256_set1_ps(1.339086331e-3f);
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(9.676031768e-3f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.550356954e-2f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.402210683e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(6.931471825e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.000000119e+0f));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+// Lanes where token t is visible: t <= lim (lim relative to the step's first position).
+MLA_AVX2_INLINE __m256 visible(__m256i lim, int t) {
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_set1_epi32(t - 1)));
+}
+
+// ---- online softmax with 8 query rows in the lanes ---------------------------------------------
+//
+// Scores are kept in the base-2 domain: x = s * c with c = softmax_scale * log2(e), so that
+// p = 2^(x - m) and lse = ln(2) * (m + log2(l)). Invisible scores (causal mask, chunk tails,
+// padding rows) never enter max or sum: their p is exactly 0.
+
+// Non-finite values (DESIGN §6), as in the AVX-512 kernels: a row that sees a NaN or +-Inf score
+// (from its query or from a key or value it can see) gets m = NaN, which stays NaN for the rest
+// of the item; finalize_rows then writes o = NaN, lse = NaN for it. Its exp and sums may hold
+// anything meanwhile: they only reach that row's own lanes.
+// Lanes of x that are NaN or +-Inf (exponent all ones).
+MLA_AVX2_INLINE __m256 nonfinite(__m256 x) {
+  const __m256i e = _mm256_set1_epi32(0x7f800000);
+  return _mm256_castsi256_ps(
+      _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), e), e));
+}
+
+// s * c rounded to fp32: the empty asm keeps the compiler from fusing the product into the
+// following subtraction (-ffp-contract), so the maximum and the exp arguments use the same
+// rounded product (fused, the row's largest score came out up to half an ulp of s * c above m:
+// 2^(+-6e4) = inf or 0 at a softmax scale of 1e12).
+MLA_AVX2_INLINE __m256 scaled_score(__m256 s, __m256 c) {
+  __m256 x = _mm256_mul_ps(s, c);
+  __asm__("" : "+x"(x));
+  return x;
+}
+
+// Max of the visible scaled scores s[t * ss] over tokens [0, ntok); -inf if none is visible.
+// *bad_vis: the rows (lanes all ones) with a non-finite visible score; *bad_any: the rows with any
+// non-finite score, visible or not (a key or value holding NaN/Inf that P.V would multiply by
+// 0 = NaN).
+MLA_AVX2_INLINE __m256 rows8_masked_max(const float* s, int64_t ss, int ntok, __m256i lim,
+                                        __m256 c, __m256* bad_vis, __m256* bad_any) {
+  const __m256 ninf = _mm256_set1_ps(kNegInf);
+  __m256 mx0 = ninf, mx1 = ninf, bv = _mm256_setzero_ps(), ba = bv;
+  int t = 0;
+  for (; t + 2 <= ntok; t += 2) {
+    const __m256 y0 = scaled_score(_mm256_load_ps(s + t * ss), c);
+    const __m256 y1 = scaled_score(_mm256_load_ps(s + (t + 1) * ss), c);
+    const __m256 k0 = visible(lim, t), k1 = visible(lim, t + 1);
+    const __m256 n0 = nonfinite(y0), n1 = nonfinite(y1);
+    bv = _mm256_or_ps(bv, _mm256_or_ps(_mm256_and_ps(n0, k0), _mm256_and_ps(n1, k1)));
+    ba = _mm256_or_ps(ba, _mm256_or_ps(n0, n1));
+    mx0 = _mm256_max_ps(mx0, _mm256_blendv_ps(ninf, y0, k0));
+    mx1 = _mm256_max_ps(mx1, _mm256_blendv_ps(ninf, y1, k1));
+  }
+  if (t < ntok) {
+    const __m256 y0 = scaled_score(_mm256_load_ps(s + t * ss), c);
+    const __m256 k0 = visible(lim, t), n0 = nonfinite(y0);
+    bv = _mm256_or_ps(bv, _mm256_and_ps(n0, k0));
+    ba = _mm256_or_ps(ba, n0);
+    mx0 = _mm256_max_ps(mx0, _mm256_blendv_ps(ninf, y0, k0));
+  }
+  *bad_vis = bv;
+  *bad_any = ba;
+  return _mm256_max_ps(mx0, mx1);
+}
+
+// The running state of 8 rows moved past a step whose visible scaled scores have maximum
+// step_max. Returns the shift m_use to subtract from this step's scores (the new maximum, or 0
+// for a row that has seen nothing yet, so that -inf - -inf never happens) and sets
+// *alpha = 2^(m_old - m_use) (0 while the row is still empty). m is updated; rows in `bad`
+// (lanes all ones) and rows whose m is already NaN get m = NaN.
+MLA_AVX2_INLINE __m256 rows8_advance_max(float* m, __m256 step_max, __m256* alpha, __m256 bad) {
+  const __m256 m_old = _mm256_load_ps(m);
+  bad = _mm256_or_ps(bad, _mm256_cmp_ps(m_old, m_old, _CMP_UNORD_Q));
+  const __m256 m_new = _mm256_blendv_ps(_mm256_max_ps(step_max, m_old),
+                                        _mm256_set1_ps(__builtin_nanf("")), bad);
+  const __m256 seen = _mm256_cmp_ps(m_new, _mm256_set1_ps(kNegInf), _CMP_NEQ_UQ);
+  const __m256 m_use = _mm256_and_ps(seen, m_new);
+  *alpha = exp2_ps(_mm256_sub_ps(m_old, m_use));  // m_old = -inf: 0
+  _mm256_store_ps(m, m_new);
+  return m_use;
+}
+
+// p = 2^(s * c - m_use) for the visible lanes of token t, exactly 0 for the others.
+MLA_AVX2_INLINE __m256 rows8_prob(const float* s_t, int t, __m256i lim, __m256 c, __m256 m_use) {
+  return _mm256_and_ps(visible(lim, t),
+                       exp2_ps(_mm256_sub_ps(scaled_score(_mm256_load_ps(s_t), c), m_use)));
+}
+
+// Whether a 16-bit cache row (576 values) holds a NaN or Inf: all exponent bits set, exp_mask
+// 0x7f80 for bf16, 0x7c00 for fp16.
+inline bool row16_nonfinite(const uint16_t* t, uint16_t exp_mask) {
+  bool bad = false;
+  for (int i = 0; i < kQkDim; ++i) bad |= (t[i] & exp_mask) == exp_mask;
+  return bad;
+}
+
+// A step whose scores showed a non-finite value somewhere: the tokens holding NaN/Inf are
+// replaced by the zero token for P.V, so rows that cannot see them (p = 0) do not get 0 * NaN;
+// the rows that can see them are NaN already (their m).
+inline void drop_nonfinite_tokens(const uint16_t** kptr, int n, const uint16_t* zero,
+                                  uint16_t exp_mask) {
+  for (int t = 0; t < n; ++t)
+    if (row16_nonfinite(kptr[t], exp_mask)) kptr[t] = zero;
+}
+
+// ---- work-item plumbing ------------------------------------------------------------------------
+
+// The rows of a work item: r = i * nh + (h - head_begin), output row and lse of each.
+struct ItemRows {
+  const KernelArgs& a;
+  int nh, rows;
+  explicit ItemRows(const KernelArgs& args)
+      : a(args), nh(args.head_end - args.head_begin), rows(q_len_of(*args.p, args.seq) * nh) {}
+  float* o(int r) const { return a.o + (r / nh) * a.o_stride_i + (r % nh) * a.o_stride_h; }
+  float* lse(int r) const { return a.lse + (r / nh) * a.lse_stride_i + (r % nh) * a.lse_stride_h; }
+  // The query row's 576 values (bf16 or f16 bits) in q [batch, q_len, H, 576].
+  const uint16_t* q(int r) const {
+    const DecodeParams& p = *a.p;
+    return a.q +
+           ((int64_t(a.seq) * p.q_len + r / nh) * p.num_heads + a.head_begin + r % nh) * kQkDim;
+  }
+  // Last position row r sees within the item's range (< kv_begin: none), or -1 for r >= rows.
+  int last(int r) const {
+    return r < rows ? std::min(last_visible(*a.p, a.seq, r / nh), a.kv_end - 1) : -1;
+  }
+};
+
+// Stride, in floats, of the rows-in-lanes arrays for rows_pad rows: an odd number of cache lines,
+// so that walking them down the token axis spreads over all L1 sets (at 256 rows, 1 KiB apart,
+// they would hit 4 of 64 sets).
+inline int64_t lanes_row_stride(int rows_pad) {
+  const int64_t r16 = (rows_pad + 15) & ~15;
+  return (r16 / 16) % 2 == 0 ? r16 + 16 : r16;
+}
+
+// Cache slots of positions [t0, t0 + n) of the item's sequence, walking the block table once per
+// block (no division per token).
+inline void step_slots(const KernelArgs& a, int t0, int n, int64_t* slot) {
+  const DecodeParams& p = *a.p;
+  const int bs = a.cache->block_size();
+  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
+  int blk = t0 / bs, off = t0 % bs;
+  for (int t = 0; t < n; ++t) {
+    slot[t] = int64_t(table[blk]) * bs + off;
+    if (++off == bs) off = 0, ++blk;
+  }
+}
+
+// Token rows (bf16 / fp16) of positions [t0, t0 + n) of the item's sequence, read through the
+// cache view by block and offset (views may have any block stride), one block-table read per block.
+inline void step_token16(const KernelArgs& a, int t0, int n, const uint16_t** tok) {
+  const DecodeParams& p = *a.p;
+  const int bs = a.cache->block_size();
+  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
+  int blk = t0 / bs, off = t0 % bs;
+  for (int t = 0; t < n; ++t) {
+    tok[t] = a.cache->token16_at(table[blk], off);
+    if (++off == bs) off = 0, ++blk;
+  }
+}
+
+// Software prefetch into L2 (as the AVX-512 kernels: from DRAM at 16 rows the hardware
+// prefetchers fall behind the interleaved token streams).
+MLA_AVX2_INLINE void prefetch_line(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+}
+inline void prefetch_bytes(const void* p, int bytes) {
+  for (int c = 0; c < bytes; c += 64) prefetch_line(static_cast<const char*>(p) + c);
+}
+
+// UP in the seed's old form: the accumulator is the item's output row, read and written back
+// every step: go = go * alpha + lo (lo [rows][512]).
+inline void up_spill(const ItemRows& ir, const float* lo, const float* alpha) {
+  for (int r = 0; r < ir.rows; ++r) {
+    float* go = ir.o(r);
+    const float* x = lo + size_t(r) * kLatentDim;
+    const __m256 al = _mm256_set1_ps(alpha[r]);
+    for (int d = 0; d < kLatentDim; d += 8)
+      _mm256_storeu_ps(go + d, _mm256_fmadd_ps(_mm256_loadu_ps(go + d), al, _mm256_load_ps(x + d)));
+  }
+}
+
+// After the last step: o = go / l, lse = ln 2 * (m + log2 l) (m in the base-2 domain); a row that
+// saw no key gets o = 0, lse = -inf; a row with m = NaN (it saw a NaN or Inf) gets o = NaN,
+// lse = NaN.
+// go_resident [rows][512], or nullptr: the output rows hold go. kPermuted: go holds each 16 dims
+// as the even dims then the odd ones (the bf16 kernel's PV order), put back here.
+template <bool kPermuted>
+void finalize_rows(const ItemRows& ir, const float* go_resident, const float* m, const float* l) {
+  for (int r = 0; r < ir.rows; ++r) {
+    float* o = ir.o(r);
+    const float* go = go_resident ? go_resident + size_t(r) * kLatentDim : o;
+    if (std::isnan(m[r])) {
+      std::fill(o, o + kLatentDim, __builtin_nanf(""));
+      *ir.lse(r) = __builtin_nanf("");
+      continue;
+    }
+    if (l[r] == 0.f) {
+      std::memset(o, 0, kLatentDim * sizeof(float));
+      *ir.lse(r) = kNegInf;
+      continue;
+    }
+    const __m256 inv = _mm256_set1_ps(1.f / l[r]);
+    for (int d = 0; d < kLatentDim; d += 16) {
+      __m256 x = _mm256_mul_ps(_mm256_loadu_ps(go + d), inv);
+      __m256 y = _mm256_mul_ps(_mm256_loadu_ps(go + d + 8), inv);
+      if constexpr (kPermuted) {  // x: dims 0, 2, .., 14; y: dims 1, 3, .., 15
+        const __m256 lo = _mm256_unpacklo_ps(x, y), hi = _mm256_unpackhi_ps(x, y);
+        x = _mm256_permute2f128_ps(lo, hi, 0x20);
+        y = _mm256_permute2f128_ps(lo, hi, 0x31);
+      }
+      _mm256_storeu_ps(o + d, x);
+      _mm256_storeu_ps(o + d + 8, y);
+    }
+    *ir.lse(r) = float((double(m[r]) + std::log2(double(l[r]))) * double(kLn2));
+  }
+}
+
+}  // namespace
+}  // namespace mla::cpu::avx2
