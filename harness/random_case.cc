@@ -93,10 +93,10 @@ Case make_case(const CaseSpec& spec, uint64_t seed) {
   return c;
 }
 
-std::vector<Isa> runnable_isas(KvDType kv) {
+std::vector<Isa> runnable_isas(KvDType kv, KvScale scale) {
   std::vector<Isa> out;
   for (const cpu::KernelInfo& k : cpu::kernel_registry())
-    if (k.kv == kv && k.supported() && std::find(out.begin(), out.end(), k.isa) == out.end())
+    if (k.kv == kv && cpu::kernel_runs(k, kv, scale) && k.supported() && std::find(out.begin(), out.end(), k.isa) == out.end())
       out.push_back(k.isa);
   return out;
 }

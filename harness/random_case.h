@@ -49,6 +49,6 @@ Case make_case(const CaseSpec& spec, uint64_t seed);
 
 // The ISAs this CPU runs a kernel of for `kv`, in registry order (portable always; avx512 and
 // avx2 where supported): tests force each in turn, so the AVX2 kernels are tested on AVX-512 hosts.
-std::vector<Isa> runnable_isas(KvDType kv);
+std::vector<Isa> runnable_isas(KvDType kv, KvScale scale = KvScale::token);
 
 }  // namespace mla::test

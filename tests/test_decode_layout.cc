@@ -122,7 +122,7 @@ TEST(DecodeLayout, ViewOverCallerMemoryReadsWhatTheCacheReads) {
       v.scale_per_token = i8.token_scale.empty() ? nullptr : i8.token_scale.data();
     }
     std::vector<DecodeOptions> opts = {DecodeOptions{.threads = 2}, DecodeOptions{.impl = Impl::ref}};
-    for (Isa isa : test::runnable_isas(kv)) opts.push_back(DecodeOptions{.threads = 2, .isa = isa});
+    for (Isa isa : test::runnable_isas(kv, mode)) opts.push_back(DecodeOptions{.threads = 2, .isa = isa});
     for (const DecodeOptions& opt : opts) {
       SCOPED_TRACE(std::string("isa ") + isa_name(opt.isa) + (opt.impl == Impl::ref ? " ref" : ""));
       const Dense a = run_dense(c, cache, opt), b = run_dense(c, v, opt);
