@@ -11,7 +11,8 @@ mkdir -p "$out"
 cxx=${MLA_FUZZ_CXX:-clang++}
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang libclang-rt-14-dev)" >&2; exit 1; }
 # The library sources each target needs: the parsers and what they use, nothing with AVX-512.
-lib_sources=("$root/src/core/npy.cc" "$root/src/core/dtype.cc")
+lib_sources=("$root/src/core/npy.cc" "$root/src/core/dtype.cc" "$root/src/io/safetensors.cc"
+             "$root/src/io/model_config.cc")
 for src in "$root"/fuzz/fuzz_*.cc; do
   name=$(basename "$src" .cc)
   corpus="$root/fuzz/corpus/${name#fuzz_}"
