@@ -15,6 +15,11 @@ uint64_t test_seed() {
   return seed;
 }
 
+int sweep_trials(int n) {
+  const char* q = std::getenv("MLA_TEST_QUICK");
+  return q && std::string(q) == "1" ? std::max(1, n / 4) : n;
+}
+
 std::string Case::describe() const {
   std::ostringstream os;
   os << "batch " << spec.batch << " q_len " << spec.q_len << " heads " << spec.heads << " block "

@@ -15,6 +15,10 @@ namespace mla::test {
 // A fresh seed per run (printed by the tests through SCOPED_TRACE), or MLA_TEST_SEED if set.
 uint64_t test_seed();
 
+// n trials, or a quarter of them (at least 1) when MLA_TEST_QUICK=1: the sanitized passes of
+// scripts/test.sh run the long random sweeps on a smaller sample to fit the CI time.
+int sweep_trials(int n);
+
 struct CaseSpec {
   int batch = 1, q_len = 1, heads = 1, block_size = 64;
   std::vector<int> seq_lens;   // [batch]

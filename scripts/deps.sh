@@ -3,7 +3,9 @@
 # those that are missing.
 # Safe to run again and again: with everything present it does nothing and needs no network.
 set -euo pipefail
-pkgs=(cmake g++ make binutils libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libcli11-dev nlohmann-json3-dev)
+# clang + libclang-rt-14-dev: the libFuzzer targets (scripts/fuzz.sh); python3-venv: scripts/venv.sh.
+pkgs=(cmake g++ make binutils libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libcli11-dev
+      nlohmann-json3-dev clang libclang-rt-14-dev python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,7 @@
 #include <functional>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -1362,6 +1363,196 @@ TEST(CliDecode, HelpListsTheOptions) {
                           "--impl",    "--chunk",   "--reduction",  "--up",        "--isa"})
     EXPECT_NE(r.out.find(opt), std::string::npos) << "--help does not list " << opt << "\n"
                                                   << r.describe();
+}
+
+// ---- NaN / Inf in the files (DESIGN §6; README "NaN and Inf") ----------------------------------
+
+// NaN and Inf in q.npy and kv.npy reach the kernels: exactly the rows that see them come out NaN
+// (o and lse), every other row finite, for each cache format and 1 or 3 threads.
+TEST(CliDecode, NanAndInfInTheFilesFollowTheRule) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  for (const Format& f : kFormats) {
+    Spec s{.batch = 2, .q_len = 2, .heads = 4, .block_size = 16, .seq_lens = {70, 45}, .fmt = f};
+    FileCase c = make_case(s, seed);
+    c.q[((0 * 2 + 1) * 4 + 2) * kDk + 5] = std::nanf("");  // row (0, 1, head 2)
+    // Sequence 1, position 44 (seen by its row 1 only): the rope (int8 keeps it in bf16).
+    c.kv[c.slot(1, 44) * kDk + kDv + 3] = std::numeric_limits<float>::infinity();
+    const fs::path in = tmp.path / (f.kv + f.scale) / "in";
+    write_case(c, in);
+    for (const char* threads : {"1", "3"}) {
+      const fs::path out = tmp.path / (f.kv + f.scale) / (std::string("out") + threads);
+      const RunResult r =
+          run_cli(set_options(decode_args(c, in, out, ""), {"--threads", threads}), tmp.path);
+      ASSERT_EQ(r.code, 0) << r.describe();
+      const auto o = read_outputs(c, out);
+      ASSERT_TRUE(o);
+      for (int b = 0; b < 2; ++b)
+        for (int i = 0; i < 2; ++i)
+          for (int h = 0; h < 4; ++h) {
+            const int64_t row = (b * 2 + i) * 4 + h;
+            const bool bad = (b == 0 && i == 1 && h == 2) || (b == 1 && i == 1);
+            EXPECT_EQ(bad, std::isnan(o->lse.as<float>()[row])) << f.name() << " row " << row;
+            for (int d = 0; d < kDv; d += 97)
+              EXPECT_EQ(bad, std::isnan(o->o.as<float>()[row * kDv + d])) << f.name() << " row " << row;
+          }
+    }
+  }
+}
+
+// A finite value the cache cannot hold (fp16 past 65504) or a NaN latent value of an int8 cache
+// is refused, naming its place; the same value in a slot no sequence uses is not.
+TEST(CliDecode, RefusesValuesTheCacheCannotHold) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  struct Bad {
+    Format fmt;
+    float value;
+    int dim;
+  };
+  for (const Bad& x : {Bad{{"fp16", "token"}, 1e6f, 7}, Bad{{"int8", "token"}, std::nanf(""), 9},
+                       Bad{{"int8", "tensor"}, std::numeric_limits<float>::infinity(), 9},
+                       Bad{{"int8", "channel"}, std::nanf(""), 3}}) {
+    Spec s{.batch = 2, .q_len = 1, .heads = 2, .block_size = 16, .seq_lens = {30, 20}, .fmt = x.fmt};
+    FileCase c = make_case(s, seed);
+    const fs::path dir = tmp.path / x.fmt.name();
+    // In an unused slot: fine.
+    int64_t unused = 0;
+    while (c.used[unused]) ++unused;
+    c.kv[unused * kDk + x.dim] = x.value;
+    write_case(c, dir / "in");
+    RunResult r = run_cli(decode_args(c, dir / "in", dir / "out_ok", ""), dir);
+    EXPECT_EQ(r.code, 0) << r.describe();
+    // In sequence 1 position 13: refused, named, nothing written.
+    c.kv[c.slot(1, 13) * kDk + x.dim] = x.value;
+    write_case(c, dir / "in");
+    r = run_cli(decode_args(c, dir / "in", dir / "out_bad", ""), dir);
+    EXPECT_EQ(r.code, 2) << r.describe();
+    EXPECT_NE(r.err.find("sequence 1 position 13"), std::string::npos) << r.describe();
+    EXPECT_NE(r.err.find("[" + std::to_string(x.dim) + "]"), std::string::npos) << r.describe();
+    EXPECT_FALSE(fs::exists(dir / "out_bad" / "o.npy"));
+  }
+}
+
+// ---- all-or-nothing outputs (tools/mla/decode.cc: write_outputs) ------------------------------
+
+// The four output files of a run, by name.
+std::map<std::string, std::string> output_set(const fs::path& out) {
+  std::map<std::string, std::string> m;
+  for (const char* n : {"o.npy", "lse.npy", "q_used.npy", "kv_used.npy"})
+    if (fs::exists(out / n)) m[n] = slurp(out / n);
+  return m;
+}
+
+std::vector<std::string> siblings_of(const fs::path& out) {
+  std::vector<std::string> v;
+  for (const auto& e : fs::directory_iterator(out.parent_path()))
+    if (e.path().filename().string().rfind("." + out.filename().string() + ".mla-", 0) == 0)
+      v.push_back(e.path().filename().string());
+  return v;
+}
+
+// A failed or killed run (simulated with the MLA_TEST_CRASH_AT / MLA_TEST_FAIL_AT hooks) leaves
+// --out holding either the previous run's four files or the new run's four, never a mix, and
+// never none; what a killed run leaves beside --out is removed by the next run.
+TEST(CliDecode, OutputsAreAllOrNothingAcrossFailuresAndKills) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  const fs::path& dir = tmp.path;
+  const Spec s{.batch = 2, .q_len = 1, .heads = 2, .block_size = 16, .seq_lens = {30, 5}};
+  const FileCase a = make_case(s, seed), b = make_case(s, seed + 1);
+  write_case(a, dir / "in_a");
+  write_case(b, dir / "in_b");
+  ASSERT_EQ(run_cli(decode_args(b, dir / "in_b", dir / "want_b", ""), dir).code, 0);
+  const auto set_b = output_set(dir / "want_b");
+  const fs::path out = dir / "work" / "out";
+  ASSERT_EQ(run_cli(decode_args(a, dir / "in_a", out, ""), dir).code, 0);
+  const auto set_a = output_set(out);
+  ASSERT_EQ(set_a.size(), 4u);
+  ASSERT_NE(set_a, set_b);
+
+  auto run_b_with = [&](const char* var, const char* point) {
+    ::setenv(var, point, 1);
+    const RunResult r = run_cli(decode_args(b, dir / "in_b", out, ""), dir);
+    ::unsetenv(var);
+    return r;
+  };
+  // Failures (an exception at each point): the previous set survives, nothing is left beside it.
+  for (const char* point : {"file0", "file2", "file3", "swap"}) {
+    const RunResult r = run_b_with("MLA_TEST_FAIL_AT", point);
+    EXPECT_EQ(r.code, 2) << point << "\n" << r.describe();
+    EXPECT_NE(r.err.find("nothing written"), std::string::npos) << r.describe();
+    EXPECT_EQ(output_set(out), set_a) << "failure at " << point << " changed the previous outputs";
+    EXPECT_TRUE(siblings_of(out).empty()) << "failure at " << point << " left " << siblings_of(out)[0];
+  }
+  // Kills before the swap: the previous set, and a stale sibling the next run removes.
+  for (const char* point : {"file0", "file1", "file3", "swap"}) {
+    const RunResult r = run_b_with("MLA_TEST_CRASH_AT", point);
+    EXPECT_EQ(r.code, 137) << r.describe();
+    EXPECT_EQ(output_set(out), set_a) << "a kill at " << point << " changed the previous outputs";
+    EXPECT_FALSE(siblings_of(out).empty());
+  }
+  // A kill right after the swap: the new set whole.
+  EXPECT_EQ(run_b_with("MLA_TEST_CRASH_AT", "swapped").code, 137);
+  EXPECT_EQ(output_set(out), set_b) << "a kill after the swap left a mix";
+  // The next run cleans up after the killed ones.
+  ASSERT_EQ(run_cli(decode_args(a, dir / "in_a", out, ""), dir).code, 0);
+  EXPECT_EQ(output_set(out), set_a);
+  EXPECT_TRUE(siblings_of(out).empty()) << siblings_of(out)[0];
+  // An --out holding anything else is refused before any work, and left as it was.
+  std::ofstream(out / "notes.txt") << "mine";
+  const RunResult r = run_cli(decode_args(b, dir / "in_b", out, ""), dir);
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("notes.txt"), std::string::npos) << r.describe();
+  EXPECT_EQ(output_set(out), set_a);
+  EXPECT_EQ(slurp(out / "notes.txt"), "mine");
+}
+
+// ---- bounded options --------------------------------------------------------------------------
+
+// Out-of-range numbers are refused with exit 2 and a message naming the option: never exit 3
+// ("internal error"), a wrap-around, or gigabytes allocated first.
+TEST(CliDecode, NumericOptionsAreBounded) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const TestDir tmp;
+  const fs::path& dir = tmp.path;
+  const Spec s{.batch = 1, .q_len = 1, .heads = 2, .block_size = 16, .seq_lens = {50}};
+  const FileCase c = make_case(s, seed);
+  write_case(c, dir / "in");
+  struct Bad {
+    std::vector<std::string> args;
+    std::string names;
+  };
+  const std::vector<Bad> files = {{{"--chunk", "1000000"}, "--chunk"},
+                                  {{"--chunk", "33554432"}, "--chunk"},
+                                  {{"--chunk", "67108865"}, "--chunk"},
+                                  {{"--threads", "2147483647"}, "--threads"},
+                                  {{"--threads", "5000"}, "--threads"}};
+  for (const Bad& b : files) {
+    const RunResult r = run_cli(set_options(decode_args(c, dir / "in", dir / "out", ""), b.args), dir);
+    EXPECT_EQ(r.code, 2) << r.describe();
+    EXPECT_NE(r.err.find(b.names), std::string::npos) << r.describe();
+    EXPECT_FALSE(fs::exists(dir / "out"));
+  }
+  const std::vector<Bad> random = {
+      {{"--context", "2147483647"}, "--context"},
+      {{"--batch", "100000"}, "--batch"},
+      {{"--heads", "100000"}, "--heads"},
+      {{"--block-size", "2147483647"}, "--block-size"},
+      {{"--q-len", "0"}, "--q-len"},
+      // In range one by one, together far beyond any memory: refused with the estimate.
+      {{"--batch", "65536", "--heads", "1024", "--context", "16777216"}, "GB"}};
+  for (const Bad& b : random) {
+    std::vector<std::string> args = {"decode", "--random", "1", "--threads", "1"};
+    args.insert(args.end(), b.args.begin(), b.args.end());
+    const RunResult r = run_cli(args, dir);
+    EXPECT_EQ(r.code, 2) << r.describe();
+    EXPECT_NE(r.err.find(b.names), std::string::npos) << r.describe();
+  }
 }
 
 }  // namespace

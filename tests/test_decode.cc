@@ -70,7 +70,7 @@ TEST_P(DecodeKernel, RandomSweepMatchesReference) {
   SCOPED_TRACE("seed " + std::to_string(seed) + " (set MLA_TEST_SEED to repeat)");
   std::mt19937_64 rng(seed ^ std::hash<std::string>{}(k.name));
   auto pick = [&](std::initializer_list<int> v) { return *(v.begin() + rng() % v.size()); };
-  const int trials = k.portable ? 24 : 48;
+  const int trials = test::sweep_trials(k.portable ? 24 : 48);
   for (int trial = 0; trial < trials; ++trial) {
     CaseSpec s;
     s.kv = k.kv;

@@ -99,6 +99,15 @@ struct DecodeOptions {
   StageTimes* stage_times = nullptr;  // non-null: per-stage times are added here
 };
 constexpr int kKvTile = 64;  // tokens per KV tile: FlashMLA's block, whatever the cache's pages
+// Bounds of the options and shapes (decode refuses beyond them, naming the value). Chunks past 64
+// tiles (4096 tokens a step) only grow the per-thread scratch (at 1M it was 7 GB on 50 tokens);
+// threads past 4096 exceed any CPU this runs on and only grow the plan and the partials.
+// Heads and q_len: the kernels size per-item scratch by q_len x heads rows; 1024 each is 8x
+// DeepSeek's 128 heads and far beyond any MTP depth.
+constexpr int kMaxChunk = 64;
+constexpr int kMaxThreads = 4096;
+constexpr int kMaxHeads = 1024;
+constexpr int kMaxQLen = 1024;
 
 // The query type the kernel computes with, for a cache format and a requested query type:
 // bf16 for bf16 and int8 caches, f16 for an fp16 cache (the int8 path then quantizes it).

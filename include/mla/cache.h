@@ -19,6 +19,7 @@
 // size; import/export of the logical content is lossless.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -121,6 +122,9 @@ struct CacheView {
   float scale_per_tensor = 0.f;
   const float* scale_per_channel = nullptr;
   const uint8_t* fp8 = nullptr;  // fp8: 656-byte tokens (kv_*_stride in bytes)
+  // Largest finite |value| stored, where the owner tracks it (PagedLatentCache does); -1: not
+  // known. decode() refuses inputs whose fp32 scores could overflow against it.
+  float max_abs = -1.f;
 
   // The same reads as PagedLatentCache's, so kernels take either spelling.
   int64_t num_blocks() const { return blocks; }
@@ -175,11 +179,15 @@ class PagedLatentCache {
   // slots are read, so garbage (NaN included) elsewhere does not matter. No-op in token mode.
   void calibrate(const float* kv, const std::vector<int64_t>& slots);
 
-  // Stores one token (576 floats): rounded to bf16/fp16, or quantized (int8).
-  void write(int64_t slot, const float* token);
+  // Stores one token (576 floats): rounded to bf16/fp16, or quantized (int8). Returns how many
+  // values the format could not hold: finite values beyond its range (fp16 past 65504, bf16 past
+  // 3.4e38: stored as Inf) and, int8, NaN/Inf latent values (token mode stores the token's scale
+  // as NaN, so rows that see it come out NaN; tensor/channel mode stores 0). NaN and Inf are
+  // otherwise stored as they are. 0 means the token is exactly what the kernels will see.
+  int write(int64_t slot, const float* token);
   // The token as the kernels see it: the stored 16-bit values, or int8 * scale.
   void read(int64_t slot, float* token) const;
-  void import_f32(const float* kv /*[num_slots, 576]*/);
+  int64_t import_f32(const float* kv /*[num_slots, 576]*/);  // write() of every slot; summed count
   void export_f32(float* kv /*[num_slots, 576]*/) const;
 
   // int8 only.
@@ -205,9 +213,15 @@ class PagedLatentCache {
   float tensor_scale() const { return tensor_scale_; }
   const float* channel_scales() const { return channel_scale_.data(); }
   KvScale scale_mode() const { return cfg_.scale; }
+  // The largest finite magnitude ever stored (as the kernels read it), for decode's check that
+  // its fp32 sums cannot overflow; it only grows, so a value overwritten later still counts.
+  float max_abs() const { return max_abs_; }
 
  private:
   void check_slot(int64_t slot) const;
+  void note_magnitude(float v) {
+    if (std::isfinite(v) && std::fabs(v) > max_abs_) max_abs_ = std::fabs(v);
+  }
   void require_static_scale() const;
 
   CacheConfig cfg_;
@@ -217,6 +231,7 @@ class PagedLatentCache {
   AlignedVec<uint8_t> fp8_;        // fp8: 656-byte tokens
   std::vector<float> token_scale_; // int8, token and group modes [slots, kv_token_scales]
   float tensor_scale_ = 0.f;       // int8, tensor mode (0: not set)
+  float max_abs_ = 0.f;            // see max_abs()
   std::vector<float> channel_scale_;  // int8, channel mode (empty: not set)
 };
 

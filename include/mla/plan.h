@@ -21,6 +21,10 @@
 
 namespace mla {
 
+// More workers than this are refused (the plan and its cost tables grow with them; no CPU this runs
+// on has more threads).
+constexpr int kMaxPlanWorkers = 4096;
+
 struct PlanInput {
   int batch = 0;
   const int32_t* seq_lens = nullptr;  // [batch] cache tokens per sequence; 0 = padding entry

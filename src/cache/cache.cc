@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <cstring>
 #include <random>
@@ -155,46 +156,74 @@ void PagedLatentCache::require_static_scale() const {
                                        "set_channel_scales() or calibrate() before writing");
 }
 
-void PagedLatentCache::write(int64_t slot, const float* x) {
+int PagedLatentCache::write(int64_t slot, const float* x) {
   check_slot(slot);
+  int lost = 0;  // finite values stored as Inf, non-finite latent values in an int8 cache
   switch (cfg_.dtype) {
     case KvDType::bf16: {
       uint16_t* d = kv16_.data() + slot * kQkDim;
-      for (int i = 0; i < kQkDim; ++i) d[i] = f32_to_bf16(x[i]);
-      return;
+      for (int i = 0; i < kQkDim; ++i) {
+        d[i] = f32_to_bf16(x[i]);
+        lost += std::isfinite(x[i]) && !std::isfinite(bf16_to_f32(d[i]));
+        note_magnitude(bf16_to_f32(d[i]));
+      }
+      return lost;
     }
     case KvDType::fp16: {
       uint16_t* d = kv16_.data() + slot * kQkDim;
-      for (int i = 0; i < kQkDim; ++i) d[i] = f32_to_f16(x[i]);
-      return;
+      for (int i = 0; i < kQkDim; ++i) {
+        d[i] = f32_to_f16(x[i]);
+        lost += std::isfinite(x[i]) && !std::isfinite(f16_to_f32(d[i]));
+        note_magnitude(f16_to_f32(d[i]));
+      }
+      return lost;
     }
     case KvDType::fp8: {
       uint8_t* d = fp8_.data() + slot * kFp8TokenBytes;
       for (int g = 0; g < kFp8Tiles; ++g) {
         const float* xg = x + g * kFp8Tile;
-        const float s = fp8_scale(max_abs(xg, kFp8Tile));
+        // A NaN or Inf latent value has no e4m3 code with a finite scale (Inf would saturate to
+        // 448 x scale): its tile's scale becomes NaN, so the rows that see the token come out
+        // NaN (DESIGN §6); counted like an int8 cache's.
+        int bad = 0;
+        for (int c = 0; c < kFp8Tile; ++c) bad += !std::isfinite(xg[c]);
+        lost += bad;
+        const float s = bad ? std::numeric_limits<float>::quiet_NaN()
+                            : fp8_scale(mla::max_abs(xg, kFp8Tile));
         std::memcpy(d + kFp8ScaleOffset + 4 * g, &s, 4);
-        for (int c = 0; c < kFp8Tile; ++c) d[g * kFp8Tile + c] = f32_to_fp8e4m3(xg[c] / s);
+        for (int c = 0; c < kFp8Tile; ++c) {
+          d[g * kFp8Tile + c] = bad ? 0 : f32_to_fp8e4m3(xg[c] / s);
+          if (!bad) note_magnitude(fp8e4m3_to_f32(d[g * kFp8Tile + c]) * s);
+        }
       }
       for (int i = 0; i < kRopeDim; ++i) {
-        const uint16_t r = f32_to_bf16(x[kLatentDim + i]);
+        const float v = x[kLatentDim + i];
+        const uint16_t r = f32_to_bf16(v);
         std::memcpy(d + kFp8RopeOffset + 2 * i, &r, 2);
+        lost += std::isfinite(v) && !std::isfinite(bf16_to_f32(r));
+        note_magnitude(bf16_to_f32(r));
       }
-      return;
+      return lost;
     }
     case KvDType::int8: break;
   }
   require_static_scale();
   int8_t* d = latent8_.data() + slot * kLatentDim;
+  for (int c = 0; c < kLatentDim; ++c) lost += !std::isfinite(x[c]);
   switch (cfg_.scale) {
     case KvScale::token:
     case KvScale::group32:
     case KvScale::group64:
     case KvScale::group128: {
-      // One scale per group of channels of this token, max|x| / 127 over the group.
+      // One scale per group of channels of this token, max|x| / 127 over the group. A NaN or Inf
+      // latent value cannot be quantized: its group's scale becomes NaN, so every row that sees
+      // the token comes out NaN (DESIGN §6) rather than reading a made-up 0.
       const int gs = kv_scale_group(cfg_.scale), ng = kLatentDim / gs;
       for (int g = 0; g < ng; ++g) {
-        const float s = max_abs(x + g * gs, gs) / 127.f;
+        bool finite = true;
+        for (int c = g * gs; c < (g + 1) * gs; ++c) finite &= std::isfinite(x[c]);
+        const float s = finite ? mla::max_abs(x + g * gs, gs) / 127.f
+                               : std::numeric_limits<float>::quiet_NaN();
         token_scale_[slot * ng + g] = s;
         for (int c = g * gs; c < (g + 1) * gs; ++c) d[c] = quantize(x[c], s);
       }
@@ -208,7 +237,20 @@ void PagedLatentCache::write(int64_t slot, const float* x) {
       break;
   }
   uint16_t* r = rope16_.data() + slot * kRopeDim;
-  for (int i = 0; i < kRopeDim; ++i) r[i] = f32_to_bf16(x[kLatentDim + i]);
+  for (int i = 0; i < kRopeDim; ++i) {
+    const float v = x[kLatentDim + i];
+    r[i] = f32_to_bf16(v);
+    lost += std::isfinite(v) && !std::isfinite(bf16_to_f32(r[i]));
+    note_magnitude(bf16_to_f32(r[i]));
+  }
+  const int ng = kv_token_scales(cfg_.scale);
+  for (int c = 0; c < kLatentDim; ++c) {
+    const float s = cfg_.scale == KvScale::tensor    ? tensor_scale_
+                    : cfg_.scale == KvScale::channel ? channel_scale_[c]
+                                                     : token_scale_[slot * ng + c / (kLatentDim / ng)];
+    note_magnitude(float(d[c]) * s);
+  }
+  return lost;
 }
 
 void PagedLatentCache::read(int64_t slot, float* x) const {
@@ -229,7 +271,8 @@ CacheView PagedLatentCache::view() const {
                    .scale_per_token = token_scale_.data(),
                    .scale_per_tensor = tensor_scale_,
                    .scale_per_channel = channel_scale_.empty() ? nullptr : channel_scale_.data(),
-                   .fp8 = fp8_.data()};
+                   .fp8 = fp8_.data(),
+                   .max_abs = max_abs_};
   if (cfg_.dtype == KvDType::fp8) {
     v.kv_block_stride = int64_t(cfg_.block_size) * kFp8TokenBytes;
     v.kv_token_stride = kFp8TokenBytes;
@@ -325,8 +368,10 @@ void check_view(const CacheView& v) {
   }
 }
 
-void PagedLatentCache::import_f32(const float* kv) {
-  for (int64_t s = 0; s < num_slots(); ++s) write(s, kv + s * kQkDim);
+int64_t PagedLatentCache::import_f32(const float* kv) {
+  int64_t lost = 0;
+  for (int64_t s = 0; s < num_slots(); ++s) lost += write(s, kv + s * kQkDim);
+  return lost;
 }
 
 void PagedLatentCache::export_f32(float* kv) const {
@@ -379,6 +424,11 @@ void PagedLatentCache::import_int8(const Int8CacheContent& c) {
   }
   latent8_.assign(c.latent.begin(), c.latent.end());
   rope16_.assign(c.rope.begin(), c.rope.end());
+  for (int64_t s = 0; s < num_slots(); ++s) {
+    float tok[kQkDim];
+    read(s, tok);
+    for (float v : tok) note_magnitude(v);
+  }
 }
 
 std::vector<uint8_t> PagedLatentCache::export_fp8() const {
@@ -402,6 +452,11 @@ void PagedLatentCache::import_fp8(const uint8_t* bytes, size_t n) {
                                                   << "] = " << v << " is negative or not finite");
     }
   fp8_.assign(bytes, bytes + n);
+  for (int64_t s = 0; s < num_slots(); ++s) {
+    float tok[kQkDim];
+    read(s, tok);
+    for (float v : tok) note_magnitude(v);
+  }
 }
 
 // ---- BlockAllocator -------------------------------------------------------------------------

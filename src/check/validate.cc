@@ -9,8 +9,9 @@ namespace mla {
 
 void validate(const DecodeParams& p, const CacheView& cache) {
   MLA_CHECK(p.batch >= 0, "batch = " << p.batch << " is negative");
-  MLA_CHECK(p.num_heads >= 1, "num_heads = " << p.num_heads << " must be at least 1");
-  MLA_CHECK(p.q_len >= 1, "q_len = " << p.q_len << " must be at least 1");
+  MLA_CHECK(p.num_heads >= 1 && p.num_heads <= kMaxHeads,
+            "num_heads = " << p.num_heads << " is outside 1.." << kMaxHeads);
+  MLA_CHECK(p.q_len >= 1 && p.q_len <= kMaxQLen, "q_len = " << p.q_len << " is outside 1.." << kMaxQLen);
   MLA_CHECK(std::isfinite(p.softmax_scale), "softmax_scale = " << p.softmax_scale << " is not finite");
   auto check_strides = [](const OutputStrides& s, const char* name, int64_t row) {
     if (!s.b && !s.i && !s.h) return;

@@ -73,9 +73,17 @@ const char* descr_for(DType t) {
   return nullptr;
 }
 
+// "[2, 3, 576]"; a shape of more than 16 dimensions is shortened to its first 8 and last 2 (a
+// 20-million-dimension header made a 60 MB message).
 std::string shape_to_str(const std::vector<int64_t>& shape, bool star_for_negative = false) {
   std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
+  const size_t n = shape.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (n > 16 && i == 8) {
+      s += ", ... (" + std::to_string(n) + " dimensions) ...";
+      i = n - 3;
+      continue;
+    }
     if (i) s += ", ";
     s += (star_for_negative && shape[i] < 0) ? "*" : std::to_string(shape[i]);
   }
@@ -319,7 +327,11 @@ std::string header_text(DType dtype, const std::vector<int64_t>& shape) {
 
 }  // namespace
 
+// An accepted array's byte count fits int64 unless a dimension is 0, and then so does the
+// product up to it: (2^62, 4, 0) is empty, not an overflow.
 int64_t NpyArray::numel() const {
+  for (int64_t d : shape)
+    if (d == 0) return 0;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;

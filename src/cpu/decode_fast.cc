@@ -63,6 +63,37 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Cach
     qk = qconv;
   }
 
+  // Large finite inputs are computed like the reference or refused, never turned into Inf/NaN:
+  // the kernels' fp32 scores are bounded by 576 max|q| max|kv| |scale| log2(e), their sums of
+  // p v (p <= 2^8 between rescales, int8) by 2^8 seq_len max|kv|; both must stay below 2^126.
+  {
+    float qmax = 0.f;
+    for (int64_t i = 0; i < nq; ++i) {
+      const float v = std::fabs(kt == DType::f16 ? f16_to_f32(qk[i]) : bf16_to_f32(qk[i]));
+      if (v > qmax && v <= std::numeric_limits<float>::max()) qmax = v;  // NaN/Inf: the rule
+    }
+    int max_len = 0;
+    for (int b = 0; b < p.batch; ++b) max_len = std::max(max_len, p.seq_lens[b]);
+    // max|kv|: tracked by the cache that owns the memory; for a view over caller memory, the
+    // format's own bound where it has one (fp16, static int8 scales). A bf16 or token-scaled
+    // int8 view over caller memory has none short of reading the whole cache (as much memory
+    // traffic as the decode itself), so only the query side is bounded there.
+    double kmax = cache.max_abs;
+    if (kmax < 0) {
+      if (cache.dtype() == KvDType::fp16) kmax = 65504.0;
+      else if (cache.dtype() == KvDType::int8 && cache.scale_mode() == KvScale::tensor)
+        kmax = 127.0 * cache.tensor_scale();
+      else if (cache.dtype() == KvDType::int8 && cache.scale_mode() == KvScale::channel)
+        for (int c = 0; c < kLatentDim; ++c) kmax = std::max(kmax, 127.0 * cache.channel_scales()[c]);
+    }
+    kmax = std::max(kmax, 0.0);
+    const double limit = std::ldexp(1.0, 126);
+    const double score = double(kQkDim) * qmax * kmax * std::max(1.0, std::fabs(double(p.softmax_scale)) * 1.4426950408889634);
+    MLA_CHECK(score < limit && 256.0 * max_len * kmax < limit,
+              "inputs too large for the fp32 kernels: max|q| = " << qmax << ", max|kv| = " << kmax
+                  << ", softmax_scale = " << p.softmax_scale << " (scores up to " << score
+                  << ") would overflow; scale them down");
+  }
   float* part_o = reinterpret_cast<float*>(ws + wl.partial_o);
   float* part_lse = reinterpret_cast<float*>(ws + wl.partial_lse);
   cpu::MergeCounters counters(reinterpret_cast<int32_t*>(ws + wl.counters), plan.merges.size());

@@ -149,7 +149,10 @@ class SafetensorsFile {
       std::string name;
     };
     std::vector<Range> ranges;
-    for (auto& [name, v] : h.items()) {
+    for (auto& item : h.items()) {
+      // Not a structured binding: clang 14 (the fuzz build) cannot capture one in the lambda.
+      const std::string& name = item.key();
+      auto& v = item.value();
       if (name == "__metadata__") continue;
       auto bad = [&](const std::string& what) {
         MLA_FAIL(path_ << ": tensor " << name << ": " << what);

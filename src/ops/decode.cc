@@ -42,8 +42,10 @@ void check_call(const DecodeParams& p, DType q_dtype, const CacheView& cache,
   check_view(cache);
   MLA_CHECK(q_dtype == DType::f32 || q_dtype == DType::bf16 || q_dtype == DType::f16,
             "query dtype " << dtype_name(q_dtype) << " is not supported (fp32, bf16 or fp16)");
-  MLA_CHECK(opt.chunk >= 1, "chunk = " << opt.chunk << " must be at least 1");
-  MLA_CHECK(opt.threads >= 0, "threads = " << opt.threads << " is negative");
+  MLA_CHECK(opt.chunk >= 1 && opt.chunk <= kMaxChunk,
+            "chunk = " << opt.chunk << " is outside 1.." << kMaxChunk);
+  MLA_CHECK(opt.threads >= 0 && opt.threads <= kMaxThreads,
+            "threads = " << opt.threads << " is outside 0.." << kMaxThreads << " (0: all cores)");
 }
 
 void decode_ref(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,

@@ -55,8 +55,12 @@ void check_input(const PlanInput& in) {
   MLA_CHECK(in.batch == 0 || in.seq_lens, "plan: seq_lens is null for batch = " << in.batch);
   MLA_CHECK(in.q_len >= 1, "plan: q_len = " << in.q_len << " must be at least 1");
   MLA_CHECK(in.num_heads >= 1, "plan: num_heads = " << in.num_heads << " must be at least 1");
-  MLA_CHECK(in.num_workers >= 1, "plan: num_workers = " << in.num_workers << " must be at least 1");
-  MLA_CHECK(in.kv_tile >= 1, "plan: kv_tile = " << in.kv_tile << " must be at least 1");
+  MLA_CHECK(in.num_workers >= 1 && in.num_workers <= kMaxPlanWorkers,
+            "plan: num_workers = " << in.num_workers << " is outside 1.." << kMaxPlanWorkers);
+  MLA_CHECK(in.kv_tile >= 1 && in.kv_tile <= (1 << 20),
+            "plan: kv_tile = " << in.kv_tile << " is outside 1..2^20");
+  MLA_CHECK(in.overhead_tiles <= (1 << 20),
+            "plan: overhead_tiles = " << in.overhead_tiles << " is above 2^20");
   MLA_CHECK(in.overhead_tiles >= 0,
             "plan: overhead_tiles = " << in.overhead_tiles << " is negative");
   MLA_CHECK(in.min_heads_per_group >= 1,

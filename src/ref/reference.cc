@@ -19,12 +19,22 @@ int64_t slot_of(const DecodeParams& p, const CacheView& cache, int b, int pos) {
 }
 
 // Softmax-weighted sum of rows of `vals` ([n, dv]) with scores s[n]; writes o[dv] and lse.
+// DESIGN §6: a NaN or Inf among the scores (from the query or a key) or the values makes o and lse
+// NaN; the textbook formula would drop a -inf score or a 0 * Inf.
 void softmax_sum(const std::vector<double>& s, const std::vector<double>& vals, int dv, double* o,
                  double* lse) {
   const int n = int(s.size());
   std::fill(o, o + dv, 0.0);
   if (n == 0) {
     *lse = kNegInf;
+    return;
+  }
+  bool finite = true;
+  for (int t = 0; t < n; ++t) finite &= std::isfinite(s[t]);
+  for (size_t i = 0; i < size_t(n) * dv; ++i) finite &= std::isfinite(vals[i]);
+  if (!finite) {
+    std::fill(o, o + dv, std::numeric_limits<double>::quiet_NaN());
+    *lse = std::numeric_limits<double>::quiet_NaN();
     return;
   }
   const double m = *std::max_element(s.begin(), s.end());
@@ -122,7 +132,16 @@ void decode(const DecodeParams& p, const float* q, const CacheView& cache, doubl
 void combine(int n, int dv, const double* o_parts, const double* lse_parts, double* o,
              double* lse) {
   double L = kNegInf;
-  for (int i = 0; i < n; ++i) L = std::max(L, lse_parts[i]);
+  bool nan = false;
+  for (int i = 0; i < n; ++i) {
+    L = std::max(L, lse_parts[i]);
+    nan |= std::isnan(lse_parts[i]);
+  }
+  if (nan) {  // a part that saw a NaN or Inf poisons the row
+    std::fill(o, o + dv, std::numeric_limits<double>::quiet_NaN());
+    *lse = std::numeric_limits<double>::quiet_NaN();
+    return;
+  }
   std::fill(o, o + dv, 0.0);
   if (L == kNegInf) {
     *lse = kNegInf;

@@ -369,9 +369,6 @@ def test_gil_is_released_during_a_long_decode():
         f"{steps} loop steps ran during a {elapsed:.3f} s decode; alone the loop does {rate:.3g} a second"
 
 
-@pytest.mark.xfail(strict=True, reason="library bug, not the binding's: the AVX-512 bf16/fp16 kernels let a NaN in a "
-                   "key's latent through QK (only o's column 7 turns NaN, lse stays finite; --isa portable gives "
-                   "all-NaN rows as DESIGN §6 requires), reproduced with `mla decode --isa best` on the same case")
 def test_nan_in_a_used_token_makes_that_sequence_nan_only():
     rng, seed = rng_for("nan")
     case = make_case(rng, seed, b=2, s_q=1, mean_sk=100, h_q=8, h_kv=1, varlen=False, dtype=BF16, causal=False)

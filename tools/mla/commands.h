@@ -29,8 +29,9 @@ struct OutFile {
   std::vector<int64_t> shape;
   const float* data;
 };
-// All or nothing: every file is staged inside `dir` and renamed into place; on any failure the
-// files already placed are removed and an mla::Error says nothing was written (decode.cc).
+// All or nothing, also across a kill (decode.cc): the set is written into a sibling of `dir` and
+// swapped with it in one rename (RENAME_EXCHANGE); on any failure the previous files are
+// unchanged and an mla::Error says nothing was written. `dir` may hold only mla outputs.
 void write_outputs(const std::string& dir, const std::vector<OutFile>& files);
 
 }  // namespace mla::tool

@@ -9,7 +9,13 @@
 #include <random>
 #include <thread>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "mla/attention.h"
 #include "mla/commands.h"
@@ -46,9 +52,11 @@ DecodeOptions options_of(const DecodeArgs& a) {
   DecodeOptions o;
   MLA_CHECK(a.impl == "ref" || a.impl == "fast", "--impl " << a.impl << " is not ref or fast");
   o.impl = a.impl == "ref" ? Impl::ref : Impl::fast;
-  MLA_CHECK(a.threads >= 0, "--threads " << a.threads << " is negative");
+  MLA_CHECK(a.threads >= 0 && a.threads <= kMaxThreads,
+            "--threads " << a.threads << " is outside 0.." << kMaxThreads << " (0: all cores)");
   o.threads = a.threads;
-  MLA_CHECK(a.chunk >= 1, "--chunk " << a.chunk << " must be at least 1");
+  MLA_CHECK(a.chunk >= 1 && a.chunk <= kMaxChunk,
+            "--chunk " << a.chunk << " is outside 1.." << kMaxChunk << " (tiles of 64 tokens)");
   o.chunk = a.chunk;
   MLA_CHECK(a.reduction == "separate" || a.reduction == "last",
             "--reduction " << a.reduction << " is not separate or last");
@@ -98,6 +106,10 @@ Problem load_problem(const std::string& dir) {
   Problem pr;
   NpyArray q = read_npy(path("q.npy"), DType::f32, {-1, -1, -1, kQkDim});
   NpyArray kv = read_npy(path("kv.npy"), DType::f32, {-1, -1, kQkDim});
+  for (const NpyArray* x : {&q, &kv})
+    for (int64_t d : x->shape)
+      MLA_CHECK(d <= (int64_t(1) << 30), (x == &q ? path("q.npy") : path("kv.npy"))
+                                             << ": shape " << x->shape_str() << " has a dimension above 2^30");
   pr.batch = int(q.shape[0]);
   pr.q_len = int(q.shape[1]);
   pr.heads = int(q.shape[2]);
@@ -130,10 +142,45 @@ Problem load_problem(const std::string& dir) {
 }
 
 // A random case: scattered blocks, NaN in every slot no sequence uses, uneven q_lens when q_len > 1.
-Problem random_problem(const DecodeArgs& a, uint64_t seed) {
-  MLA_CHECK(a.batch >= 1 && a.heads >= 1 && a.q_len >= 1 && a.context >= 1 && a.block_size >= 1,
-            "--batch, --heads, --q-len, --context and --block-size must be positive");
+// Bytes available to this process: MemAvailable of /proc/meminfo (0 if unknown).
+double available_memory() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  double kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb * 1024;
+}
+
+// The random case's shape, bounded, and its memory estimated before anything is allocated.
+void check_random_shape(const DecodeArgs& a) {
+  auto in = [](const char* opt, int v, int lo, int hi) {
+    MLA_CHECK(v >= lo && v <= hi, opt << " " << v << " is outside " << lo << ".." << hi);
+  };
+  in("--batch", a.batch, 1, 1 << 16);
+  in("--heads", a.heads, 1, kMaxHeads);
+  in("--q-len", a.q_len, 1, kMaxQLen);
+  in("--context", a.context, 1, 1 << 24);
+  in("--block-size", a.block_size, 1, 1 << 16);
   MLA_CHECK(a.context >= a.q_len, "--context " << a.context << " is shorter than --q-len " << a.q_len);
+  // What the run holds at once: the fp32 cache content and the cache (<= 4 + 2 bytes a value), the
+  // query (fp32, working copy, q_used), o and lse (fp32 and the float64 reference), and the
+  // reference's float64 copy of the longest sequence's keys and values.
+  const double slots = (double((a.context + a.block_size - 1) / a.block_size) * a.batch + 3) * a.block_size;
+  const double rows = double(a.batch) * a.q_len * a.heads;
+  const double bytes = slots * kQkDim * 6 + rows * kQkDim * 10 + rows * (kLatentDim + 1) * 12 +
+                       double(a.context) * (kQkDim + kLatentDim) * 8;
+  const double avail = available_memory();
+  MLA_CHECK(avail == 0 || bytes <= 0.8 * avail,
+            "the random case needs about " << bytes / 1e9 << " GB, more than the " << avail / 1e9
+                                           << " GB of memory available (reduce --batch, --heads, "
+                                              "--q-len or --context)");
+}
+
+Problem random_problem(const DecodeArgs& a, uint64_t seed) {
+  check_random_shape(a);
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   Problem pr;
@@ -186,6 +233,99 @@ void check_problem_files(const Problem& pr, KvDType kv, KvScale mode) {
                                             << kv_scale_name(mode) << " (use --kv-scale channel)");
 }
 
+// All or nothing, also across a kill (DESIGN: never a mix of two runs' files). --out DIR holds
+// exactly the output files of one run. A run writes its set into a fresh sibling directory,
+// .DIR.mla-new-<pid>, then swaps it with DIR in one step (renameat2 RENAME_EXCHANGE; a plain
+// rename when DIR does not exist yet) and removes the old set, now at the sibling's name. A kill
+// before the swap leaves the old set in DIR and a stale sibling; a kill after it, the new set in
+// DIR and the old one in the sibling. Each run first removes the stale siblings of dead runs.
+// Where the file system cannot exchange (EINVAL), the old set is renamed aside to
+// .DIR.mla-old-<pid> first and put back by the next run if the kill came between the two renames.
+// Because DIR is replaced as a whole, a DIR holding anything else than the outputs of mla's
+// commands (decode's, layer's) is refused.
+const char* const kOutputNames[] = {"o.npy", "lse.npy", "q_used.npy", "kv_used.npy"};
+
+// Test hooks: MLA_TEST_CRASH_AT=<point> dies there as kill -9 would, MLA_TEST_FAIL_AT=<point>
+// fails there as a full disk would, so the tests can check what such a run leaves behind.
+void crash_point(const std::string& point) {
+  const char* at = std::getenv("MLA_TEST_CRASH_AT");
+  if (at && point == at) ::_exit(137);
+  const char* fail = std::getenv("MLA_TEST_FAIL_AT");
+  if (fail && point == fail) throw std::runtime_error("injected failure at " + point);
+}
+
+// .DIR.mla-<kind>-<pid> beside DIR.
+fs::path sibling(const fs::path& dir, const char* kind, long pid) {
+  return dir.parent_path() / ("." + dir.filename().string() + ".mla-" + kind + "-" + std::to_string(pid));
+}
+
+// Removes what killed runs left beside dir; restores an old set renamed aside if dir is missing.
+void clean_stale_siblings(const fs::path& dir) {
+  std::error_code ec;
+  const std::string prefix = "." + dir.filename().string() + ".mla-";
+  for (const auto& e : fs::directory_iterator(dir.parent_path(), ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string rest = name.substr(prefix.size());  // new-<pid> | old-<pid>
+    const size_t dash = rest.find('-');
+    if (dash == std::string::npos) continue;
+    const long pid = std::strtol(rest.c_str() + dash + 1, nullptr, 10);
+    if (pid <= 0 || (pid != ::getpid() && ::kill(pid_t(pid), 0) == 0)) continue;  // a live run's
+    if (rest.compare(0, dash, "old") == 0 && !fs::exists(dir, ec))
+      fs::rename(e.path(), dir, ec);
+    else
+      fs::remove_all(e.path(), ec);
+  }
+}
+
+// Refuses an --out that is not a directory of mla outputs (before any work is done).
+void check_out_dir(const fs::path& dir, const std::vector<OutFile>& files) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(dir, ec))) return;
+  MLA_CHECK(fs::is_directory(fs::symlink_status(dir, ec)),
+            "--out " << dir.string() << " is not a directory");
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    bool ours = false;
+    for (const char* n : kOutputNames) ours |= name == n;
+    for (const OutFile& f : files) ours |= name == f.name;
+    MLA_CHECK(ours, "--out " << dir.string() << " holds " << name
+                             << ", which is not an mla output; the directory is replaced as a "
+                                "whole, so give an empty or new one");
+    MLA_CHECK(fs::is_regular_file(fs::symlink_status(e.path(), ec)),
+              e.path().string() << " is not a regular file");
+  }
+}
+
+// NaN and Inf go to the kernels as they are (DESIGN §6: the rows that see them come out NaN), but
+// a finite value the cache format cannot hold (fp16 past 65504) or a non-finite latent value of an
+// int8 or fp8 cache (no scale represents it: PagedLatentCache::write counts both) is refused, at
+// the first position that has one. Slots no sequence uses may hold anything.
+void check_storable(const Problem& pr, const DecodeParams& p, KvDType kv) {
+  auto lost = [&](float x, int d) {
+    if ((kv == KvDType::int8 || kv == KvDType::fp8) && d < kLatentDim) return !std::isfinite(x);
+    if (!std::isfinite(x)) return false;
+    return !std::isfinite(kv == KvDType::fp16 ? f16_to_f32(f32_to_f16(x)) : bf16_to_f32(f32_to_bf16(x)));
+  };
+  for (int b = 0; b < p.batch; ++b)
+    for (int t = 0; t < p.seq_lens[b]; ++t) {
+      const int64_t slot =
+          int64_t(p.block_table[int64_t(b) * p.max_blocks_per_seq + t / pr.block_size]) * pr.block_size +
+          t % pr.block_size;
+      const float* tok = pr.kv.data() + slot * kQkDim;
+      for (int d = 0; d < kQkDim; ++d)
+        MLA_CHECK(!lost(tok[d], d),
+                  "kv.npy: block " << slot / pr.block_size << " token " << slot % pr.block_size
+                                   << " (sequence " << b << " position " << t << ") value [" << d
+                                   << "] = " << tok[d]
+                                   << (kv == KvDType::int8 || kv == KvDType::fp8
+                                           ? std::string(" is not finite and cannot be stored in an ") +
+                                                 kv_dtype_name(kv) + " cache (no scale represents it)"
+                                           : std::string(" is beyond the largest finite ") +
+                                                 kv_dtype_name(kv) + " value and cannot be stored"));
+    }
+}
+
 void run_decode(const DecodeArgs& a) {
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvScale mode = parse_kv_scale(a.kv_scale);
@@ -196,6 +336,7 @@ void run_decode(const DecodeArgs& a) {
             "--kv-original is for --in files; a random case compares with its own original values");
   const Problem pr = a.random_seed ? random_problem(a, *a.random_seed) : load_problem(a.in);
   check_problem_files(pr, kv, mode);
+  if (!a.random_seed) check_out_dir(fs::absolute(fs::path(a.out)).lexically_normal(), {});
 
   DecodeParams p{.batch = pr.batch, .q_len = pr.q_len, .num_heads = pr.heads,
                  .softmax_scale = a.scale.value_or(default_softmax_scale()), .causal = a.causal,
@@ -206,6 +347,7 @@ void run_decode(const DecodeArgs& a) {
   PagedLatentCache cache(CacheConfig{.num_blocks = pr.num_blocks, .block_size = pr.block_size,
                                      .dtype = kv, .scale = mode});
   validate(p, cache);  // before the cache is filled: block ids and lengths are sane
+  check_storable(pr, p, kv);
   if (kv == KvDType::int8 && mode != KvScale::token) {
     if (pr.tensor_scale && mode == KvScale::tensor) {
       cache.set_tensor_scale(*pr.tensor_scale);
@@ -220,6 +362,9 @@ void run_decode(const DecodeArgs& a) {
       cache.calibrate(pr.kv.data(), used);
     }
   }
+
+  // Only slots no sequence uses can hold what the format cannot (check_storable checked the
+  // others), and nothing reads them.
   cache.import_f32(pr.kv.data());
 
   const DType qt = opt.impl == Impl::fast ? kernel_q_dtype(kv, q_dtype_of(a, kv)) : q_dtype_of(a, kv);
@@ -294,30 +439,42 @@ void run_decode(const DecodeArgs& a) {
 
 }  // namespace
 
-// All or nothing: every file is written into a staging directory inside `dir`, then renamed into
-// place; if any step fails, the files already moved are removed again and the error is reported.
-void write_outputs(const std::string& dir, const std::vector<OutFile>& files) {
+// All or nothing, also across a kill: see the helpers above (the previous run's files survive any
+// failure; a killed run leaves the old set or the new one, never a mix).
+void write_outputs(const std::string& out, const std::vector<OutFile>& files) {
+  const fs::path dir = fs::absolute(fs::path(out)).lexically_normal();
+  const fs::path stage = sibling(dir, "new", ::getpid()), aside = sibling(dir, "old", ::getpid());
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  MLA_CHECK(fs::is_directory(dir), "--out " << dir << " is not a directory and cannot be made");
-  const fs::path stage = fs::path(dir) / (".mla-partial-" + std::to_string(::getpid()));
-  std::vector<fs::path> placed;
   try {
-    fs::create_directories(stage);
-    for (const OutFile& f : files)
-      write_npy((stage / f.name).string(), DType::f32, f.shape, f.data);
-    for (const OutFile& f : files) {
-      const fs::path to = fs::path(dir) / f.name;
-      MLA_CHECK(!fs::is_directory(to), to.string() << " is a directory");
-      fs::rename(stage / f.name, to);
-      placed.push_back(to);
+    fs::create_directories(dir.parent_path());
+    clean_stale_siblings(dir);
+    check_out_dir(dir, files);
+    fs::remove_all(stage);
+    fs::create_directory(stage);
+    for (size_t i = 0; i < files.size(); ++i) {
+      write_npy((stage / files[i].name).string(), DType::f32, files[i].shape, files[i].data);
+      crash_point("file" + std::to_string(i));
+    }
+    crash_point("swap");
+    if (!fs::exists(dir)) {
+      fs::rename(stage, dir);
+    } else if (::renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+      crash_point("swapped");
+      fs::remove_all(stage, ec);  // the old set
+    } else {
+      MLA_CHECK(errno == EINVAL, "replacing " << dir.string() << ": " << std::strerror(errno));
+      fs::rename(dir, aside);
+      crash_point("aside");
+      fs::rename(stage, dir);
+      fs::remove_all(aside, ec);
     }
   } catch (const std::exception& e) {
-    for (const fs::path& f : placed) fs::remove(f, ec);
     fs::remove_all(stage, ec);
-    MLA_FAIL("writing the outputs to " << dir << " failed, nothing written: " << e.what());
+    if (!fs::exists(dir, ec) && fs::exists(aside, ec)) fs::rename(aside, dir, ec);
+    MLA_FAIL("writing the outputs to " << out << " failed, nothing written (the previous outputs, "
+                                          "if any, are unchanged): "
+                                       << e.what());
   }
-  fs::remove_all(stage, ec);
 }
 
 void add_decode_command(CLI::App& app) {

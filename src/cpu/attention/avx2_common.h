@@ -55,33 +55,68 @@ MLA_AVX2_INLINE __m256 visible(__m256i lim, int t) {
 // p = 2^(x - m) and lse = ln(2) * (m + log2(l)). Invisible scores (causal mask, chunk tails,
 // padding rows) never enter max or sum: their p is exactly 0.
 
+// Non-finite values (DESIGN §6), as in the AVX-512 kernels: a row that sees a NaN or +-Inf score
+// (from its query or from a key or value it can see) gets m = NaN, which stays NaN for the rest
+// of the item; finalize_rows then writes o = NaN, lse = NaN for it. Its exp and sums may hold
+// anything meanwhile: they only reach that row's own lanes.
+// Lanes of x that are NaN or +-Inf (exponent all ones).
+MLA_AVX2_INLINE __m256 nonfinite(__m256 x) {
+  const __m256i e = _mm256_set1_epi32(0x7f800000);
+  return _mm256_castsi256_ps(
+      _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), e), e));
+}
+
+// s * c rounded to fp32: the empty asm keeps the compiler from fusing the product into the
+// following subtraction (-ffp-contract), so the maximum and the exp arguments use the same
+// rounded product (fused, the row's largest score came out up to half an ulp of s * c above m:
+// 2^(+-6e4) = inf or 0 at a softmax scale of 1e12).
+MLA_AVX2_INLINE __m256 scaled_score(__m256 s, __m256 c) {
+  __m256 x = _mm256_mul_ps(s, c);
+  __asm__("" : "+x"(x));
+  return x;
+}
+
 // Max of the visible scaled scores s[t * ss] over tokens [0, ntok); -inf if none is visible.
+// *bad_vis: the rows (lanes all ones) with a non-finite visible score; *bad_any: the rows with any
+// non-finite score, visible or not (a key or value holding NaN/Inf that P.V would multiply by
+// 0 = NaN).
 MLA_AVX2_INLINE __m256 rows8_masked_max(const float* s, int64_t ss, int ntok, __m256i lim,
-                                        __m256 c) {
+                                        __m256 c, __m256* bad_vis, __m256* bad_any) {
   const __m256 ninf = _mm256_set1_ps(kNegInf);
-  __m256 mx0 = ninf, mx1 = ninf;
+  __m256 mx0 = ninf, mx1 = ninf, bv = _mm256_setzero_ps(), ba = bv;
   int t = 0;
   for (; t + 2 <= ntok; t += 2) {
-    const __m256 x0 = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_load_ps(s + t * ss), c),
-                                       visible(lim, t));
-    const __m256 x1 = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_load_ps(s + (t + 1) * ss), c),
-                                       visible(lim, t + 1));
-    mx0 = _mm256_max_ps(mx0, x0);
-    mx1 = _mm256_max_ps(mx1, x1);
+    const __m256 y0 = scaled_score(_mm256_load_ps(s + t * ss), c);
+    const __m256 y1 = scaled_score(_mm256_load_ps(s + (t + 1) * ss), c);
+    const __m256 k0 = visible(lim, t), k1 = visible(lim, t + 1);
+    const __m256 n0 = nonfinite(y0), n1 = nonfinite(y1);
+    bv = _mm256_or_ps(bv, _mm256_or_ps(_mm256_and_ps(n0, k0), _mm256_and_ps(n1, k1)));
+    ba = _mm256_or_ps(ba, _mm256_or_ps(n0, n1));
+    mx0 = _mm256_max_ps(mx0, _mm256_blendv_ps(ninf, y0, k0));
+    mx1 = _mm256_max_ps(mx1, _mm256_blendv_ps(ninf, y1, k1));
   }
-  if (t < ntok)
-    mx0 = _mm256_max_ps(
-        mx0, _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_load_ps(s + t * ss), c), visible(lim, t)));
+  if (t < ntok) {
+    const __m256 y0 = scaled_score(_mm256_load_ps(s + t * ss), c);
+    const __m256 k0 = visible(lim, t), n0 = nonfinite(y0);
+    bv = _mm256_or_ps(bv, _mm256_and_ps(n0, k0));
+    ba = _mm256_or_ps(ba, n0);
+    mx0 = _mm256_max_ps(mx0, _mm256_blendv_ps(ninf, y0, k0));
+  }
+  *bad_vis = bv;
+  *bad_any = ba;
   return _mm256_max_ps(mx0, mx1);
 }
 
 // The running state of 8 rows moved past a step whose visible scaled scores have maximum
 // step_max. Returns the shift m_use to subtract from this step's scores (the new maximum, or 0
 // for a row that has seen nothing yet, so that -inf - -inf never happens) and sets
-// *alpha = 2^(m_old - m_use) (0 while the row is still empty). m is updated.
-MLA_AVX2_INLINE __m256 rows8_advance_max(float* m, __m256 step_max, __m256* alpha) {
+// *alpha = 2^(m_old - m_use) (0 while the row is still empty). m is updated; rows in `bad`
+// (lanes all ones) and rows whose m is already NaN get m = NaN.
+MLA_AVX2_INLINE __m256 rows8_advance_max(float* m, __m256 step_max, __m256* alpha, __m256 bad) {
   const __m256 m_old = _mm256_load_ps(m);
-  const __m256 m_new = _mm256_max_ps(step_max, m_old);
+  bad = _mm256_or_ps(bad, _mm256_cmp_ps(m_old, m_old, _CMP_UNORD_Q));
+  const __m256 m_new = _mm256_blendv_ps(_mm256_max_ps(step_max, m_old),
+                                        _mm256_set1_ps(__builtin_nanf("")), bad);
   const __m256 seen = _mm256_cmp_ps(m_new, _mm256_set1_ps(kNegInf), _CMP_NEQ_UQ);
   const __m256 m_use = _mm256_and_ps(seen, m_new);
   *alpha = exp2_ps(_mm256_sub_ps(m_old, m_use));  // m_old = -inf: 0
@@ -91,7 +126,25 @@ MLA_AVX2_INLINE __m256 rows8_advance_max(float* m, __m256 step_max, __m256* alph
 
 // p = 2^(s * c - m_use) for the visible lanes of token t, exactly 0 for the others.
 MLA_AVX2_INLINE __m256 rows8_prob(const float* s_t, int t, __m256i lim, __m256 c, __m256 m_use) {
-  return _mm256_and_ps(visible(lim, t), exp2_ps(_mm256_fmsub_ps(_mm256_load_ps(s_t), c, m_use)));
+  return _mm256_and_ps(visible(lim, t),
+                       exp2_ps(_mm256_sub_ps(scaled_score(_mm256_load_ps(s_t), c), m_use)));
+}
+
+// Whether a 16-bit cache row (576 values) holds a NaN or Inf: all exponent bits set, exp_mask
+// 0x7f80 for bf16, 0x7c00 for fp16.
+inline bool row16_nonfinite(const uint16_t* t, uint16_t exp_mask) {
+  bool bad = false;
+  for (int i = 0; i < kQkDim; ++i) bad |= (t[i] & exp_mask) == exp_mask;
+  return bad;
+}
+
+// A step whose scores showed a non-finite value somewhere: the tokens holding NaN/Inf are
+// replaced by the zero token for P.V, so rows that cannot see them (p = 0) do not get 0 * NaN;
+// the rows that can see them are NaN already (their m).
+inline void drop_nonfinite_tokens(const uint16_t** kptr, int n, const uint16_t* zero,
+                                  uint16_t exp_mask) {
+  for (int t = 0; t < n; ++t)
+    if (row16_nonfinite(kptr[t], exp_mask)) kptr[t] = zero;
 }
 
 // ---- work-item plumbing ------------------------------------------------------------------------
@@ -172,7 +225,8 @@ inline void up_spill(const ItemRows& ir, const float* lo, const float* alpha) {
 }
 
 // After the last step: o = go / l, lse = ln 2 * (m + log2 l) (m in the base-2 domain); a row that
-// saw no key gets o = 0, lse = -inf; a NaN l (a NaN the row saw) gives NaN o and lse.
+// saw no key gets o = 0, lse = -inf; a row with m = NaN (it saw a NaN or Inf) gets o = NaN,
+// lse = NaN.
 // go_resident [rows][512], or nullptr: the output rows hold go. kPermuted: go holds each 16 dims
 // as the even dims then the odd ones (the bf16 kernel's PV order), put back here.
 template <bool kPermuted>
@@ -180,6 +234,11 @@ void finalize_rows(const ItemRows& ir, const float* go_resident, const float* m,
   for (int r = 0; r < ir.rows; ++r) {
     float* o = ir.o(r);
     const float* go = go_resident ? go_resident + size_t(r) * kLatentDim : o;
+    if (std::isnan(m[r])) {
+      std::fill(o, o + kLatentDim, __builtin_nanf(""));
+      *ir.lse(r) = __builtin_nanf("");
+      continue;
+    }
     if (l[r] == 0.f) {
       std::memset(o, 0, kLatentDim * sizeof(float));
       *ir.lse(r) = kNegInf;

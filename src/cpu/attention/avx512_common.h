@@ -81,21 +81,52 @@ MLA_AVX512_INLINE void transpose16x16_epi32(__m512i r[16]) {
 // t <= lim[r] (lim = last visible position minus the step's first position; chunk tails past
 // kv_end and padding rows have lim below them), and invisible scores never enter max or sum.
 
+// Non-finite values (DESIGN §6): a row that sees a NaN or +-Inf score (from its query or from a
+// key or value it can see) gets m = NaN, which stays NaN for the rest of the item; finalize_rows
+// then writes o = NaN, lse = NaN for it. The exp and sums of such a row may hold anything
+// meanwhile: they only ever reach that row's own lanes.
+MLA_AVX512_INLINE __mmask16 nonfinite_mask(__m512 x) {
+  // Exponent all ones: NaN or +-Inf. (AVX-512F only: the fp16 kernel is built without DQ's
+  // fpclass.)
+  const __m512i e = _mm512_set1_epi32(0x7f800000);
+  return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x), e), e);
+}
+
+// s * c rounded to fp32 whatever -ffp-contract says (the mul_round intrinsic is never fused into
+// a following subtraction): the maximum and the exp arguments must use the same rounded product.
+MLA_AVX512_INLINE __m512 scaled_score(__m512 s, __m512 c) {
+  return _mm512_mul_round_ps(s, c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 // Max of the visible scaled scores s[t * ss] over tokens [0, ntok); -inf if none is visible.
+// *bad_vis: the rows with a non-finite visible score; *bad_any: the rows with any non-finite
+// score, visible or not (a key or value holding NaN/Inf that P.V would multiply by 0 = NaN).
 MLA_AVX512_INLINE __m512 rows16_masked_max(const float* s, int64_t ss, int ntok, __m512i lim,
-                                           __m512 c) {
+                                           __m512 c, __mmask16* bad_vis, __mmask16* bad_any) {
   __m512 mx0 = _mm512_set1_ps(-__builtin_inff()), mx1 = mx0;
+  __mmask16 bv = 0, ba = 0;
   int t = 0;
   for (; t + 2 <= ntok; t += 2) {
     const __mmask16 k0 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
     const __mmask16 k1 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t + 1));
-    mx0 = _mm512_mask_max_ps(mx0, k0, mx0, _mm512_mul_ps(_mm512_load_ps(s + t * ss), c));
-    mx1 = _mm512_mask_max_ps(mx1, k1, mx1, _mm512_mul_ps(_mm512_load_ps(s + (t + 1) * ss), c));
+    const __m512 x0 = scaled_score(_mm512_load_ps(s + t * ss), c);
+    const __m512 x1 = scaled_score(_mm512_load_ps(s + (t + 1) * ss), c);
+    const __mmask16 n0 = nonfinite_mask(x0), n1 = nonfinite_mask(x1);
+    bv |= (n0 & k0) | (n1 & k1);
+    ba |= n0 | n1;
+    mx0 = _mm512_mask_max_ps(mx0, k0, mx0, x0);
+    mx1 = _mm512_mask_max_ps(mx1, k1, mx1, x1);
   }
   if (t < ntok) {
     const __mmask16 k0 = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
-    mx0 = _mm512_mask_max_ps(mx0, k0, mx0, _mm512_mul_ps(_mm512_load_ps(s + t * ss), c));
+    const __m512 x0 = scaled_score(_mm512_load_ps(s + t * ss), c);
+    const __mmask16 n0 = nonfinite_mask(x0);
+    bv |= n0 & k0;
+    ba |= n0;
+    mx0 = _mm512_mask_max_ps(mx0, k0, mx0, x0);
   }
+  *bad_vis = bv;
+  *bad_any = ba;
   return _mm512_max_ps(mx0, mx1);
 }
 
@@ -104,9 +135,13 @@ MLA_AVX512_INLINE __m512 rows16_masked_max(const float* s, int64_t ss, int ntok,
 // for a row that has seen nothing yet, so that -inf - -inf never happens) and sets
 // *alpha = 2^(m_old - m_use), the factor that rescales the row's l and accumulator (0 while the
 // row is still empty). m is updated; l is rescaled by the caller once the step's sum is known.
-MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* alpha) {
+// Rows in `bad` (and rows whose m is already NaN) get m = NaN.
+MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* alpha,
+                                            __mmask16 bad) {
   const __m512 m_old = _mm512_load_ps(m);
-  const __m512 m_new = _mm512_max_ps(m_old, step_max);
+  bad |= _mm512_cmp_ps_mask(m_old, m_old, _CMP_UNORD_Q);
+  const __m512 m_new = _mm512_mask_mov_ps(_mm512_max_ps(m_old, step_max), bad,
+                                          _mm512_set1_ps(__builtin_nanf("")));
   const __mmask16 seen = _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(-__builtin_inff()), _CMP_NEQ_OQ);
   const __m512 m_use = _mm512_maskz_mov_ps(seen, m_new);
   *alpha = exp2_ps(_mm512_sub_ps(m_old, m_use));  // m_old = -inf: 0
@@ -114,10 +149,29 @@ MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* a
   return m_use;
 }
 
-// p = 2^(s * c - m_use) for the visible lanes of token t, 0 for the others.
+// p = 2^(s * c - m_use) for the visible lanes of token t, 0 for the others. s * c is rounded
+// before the subtraction, as in rows16_masked_max: with the fused form the row's maximum came out
+// up to half an ulp of s * c away from m, 2^(+-2e6) = inf or 0 at a softmax scale of 1e12.
 MLA_AVX512_INLINE __m512 rows16_prob(const float* s_t, int t, __m512i lim, __m512 c, __m512 m_use) {
   const __mmask16 k = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
-  return exp2_ps(_mm512_fmsub_ps(_mm512_load_ps(s_t), c, m_use), k);
+  return exp2_ps(_mm512_sub_ps(scaled_score(_mm512_load_ps(s_t), c), m_use), k);
+}
+
+// Whether a 16-bit cache row (576 values) holds a NaN or Inf: all exponent bits set, exp_mask
+// 0x7f80 for bf16, 0x7c00 for fp16.
+inline bool row16_nonfinite(const uint16_t* t, uint16_t exp_mask) {
+  bool bad = false;
+  for (int i = 0; i < kQkDim; ++i) bad |= (t[i] & exp_mask) == exp_mask;
+  return bad;
+}
+
+// A step whose scores showed a non-finite value somewhere: the tokens holding NaN/Inf are
+// replaced by the zero token for P.V, so rows that cannot see them (p = 0) do not get 0 * NaN;
+// the rows that can see them are NaN already (their m).
+inline void drop_nonfinite_tokens(const uint16_t** kptr, int n, const uint16_t* zero,
+                                  uint16_t exp_mask) {
+  for (int t = 0; t < n; ++t)
+    if (row16_nonfinite(kptr[t], exp_mask)) kptr[t] = zero;
 }
 
 // ---- work-item plumbing shared by the AVX-512 kernels ------------------------------------------
@@ -208,13 +262,17 @@ inline void up_spill(const ItemRows& ir, const float* lo, const float* alpha) {
 }
 
 // After the last step: o = go / l and lse = ln 2 * (m + log2 l) (m in the base-2 domain); a row
-// that saw no key gets o = 0, lse = -inf. go [rows][512] (resident) or nullptr: the output rows.
+// that saw no key gets o = 0, lse = -inf; a row with m = NaN (it saw a non-finite value) gets
+// o = NaN, lse = NaN. go [rows][512] (resident) or nullptr: the output rows.
 inline void finalize_rows(const ItemRows& ir, const float* go_resident, const float* m,
                           const float* l) {
   for (int r = 0; r < ir.rows; ++r) {
     float* o = ir.o(r);
     const float* go = go_resident ? go_resident + size_t(r) * kLatentDim : o;
-    if (l[r] > 0.f) {
+    if (std::isnan(m[r])) {
+      std::fill(o, o + kLatentDim, __builtin_nanf(""));
+      *ir.lse(r) = __builtin_nanf("");
+    } else if (l[r] > 0.f) {
       const __m512 inv = _mm512_set1_ps(1.f / l[r]);
       for (int d = 0; d < kLatentDim; d += 16)
         _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(go + d), inv));

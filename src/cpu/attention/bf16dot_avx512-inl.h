@@ -277,7 +277,8 @@ void pack_queries(const ItemRows& ir, int rows_pad, int64_t rs, uint32_t* qp) {
 }
 
 // ---- SM: scores of a step -> bf16 probability pairs, running max and sum ------------------------
-void softmax_step(const float* s, int64_t rs, int rows_pad, int ntok, const int32_t* last, int t0,
+// Returns whether any score of the step (visible or not) was NaN or Inf.
+bool softmax_step(const float* s, int64_t rs, int rows_pad, int ntok, const int32_t* last, int t0,
                   float c, float* m, float* l, float* alpha, uint32_t* pp) {
   // vpermw indices interleaving p[2j] (words 0..15) and p[2j+1] (words 16..31) per row.
   alignas(64) static const uint16_t kIlv[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
@@ -285,11 +286,14 @@ void softmax_step(const float* s, int64_t rs, int rows_pad, int ntok, const int3
                                                 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i ilv = _mm512_load_si512(kIlv);
   const __m512 cv = _mm512_set1_ps(c);
+  __mmask16 bad_any = 0;
   for (int r0 = 0; r0 < rows_pad; r0 += 16) {
     const __m512i lim = _mm512_sub_epi32(_mm512_load_si512(last + r0), _mm512_set1_epi32(t0));
-    const __m512 mx = rows16_masked_max(s + r0, rs, ntok, lim, cv);
+    __mmask16 bad_vis, bad_lanes;
+    const __m512 mx = rows16_masked_max(s + r0, rs, ntok, lim, cv, &bad_vis, &bad_lanes);
+    bad_any |= bad_lanes;
     __m512 a;
-    const __m512 m_use = rows16_advance_max(m + r0, mx, &a);
+    const __m512 m_use = rows16_advance_max(m + r0, mx, &a, bad_vis);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
     for (int t = 0; t < ntok; t += 2) {
       const __m512 p0 = rows16_prob(s + t * rs + r0, t, lim, cv, m_use);
@@ -302,6 +306,7 @@ void softmax_step(const float* s, int64_t rs, int rows_pad, int ntok, const int3
     _mm512_store_ps(l + r0, _mm512_fmadd_ps(_mm512_load_ps(l + r0), a, _mm512_add_ps(sum0, sum1)));
     _mm512_store_ps(alpha + r0, a);
   }
+  return bad_any != 0;
 }
 
 // ---- the kernel ---------------------------------------------------------------------------------
@@ -386,7 +391,9 @@ void run(const KernelArgs& a, Scratch& scratch) {
       }
 
       marks.done(Stage::QK);
-      softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha, pp);
+      // fp8 tokens are bf16 by now (a NaN tile scale widens to NaN), so one exponent mask serves.
+      if (softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha, pp))
+        drop_nonfinite_tokens(kptr, n, zero, 0x7f80);
       marks.done(Stage::SM);
 
       const int npairs = (n + 1) / 2;

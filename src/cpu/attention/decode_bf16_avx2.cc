@@ -12,6 +12,7 @@ struct Bf16Widen {
   // PV's 16 values a token give the even dims in one vector and the odd dims in the other: one
   // 32-byte load and two single-cycle bit operations, no shuffle.
   static constexpr bool kPermuted = true;
+  static constexpr uint16_t kExpMask = 0x7f80;  // NaN / Inf: exponent all ones
   static __m256 widen8(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(
         _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));

@@ -8,6 +8,7 @@ namespace {
 
 struct F16Widen {
   static constexpr bool kPermuted = false;
+  static constexpr uint16_t kExpMask = 0x7c00;  // NaN / Inf: exponent all ones
   static __m256 widen8(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }

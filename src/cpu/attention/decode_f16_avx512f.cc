@@ -200,14 +200,18 @@ void widen_keys(const uint16_t* const* kptr, int ntok, float* kf, const uint16_t
 }
 
 // ---- SM: scores -> fp32 probabilities in place, running max and sum -----------------------------
-void softmax_step(float* s, int64_t rs, int rows_pad, int ntok, const int32_t* last, int t0,
+// Returns whether any score of the step (visible or not) was NaN or Inf.
+bool softmax_step(float* s, int64_t rs, int rows_pad, int ntok, const int32_t* last, int t0,
                   float c, float* m, float* l, float* alpha) {
   const __m512 cv = _mm512_set1_ps(c);
+  __mmask16 bad_any = 0;
   for (int r0 = 0; r0 < rows_pad; r0 += 16) {
     const __m512i lim = _mm512_sub_epi32(_mm512_load_si512(last + r0), _mm512_set1_epi32(t0));
-    const __m512 mx = rows16_masked_max(s + r0, rs, ntok, lim, cv);
+    __mmask16 bad_vis, bad_lanes;
+    const __m512 mx = rows16_masked_max(s + r0, rs, ntok, lim, cv, &bad_vis, &bad_lanes);
+    bad_any |= bad_lanes;
     __m512 a;
-    const __m512 m_use = rows16_advance_max(m + r0, mx, &a);
+    const __m512 m_use = rows16_advance_max(m + r0, mx, &a, bad_vis);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
     for (int t = 0; t < ntok; t += 2) {
       float* s0 = s + t * rs + r0;
@@ -222,6 +226,7 @@ void softmax_step(float* s, int64_t rs, int rows_pad, int ntok, const int32_t* l
     _mm512_store_ps(l + r0, _mm512_fmadd_ps(_mm512_load_ps(l + r0), a, _mm512_add_ps(sum0, sum1)));
     _mm512_store_ps(alpha + r0, a);
   }
+  return bad_any != 0;
 }
 
 // ---- the kernel ---------------------------------------------------------------------------------
@@ -285,7 +290,8 @@ void run(const KernelArgs& a, Scratch& scratch) {
         qk_token_tile(qf, rs, nrv, kf, s + t * rs);
       }
       marks.done(Stage::QK);
-      softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha);
+      if (softmax_step(s, rs, rows_pad, ntok, last, t0, c, m, l, alpha))
+        drop_nonfinite_tokens(kptr, n, zero, 0x7c00);
       marks.done(Stage::SM);
       // PV prefetches the next step's first T / 2 positions (pfptr is free again after QK).
       const int npv = token_ptrs_clipped(a, t0 + n, T / 2, pfptr);

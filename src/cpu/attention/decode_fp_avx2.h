@@ -69,18 +69,22 @@ inline void fp_qk_token_tile(const float* qf, int64_t rs, int nrv, const float* 
 
 // ---- SM: scores of a step -> probabilities in place, running max and sum -----------------------
 // Tokens [n, ntok) (the last QK tile's tail: the next step's tokens, or zero rows) are invisible.
-inline void fp_softmax_step(float* s, int64_t rs, int rows_pad, int n, int ntok,
+// Returns whether any score of the step (visible or not) was NaN or Inf.
+inline bool fp_softmax_step(float* s, int64_t rs, int rows_pad, int n, int ntok,
                             const int32_t* last, int t0, float c, float* m, float* l,
                             float* alpha) {
   const __m256 cv = _mm256_set1_ps(c);
+  __m256 bad_any = _mm256_setzero_ps();
   for (int r0 = 0; r0 < rows_pad; r0 += 8) {
     const __m256i lim = _mm256_min_epi32(
         _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(last + r0)),
                          _mm256_set1_epi32(t0)),
         _mm256_set1_epi32(n - 1));
-    const __m256 mx = rows8_masked_max(s + r0, rs, ntok, lim, cv);
+    __m256 bad_vis, bad_lanes;
+    const __m256 mx = rows8_masked_max(s + r0, rs, ntok, lim, cv, &bad_vis, &bad_lanes);
+    bad_any = _mm256_or_ps(bad_any, bad_lanes);
     __m256 a;
-    const __m256 m_use = rows8_advance_max(m + r0, mx, &a);
+    const __m256 m_use = rows8_advance_max(m + r0, mx, &a, bad_vis);
     __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
     int t = 0;
     for (; t + 2 <= ntok; t += 2) {
@@ -100,6 +104,7 @@ inline void fp_softmax_step(float* s, int64_t rs, int rows_pad, int n, int ntok,
                     _mm256_fmadd_ps(_mm256_load_ps(l + r0), a, _mm256_add_ps(sum0, sum1)));
     _mm256_store_ps(alpha + r0, a);
   }
+  return _mm256_movemask_ps(bad_any) != 0;
 }
 
 // ---- PV (+ UP): R rows x 16 dims ---------------------------------------------------------------
@@ -231,7 +236,7 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
       const int n = std::min(T, a.kv_end - t0), i0 = t0 - a.kv_begin;
       marks.step(step, n);
       const int ntok = (n + kFpTokTile - 1) / kFpTokTile * kFpTokTile;
-      const uint16_t* const* kp = tok + i0;
+      const uint16_t** kp = tok + i0;
       for (int t = 0; t < ntok; t += kFpTokTile) {
         for (int j = 0; j < kFpTokTile; ++j) {
           // The token kFpPrefetchDist ahead, one line per 32 values widened: a burst of 18
@@ -246,7 +251,8 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
         fp_qk_token_tile(qf, rs, nrv, kf, s + t * rs);
       }
       marks.done(Stage::QK);
-      fp_softmax_step(s, rs, rows_pad, n, ntok, last, t0, c, m, l, alpha);
+      if (fp_softmax_step(s, rs, rows_pad, n, ntok, last, t0, c, m, l, alpha))
+        drop_nonfinite_tokens(kp, n, zero, W::kExpMask);
       marks.done(Stage::SM);
       if (resident) {
         fp_pv_all<W, true>(rows, kp, s, rs, n, acc, alpha);

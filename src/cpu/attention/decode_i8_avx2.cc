@@ -266,9 +266,13 @@ void softmax_step(const SmArgs& a) {
         _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(a.last + r0)),
                          _mm256_set1_epi32(a.t0)),
         _mm256_set1_epi32(a.n - 1));
-    const __m256 mx = rows8_masked_max(a.s + r0, rs, a.ntok, lim, cv);
+    // A NaN or Inf score the row can see (its query, a key's rope or a token scale from
+    // non-finite data) makes its m NaN (DESIGN §6). int8 values are finite, so unlike the 16-bit
+    // kernels no token needs dropping for P.V.
+    __m256 bad_vis, bad_any;
+    const __m256 mx = rows8_masked_max(a.s + r0, rs, a.ntok, lim, cv, &bad_vis, &bad_any);
     __m256 al;
-    const __m256 m_use = rows8_advance_max(a.m + r0, mx, &al);
+    const __m256 m_use = rows8_advance_max(a.m + r0, mx, &al, bad_vis);
     // Pass 1: p (row sums), p' = p * token scale (kept in s), the two largest p' and the top
     // token: the largest key of p' bits (>= 0, so ordered as integers) with the token index in
     // the low bits (ties within the dropped bits go to the later token; any choice is exact,
@@ -278,7 +282,7 @@ void softmax_step(const SmArgs& a) {
     for (int t = 0; t < a.ntok; ++t) {
       float* st = a.s + t * rs + r0;
       const __m256 vis = visible(lim, t);
-      const __m256 p = _mm256_and_ps(vis, exp2_ps(_mm256_fmsub_ps(_mm256_load_ps(st), cv, m_use)));
+      const __m256 p = _mm256_and_ps(vis, exp2_ps(_mm256_sub_ps(scaled_score(_mm256_load_ps(st), cv), m_use)));
       sum = _mm256_add_ps(sum, p);
       // Masked again: a NaN scale of a token the row cannot see must not reach it.
       const __m256 q = a.ks ? _mm256_and_ps(vis, _mm256_mul_ps(p, _mm256_broadcast_ss(a.ks + t)))

@@ -114,14 +114,19 @@ void row_tile(const Item& it, const Step& st, int v0, const int8_t* const* pf_to
 }
 
 // Finalize rows [r0, r0 + rows): o = go / l, lse = ln2 * m + ln l; rows that saw no key: o = 0,
-// lse = -inf.
+// lse = -inf; rows with m = NaN (a non-finite value seen): o = NaN, lse = NaN.
 void finalize(const Item& it, int r0, int rows) {
   const KernelArgs& a = *it.a;
   for (int r = r0; r < r0 + rows; ++r) {
     float* o = a.o + (r / it.nh) * a.o_stride_i + (r % it.nh) * a.o_stride_h;
     const float l = it.l[r];
-    a.lse[(r / it.nh) * a.lse_stride_i + (r % it.nh) * a.lse_stride_h] =
-        l > 0.f ? it.m[r] * kLn2 + std::log(l) : kNegInf;
+    float* lse = a.lse + (r / it.nh) * a.lse_stride_i + (r % it.nh) * a.lse_stride_h;
+    if (std::isnan(it.m[r])) {  // the row saw a NaN or Inf
+      *lse = __builtin_nanf("");
+      std::fill_n(o, kLatentDim, __builtin_nanf(""));
+      continue;
+    }
+    *lse = l > 0.f ? it.m[r] * kLn2 + std::log(l) : kNegInf;
     const __m512 inv = _mm512_set1_ps(l > 0.f ? 1.f / l : 0.f);
     if (it.resident) {
       const float* g = it.go + int64_t(r - r0) * kLatentDim;
@@ -242,11 +247,27 @@ void run(const KernelArgs& a, Scratch& scratch) {
     if (cs)
       for (int d = 0; d < kLatentDim; ++d) cs_pos[position_of(d)] = cs[d];
     std::memset(zero, 0, kLatentDim);
+    // A non-finite key scale (a latent written from NaN/Inf) is replaced by 0 so that P' and the
+    // step's quantization stay finite for the rows that cannot see the token; the rows that can
+    // (a prefix of positions: lim >= bad_pos) start with m = NaN, as do rows whose query is not
+    // finite (qs = NaN from pack_queries).
+    int bad_pos = a.kv_end;
+    const int nks = mode == KvScale::token ? 1 : gsz ? ng : 0;
+    for (int t = 0; t < ntok; ++t)
+      for (int g = 0; g < nks; ++g) {
+        float& k = ks[int64_t(t) * nks + g];
+        k = nks == 1 && !gsz ? cache.token_scale(slot[t]) : cache.token_scales(slot[t])[g];
+        if (!std::isfinite(k)) {
+          k = 0.f;
+          bad_pos = std::min(bad_pos, a.kv_begin + t);
+        }
+      }
+    std::fill(ks + int64_t(ntok) * nks, ks + int64_t(npad) * nks, 0.f);
     for (int r = 0; r < Rp; ++r) {
-      m[r] = kNegInf;
       l[r] = 0.f;
       // Padding rows see everything (their scores are 0, finite; their outputs are never written).
       lim[r] = r < R ? std::min(last_visible(p, a.seq, r / nh), a.kv_end - 1) : a.kv_end - 1;
+      m[r] = r < R && (lim[r] >= bad_pos || std::isnan(qs[r])) ? __builtin_nanf("") : kNegInf;
     }
     const Item it{.a = &a,
                   .cache = &cache,
@@ -279,14 +300,6 @@ void run(const KernelArgs& a, Scratch& scratch) {
                   .pp = pp,
                   .pp_group = int64_t(T) / 4 * 16 * rv_max};
 
-    if (it.tok) {
-      for (int t = 0; t < ntok; ++t) ks[t] = cache.token_scale(slot[t]);
-      std::fill(ks + ntok, ks + npad, 0.f);
-    } else if (gsz) {
-      for (int t = 0; t < ntok; ++t)
-        std::memcpy(ks + int64_t(t) * ng, cache.token_scales(slot[t]), ng * sizeof(float));
-      std::fill(ks + int64_t(ntok) * ng, ks + int64_t(npad) * ng, 0.f);
-    }
     for (int v0 = 0; v0 < nrv;) {
       if (nrv - v0 >= kMainRV) {
         run_rows<kMainRV>(it, v0, slot, tok, ks, kstage, rstage);

@@ -124,7 +124,9 @@ void run(const KernelArgs& a, Scratch& scratch) {
       // QK (int8: S_nope in int32, then the rope part in fp32), one row at a time.
       for (int r = 0; r < R; ++r) {
         float* sr = s + size_t(r) * T;
-        vis[r] = std::min(n, last[r] - t0 + 1);  // visible tokens of this step
+        // Visible tokens of this step; none for a row that already saw a NaN or Inf (its result
+        // is NaN whatever follows).
+        vis[r] = std::isnan(st[r].m) ? 0 : std::min(n, last[r] - t0 + 1);
         for (int t = 0; t < vis[r]; ++t) {
           const float* kr = kf + size_t(t) * kQkDim;
           if constexpr (kInt8) {
@@ -172,7 +174,16 @@ void run(const KernelArgs& a, Scratch& scratch) {
         if (vis[r] <= 0) continue;
         float* sr = s + size_t(r) * T;
         float mx = kNegInf;
-        for (int t = 0; t < vis[r]; ++t) mx = std::max(mx, sr[t]);
+        bool bad = false;
+        for (int t = 0; t < vis[r]; ++t) {
+          mx = std::max(mx, sr[t]);
+          bad |= !std::isfinite(sr[t]);
+        }
+        if (bad) {  // DESIGN §6: a visible NaN or Inf makes the row's o and lse NaN
+          st[r].m = st[r].l = std::numeric_limits<float>::quiet_NaN();
+          vis[r] = 0;  // no PV or UP for it this step
+          continue;
+        }
         alpha[r] = st[r].rescale_to(mx);
         const float shift = st[r].shift();
         float sum = 0.f;

@@ -163,12 +163,15 @@ __attribute__((noinline)) void qk_tile(const QkRows& q, const int8_t* k, const u
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) {
       __m512 x = f[n][v];
+      __mmask16 bad = nonfinite_mask(x);
       if (mask) {
         const __mmask16 vis = _mm512_cmpge_epi32_mask(lim[v], _mm512_set1_epi32(pos0 + n));
         x = _mm512_mask_mov_ps(ninf, vis, x);
+        bad &= vis;
       }
       _mm512_store_ps(s + (n * RV + v) * 16, x);
-      m[v] = _mm512_max_ps(m[v], x);
+      // A row that sees a NaN or Inf score gets mx = NaN, which max(x, NaN) keeps.
+      m[v] = _mm512_mask_mov_ps(_mm512_max_ps(x, m[v]), bad, _mm512_set1_ps(__builtin_nanf("")));
     }
   }
 #pragma GCC unroll 4
@@ -236,14 +239,18 @@ void pack_queries(const KernelArgs& a, int nh, int R, int Rp, bool negate, const
       const int i = r / nh, h = a.head_begin + r % nh;
       src[e] = a.q + ((int64_t(a.seq) * p.q_len + i) * p.num_heads + h) * kQkDim;
       __m512 mx = _mm512_setzero_ps();
+      __mmask16 bad = 0;
       for (int c = 0; c < kLatentDim; c += 16) {
         __m512 x = bf16x16_to_ps(src[e] + c);
         if (cs) x = _mm512_mul_ps(x, _mm512_loadu_ps(cs + c));
+        bad |= nonfinite_mask(x);
         mx = _mm512_max_ps(mx, _mm512_abs_ps(x));
       }
-      const float m = _mm512_reduce_max_ps(mx);
+      const float m = bad ? 0.f : _mm512_reduce_max_ps(mx);
       const float iv = m > 0.f ? 127.f / m : 0.f;
-      qs[r] = m / 127.f * tensor;
+      // A NaN or Inf in the latent cannot be quantized: q8 = 0 and qs = NaN mark the row (run()
+      // starts it with m = NaN). A non-finite rope value shows up in the scores instead.
+      qs[r] = bad ? __builtin_nanf("") : m / 127.f * tensor;
       inv[e] = _mm512_set1_ps(negate ? -iv : iv);
     }
     for (int c0 = 0; c0 < kLatentDim; c0 += 64) {

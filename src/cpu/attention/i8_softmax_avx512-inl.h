@@ -116,7 +116,12 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
     // own step maximum anyway.
     const __mmask16 move =
         _mm512_cmp_ps_mask(cand, _mm512_add_ps(m_old, _mm512_set1_ps(kLazyRescale)), _CMP_GT_OQ);
-    const __m512 m_new = _mm512_mask_mov_ps(m_old, move, cand);
+    // A row whose step maximum or running maximum is NaN (it saw a non-finite value) keeps
+    // m = NaN; finalize turns it into o = NaN, lse = NaN.
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) |
+                          _mm512_cmp_ps_mask(m_old, m_old, _CMP_UNORD_Q);
+    const __m512 m_new = _mm512_mask_mov_ps(_mm512_mask_mov_ps(m_old, move, cand), nan,
+                                            _mm512_set1_ps(__builtin_nanf("")));
     same_max &= move == 0;
     // alpha = 2^(m_old - m_new): 0 where m_old = -inf, 1 where m stays.
     _mm512_store_ps(it.alpha + rv, _mm512_mask_blend_ps(move, _mm512_set1_ps(1.f),
@@ -129,7 +134,9 @@ bool softmax_rows(const Item& it, const Step& st, int v0, const float* mx) {
     sum[v] = _mm512_setzero_ps();
   }
   auto prob = [&](const float* s, int v) {
-    return exp2_fma5_ps(_mm512_fmsub_ps(_mm512_load_ps(s), c2, m_use[v]));
+    // s * c2 rounded before the subtraction, as the maximum was (the fused form could leave the
+    // row's largest score above m: 2^(5e5) = inf at a softmax scale of 1e12).
+    return exp2_fma5_ps(_mm512_sub_ps(scaled_score(_mm512_load_ps(s), c2), m_use[v]));
   };
   auto quant = [&](__m512 p, int v) {
     return _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(p, inv[v])), cap);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "mla/cache.h"
 
@@ -16,9 +17,19 @@ namespace mla::cpu {
 namespace {
 
 // q: 512 latent values (already including channel scales where used). Returns the row's scale.
+// A row holding NaN or Inf cannot be quantized: q8 = 0 and the scale is NaN, so that every score
+// of the row, and the row's result, is NaN (DESIGN §6).
 inline float quantize_query_row(const float* q, int8_t* q8) {
   float mx = 0.f;
-  for (int c = 0; c < kLatentDim; ++c) mx = std::max(mx, std::fabs(q[c]));
+  bool finite = true;
+  for (int c = 0; c < kLatentDim; ++c) {
+    mx = std::max(mx, std::fabs(q[c]));
+    finite &= std::isfinite(q[c]);
+  }
+  if (!finite) {
+    std::fill(q8, q8 + kLatentDim, int8_t(0));
+    return std::numeric_limits<float>::quiet_NaN();
+  }
   const float scale = mx / 127.f;
   const float inv = mx > 0.f ? 127.f / mx : 0.f;
   for (int c = 0; c < kLatentDim; ++c)
