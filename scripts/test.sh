@@ -36,7 +36,7 @@ if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
   phase "sanitizer build (address, undefined): the C++ tests and the program"
   launcher=()
   command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-  cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLA_SANITIZE=ON \
+  cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" -DMLA_SANITIZE=ON \
     -DMLA_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
   mapfile -t tests < <(cd "$root/tests" && ls test_*.cc | sed 's/\.cc$//')
   cmake --build "$root/build-asan" -j"$jobs" --target mla "${tests[@]}"
