@@ -118,24 +118,6 @@ class Progress {
   bool shown_ = false;
 };
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    MLA_CHECK(f.good(), path << ": cannot open " << tmp << " for writing");
-    f << text;
-    f.flush();
-    if (!f.good()) {
-      std::remove(tmp.c_str());
-      MLA_FAIL(path << ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    MLA_FAIL(path << ": cannot rename " << tmp << " into place");
-  }
-}
-
 // The ceilings per thread count: from --ceilings (must load), else from the default path if the
 // file is there, and any thread count missing from them measured now, briefly.
 struct CeilingSet {
@@ -716,6 +698,24 @@ check = every timed output against the float64 reference (ok* = on sampled seque
 Exit code 1 when a check fails.)";
 
 }  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    MLA_CHECK(f.good(), path << ": cannot open " << tmp << " for writing");
+    f << text;
+    f.flush();
+    if (!f.good()) {
+      std::remove(tmp.c_str());
+      MLA_FAIL(path << ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    MLA_FAIL(path << ": cannot rename " << tmp << " into place");
+  }
+}
 
 void add_bench_command(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();

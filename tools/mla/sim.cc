@@ -66,24 +66,6 @@ void check_out_path(const std::string& path, const char* option) {
             option << " " << path << ": directory " << dir.string() << " does not exist");
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    MLA_CHECK(f.good(), path << ": cannot open " << tmp << " for writing");
-    f << text;
-    f.flush();
-    if (!f.good()) {
-      std::remove(tmp.c_str());
-      MLA_FAIL(path << ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    MLA_FAIL(path << ": cannot rename " << tmp << " into place");
-  }
-}
-
 std::string sm_note(double scale) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "; SM stages x%g", scale);
