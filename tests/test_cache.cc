@@ -2,6 +2,7 @@
 // allocator, and refusal of bad input.
 #include <gtest/gtest.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -63,7 +64,10 @@ TEST_P(Int8Cache, WithinHalfAStepAndLosslessExport) {
                          : mode == KvScale::tensor ? c.tensor_scale()
                                                    : c.channel_scales()[d];
       ASSERT_GT(step, 0.f);
-      ASSERT_LE(std::fabs(back[s * kQkDim + d] - kv[s * kQkDim + d]), 0.5f * step * (1 + 1e-5f))
+      // Half a step, plus the float rounding of x / step (which picks the neighbour when x sits
+      // within an ulp of a midpoint) and of q * step: an ulp of |x| each.
+      const float x = kv[s * kQkDim + d], y = back[s * kQkDim + d];
+      ASSERT_LE(std::fabs(y - x), 0.5f * step + 2 * FLT_EPSILON * (std::fabs(x) + std::fabs(y)))
           << "slot " << s << " dim " << d;
     }
     for (int d = kLatentDim; d < kQkDim; ++d)

@@ -100,7 +100,11 @@ TEST(CliLayer, MatchesTheFloat64Reference) {
         den += ref[i] * ref[i];
       }
     }
-    EXPECT_LT(std::sqrt(num / den), std::string(kv) == "int8" ? 3e-2 : 1e-2) << kv;
+    // About 2x the largest of 40 seeds (bf16 5.6e-3, int8 2.4e-2; test_layer.cc says why int8 is
+    // looser than DESIGN §6 end to end).
+    const double rel = std::sqrt(num / den);
+    std::printf("  %s cache: rel %.2e\n", kv, rel);
+    EXPECT_LT(rel, std::string(kv) == "int8" ? 5e-2 : 1.5e-2) << kv;
   }
 }
 

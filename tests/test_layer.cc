@@ -47,7 +47,14 @@ Errors compare(const std::vector<float>& out, const std::vector<double>& ref) {
   return e;
 }
 
-Errors run_case(const LayerCase& lc, uint64_t seed) {
+// The layer's output against the float64 reference twice: with the history recomputed from the
+// hidden states (end to end: the cache's rounding included) and with the history as the cache
+// stores it (DESIGN §6's comparison: the reference on the de-quantized cache).
+struct CaseErrors {
+  Errors end_to_end, stored;
+};
+
+CaseErrors run_case(const LayerCase& lc, uint64_t seed) {
   const std::string dir = test::make_temp_dir("layer");
   test::TinyModelSpec ms = lc.model;
   ms.seed = seed;
@@ -97,28 +104,43 @@ Errors run_case(const LayerCase& lc, uint64_t seed) {
                cache, opt, out.data());
 
   const ref::LayerWeights64 w64 = ref::load_layer_weights64(cfg, store, lc.layer);
-  std::vector<double> ref(out.size());
+  std::vector<double> ref(out.size()), ref_stored(out.size());
   for (int b = 0; b < B; ++b) {
     const int P = lc.lens[b] - Q;
     ref::layer_forward(w64, P, hidden.data() + size_t(b) * T * D, nullptr, Q,
                        new_hidden.data() + size_t(b) * Q * D, ref.data() + size_t(b) * Q * D);
+    std::vector<float> hist(size_t(P) * kQkDim);
+    for (int t = 0; t < P; ++t) cache.read(alloc.slot(seqs[b], t), hist.data() + size_t(t) * kQkDim);
+    ref::layer_forward(w64, P, nullptr, hist.data(), Q, new_hidden.data() + size_t(b) * Q * D,
+                       ref_stored.data() + size_t(b) * Q * D);
   }
   std::filesystem::remove_all(dir);
-  return compare(out, ref);
+  return {compare(out, ref), compare(out, ref_stored)};
 }
 
 void expect_close(const LayerCase& lc, const char* what) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE(std::string(what) + " seed " + std::to_string(seed));
-  const Errors e = run_case(lc, seed);
+  const CaseErrors ce = run_case(lc, seed);
+  const Errors& e = ce.end_to_end;
+  const Errors& st = ce.stored;
   EXPECT_TRUE(e.finite);
+  // Bounds about 2x the largest error of 40 seeds (test_layer's cases, 2026-12-01): bf16 end to
+  // end 7.7e-3, stored history 5.7e-3; int8 4.4e-2 and 2.7e-2, cosine >= 0.99904. The layer rounds
+  // its activations (q, the absorbed q, the einsum input) to bf16 on top of the kernel's §6 error.
+  // int8 is worst on the 4200-token history (over 70 tokens, Q 3: 2.2e-2 and 1.7e-2 at most).
+  // A wrong RoPE, scale or cache layout gives errors near 1.
   if (lc.kv == KvDType::int8) {
-    EXPECT_LT(e.rel, 3e-2);
-    EXPECT_GT(e.cosine, 0.999);
+    EXPECT_LT(st.rel, 5e-2);
+    EXPECT_GT(st.cosine, 0.999);
+    EXPECT_LT(e.rel, 8e-2);
+    EXPECT_GT(e.cosine, 0.998);
   } else {
-    EXPECT_LT(e.rel, 1e-2);
+    EXPECT_LT(st.rel, 1.2e-2);
+    EXPECT_LT(e.rel, 1.5e-2);
   }
-  std::printf("  %-40s rel %.2e cos %.6f\n", what, e.rel, e.cosine);
+  std::printf("  %-40s end to end rel %.2e cos %.6f; stored history rel %.2e cos %.6f\n", what, e.rel,
+              e.cosine, st.rel, st.cosine);
 }
 
 TEST(Layer, QLoraBf16WeightsBf16Cache) {
