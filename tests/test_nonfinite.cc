@@ -392,18 +392,31 @@ TEST(Dispatch, SelectsTheAvx512KernelsThisCpuReports) {
       if (!flags.count(n)) return false;
     return true;
   };
-  const bool bf16 = has({"avx512bw", "avx512_bf16"});
-  const bool f16 = has({"avx512f", "f16c"});
-  const bool i8 = has({"avx512bw", "avx512_vnni", "avx512_bf16"});
+  // The registry's order: AVX-512, then AVX2 (+FMA, F16C), then portable. The int8 AVX-512 kernel
+  // needs BF16 as well as VNNI (its rope part is vdpbf16ps), so a VNNI CPU without BF16 (Cascade
+  // Lake, Ice Lake) runs int8 on AVX2.
+  const bool avx512 = has({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c"});
+  const bool bf16 = avx512 && has({"avx512_bf16"});
+  const bool f16 = has({"avx512f", "fma", "f16c"});
+  const bool i8 = bf16 && has({"avx512_vnni"});
+  const bool avx2 = has({"avx2", "fma", "f16c"});
+  auto expect = [&](bool fast, const char* fast_name, const char* avx2_name, const char* portable_name) {
+    return fast ? fast_name : avx2 ? avx2_name : portable_name;
+  };
   EXPECT_STREQ(cpu::select_kernel(KvDType::bf16, Isa::best).name,
-               bf16 ? "decode_bf16_avx512bf16" : "decode_bf16_portable");
+               expect(bf16, "decode_bf16_avx512bf16", "decode_bf16_avx2", "decode_bf16_portable"));
   EXPECT_STREQ(cpu::select_kernel(KvDType::fp16, Isa::best).name,
-               f16 ? "decode_f16_avx512f" : "decode_f16_portable");
+               expect(f16, "decode_f16_avx512f", "decode_f16_avx2", "decode_f16_portable"));
   EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::best).name,
-               i8 ? "decode_i8_avx512vnni" : "decode_i8_portable");
+               expect(i8, "decode_i8_avx512vnni", "decode_i8_avx2", "decode_i8_portable"));
+  if (avx2) {
+    EXPECT_STREQ(cpu::select_kernel(KvDType::bf16, Isa::avx2).name, "decode_bf16_avx2");
+    EXPECT_STREQ(cpu::select_kernel(KvDType::fp16, Isa::avx2).name, "decode_f16_avx2");
+    EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::avx2).name, "decode_i8_avx2");
+  }
   for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8})
     EXPECT_TRUE(cpu::select_kernel(kv, Isa::portable).portable);
-  std::printf("[ INFO     ] avx512 bf16 %d, f16 %d, int8 vnni %d\n", bf16, f16, i8);
+  std::printf("[ INFO     ] avx512 bf16 %d, f16 %d, int8 vnni %d; avx2 %d\n", bf16, f16, i8, avx2);
 }
 
 // Large finite inputs compute like the float64 reference or are refused, never Inf/NaN: a softmax
