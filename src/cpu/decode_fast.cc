@@ -67,11 +67,17 @@ void decode_fast(const DecodeParams& p, DType q_dtype, const void* q, const Cach
   // the kernels' fp32 scores are bounded by 576 max|q| max|kv| |scale| log2(e), their sums of
   // p v (p <= 2^8 between rescales, int8) by 2^8 seq_len max|kv|; both must stay below 2^126.
   {
-    float qmax = 0.f;
+    // max|q| over the finite values (NaN/Inf follow the rule instead) on the bits: without the
+    // sign, bf16 and f16 bits order like magnitudes, and exponent all ones (>= inf) is not
+    // finite. An int16 max the compiler vectorizes: a float loop cost 8-12 us per call at 16
+    // heads (9216 values), a tenth of a 512-token decode.
+    const int16_t inf_bits = kt == DType::f16 ? 0x7c00 : 0x7f80;
+    int16_t qmax_bits = 0;
     for (int64_t i = 0; i < nq; ++i) {
-      const float v = std::fabs(kt == DType::f16 ? f16_to_f32(qk[i]) : bf16_to_f32(qk[i]));
-      if (v > qmax && v <= std::numeric_limits<float>::max()) qmax = v;  // NaN/Inf: the rule
+      const int16_t a = int16_t(qk[i] & 0x7fff);
+      qmax_bits = std::max(qmax_bits, a < inf_bits ? a : int16_t(0));
     }
+    const float qmax = kt == DType::f16 ? f16_to_f32(uint16_t(qmax_bits)) : bf16_to_f32(uint16_t(qmax_bits));
     int max_len = 0;
     for (int b = 0; b < p.batch; ++b) max_len = std::max(max_len, p.seq_lens[b]);
     // max|kv|: tracked by the cache that owns the memory; for a view over caller memory, the
