@@ -2,36 +2,16 @@
 // as a file whose tensors lie inside it with byte counts matching dtype x shape, or be refused
 // with mla::Error; never a crash, a sanitizer report or a read past the mapping. Built and run by
 // scripts/fuzz.sh; the corpus files name their tensors "w" and "b".
-#include <unistd.h>
-
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 
+#include "fuzz/input_file.h"
 #include "mla/safetensors.h"
 #include "mla/status.h"
 
-namespace {
-
-// The reader takes a path (it memory-maps the file): the input goes to a per-process file.
-const std::string& scratch_path() {
-  static const std::string p = [] {
-    const char* dir = std::getenv("MLA_FUZZ_TMP");
-    return std::string(dir && *dir ? dir : "/dev/shm") + "/mla_fuzz_st_" +
-           std::to_string(::getpid()) + ".safetensors";
-  }();
-  return p;
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string& path = scratch_path();
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) std::abort();
-  if (size && std::fwrite(data, 1, size, f) != size) std::abort();
-  std::fclose(f);
+  const std::string& path = mla::fuzz::write_input_file("st", ".safetensors", data, size);
   try {
     const mla::TensorStore s = mla::TensorStore::open_file(path);
     for (const char* name : {"w", "b"}) {

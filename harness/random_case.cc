@@ -101,4 +101,11 @@ std::vector<Isa> runnable_isas(KvDType kv, KvScale scale) {
   return out;
 }
 
+std::vector<const cpu::KernelInfo*> supported_kernels() {
+  std::vector<const cpu::KernelInfo*> v;
+  for (const cpu::KernelInfo& k : cpu::kernel_registry())
+    if (k.supported()) v.push_back(&k);
+  return v;
+}
+
 }  // namespace mla::test

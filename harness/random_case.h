@@ -10,6 +10,10 @@
 #include "mla/attention.h"
 #include "mla/cache.h"
 
+namespace mla::cpu {
+struct KernelInfo;
+}
+
 namespace mla::test {
 
 // A fresh seed per run (printed by the tests through SCOPED_TRACE), or MLA_TEST_SEED if set.
@@ -50,5 +54,8 @@ Case make_case(const CaseSpec& spec, uint64_t seed);
 // The ISAs this CPU runs a kernel of for `kv`, in registry order (portable always; avx512 and
 // avx2 where supported): tests force each in turn, so the AVX2 kernels are tested on AVX-512 hosts.
 std::vector<Isa> runnable_isas(KvDType kv, KvScale scale = KvScale::token);
+
+// Every registered kernel this CPU runs, in registry order: the parameters of the kernel suites.
+std::vector<const cpu::KernelInfo*> supported_kernels();
 
 }  // namespace mla::test

@@ -13,7 +13,7 @@ cxx=${MLA_FUZZ_CXX:-clang++}
 command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (apt-get install clang libclang-rt-14-dev)" >&2; exit 1; }
 jobs=$(nproc)
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-       -I"$root/include" -I"$root/src")
+       -I"$root/include" -I"$root/src" -I"$root")
 # The library sources the targets need: the parsers and what they use, nothing with AVX-512.
 lib_sources=("$root/src/core/npy.cc" "$root/src/core/dtype.cc" "$root/src/io/safetensors.cc"
              "$root/src/io/model_config.cc")
@@ -31,7 +31,7 @@ build_one() {
     stale "$out/obj/$name.o" "$src" || return 0
     "$cxx" "${@:3}" -c "$src" -o "$out/obj/$name.o"
   else
-    stale "$out/$name" "$src" "$out"/obj/*.o || return 0
+    stale "$out/$name" "$src" "$root/fuzz/input_file.h" "$out"/obj/*.o || return 0
     echo "== fuzz: building $name" >&2
     "$cxx" "${@:3}" "$src" "$out"/obj/*.o -o "$out/$name"
   fi

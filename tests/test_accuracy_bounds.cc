@@ -47,13 +47,6 @@ const Bound kBounds[] = {
     {"decode_i8_avx2", 1.4e-2, 3.5e-2, 3e-5},
 };
 
-std::vector<const cpu::KernelInfo*> supported_kernels() {
-  std::vector<const cpu::KernelInfo*> v;
-  for (const auto& k : cpu::kernel_registry())
-    if (k.supported()) v.push_back(&k);
-  return v;
-}
-
 class AccuracyBound : public ::testing::TestWithParam<const cpu::KernelInfo*> {};
 
 TEST_P(AccuracyBound, WithinAFewTimesTodaysError) {
@@ -97,7 +90,7 @@ TEST_P(AccuracyBound, WithinAFewTimesTodaysError) {
                 worst_lse);
 }
 
-INSTANTIATE_TEST_SUITE_P(Registry, AccuracyBound, ::testing::ValuesIn(supported_kernels()),
+INSTANTIATE_TEST_SUITE_P(Registry, AccuracyBound, ::testing::ValuesIn(test::supported_kernels()),
                          [](const auto& info) { return std::string(info.param->name); });
 
 }  // namespace

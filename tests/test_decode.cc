@@ -19,13 +19,6 @@ namespace {
 
 using test::CaseSpec;
 
-std::vector<const cpu::KernelInfo*> supported_kernels() {
-  std::vector<const cpu::KernelInfo*> v;
-  for (const auto& k : cpu::kernel_registry())
-    if (k.supported()) v.push_back(&k);
-  return v;
-}
-
 std::string kernel_names(const ::testing::TestParamInfo<const cpu::KernelInfo*>& info) {
   return info.param->name;
 }
@@ -190,7 +183,7 @@ TEST_P(DecodeKernel, NanInUnusedSlotsNeverLeaks) {
                  std::string(k.name) + " NaN pages, threads " + std::to_string(threads));
 }
 
-INSTANTIATE_TEST_SUITE_P(Registry, DecodeKernel, ::testing::ValuesIn(supported_kernels()),
+INSTANTIATE_TEST_SUITE_P(Registry, DecodeKernel, ::testing::ValuesIn(test::supported_kernels()),
                          kernel_names);
 
 // Every ISA this CPU supports, forced through decode(), agrees with the best path; forcing an ISA

@@ -28,13 +28,6 @@ namespace {
 
 using test::CaseSpec;
 
-std::vector<const cpu::KernelInfo*> supported_kernels() {
-  std::vector<const cpu::KernelInfo*> v;
-  for (const auto& k : cpu::kernel_registry())
-    if (k.supported()) v.push_back(&k);
-  return v;
-}
-
 std::string kernel_names(const ::testing::TestParamInfo<const cpu::KernelInfo*>& info) {
   return info.param->name;
 }
@@ -199,7 +192,7 @@ TEST_P(NonFinite, VisibleNanOrInfMakesExactlyThoseRowsNanStaticScalesSmallBlocks
   if (!HasFatalFailure()) check_kernel_rule(k, KvScale::channel, 64);
 }
 
-INSTANTIATE_TEST_SUITE_P(Registry, NonFinite, ::testing::ValuesIn(supported_kernels()), kernel_names);
+INSTANTIATE_TEST_SUITE_P(Registry, NonFinite, ::testing::ValuesIn(test::supported_kernels()), kernel_names);
 
 // The float64 reference on the same poisons: NaN exactly on the rows that see the value (it
 // dropped an Inf key whose score came out -inf).

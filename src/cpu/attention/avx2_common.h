@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/nonfinite_rows.h"
 
 #define MLA_AVX2_INLINE inline __attribute__((always_inline))
 
@@ -128,23 +129,6 @@ MLA_AVX2_INLINE __m256 rows8_advance_max(float* m, __m256 step_max, __m256* alph
 MLA_AVX2_INLINE __m256 rows8_prob(const float* s_t, int t, __m256i lim, __m256 c, __m256 m_use) {
   return _mm256_and_ps(visible(lim, t),
                        exp2_ps(_mm256_sub_ps(scaled_score(_mm256_load_ps(s_t), c), m_use)));
-}
-
-// Whether a 16-bit cache row (576 values) holds a NaN or Inf: all exponent bits set, exp_mask
-// 0x7f80 for bf16, 0x7c00 for fp16.
-inline bool row16_nonfinite(const uint16_t* t, uint16_t exp_mask) {
-  bool bad = false;
-  for (int i = 0; i < kQkDim; ++i) bad |= (t[i] & exp_mask) == exp_mask;
-  return bad;
-}
-
-// A step whose scores showed a non-finite value somewhere: the tokens holding NaN/Inf are
-// replaced by the zero token for P.V, so rows that cannot see them (p = 0) do not get 0 * NaN;
-// the rows that can see them are NaN already (their m).
-inline void drop_nonfinite_tokens(const uint16_t** kptr, int n, const uint16_t* zero,
-                                  uint16_t exp_mask) {
-  for (int t = 0; t < n; ++t)
-    if (row16_nonfinite(kptr[t], exp_mask)) kptr[t] = zero;
 }
 
 // ---- work-item plumbing ------------------------------------------------------------------------

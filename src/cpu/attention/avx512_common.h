@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/nonfinite_rows.h"
 
 #define MLA_AVX512_INLINE inline __attribute__((always_inline))
 
@@ -155,23 +156,6 @@ MLA_AVX512_INLINE __m512 rows16_advance_max(float* m, __m512 step_max, __m512* a
 MLA_AVX512_INLINE __m512 rows16_prob(const float* s_t, int t, __m512i lim, __m512 c, __m512 m_use) {
   const __mmask16 k = _mm512_cmpge_epi32_mask(lim, _mm512_set1_epi32(t));
   return exp2_ps(_mm512_sub_ps(scaled_score(_mm512_load_ps(s_t), c), m_use), k);
-}
-
-// Whether a 16-bit cache row (576 values) holds a NaN or Inf: all exponent bits set, exp_mask
-// 0x7f80 for bf16, 0x7c00 for fp16.
-inline bool row16_nonfinite(const uint16_t* t, uint16_t exp_mask) {
-  bool bad = false;
-  for (int i = 0; i < kQkDim; ++i) bad |= (t[i] & exp_mask) == exp_mask;
-  return bad;
-}
-
-// A step whose scores showed a non-finite value somewhere: the tokens holding NaN/Inf are
-// replaced by the zero token for P.V, so rows that cannot see them (p = 0) do not get 0 * NaN;
-// the rows that can see them are NaN already (their m).
-inline void drop_nonfinite_tokens(const uint16_t** kptr, int n, const uint16_t* zero,
-                                  uint16_t exp_mask) {
-  for (int t = 0; t < n; ++t)
-    if (row16_nonfinite(kptr[t], exp_mask)) kptr[t] = zero;
 }
 
 // ---- work-item plumbing shared by the AVX-512 kernels ------------------------------------------
