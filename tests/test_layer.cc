@@ -338,6 +338,12 @@ TEST(ModelConfig, RefusesUnsupportedValues) {
           "\"qk_nope_head_dim\": 16, \"qk_rope_head_dim\": 32, \"v_head_dim\": 16}", "qk_rope_head_dim = 32");
   refused("REPLACE:{\"num_attention_heads\": 2, \"kv_lora_rank\": 512}", "hidden_size");
   refused("REPLACE:{\"hidden_size\": 64,", "not valid JSON");
+  // DeepSeek-V3.2 (sparse attention) and unknown model types are refused, never run as dense V3.
+  refused(R"(, "model_type": "deepseek_v32")", "deepseek_v32");
+  refused(R"(, "index_topk": 2048)", "index_topk");
+  refused(R"(, "index_n_heads": 64)", "index_n_heads");
+  refused(R"(, "model_type": "llama")", "llama");
+  EXPECT_NO_THROW(parse_model_config(base + R"(, "model_type": "deepseek_v2"})", "c.json"));
 }
 
 // Every weight type through both projection kernels against a float64 product.

@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 
+#include "cpu/attention/isa.h"
 #include "cpu/attention/kernel.h"
 #include "mla/attention.h"
 #include "mla/dtype.h"
@@ -400,8 +401,14 @@ TEST(Dispatch, SelectsTheAvx512KernelsThisCpuReports) {
                expect(bf16, "decode_bf16_avx512bf16", "decode_bf16_avx2", "decode_bf16_portable"));
   EXPECT_STREQ(cpu::select_kernel(KvDType::fp16, Isa::best).name,
                expect(f16, "decode_f16_avx512f", "decode_f16_avx2", "decode_f16_portable"));
+  // AMX (tile unit and the OS's permission, cpu_has_amx_set) comes first for int8.
   EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::best).name,
-               expect(i8, "decode_i8_avx512vnni", "decode_i8_avx2", "decode_i8_portable"));
+               cpu::cpu_has_amx_set()
+                   ? "decode_i8_avx512amx"
+                   : expect(i8, "decode_i8_avx512vnni", "decode_i8_avx2", "decode_i8_portable"));
+  if (i8) EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::amx_emu).name, "decode_i8_avx512amxemu");
+  if (!cpu::cpu_has_amx_set())
+    EXPECT_THROW(cpu::select_kernel(KvDType::int8, Isa::amx), Error);
   if (avx2) {
     EXPECT_STREQ(cpu::select_kernel(KvDType::bf16, Isa::avx2).name, "decode_bf16_avx2");
     EXPECT_STREQ(cpu::select_kernel(KvDType::fp16, Isa::avx2).name, "decode_f16_avx2");

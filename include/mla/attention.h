@@ -81,10 +81,11 @@ enum class Impl { ref, fast };
 enum class Reduction { separate, last };  // who merges split-KV partials (DESIGN §5)
 enum class UpForm { resident, spill };    // output accumulator kept in registers/L1, or moved
                                           // out and back every chunk (the seed's "old" UP)
-// Which kernels: best = the fastest this CPU supports; avx512 / avx2 force that instruction set
-// (an error when the CPU lacks it); portable forces the plain C++ kernels.
-enum class Isa { best, portable, avx512, avx2 };
-const char* isa_name(Isa isa);  // "best", "portable", "avx512", "avx2"
+// Which kernels: best = the fastest this CPU supports; avx512 / avx2 / amx force that instruction
+// set (an error when the CPU lacks it); portable forces the plain C++ kernels; amx_emu forces the
+// AMX kernels over a scalar emulation of the tile unit (testing on CPUs without AMX: slow).
+enum class Isa { best, portable, avx512, avx2, amx, amx_emu };
+const char* isa_name(Isa isa);  // "best", "portable", "avx512", "avx2", "amx", "amx-emu"
 // The Isa named `name`; false (and *isa untouched) for any other string.
 bool isa_from_name(std::string_view name, Isa* isa);
 

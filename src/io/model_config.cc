@@ -46,6 +46,15 @@ ModelConfig parse_model_config(const std::string& text, const std::string& src) 
   MLA_CHECK(j.is_object(), src << ": not a JSON object");
   ModelConfig c;
   if (j.contains("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"];
+  // A config this code does not implement is refused, never run approximately: DeepSeek-V3.2's
+  // sparse attention (a lightning indexer picking index_topk positions) is not a dense V3 layer.
+  for (const char* key : {"index_topk", "index_n_heads", "index_head_dim"})
+    MLA_CHECK(!j.contains(key) || j[key].is_null(),
+              src << ": \"" << key << "\" = " << j[key].dump()
+                  << ": DeepSeek-V3.2 sparse attention (the lightning indexer) is not implemented");
+  MLA_CHECK(c.model_type.empty() || c.model_type == "deepseek_v2" || c.model_type == "deepseek_v3",
+            src << ": model_type \"" << c.model_type
+                << "\" is not implemented (deepseek_v2 and deepseek_v3 are)");
   c.hidden_size = get_int(j, "hidden_size", src, 1, 1 << 20);
   c.num_heads = get_int(j, "num_attention_heads", src, 1, 1 << 16);
   c.num_hidden_layers = j.contains("num_hidden_layers") ? get_int(j, "num_hidden_layers", src, 1, 1 << 16) : 1;

@@ -623,7 +623,7 @@ void run_bench(const BenchArgs& a) {
   std::vector<bench::Variant> variants = bench::parse_variants(a.variants, a.chunk);
   Isa isa = Isa::best;
   MLA_CHECK(isa_from_name(a.isa, &isa),
-            "--isa " << a.isa << " is not best, avx512, avx2 or portable");
+            "--isa " << a.isa << " is not best, amx, avx512, avx2, portable or amx-emu");
   for (bench::Variant& v : variants)
     if (!v.isa_given) v.opt.isa = isa;
   // The floor of the kernel the "new" variant runs: an AVX2 kernel is held to the AVX2 ceilings.
@@ -685,7 +685,7 @@ Variants (--variants OLD:NEW; the first is the "old" column, the ratio is old/ne
     chunk=N           KV tiles of 64 tokens per pipeline step (N >= 1)
     up=resident|spill output accumulator kept in registers, or written out every chunk
     red=separate|last split-KV partials merged in a separate pass, or by the last worker
-    isa=best|avx512|avx2|portable   force those kernels (default: --isa)
+    isa=best|amx|avx512|avx2|portable|amx-emu   force those kernels (default: --isa)
     impl=fast|ref     ref runs the float64 reference (slow; for debugging)
   Keys left out take the "new" values. Examples:
     --variants old:new   --variants chunk=1:chunk=4   --variants red=separate:red=last
@@ -754,7 +754,7 @@ void add_bench_command(CLI::App& app) {
                   "ceilings file from bench/roofline (default: $MLA_CEILINGS or ./ceilings.json; "
                   "measured briefly when missing)");
   cmd->add_option("--isa", args->isa,
-                  "kernels of the variants that name no isa: best, avx512, avx2 or portable; "
+                  "kernels of the variants that name no isa: best, amx, avx512, avx2, portable or amx-emu; "
                   "AVX2 kernels are held to the AVX2 ceilings")
       ->capture_default_str();
   cmd->add_flag("--no-baseline", args->no_baseline, "skip the BLAS baseline");

@@ -64,7 +64,7 @@ DecodeOptions options_of(const DecodeArgs& a) {
   MLA_CHECK(a.up == "resident" || a.up == "spill", "--up " << a.up << " is not resident or spill");
   o.up = a.up == "spill" ? UpForm::spill : UpForm::resident;
   MLA_CHECK(isa_from_name(a.isa, &o.isa),
-            "--isa " << a.isa << " is not best, avx512, avx2 or portable");
+            "--isa " << a.isa << " is not best, amx, avx512, avx2, portable or amx-emu");
   return o;
 }
 
@@ -499,7 +499,7 @@ void add_decode_command(CLI::App& app) {
   c->add_option("--chunk", a->chunk, "KV tiles of 64 tokens per pipeline step")->capture_default_str();
   c->add_option("--reduction", a->reduction, "Split-KV reduction: separate or last")->capture_default_str();
   c->add_option("--up", a->up, "Update stage: resident or spill")->capture_default_str();
-  c->add_option("--isa", a->isa, "best (run-time choice), avx512 or avx2 (force those kernels; an error when the CPU lacks them) or portable (plain C++)")->capture_default_str();
+  c->add_option("--isa", a->isa, "best (run-time choice), amx, avx512 or avx2 (force those kernels; an error when the CPU lacks them), portable (plain C++) or amx-emu (the AMX kernels over an emulated tile unit: testing)")->capture_default_str();
   c->callback([a] { run_decode(*a); });
 }
 

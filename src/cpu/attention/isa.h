@@ -3,6 +3,8 @@
 // file's check, so no instruction the compiler may pick for that file is missing at run time.
 //
 //   *_avx512.cc, *_avx512bf16.cc, *_avx512vnni.cc   AVX-512 F BW VL DQ VNNI BF16, FMA, F16C
+//   *_avx512amxemu.cc                                the same (AMX emulated in C++)
+//   *_avx512amx.cc                                   the same and AMX-TILE, AMX-INT8, AMX-BF16
 //   *_avx512f.cc                                     AVX-512 F, FMA, F16C
 //   *_avx2.cc                                        AVX2, FMA, F16C
 //   anything else                                    the baseline x86-64 target
@@ -19,5 +21,9 @@ namespace mla::cpu {
 bool cpu_has_avx512_set();   // AVX-512 F BW VL DQ VNNI BF16, FMA, F16C
 bool cpu_has_avx512f_set();  // AVX-512 F, FMA, F16C
 bool cpu_has_avx2_set();     // AVX2, FMA, F16C
+// The AVX-512 set, AMX-TILE, AMX-INT8, AMX-BF16, and the tile state granted to this process
+// (requested once, on the first call: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)).
+// MLA_AMX=0 in the environment makes it false, as a refused permission does.
+bool cpu_has_amx_set();
 
 }  // namespace mla::cpu

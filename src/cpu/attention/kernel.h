@@ -81,7 +81,7 @@ struct KernelInfo {
   const char* name;  // dtype, ISA: decode_i8_avx512vnni
   KvDType kv;
   bool portable;         // plain C++, runs anywhere
-  Isa isa;               // portable, avx512 or avx2: what --isa forces it by
+  Isa isa;               // portable, avx512, avx2, amx or amx_emu: what --isa forces it by
   bool (*supported)();   // does this CPU have the instructions?
   KernelFn run;
   KernelStagesFn stages;
@@ -124,6 +124,8 @@ extern const KernelInfo decode_bf16_avx512bf16;
 extern const KernelInfo decode_fp8_avx512bf16;
 extern const KernelInfo decode_f16_avx512f;
 extern const KernelInfo decode_i8_avx512vnni;
+extern const KernelInfo decode_i8_avx512amx;
+extern const KernelInfo decode_i8_avx512amxemu;
 extern const KernelInfo decode_bf16_avx2;
 extern const KernelInfo decode_f16_avx2;
 extern const KernelInfo decode_i8_avx2;

@@ -26,14 +26,30 @@ const std::vector<KernelInfo>& kernel_registry() {
       decode_f16_avx512f,
       decode_f16_avx2,
       decode_f16_portable,
+      decode_i8_avx512amx,
       decode_i8_avx512vnni,
       decode_i8_avx2,
       decode_i8_portable,
+      decode_i8_avx512amxemu,  // after the portable kernel: never the best, only forced
       decode_fp8_avx512bf16,
       decode_fp8_portable,
   };
   return all;
 }
+
+namespace {
+const char* isa_needs(Isa isa) {
+  switch (isa) {
+    case Isa::avx2:
+      return "AVX2, FMA, F16C";
+    case Isa::amx:
+      return "AMX tiles with int8 and bf16, AVX-512, and the tile state granted by the OS "
+             "(arch_prctl ARCH_REQ_XCOMP_PERM)";
+    default:
+      return "AVX-512";
+  }
+}
+}  // namespace
 
 const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name, KvScale scale) {
   if (name) {
@@ -56,8 +72,7 @@ const KernelInfo& select_kernel(KvDType kv, Isa isa, const char* name, KvScale s
   }
   if (forced)
     MLA_FAIL("isa " << isa_name(isa) << ": this CPU lacks the instructions of " << forced->name
-                    << " (" << (isa == Isa::avx2 ? "AVX2, FMA, F16C" : "AVX-512")
-                    << "); use --isa best");
+                    << " (" << isa_needs(isa) << "); use --isa best");
   MLA_FAIL("no " << isa_name(isa) << " kernel for a " << kv_dtype_name(kv) << " cache"
                  << (kv == KvDType::int8 ? std::string(" with ") + kv_scale_name(scale) + " scales"
                                          : std::string()));
@@ -77,12 +92,16 @@ const char* isa_name(Isa isa) {
       return "avx512";
     case Isa::avx2:
       return "avx2";
+    case Isa::amx:
+      return "amx";
+    case Isa::amx_emu:
+      return "amx-emu";
   }
   return "?";
 }
 
 bool isa_from_name(std::string_view name, Isa* isa) {
-  for (Isa i : {Isa::best, Isa::portable, Isa::avx512, Isa::avx2})
+  for (Isa i : {Isa::best, Isa::portable, Isa::avx512, Isa::avx2, Isa::amx, Isa::amx_emu})
     if (name == isa_name(i)) {
       *isa = i;
       return true;
