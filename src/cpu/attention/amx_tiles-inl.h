@@ -84,7 +84,8 @@ inline float bf16_daz(uint16_t h) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-// C[m][n] += A[m][2k] * B[k][2n] + A[m][2k+1] * B[k][2n+1], in fp32, k ascending.
+// C[m][n] += A[m][2k] * B[k][2n], then += A[m][2k+1] * B[k][2n+1], each rounded to fp32 (RNE),
+// k ascending (the SDM's pseudo-code).
 template <int C, int A, int B>
 inline void dpbf16() {
   float c[16][16];
@@ -94,8 +95,10 @@ inline void dpbf16() {
     for (int k = 0; k < 16; ++k) {
       const uint16_t* b = reinterpret_cast<const uint16_t*>(g_tiles.t[B][k]);
       const float a0 = bf16_daz(a[2 * k]), a1 = bf16_daz(a[2 * k + 1]);
-      for (int n = 0; n < 16; ++n)
-        c[m][n] += a0 * bf16_daz(b[2 * n]) + a1 * bf16_daz(b[2 * n + 1]);
+      for (int n = 0; n < 16; ++n) {  // each product is exact in fp32; two roundings
+        c[m][n] += a0 * bf16_daz(b[2 * n]);
+        c[m][n] += a1 * bf16_daz(b[2 * n + 1]);
+      }
     }
   }
   std::memcpy(g_tiles.t[C], c, sizeof c);
@@ -149,6 +152,21 @@ inline void dpbf16() {
 }
 
 #endif
+
+// One tile instruction on plain buffers (c, a, b: 16 rows x 64 bytes each, c updated), for the
+// test that holds the emulation to the instruction (tests/test_amx.cc).
+enum class TileOp { dpbssd, dpbusd, dpbf16 };
+inline void run_tile_op(TileOp op, void* c, const void* a, const void* b) {
+  configure();
+  load<0>(c, 64), load<1>(a, 64), load<2>(b, 64);
+  switch (op) {
+    case TileOp::dpbssd: dpbssd<0, 1, 2>(); break;
+    case TileOp::dpbusd: dpbusd<0, 1, 2>(); break;
+    case TileOp::dpbf16: dpbf16<0, 1, 2>(); break;
+  }
+  store<0>(c, 64);
+  release();
+}
 
 // Configures this thread's tiles for the scope, releases them at its end (also on an exception).
 struct Session {

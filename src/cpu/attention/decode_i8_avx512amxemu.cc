@@ -10,6 +10,10 @@
 
 namespace mla::cpu {
 
+void amx_tile_op_emu(int op, void* c, const void* a, const void* b) {
+  amx::run_tile_op(amx::TileOp(op), c, a, b);
+}
+
 extern const KernelInfo decode_i8_avx512amxemu{.name = "decode_i8_avx512amxemu",
                                               .kv = KvDType::int8,
                                               .portable = false,

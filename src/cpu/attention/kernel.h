@@ -126,6 +126,12 @@ extern const KernelInfo decode_f16_avx512f;
 extern const KernelInfo decode_i8_avx512vnni;
 extern const KernelInfo decode_i8_avx512amx;
 extern const KernelInfo decode_i8_avx512amxemu;
+
+// One AMX tile instruction (op 0: tdpbssd, 1: tdpbusd, 2: tdpbf16ps) on 16 x 64-byte buffers, c
+// updated: the instruction itself (call only where cpu_has_amx_set) and its emulation, which
+// the AMX kernel's emulated build runs (tests/test_amx.cc holds one to the other).
+void amx_tile_op_hw(int op, void* c, const void* a, const void* b);
+void amx_tile_op_emu(int op, void* c, const void* a, const void* b);
 extern const KernelInfo decode_bf16_avx2;
 extern const KernelInfo decode_f16_avx2;
 extern const KernelInfo decode_i8_avx2;
