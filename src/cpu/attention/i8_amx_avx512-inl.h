@@ -54,27 +54,54 @@ struct AmxBufs {
   uint8_t* pt;      // [2][T/64][16 rows][64 tokens] the row tile's P
   uint8_t* qt;      // [Rp/16][8][16][64] qp as B tiles: row tile, 64 channels, 16 groups of 4
   uint8_t* qrt;     // [Rp/16][2][16][64] qr as B tiles: row tile, 32 rope dims, 16 pairs
-  int8_t* klat;     // [4][16][512] staged latent rows of up to 4 token tiles
-  uint16_t* krope;  // [4][16][64] and their rope rows
+  int8_t* kt;       // [T/16][8][16][64] the step's latent rows as A tiles: 16 tokens x 64 channels
+  int8_t* krt;      // [T/16][2][16][64] its rope rows: 16 tokens x 32 bf16
 };
 
-// Interleaves the step's V (latent rows tok[0 .. 4 * groups)) by 4 tokens into v4, zero up to
-// `kgroups` groups: group j's positions [16 nb, 16 nb + 16) are row j % 16 of tile (j / 16, nb).
-void build_v4(const int8_t* const* tok, int groups, int kgroups, int8_t* v4) {
+// The step's operands, once for all row tiles, from its tokens' rows (each read once):
+//   kt, krt  the latent and rope rows as QK's A tiles (16 tokens x 64 bytes, contiguous; tokens
+//            past the step's end up to a multiple of 64 zero, never read from the cache);
+//   v4       V interleaved by 4 tokens as P.V's B tiles: group j's positions [16 nb, 16 nb + 16)
+//            are row j % 16 of tile (j / 16, nb); zero from the step's last group to kgroups.
+void build_step(const Item& it, const Step& st, int kgroups, const AmxBufs& b) {
+  const int ntile = (st.n + 63) / 64 * 4;  // whole 64-token blocks: QK takes up to 4 tiles
+  for (int t = 0; t < 16 * ntile; ++t) {
+    int8_t* k = b.kt + (t / 16) * 8 * kTileBytes + (t % 16) * 64;
+    int8_t* r = b.krt + (t / 16) * 2 * kTileBytes + (t % 16) * 64;
+    if (t < st.n) {
+      const int8_t* src = st.tok[t];
+      const int8_t* rope = reinterpret_cast<const int8_t*>(it.cache->rope_bf16(st.slot[t]));
+      for (int c = 0; c < 8; ++c)
+        _mm512_store_si512(k + c * kTileBytes, _mm512_loadu_si512(src + 64 * c));
+      _mm512_store_si512(r, _mm512_loadu_si512(rope));
+      _mm512_store_si512(r + kTileBytes, _mm512_loadu_si512(rope + 64));
+    } else {
+      for (int c = 0; c < 8; ++c) _mm512_store_si512(k + c * kTileBytes, _mm512_setzero_si512());
+      _mm512_store_si512(r, _mm512_setzero_si512());
+      _mm512_store_si512(r + kTileBytes, _mm512_setzero_si512());
+    }
+  }
   for (int j = 0; j < kgroups; ++j) {
-    int8_t* dst = v4 + (j / 16) * kPosTiles * kTileBytes + (j % 16) * 64;
-    if (j >= groups) {
+    int8_t* dst = b.v4 + (j / 16) * kPosTiles * kTileBytes + (j % 16) * 64;
+    if (j >= st.groups) {
       for (int nb = 0; nb < kPosTiles; ++nb)
         _mm512_store_si512(dst + nb * kTileBytes, _mm512_setzero_si512());
       continue;
     }
-    const int8_t* const* t4 = tok + 4 * j;
-    for (int d0 = 0; d0 < kLatentDim; d0 += 64) {
-      const __m512i x0 = _mm512_loadu_si512(t4[0] + d0), x1 = _mm512_loadu_si512(t4[1] + d0);
-      const __m512i x2 = _mm512_loadu_si512(t4[2] + d0), x3 = _mm512_loadu_si512(t4[3] + d0);
+    // The step's rows as kt holds them (a zero row past the step's end).
+    const int8_t* t4[4];
+    for (int i = 0; i < 4; ++i) {
+      const int t = 4 * j + i;
+      t4[i] = b.kt + (t / 16) * 8 * kTileBytes + (t % 16) * 64;
+    }
+    for (int c = 0; c < 8; ++c) {
+      const __m512i x0 = _mm512_load_si512(t4[0] + c * kTileBytes);
+      const __m512i x1 = _mm512_load_si512(t4[1] + c * kTileBytes);
+      const __m512i x2 = _mm512_load_si512(t4[2] + c * kTileBytes);
+      const __m512i x3 = _mm512_load_si512(t4[3] + c * kTileBytes);
       const __m512i lo01 = _mm512_unpacklo_epi8(x0, x1), hi01 = _mm512_unpackhi_epi8(x0, x1);
       const __m512i lo23 = _mm512_unpacklo_epi8(x2, x3), hi23 = _mm512_unpackhi_epi8(x2, x3);
-      int8_t* d = dst + (d0 / 16) * kTileBytes;
+      int8_t* d = dst + 4 * c * kTileBytes;
       _mm512_store_si512(d, _mm512_unpacklo_epi16(lo01, lo23));
       _mm512_store_si512(d + kTileBytes, _mm512_unpackhi_epi16(lo01, lo23));
       _mm512_store_si512(d + 2 * kTileBytes, _mm512_unpacklo_epi16(hi01, hi23));
@@ -99,55 +126,30 @@ void pack_q_tiles(const Item& it, uint8_t* qt, uint8_t* qrt) {
   }
 }
 
-// A token tile's A operands: 16 latent rows and their rope rows, straight from the cache when
-// the tile's 16 tokens are consecutive slots of one block inside the step, else staged (rows past
-// the step's end zero, never read from the cache).
-struct TokTile {
-  const int8_t* lat;
-  const uint16_t* rope;
-  int64_t lat_stride, rope_stride;  // bytes
-};
-TokTile tok_tile(const Item& it, const Step& st, int t, int8_t* klat, uint16_t* krope) {
-  const CacheView& cache = *it.cache;
-  const int bs = cache.block_size();
-  const int pos = st.t0 + t;
-  if (!it.staged && t + 16 <= st.n && pos / bs == (pos + 15) / bs)
-    return {cache.latent_i8(st.slot[t]), cache.rope_bf16(st.slot[t]), kLatentDim,
-            kRopeDim * int64_t(sizeof(uint16_t))};
-  for (int i = 0; i < 16; ++i) {
-    if (t + i < st.n) {
-      std::memcpy(klat + i * kLatentDim, st.tok[t + i], kLatentDim);
-      std::memcpy(krope + i * kRopeDim, cache.rope_bf16(st.slot[t + i]), 2 * kRopeDim);
-    } else {
-      std::memset(klat + i * kLatentDim, 0, kLatentDim);
-      std::memset(krope + i * kRopeDim, 0, 2 * kRopeDim);
-    }
-  }
-  return {klat, krope, kLatentDim, kRopeDim * int64_t(sizeof(uint16_t))};
-}
-
-// QK tiles for NT token tiles x RV row tiles (NT * RV = 4 accumulators, tiles 0-3): S_nope into
-// nope, S_rope into s, both [token][16 * RV].
+// QK tiles for NT token tiles from token tile tt0 x RV row tiles (NT * RV = 4 accumulators, tiles
+// 0-3): S_nope into nope, S_rope into s, both [token][16 * RV].
 template <int RV>
-void qk_tiles(const AmxBufs& bf, const TokTile* tt, int r0, int32_t* nope, float* s) {
+void qk_tiles(const AmxBufs& bf, int tt0, int r0, int32_t* nope, float* s) {
   constexpr int64_t qs = 64;  // B row stride in qt / qrt
   const uint8_t* qp = bf.qt + (r0 / 16) * 8 * kTileBytes;
   const uint8_t* qr = bf.qrt + (r0 / 16) * 2 * kTileBytes;
+  const int8_t* kl = bf.kt + tt0 * 8 * kTileBytes;
+  const int8_t* kr = bf.krt + tt0 * 2 * kTileBytes;
   constexpr int64_t cs = 16 * RV * 4;  // C row stride in nope / s, bytes
   amx::zero<0>(), amx::zero<1>(), amx::zero<2>(), amx::zero<3>();
   for (int k = 0; k < kLatentDim / 64; ++k) {
     const uint8_t* b = qp + k * kTileBytes;
     if constexpr (RV == 2) {
-      amx::load<4>(tt[0].lat + 64 * k, tt[0].lat_stride);
-      amx::load<5>(tt[1].lat + 64 * k, tt[1].lat_stride);
+      amx::load<4>(kl + (0 * 8 + k) * kTileBytes, 64);
+      amx::load<5>(kl + (1 * 8 + k) * kTileBytes, 64);
       amx::load<6>(b, qs), amx::load<7>(b + 8 * kTileBytes, qs);
       amx::dpbssd<0, 4, 6>(), amx::dpbssd<1, 4, 7>(), amx::dpbssd<2, 5, 6>(), amx::dpbssd<3, 5, 7>();
     } else {
       amx::load<7>(b, qs);
-      amx::load<4>(tt[0].lat + 64 * k, tt[0].lat_stride), amx::dpbssd<0, 4, 7>();
-      amx::load<5>(tt[1].lat + 64 * k, tt[1].lat_stride), amx::dpbssd<1, 5, 7>();
-      amx::load<6>(tt[2].lat + 64 * k, tt[2].lat_stride), amx::dpbssd<2, 6, 7>();
-      amx::load<4>(tt[3].lat + 64 * k, tt[3].lat_stride), amx::dpbssd<3, 4, 7>();
+      amx::load<4>(kl + (0 * 8 + k) * kTileBytes, 64), amx::dpbssd<0, 4, 7>();
+      amx::load<5>(kl + (1 * 8 + k) * kTileBytes, 64), amx::dpbssd<1, 5, 7>();
+      amx::load<6>(kl + (2 * 8 + k) * kTileBytes, 64), amx::dpbssd<2, 6, 7>();
+      amx::load<4>(kl + (3 * 8 + k) * kTileBytes, 64), amx::dpbssd<3, 4, 7>();
     }
   }
   // C tile c = nt * RV + v: tokens 16 nt.., rows 16 v..
@@ -158,16 +160,16 @@ void qk_tiles(const AmxBufs& bf, const TokTile* tt, int r0, int32_t* nope, float
   for (int k = 0; k < kRopeDim / 32; ++k) {
     const uint8_t* b = qr + k * kTileBytes;
     if constexpr (RV == 2) {
-      amx::load<4>(tt[0].rope + 32 * k, tt[0].rope_stride);
-      amx::load<5>(tt[1].rope + 32 * k, tt[1].rope_stride);
+      amx::load<4>(kr + (0 * 2 + k) * kTileBytes, 64);
+      amx::load<5>(kr + (1 * 2 + k) * kTileBytes, 64);
       amx::load<6>(b, qs), amx::load<7>(b + 2 * kTileBytes, qs);
       amx::dpbf16<0, 4, 6>(), amx::dpbf16<1, 4, 7>(), amx::dpbf16<2, 5, 6>(), amx::dpbf16<3, 5, 7>();
     } else {
       amx::load<7>(b, qs);
-      amx::load<4>(tt[0].rope + 32 * k, tt[0].rope_stride), amx::dpbf16<0, 4, 7>();
-      amx::load<5>(tt[1].rope + 32 * k, tt[1].rope_stride), amx::dpbf16<1, 5, 7>();
-      amx::load<6>(tt[2].rope + 32 * k, tt[2].rope_stride), amx::dpbf16<2, 6, 7>();
-      amx::load<4>(tt[3].rope + 32 * k, tt[3].rope_stride), amx::dpbf16<3, 4, 7>();
+      amx::load<4>(kr + (0 * 2 + k) * kTileBytes, 64), amx::dpbf16<0, 4, 7>();
+      amx::load<5>(kr + (1 * 2 + k) * kTileBytes, 64), amx::dpbf16<1, 5, 7>();
+      amx::load<6>(kr + (2 * 2 + k) * kTileBytes, 64), amx::dpbf16<2, 6, 7>();
+      amx::load<4>(kr + (3 * 2 + k) * kTileBytes, 64), amx::dpbf16<3, 4, 7>();
     }
   }
   amx::store<0>(c_at(s, 0), cs), amx::store<1>(c_at(s, 1), cs);
@@ -175,28 +177,51 @@ void qk_tiles(const AmxBufs& bf, const TokTile* tt, int r0, int32_t* nope, float
 }
 
 // QK of row tile [r0, r0 + 16 RV) over the step: s (masked, -inf past the step's tokens up to
-// its last group of 4) and the step maximum mx.
+// its last group of 4) and the step maximum mx. Tokens every row of the tile sees skip the mask,
+// and their non-finite check is one FMA (x * 0 is NaN exactly where x is NaN or Inf), its sum
+// tested once at the end.
 template <int RV>
 void qk_amx(const Item& it, const Step& st, int r0, const AmxBufs& b, float* mx) {
   constexpr int NT = 4 / RV;
   constexpr int64_t ss = 16 * RV;
-  const __m512 ninf = _mm512_set1_ps(kNegInf);
+  const __m512 ninf = _mm512_set1_ps(kNegInf), zero = _mm512_setzero_ps();
   __m512i lim[RV];
-  __m512 qs[RV], m[RV];
+  __m512 qs[RV], m[RV], nan_sum[RV];
+  int lim_min = std::numeric_limits<int>::max(), lim_max = -1;
+  for (int r = r0; r < r0 + 16 * RV; ++r) {
+    lim_min = std::min(lim_min, it.lim[r]);
+    lim_max = std::max(lim_max, it.lim[r]);
+  }
   for (int v = 0; v < RV; ++v) {
     lim[v] = _mm512_load_si512(it.lim + r0 + 16 * v);
     qs[v] = _mm512_load_ps(it.qs + r0 + 16 * v);
     m[v] = _mm512_load_ps(mx + 16 * v);
+    nan_sum[v] = zero;
   }
   const int end = 4 * st.groups;  // s is read up to here
+  // Tokens [0, all_vis) are visible to every row of the tile, [t_end, end) to none.
+  const int all_vis = std::clamp(lim_min - st.t0 + 1, 0, st.n);
+  const int t_end = std::clamp(lim_max - st.t0 + 1, 0, st.n);
   for (int t0 = 0; t0 < end; t0 += 16 * NT) {
-    TokTile tt[NT];
-    for (int i = 0; i < NT; ++i)
-      tt[i] = tok_tile(it, st, t0 + 16 * i, b.klat + i * 16 * kLatentDim,
-                       b.krope + i * 16 * kRopeDim);
-    qk_tiles<RV>(b, tt, r0, b.nope + t0 * ss, it.s + t0 * ss);
+    if (t0 >= t_end) {  // no row sees these tokens
+      std::fill(it.s + t0 * ss, it.s + std::min(t0 + 16 * NT, end) * ss, kNegInf);
+      continue;
+    }
+    qk_tiles<RV>(b, t0 / 16, r0, b.nope + t0 * ss, it.s + t0 * ss);
     const int t1 = std::min(t0 + 16 * NT, end);
-    for (int t = t0; t < t1; ++t) {
+    int t = t0;
+    for (; t < std::min(t1, all_vis); ++t) {
+      const __m512 ks = _mm512_set1_ps(it.tok ? st.ks[t] : 1.f);
+      for (int v = 0; v < RV; ++v) {
+        float* sp = it.s + t * ss + 16 * v;
+        const __m512 nope = _mm512_cvtepi32_ps(_mm512_load_si512(b.nope + t * ss + 16 * v));
+        const __m512 x = _mm512_fmadd_ps(_mm512_mul_ps(nope, qs[v]), ks, _mm512_load_ps(sp));
+        _mm512_store_ps(sp, x);
+        m[v] = _mm512_max_ps(x, m[v]);
+        nan_sum[v] = _mm512_fmadd_ps(x, zero, nan_sum[v]);
+      }
+    }
+    for (; t < t1; ++t) {
       const __m512 ks = _mm512_set1_ps(it.tok ? st.ks[t] : 1.f);
       const __m512i pos = _mm512_set1_epi32(st.t0 + t);
       for (int v = 0; v < RV; ++v) {
@@ -205,14 +230,17 @@ void qk_amx(const Item& it, const Step& st, int r0, const AmxBufs& b, float* mx)
         __m512 x = _mm512_fmadd_ps(_mm512_mul_ps(nope, qs[v]), ks, _mm512_load_ps(sp));
         const __mmask16 vis = t < st.n ? _mm512_cmpge_epi32_mask(lim[v], pos) : 0;
         x = _mm512_mask_mov_ps(ninf, vis, x);
-        const __mmask16 bad = nonfinite_mask(x) & vis;
         _mm512_store_ps(sp, x);
-        // A row that sees a NaN or Inf score gets mx = NaN, which max(x, NaN) keeps.
-        m[v] = _mm512_mask_mov_ps(_mm512_max_ps(x, m[v]), bad, _mm512_set1_ps(__builtin_nanf("")));
+        m[v] = _mm512_max_ps(x, m[v]);
+        nan_sum[v] = _mm512_mask_add_ps(nan_sum[v], vis, nan_sum[v], _mm512_mul_ps(x, zero));
       }
     }
   }
-  for (int v = 0; v < RV; ++v) _mm512_store_ps(mx + 16 * v, m[v]);
+  // A row that saw a NaN or Inf score gets mx = NaN, which softmax_rows keeps.
+  for (int v = 0; v < RV; ++v) {
+    const __mmask16 bad = _mm512_cmp_ps_mask(nan_sum[v], nan_sum[v], _CMP_UNORD_Q);
+    _mm512_store_ps(mx + 16 * v, _mm512_mask_mov_ps(m[v], bad, _mm512_set1_ps(__builtin_nanf(""))));
+  }
 }
 
 // pp (SM's [t/4][RV][16] u32) -> pt [RV][kgroups / 16][16 rows][64 tokens], zero past the step's
@@ -354,8 +382,8 @@ void run_amx(const KernelArgs& a, Scratch& scratch) {
     b.pt = cv.take<uint8_t>(size_t(32) * T);
     b.qt = cv.take<uint8_t>(size_t(Rp) * kLatentDim);
     b.qrt = cv.take<uint8_t>(size_t(Rp) * kRopeDim * 2);
-    b.klat = cv.take<int8_t>(size_t(4) * 16 * kLatentDim);
-    b.krope = cv.take<uint16_t>(size_t(4) * 16 * kRopeDim);
+    b.kt = cv.take<int8_t>(size_t(T) * kLatentDim);
+    b.krt = cv.take<int8_t>(size_t(T) * kRopeDim * 2);
   };
   run_item(a, scratch, take, [&](const Item& it, const ItemTokens& tk) {
     const amx::Session tiles;  // this thread's tile configuration, released at the end
@@ -377,7 +405,7 @@ void run_amx(const KernelArgs& a, Scratch& scratch) {
                     .kstage = nullptr,
                     .rstage = nullptr,
                     .pf_from = 0};
-      build_v4(st.tok, groups, kgroups, b.v4);
+      build_step(it, st, kgroups, b);
       for (int v0 = 0, k = 0; v0 < tk.nrv; v0 += amx_tile_rv(tk.nrv, v0), ++k) {
         marks[k].step(step, n);
         if (amx_tile_rv(tk.nrv, v0) == 2)
