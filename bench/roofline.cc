@@ -57,14 +57,16 @@ void warn_if_busy() {
 }
 
 void print_header() {
-  std::printf("%7s %7s %10s %10s %10s %12s %12s %12s\n", "threads", "limit", "mem GB/s",
-              "L3 GB/s", "L2 GB/s", "fp32 GFLOP/s", "bf16 GFLOP/s", "int8 GOP/s");
+  std::printf("%7s %7s %10s %10s %10s %12s %12s %12s %13s %14s %10s\n", "threads", "limit",
+              "mem GB/s", "L3 GB/s", "L2 GB/s", "fp32 GFLOP/s", "bf16 GFLOP/s", "int8 GOP/s",
+              "AMX int8 GOP/s", "AMX bf16 GFLOP/s", "exp2 G/s");
 }
 
 void print_row(const mla::Ceilings& c) {
-  std::printf("%7d %7s %10.1f %10.1f %10.1f %12.1f %12.1f %12.1f\n", c.threads, c.limit.c_str(),
-              c.read_bw_mem_gbs, c.read_bw_l3_gbs, c.read_bw_l2_gbs, c.fp32_fma_gflops,
-              c.bf16_dot_gflops, c.int8_dot_gops);
+  std::printf("%7d %7s %10.1f %10.1f %10.1f %12.1f %12.1f %12.1f %13.1f %14.1f %10.2f\n",
+              c.threads, c.limit.c_str(), c.read_bw_mem_gbs, c.read_bw_l3_gbs, c.read_bw_l2_gbs,
+              c.fp32_fma_gflops, c.bf16_dot_gflops, c.int8_dot_gops, c.amx_int8_gops,
+              c.amx_bf16_gflops, c.exp_gelems);
   std::fflush(stdout);
 }
 

@@ -44,6 +44,17 @@ Floor floor_time(const Shape& s, const Ceilings& c, int64_t l3_bytes) {
       f.compute_s = rk * kFlopsPerKeyRow / need(c.fp32_fma_gflops, "fp32_fma_gflops");
       break;
   }
+  const bool tiles = c.amx_int8_gops > 0 && c.amx_bf16_gflops > 0 && s.kv != KvDType::fp16;
+  if (tiles) {
+    const double tile_s =
+        s.kv == KvDType::int8
+            ? 2 * rk * 2 * kLatentDim / (c.amx_int8_gops * 1e9) +
+                  2 * rk * kRopeDim / (c.amx_bf16_gflops * 1e9)
+            : rk * kFlopsPerKeyRow / (c.amx_bf16_gflops * 1e9);
+    const double vector_s = rk / need(c.exp_gelems, "exp_gelems");
+    f.compute_s = std::max(tile_s, vector_s);
+    f.unit = tile_s >= vector_s ? "tile" : "vector";
+  }
   const double bytes = kv_bytes(s);
   const bool in_l3 = l3_bytes > 0 && bytes <= double(l3_bytes) && c.read_bw_l3_gbs > 0;
   f.bw_level = in_l3 ? "l3" : "mem";

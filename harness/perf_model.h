@@ -18,6 +18,13 @@
 // memory read bandwidth, or over the L3 read bandwidth when all of it fits in the L3 (the
 // benchmark runs the same case over and over, so a cache that fits stays there). The queries and
 // outputs (a few hundred KB) are left out. floor = max(compute floor, bandwidth floor).
+//
+// On a CPU with a tile unit (ceilings with amx_int8_gops > 0: AMX, docs/DESIGN.md §10) the floor
+// is the machine's, whichever kernel runs: the compute floor is the larger of
+//   tile time    int8: 2*rows*k*1024 / amx_int8_gops + 2*rows*k*64 / amx_bf16_gflops;
+//                bf16 / fp8: 2*rows*k*1088 / amx_bf16_gflops (fp16 keeps the vector floor)
+//   vector time  rows*k / exp_gelems: one exp2 per score, the least the softmax does
+// and `unit` says which ("tile" or "vector"; "vector units" on CPUs without tiles).
 #pragma once
 
 #include <cstdint>
@@ -49,6 +56,7 @@ struct Floor {
   double bandwidth_s = 0;
   double floor_s = 0;  // max of the two
   bool compute_bound = true;
+  std::string unit = "vector units";  // what sets compute_s: "tile", "vector" or "vector units"
   std::string bw_level;  // "mem" or "l3": which read bandwidth set bandwidth_s
   double bw_gbs = 0;
 };

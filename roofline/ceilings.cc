@@ -221,6 +221,7 @@ struct ReadLoop {
 
 struct Loops {
   ComputeLoop fp32, bf16, int8;
+  ComputeLoop amx_int8, amx_bf16, exp;  // run = nullptr: not measured (rate 0)
   ReadLoop read;
 };
 
@@ -262,6 +263,11 @@ Loops choose_loops(IsaLimit limit) {
     l.int8 = {"avx2", int8_dot_avx2, x * 2 * 32};
   } else {
     l.int8 = {"sse2", int8_dot_sse2, x * 2 * 8};
+  }
+  if (avx512f) l.exp = {"avx512f", cd::exp2_avx512f, 8 * 16};
+  if (allow512 && cd::amx_usable()) {
+    l.amx_int8 = {"amx_int8", cd::amx_int8_loop, 4 * 2 * 16 * 16 * 64};
+    l.amx_bf16 = {"amx_bf16", cd::amx_bf16_loop, 4 * 2 * 16 * 16 * 32};
   }
   if (avx512f) {
     l.read = {"avx512f", cd::read_sum_avx512f};
@@ -452,7 +458,7 @@ BufferSizes buffer_sizes(int threads) {
 
 // ---- running the tests ------------------------------------------------------------------------
 
-enum Test { kFp32, kBf16, kInt8, kL2, kL3, kMem, kNumTests };
+enum Test { kFp32, kBf16, kInt8, kL2, kL3, kMem, kAmxInt8, kAmxBf16, kExp, kNumTests };
 
 // Each trial lasts seconds_per_test / kTrials; the best trial counts (the first often runs before
 // the clock has ramped up).
@@ -474,10 +480,13 @@ struct ThreadState {
 
   // Runs one chunk of test t; returns the work done (ops or bytes).
   double chunk(int t) {
-    const ComputeLoop* c = t == kFp32   ? &loops->fp32
-                           : t == kBf16 ? &loops->bf16
-                           : t == kInt8 ? &loops->int8
-                                        : nullptr;
+    const ComputeLoop* c = t == kFp32      ? &loops->fp32
+                           : t == kBf16    ? &loops->bf16
+                           : t == kInt8    ? &loops->int8
+                           : t == kAmxInt8 ? &loops->amx_int8
+                           : t == kAmxBf16 ? &loops->amx_bf16
+                           : t == kExp     ? &loops->exp
+                                           : nullptr;
     if (c != nullptr) {
       sink += c->run(kComputeIters);
       return double(kComputeIters) * c->ops_per_iter;
@@ -507,6 +516,9 @@ Ceilings measure_ceilings_limited(int threads, double seconds_per_test, IsaLimit
 
   std::vector<int> tests = {kFp32, kInt8, kL2, kL3, kMem};
   if (loops.bf16.run != nullptr) tests.insert(tests.begin() + 1, kBf16);
+  for (auto [t, loop] : {std::pair{kAmxInt8, &loops.amx_int8}, std::pair{kAmxBf16, &loops.amx_bf16},
+                         std::pair{kExp, &loops.exp}})
+    if (loop->run != nullptr) tests.push_back(t);
 
   // Allocated here, so that a failure throws before any thread starts; each thread touches its own
   // buffers first, so they sit in its NUMA node.
@@ -586,6 +598,9 @@ Ceilings measure_ceilings_limited(int threads, double seconds_per_test, IsaLimit
   c.fp32_fma_gflops = best(kFp32);
   c.bf16_dot_gflops = loops.bf16.run != nullptr ? best(kBf16) : c.fp32_fma_gflops;
   c.int8_dot_gops = best(kInt8);
+  c.amx_int8_gops = loops.amx_int8.run != nullptr ? best(kAmxInt8) : 0;
+  c.amx_bf16_gflops = loops.amx_bf16.run != nullptr ? best(kAmxBf16) : 0;
+  c.exp_gelems = loops.exp.run != nullptr ? best(kExp) : 0;
   c.fp32_isa = loops.fp32.isa;
   c.bf16_isa = loops.bf16.isa;
   c.int8_isa = loops.int8.isa;
@@ -607,12 +622,18 @@ namespace {
 constexpr const char* kRateFields[] = {"read_bw_mem_gbs", "read_bw_l2_gbs",  "read_bw_l3_gbs",
                                        "fp32_fma_gflops", "bf16_dot_gflops", "int8_dot_gops"};
 constexpr const char* kIsaFields[] = {"fp32_isa", "bf16_isa", "int8_isa", "read_isa"};
+// Rates files from before the AMX kernels lack (read as 0: not measured).
+constexpr const char* kOptionalRateFields[] = {"amx_int8_gops", "amx_bf16_gflops", "exp_gelems"};
 
 // The fields named by kRateFields and kIsaFields, in that order (C is Ceilings or const Ceilings).
 template <class C>
 auto rate_fields(C& c) {
   return std::array{&c.read_bw_mem_gbs, &c.read_bw_l2_gbs,  &c.read_bw_l3_gbs,
                     &c.fp32_fma_gflops, &c.bf16_dot_gflops, &c.int8_dot_gops};
+}
+template <class C>
+auto optional_rate_fields(C& c) {
+  return std::array{&c.amx_int8_gops, &c.amx_bf16_gflops, &c.exp_gelems};
 }
 template <class C>
 auto isa_fields(C& c) {
@@ -630,6 +651,7 @@ std::string ceilings_to_json(const std::vector<Ceilings>& all) {
     e["threads"] = c.threads;
     e["limit"] = c.limit;
     for (int i = 0; i < 6; ++i) e[kRateFields[i]] = *rate_fields(c)[i];
+    for (int i = 0; i < 3; ++i) e[kOptionalRateFields[i]] = *optional_rate_fields(c)[i];
     for (int i = 0; i < 4; ++i) e[kIsaFields[i]] = *isa_fields(c)[i];
     j["ceilings"].push_back(std::move(e));
   }
@@ -682,6 +704,15 @@ std::vector<Ceilings> ceilings_from_json_file(const std::string& path) {
       MLA_CHECK(std::isfinite(v) && v >= 0,
                 where << "." << name << " = " << v << " is not a finite non-negative rate");
       *rate_fields(c)[i] = v;
+    }
+    for (int i = 0; i < 3; ++i) {
+      const char* name = kOptionalRateFields[i];
+      if (!e.contains(name)) continue;
+      MLA_CHECK(e[name].is_number(), where << "." << name << " is not a number");
+      const double v = e[name].get<double>();
+      MLA_CHECK(std::isfinite(v) && v >= 0,
+                where << "." << name << " = " << v << " is not a finite non-negative rate");
+      *optional_rate_fields(c)[i] = v;
     }
     for (int i = 0; i < 4; ++i) {
       const char* name = kIsaFields[i];

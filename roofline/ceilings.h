@@ -26,6 +26,13 @@ struct Ceilings {
   double fp32_fma_gflops = 0;  // vfmadd231ps: 2 x 16 flops per zmm instruction
   double bf16_dot_gflops = 0;  // vdpbf16ps: 2 x 32 flops per zmm instruction
   double int8_dot_gops = 0;    // vpdpbusd: 2 x 64 ops per zmm instruction
+  // The tile unit (AMX, docs/DESIGN.md §10), 0 where the CPU has none or the OS refused the tile
+  // state: tdpbssd (2 x 16 x 16 x 64 ops) and tdpbf16ps (2 x 16 x 16 x 32 flops), four
+  // independent accumulators. And the vector unit's exp2 rate (1e9 elements/s: the kernels'
+  // polynomial on AVX-512; 0 without AVX-512), which bounds the softmax once tiles do the products.
+  double amx_int8_gops = 0;
+  double amx_bf16_gflops = 0;
+  double exp_gelems = 0;
   // Which instructions produced each figure: "avx512f", "avx2_fma", "sse2"; "avx512_bf16" or
   // "<fp32 isa>_widen" (no bf16 dot: bf16 widened to fp32, so the fp32 FMA rate); "avx512_vnni",
   // "avx_vnni", "avx2" (vpmaddubsw + vpmaddwd + vpaddd), "sse2"; read: "avx512f", "avx2", "sse2".
@@ -68,6 +75,12 @@ inline constexpr int kZmmChains = 16;
 double fp32_fma_avx512f(uint64_t iters);     // vfmadd231ps zmm
 double bf16_dot_avx512bf16(uint64_t iters);  // vdpbf16ps zmm
 double int8_dot_avx512vnni(uint64_t iters);  // vpdpbusd zmm
+// ceilings_avx512amx.cc: whether the tile unit may be used (CPU bits and the OS's permission,
+// requested once); 4 tdpbssd / tdpbf16ps per iteration; 8 x 16 exp2 per iteration.
+bool amx_usable();
+double amx_int8_loop(uint64_t iters);
+double amx_bf16_loop(uint64_t iters);
+double exp2_avx512f(uint64_t iters);
 
 // Sums `bytes` bytes from p with 64-byte loads; p 64-byte aligned, bytes a multiple of 512.
 uint64_t read_sum_avx512f(const void* p, size_t bytes);

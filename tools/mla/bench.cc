@@ -224,7 +224,8 @@ void print_row(const RowResult& r) {
   const auto frac = r.fraction();
   std::string bound = "-";
   if (r.floor)
-    bound = r.floor->compute_bound ? "compute" : (r.floor->bw_level == "l3" ? "L3" : "mem");
+    bound = r.floor->compute_bound ? (r.floor->unit == "vector units" ? "compute" : r.floor->unit)
+                                   : (r.floor->bw_level == "l3" ? "L3" : "mem");
   std::string check = "-";
   if (r.checked()) {
     const auto f = r.failures();
@@ -310,6 +311,7 @@ json row_json(const RowResult& r, const BenchArgs& a) {
                   {"compute_us", r.floor->compute_s * 1e6},
                   {"bandwidth_us", r.floor->bandwidth_s * 1e6},
                   {"bound", r.floor->compute_bound ? "compute" : "bandwidth"},
+                  {"compute_unit", r.floor->unit},
                   {"bw_level", r.floor->bw_level},
                   {"bw_gbs", r.floor->bw_gbs}};
   else
@@ -472,7 +474,9 @@ void print_footer(const BenchArgs& a, const std::vector<RowResult>& rows, const 
       s.avg, s.geo, rows.size());
   std::printf(
       "floor: time the measured ceilings allow (DESIGN §7); the column is floor / new "
-      "time. bound: what sets the floor.\n");
+      "time. bound: what sets the floor (compute: the vector units' dot products; on a CPU with\n"
+      "AMX tiles, tile: the tile unit's products, or vector: one exp2 per score; L3 / mem: the\n"
+      "cache's bytes).\n");
   int noisy = 0, above_one = 0;
   for (const auto& r : rows) {
     noisy +=
