@@ -5,7 +5,7 @@
  * and message. Exit 0 when everything holds. */
 #include <stdlib.h>
 
-#include "../case.h"
+#include "case.h"
 #include "mla/mla.h"
 
 #define CHECK(cond)                                                  \

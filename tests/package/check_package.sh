@@ -26,15 +26,18 @@ for f in include/mla/mla.h include/mla/attention.h include/mla/version.h include
 done
 
 step "exports of libmla.so"
-nm -D --defined-only "$prefix/lib/libmla.so" | awk '{print $3}' | c++filt > "$tmp/exports"
-internal=$(grep -E '^(mla::(cpu|ref|layer|sim|detail)::|(vtable|typeinfo)( name)? for mla::(cpu|ref|layer|sim)::)' \
-             "$tmp/exports" || true)
-# C++ symbols of ours outside namespace mla (anonymous namespaces are local anyway).
-stray=$(grep -vE '^(mla|std|__gnu_cxx|operator|vtable|typeinfo|VTT|guard variable|construction vtable|_)' \
-          "$tmp/exports" | grep '::' || true)
+nm -D --defined-only "$prefix/lib/libmla.so" | awk '{print $3}' > "$tmp/exports.mangled"
+c++filt < "$tmp/exports.mangled" > "$tmp/exports"
+# By mangled name: _Z, then a vtable/typeinfo/guard prefix, N and qualifiers, then the outermost
+# namespace: 3mla followed by an internal one is internal; neither mla nor the standard library's
+# (St, Sa.., 9__gnu_cxx) is a stray C++ symbol of ours.
+scope='^_ZZ?(T[VIS]|GV|T[HW])?N?[KVRO]*'
+internal=$(grep -E "${scope}3mla(3cpu|3ref|5layer|3sim|6detail)" "$tmp/exports.mangled" | c++filt || true)
+stray=$(grep -E '^_Z' "$tmp/exports.mangled" | grep -vE "${scope}(3mla|S[a-z]|9__gnu_cxx)" |
+          c++filt || true)
 if [ -n "$internal$stray" ]; then
   echo "FAIL: libmla.so exports internal symbols:" >&2
-  printf '%s\n' $internal $stray | head -20 >&2
+  printf '%s\n' "$internal" "$stray" | head -20 >&2
   exit 1
 fi
 for want in mla_decode mla_last_error 'mla::make_decode_plan(' 'mla::PagedLatentCache::write('; do
