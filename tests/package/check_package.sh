@@ -7,7 +7,7 @@
 #   2. builds tests/package/consumer with find_package(mla) (shared and static) and runs both;
 #   3. compiles tests/package/c_api.c with gcc -std=c11 -pedantic against the installed mla.h,
 #      flags from pkg-config's mla.pc, links it with the shared and with the static library
-#      (mla.pc's Libs.private), and runs both.
+#      (mla.pc's Libs.private), and runs both; then README's C example the same way.
 #   check_package.sh BUILD_DIR
 set -euo pipefail
 build=$(realpath "${1:?usage: check_package.sh BUILD_DIR}")
@@ -72,4 +72,15 @@ gcc "${cflags[@]}" "$here/c_api.c" "$prefix/lib/libmla.a" $private -o "$tmp/c_st
 readelf -d "$tmp/c_static" | grep -q 'NEEDED.*libmla' &&
   { echo "FAIL: c_static loads libmla.so" >&2; exit 1; }
 "$tmp/c_static"
+
+# README's C example, as printed there (the one ```c block), compiles and runs.
+readme=$here/../../README.md
+if [ -f "$readme" ]; then
+  step "README's C example"
+  awk '/^```c$/ {on = 1; next} /^```$/ {on = 0} on' "$readme" > "$tmp/readme.c"
+  [ -s "$tmp/readme.c" ] || { echo "FAIL: README has no \`\`\`c example" >&2; exit 1; }
+  gcc "${cflags[@]}" "$tmp/readme.c" $(pkg-config --libs mla) -Wl,-rpath,"$prefix/lib" -lm \
+    -o "$tmp/readme_c"
+  "$tmp/readme_c"
+fi
 step "package: ok"
