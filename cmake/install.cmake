@@ -17,7 +17,8 @@ install(TARGETS mla_static mla_shared EXPORT mlaTargets
 set(MLA_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/mla)
 install(EXPORT mlaTargets NAMESPACE mla:: DESTINATION ${MLA_CMAKE_DIR})
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/mlaConfig.cmake.in
-                              ${PROJECT_BINARY_DIR}/mlaConfig.cmake INSTALL_DESTINATION ${MLA_CMAKE_DIR})
+                              ${PROJECT_BINARY_DIR}/mlaConfig.cmake
+                              INSTALL_DESTINATION ${MLA_CMAKE_DIR})
 # 0.x: a minor version may change the API, so only the same major.minor is compatible.
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/mlaConfigVersion.cmake
                                  VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)

@@ -32,8 +32,8 @@ for n in "${names[@]}"; do
   [ -f "$a" ] || { echo "check_layers: $n: no archive $a" >&2; exit 2; }
   nm -g --defined-only "$a" 2>/dev/null | awk 'NF == 3 {print $3}' | sort -u > "$tmp/$n.def"
   # "archive:object: U symbol" -> "object symbol"
-  nm -A -u "$a" 2>/dev/null | awk '{o = $1; sub(/:$/, "", o); n = split(o, p, ":"); print p[n], $NF}' \
-    | sort -k2 > "$tmp/$n.use"
+  nm -A -u "$a" 2>/dev/null |
+    awk '{o = $1; sub(/:$/, "", o); n = split(o, p, ":"); print p[n], $NF}' | sort -k2 > "$tmp/$n.use"
 done
 
 # The layers n may link: its DEPS, transitively.
@@ -65,7 +65,8 @@ for n in "${names[@]}"; do
     case " $allowed " in *" $x "*) continue ;; esac
     awk 'NR == FNR {def[$1] = 1; next} $2 in def {print $1, $2}' "$tmp/$x.def" "$tmp/open" |
       while read -r obj sym; do
-        echo "layering: $n ($obj) uses $(echo "$sym" | c++filt), defined in $x, which is not below $n"
+        echo "layering: $n ($obj) uses $(echo "$sym" | c++filt), defined in $x," \
+             "which is not below $n"
       done > "$tmp/found"
     if [ -s "$tmp/found" ]; then
       cat "$tmp/found"

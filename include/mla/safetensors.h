@@ -80,6 +80,7 @@ MLA_API void write_safetensors(const std::string& path, const std::vector<StTens
 
 // float8_e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits, no Inf, 0x7f/0xff NaN).
 MLA_API float fp8_e4m3_to_f32(uint8_t v);
-MLA_API uint8_t f32_to_fp8_e4m3(float f);  // round to nearest even, saturating at +-448 (NaN stays NaN)
+// Round to nearest even, saturating at +-448 (NaN stays NaN).
+MLA_API uint8_t f32_to_fp8_e4m3(float f);
 
 }  // namespace mla

@@ -20,8 +20,8 @@ step() { echo "== $*"; }
 step "install into a temporary prefix"
 cmake --install "$build" --prefix "$prefix" > /dev/null
 for f in include/mla/mla.h include/mla/attention.h include/mla/version.h include/mla/export.h \
-         lib/libmla.a lib/libmla.so lib/cmake/mla/mlaConfig.cmake \
-         lib/cmake/mla/mlaConfigVersion.cmake lib/cmake/mla/mlaTargets.cmake lib/pkgconfig/mla.pc; do
+         lib/libmla.a lib/libmla.so lib/cmake/mla/mlaConfig.cmake lib/cmake/mla/mlaTargets.cmake \
+         lib/cmake/mla/mlaConfigVersion.cmake lib/pkgconfig/mla.pc; do
   [ -e "$prefix/$f" ] || { echo "FAIL: $f is not installed" >&2; exit 1; }
 done
 
@@ -32,7 +32,8 @@ c++filt < "$tmp/exports.mangled" > "$tmp/exports"
 # namespace: 3mla followed by an internal one is internal; neither mla nor the standard library's
 # (St, Sa.., 9__gnu_cxx) is a stray C++ symbol of ours.
 scope='^_ZZ?(T[VIS]|GV|T[HW])?N?[KVRO]*'
-internal=$(grep -E "${scope}3mla(3cpu|3ref|5layer|3sim|6detail)" "$tmp/exports.mangled" | c++filt || true)
+internal=$(grep -E "${scope}3mla(3cpu|3ref|5layer|3sim|6detail)" "$tmp/exports.mangled" |
+             c++filt || true)
 stray=$(grep -E '^_Z' "$tmp/exports.mangled" | grep -vE "${scope}(3mla|S[a-z]|9__gnu_cxx)" |
           c++filt || true)
 if [ -n "$internal$stray" ]; then
@@ -48,8 +49,8 @@ echo "$(grep -c '^mla' "$tmp/exports") mla symbols exported, none internal"
 step "CMake consumer: find_package(mla)"
 launcher=()
 command -v ccache > /dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-cmake -S "$here/consumer" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
-  "${launcher[@]}" > /dev/null
+cmake -S "$here/consumer" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" > /dev/null
 cmake --build "$tmp/consumer" -j2 > "$tmp/consumer.log" 2>&1 || { cat "$tmp/consumer.log"; exit 1; }
 readelf -d "$tmp/consumer/consumer_shared" | grep -q 'NEEDED.*libmla\.so' ||
   { echo "FAIL: consumer_shared does not load libmla.so" >&2; exit 1; }

@@ -29,7 +29,8 @@ int main() {
                               std::to_string(MLA_VERSION_PATCH);
   CHECK(version == CONSUMER_FOUND_VERSION);
 
-  constexpr int B = CASE_BATCH, rows = B * CASE_Q_LEN * CASE_HEADS, slots = CASE_BLOCKS * CASE_BLOCK;
+  constexpr int B = CASE_BATCH, rows = B * CASE_Q_LEN * CASE_HEADS;
+  constexpr int slots = CASE_BLOCKS * CASE_BLOCK;
   std::vector<float> kv(size_t(slots) * CASE_DIM);
   std::vector<uint16_t> q(size_t(rows) * CASE_DIM);
   case_fill(kv.data(), q.data());
@@ -61,7 +62,8 @@ int main() {
 
   // A cache in memory the caller owns (FlashMLA's k_cache [blocks, block_size, 576] bf16).
   std::vector<uint16_t> k_cache(kv.size());
-  for (size_t i = 0; i < kv.size(); ++i) k_cache[i] = uint16_t(std::bit_cast<uint32_t>(kv[i]) >> 16);
+  for (size_t i = 0; i < kv.size(); ++i)
+    k_cache[i] = uint16_t(std::bit_cast<uint32_t>(kv[i]) >> 16);
   mla::CacheView kc{.format = mla::KvDType::bf16, .blocks = CASE_BLOCKS, .tokens_per_block = 64,
                     .kv = k_cache.data(), .kv_block_stride = 64 * 576};
   // Outputs with strides: FlashMLA's lse [B, H, q_len].
@@ -71,7 +73,8 @@ int main() {
   CHECK(std::memcmp(o.data(), o2.data(), o.size() * sizeof(float)) == 0);
   for (int b = 0; b < B; ++b)
     for (int i = 0; i < q_len; ++i)
-      for (int h = 0; h < H; ++h) CHECK(lse2[(b * H + h) * q_len + i] == lse[(b * q_len + i) * H + h]);
+      for (int h = 0; h < H; ++h)
+        CHECK(lse2[(b * H + h) * q_len + i] == lse[(b * q_len + i) * H + h]);
   std::puts("C++, view of caller memory, strided lse: ok (same bits)");
 
   // A refusal thrown inside the library is an mla::Error here (its type crosses the .so).
