@@ -78,9 +78,6 @@ struct StTensorData {
 };
 MLA_API void write_safetensors(const std::string& path, const std::vector<StTensorData>& tensors);
 
-// float8_e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits, no Inf, 0x7f/0xff NaN).
-MLA_API float fp8_e4m3_to_f32(uint8_t v);
-// Round to nearest even, saturating at +-448 (NaN stays NaN).
-MLA_API uint8_t f32_to_fp8_e4m3(float f);
+// float8_e4m3fn codes (F8_E4M3 tensors): mla/dtype.h's fp8e4m3_to_f32 / f32_to_fp8e4m3.
 
 }  // namespace mla
