@@ -13,7 +13,7 @@
  *   mla_cache_config cfg = {.num_blocks = 64, .block_size = 64, .dtype = MLA_KV_BF16};
  *   mla_cache* cache;
  *   if (mla_cache_create(&cfg, &cache) != MLA_OK) fprintf(stderr, "%s\n", mla_last_error());
- *   mla_cache_write(cache, slot, token576, NULL);
+ *   mla_cache_write(cache, n, slots, tokens, MLA_QK_DIM, NULL);   (n tokens [n, 576] to slots[n])
  *   mla_decode_params p = {.batch = B, .q_len = 1, .num_heads = 16, .softmax_scale = s,
  *                          .causal = 1, .seq_lens = lens, .block_table = table,
  *                          .max_blocks_per_seq = max_blocks};
