@@ -123,14 +123,14 @@ MLA_API void kernel_query_values(const CacheView& cache, int64_t rows, const flo
 // Runs the decode. Validates first; o and lse are untouched when it throws. Plans the step on
 // every call (a convenience: a decode step of many layers makes one DecodePlan instead).
 MLA_API void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
-            const DecodeOptions& opt, float* o, float* lse);
+                    const DecodeOptions& opt, float* o, float* lse);
 
 // Runs the decode with a plan made by make_decode_plan for this shape and these lengths (refused,
 // naming the difference, otherwise; so is opt.threads other than 0 or the plan's workers). No
 // planning, no allocation: the partials go to `workspace` (plan.workspace_bytes() bytes, 64-byte
 // aligned), or to the plan's own workspace when it is null.
 MLA_API void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
-            const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
-            void* workspace = nullptr);
+                    const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
+                    void* workspace = nullptr);
 
 }  // namespace mla

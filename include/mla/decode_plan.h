@@ -81,6 +81,6 @@ struct WorkspaceLayout {
   size_t partial_lse = 0, partial_o = 0, counters = 0, query = 0, total = 0;
 };
 MLA_API WorkspaceLayout workspace_layout(const PartialLayout& partials, size_t num_merges,
-                                 int64_t query_elems);
+                                         int64_t query_elems);
 
 }  // namespace mla

@@ -29,10 +29,10 @@ MLA_API NpyArray read_npy(const std::string& path);
 
 // Reads and checks dtype and rank/extents (-1 matches any extent); errors name the file.
 MLA_API NpyArray read_npy(const std::string& path, DType want_dtype,
-                         const std::vector<int64_t>& want_shape);
+                          const std::vector<int64_t>& want_shape);
 
 // Writes atomically: to a temporary file beside `path`, renamed into place when complete.
 MLA_API void write_npy(const std::string& path, DType dtype, const std::vector<int64_t>& shape,
-               const void* data);
+                       const void* data);
 
 }  // namespace mla
