@@ -1,8 +1,8 @@
 /* The C API from C (tests/package/check_package.sh compiles this with gcc -std=c11 -pedantic
  * against the installed headers and links it with the shared, then the static library): the
  * case of case.h through an owned cache and a wrapped one, with a plan and without, the fast
- * kernels against the library's float64 reference, a strided lse, and a refused call's status
- * and message. Exit 0 when everything holds. */
+ * kernels against the library's float64 reference (bf16, and int8 with a tensor scale), a strided
+ * lse, and refused calls' status and message. Exit 0 when everything holds. */
 #include <stdlib.h>
 
 #include "case.h"
@@ -45,7 +45,7 @@ int main(void) {
   pr.reference = 1;
   CHECK(mla_decode(&pr, MLA_Q_BF16, q, cache, NULL, NULL, ref_o, ref_lse) == MLA_OK);
   CHECK(mla_decode(&p, MLA_Q_BF16, q, cache, NULL, NULL, o, lse) == MLA_OK);
-  CHECK(case_compare("C, owned cache, no plan", o, lse, ref_o, ref_lse, ROWS));
+  CHECK(case_compare("C, owned cache, no plan", 0, o, lse, ref_o, ref_lse, ROWS));
 
   /* A plan reused twice, with the caller's workspace; lse as FlashMLA's [batch, heads, q_len]. */
   mla_plan_input pin = {.batch = CASE_BATCH, .q_len = CASE_Q_LEN, .num_heads = CASE_HEADS,
@@ -86,6 +86,25 @@ int main(void) {
   CHECK(mla_cache_write(view, 1, slots, kv, CASE_DIM, NULL) == MLA_ERROR_INVALID_ARGUMENT);
   mla_cache_destroy(view);
   puts("C, wrapped caller memory: ok (same bits as the owned cache)");
+
+  /* An int8 cache with one static scale: refused before the scale is set, then decoded. */
+  mla_cache_config cfg8 = {.num_blocks = CASE_BLOCKS, .block_size = CASE_BLOCK,
+                           .dtype = MLA_KV_INT8, .scale = MLA_SCALE_TENSOR};
+  mla_cache* cache8 = NULL;
+  CHECK(mla_cache_create(&cfg8, &cache8) == MLA_OK);
+  CHECK(mla_cache_write(cache8, 1, slots + 64, kv + 64 * CASE_DIM, CASE_DIM, NULL) ==
+        MLA_ERROR_INVALID_ARGUMENT);
+  printf("C, int8 write before its scale: refused (%s)\n", mla_last_error());
+  CHECK(mla_cache_set_tensor_scale(cache8, 1.f / 127) == MLA_OK);  /* |values| < 1 */
+  for (int b = 0; b < CASE_BATCH; ++b)
+    for (int t = 0; t < case_seq_lens[b]; ++t) {
+      const int64_t s = case_slot(b, t);
+      CHECK(mla_cache_write(cache8, 1, &s, kv + s * CASE_DIM, CASE_DIM, NULL) == MLA_OK);
+    }
+  CHECK(mla_decode(&pr, MLA_Q_BF16, q, cache8, NULL, NULL, ref_o, ref_lse) == MLA_OK);
+  CHECK(mla_decode(&p, MLA_Q_BF16, q, cache8, NULL, NULL, o2, lse_t) == MLA_OK);
+  CHECK(case_compare("C, int8 cache, tensor scale", 1, o2, lse_t, ref_o, ref_lse, ROWS));
+  mla_cache_destroy(cache8);
 
   /* Refused: a sequence longer than its block table; outputs untouched, the message names it. */
   const int32_t too_long[CASE_BATCH] = {70, 200};

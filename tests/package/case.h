@@ -61,11 +61,12 @@ static void case_fill(float* kv, uint16_t* q16) {
     q16[i] = case_bf16(case_uniform(&seed));
 }
 
-/* Compares o [rows, 512] and lse [rows] with the reference's, as the library's own tests do for
- * a bf16 cache: relative norm error <= 5e-3, every row's <= 1e-2, |lse - lse_ref| <= 1e-3, and no
- * value that is not finite. Prints what failed; returns 1 when all hold. */
-static int case_compare(const char* what, const float* o, const float* lse, const float* ref_o,
-                        const float* ref_lse, int64_t rows) {
+/* Compares o [rows, 512] and lse [rows] with the reference's, with the library's own tests'
+ * bounds (src/ref/compare.cc): bf16 cache, relative norm error <= 5e-3, every row's <= 1e-2,
+ * |lse - lse_ref| <= 1e-3; int8 cache (int8 = 1), 2e-2, 4e-2 and 1e-2; no value that is not
+ * finite. Prints the errors; returns 1 when all hold. */
+static int case_compare(const char* what, int int8, const float* o, const float* lse,
+                        const float* ref_o, const float* ref_lse, int64_t rows) {
   double diff2 = 0, ref2 = 0, worst_row = 0, worst_lse = 0;
   int ok = 1;
   for (int64_t r = 0; r < rows; ++r) {
@@ -83,7 +84,8 @@ static int case_compare(const char* what, const float* o, const float* lse, cons
       worst_lse = isfinite(lse[r]) ? fabs((double)lse[r] - ref_lse[r]) : INFINITY;
   }
   const double rel = ref2 > 0 ? sqrt(diff2 / ref2) : 0;
-  ok = ok && ref2 > 0 && rel <= 5e-3 && worst_row <= 1e-2 && worst_lse <= 1e-3;
+  ok = ok && ref2 > 0 && rel <= (int8 ? 2e-2 : 5e-3) && worst_row <= (int8 ? 4e-2 : 1e-2) &&
+       worst_lse <= (int8 ? 1e-2 : 1e-3);
   printf("%s: %s (rel %.2e, worst row %.2e, lse %.1e)\n", what, ok ? "ok" : "FAILED", rel,
          worst_row, worst_lse);
   return ok;

@@ -48,7 +48,8 @@ int main() {
   mla::decode(p, mla::DType::bf16, q.data(), cache, {.impl = mla::Impl::ref}, ref_o.data(),
               ref_lse.data());
   mla::decode(p, mla::DType::bf16, q.data(), cache, {.threads = 2}, o.data(), lse.data());
-  CHECK(case_compare("C++, owned cache", o.data(), lse.data(), ref_o.data(), ref_lse.data(), rows));
+  CHECK(case_compare("C++, owned cache", 0, o.data(), lse.data(), ref_o.data(), ref_lse.data(),
+                     rows));
 
   // One plan per decode step, reused by every layer (here: twice, the same cache).
   mla::DecodePlan plan = mla::make_decode_plan({.batch = B, .q_len = 2, .num_heads = CASE_HEADS,
