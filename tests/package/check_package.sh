@@ -25,6 +25,9 @@ for f in include/mla/mla.h include/mla/attention.h include/mla/version.h include
   [ -e "$prefix/$f" ] || { echo "FAIL: $f is not installed" >&2; exit 1; }
 done
 
+version=$(awk '/^#define MLA_VERSION_(MAJOR|MINOR|PATCH) /{printf "%s%s", s, $3; s="."}' \
+          "$prefix/include/mla/version.h")
+
 step "exports of libmla.so"
 nm -D --defined-only "$prefix/lib/libmla.so" | awk '{print $3}' > "$tmp/exports.mangled"
 c++filt < "$tmp/exports.mangled" > "$tmp/exports"
@@ -46,6 +49,22 @@ for want in mla_decode mla_last_error 'mla::make_decode_plan(' 'mla::PagedLatent
 done
 echo "$(grep -c '^mla' "$tmp/exports") mla symbols exported, none internal"
 
+step "mlaConfigVersion.cmake: the same major.minor only"
+compatible() {  # compatible VERSION: what mlaConfigVersion.cmake answers to find_package(mla VERSION)
+  local v=$1
+  cat > "$tmp/ask.cmake" <<CMAKE
+set(PACKAGE_FIND_VERSION $v)
+string(REPLACE "." ";" parts $v)
+list(GET parts 0 PACKAGE_FIND_VERSION_MAJOR)
+list(GET parts 1 PACKAGE_FIND_VERSION_MINOR)
+include("$prefix/lib/cmake/mla/mlaConfigVersion.cmake")
+message("\${PACKAGE_VERSION_COMPATIBLE}")
+CMAKE
+  cmake -P "$tmp/ask.cmake" 2>&1
+}
+[ "$(compatible "$version")" = TRUE ] && [ "$(compatible 99.0.0)" = FALSE ] ||
+  { echo "FAIL: mlaConfigVersion.cmake accepts a version other than $version" >&2; exit 1; }
+
 step "CMake consumer: find_package(mla)"
 launcher=()
 command -v ccache > /dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
@@ -59,8 +78,6 @@ readelf -d "$tmp/consumer/consumer_shared" | grep -q 'NEEDED.*libmla\.so' ||
 
 step "C program: gcc -std=c11 against mla.h, pkg-config mla"
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
-version=$(awk '/^#define MLA_VERSION_(MAJOR|MINOR|PATCH) /{printf "%s%s", s, $3; s="."}' \
-          "$prefix/include/mla/version.h")
 [ "$(pkg-config --modversion mla)" = "$version" ] ||
   { echo "FAIL: mla.pc says $(pkg-config --modversion mla), version.h $version" >&2; exit 1; }
 cflags=(-std=c11 -pedantic -Wall -Wextra -Werror -O1 $(pkg-config --cflags mla))
