@@ -54,7 +54,7 @@ void put(std::vector<Blob>& out, const std::string& name, StDType dt, int64_t ro
     b.bytes.resize(n);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c)
-        b.bytes[r * cols + c] = f32_to_fp8_e4m3(v[r * cols + c] / scale[(r / block) * sc + c / block]);
+        b.bytes[r * cols + c] = f32_to_fp8e4m3(v[r * cols + c] / scale[(r / block) * sc + c / block]);
     out.push_back(std::move(b));
     Blob s{name.substr(0, name.size() - 6) + "weight_scale_inv", StDType::f32, {sr, sc}, {}};
     s.bytes.resize(scale.size() * 4);

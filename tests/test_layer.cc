@@ -363,7 +363,7 @@ TEST(Linear, KernelsMatchFloat64) {
         if (dt == cpu::WDType::bf16) { const uint16_t h = f32_to_bf16(v); std::memcpy(&wb[i * 2], &h, 2); }
         if (dt == cpu::WDType::f16) { const uint16_t h = f32_to_f16(v); std::memcpy(&wb[i * 2], &h, 2); }
         if (dt == cpu::WDType::f32) std::memcpy(&wb[i * 4], &v, 4);
-        if (dt == cpu::WDType::fp8_e4m3) wb[i] = f32_to_fp8_e4m3(v * 50);
+        if (dt == cpu::WDType::fp8_e4m3) wb[i] = f32_to_fp8e4m3(v * 50);
       }
       cpu::LinearWeight w{.out = out, .in = in, .dtype = dt, .w = wb.data(), .ld = in,
                           .scale_inv = scales.data(), .scale_ld = 3};

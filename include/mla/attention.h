@@ -26,6 +26,7 @@
 #include "mla/decode_plan.h"
 #include "mla/stage_times.h"
 #include "mla/dtype.h"
+#include "mla/export.h"
 
 namespace mla {
 
@@ -55,7 +56,7 @@ struct DecodeParams {
 
 // DeepSeek's softmax scale 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(192), rounded
 // once from double.
-float default_softmax_scale();
+MLA_API float default_softmax_scale();
 
 // Floating-point operations of a decode of `rows` query rows (tokens x heads) over `keys` keys
 // each: 2 x (576 for q.k + 512 for p.v) per row and key.
@@ -75,7 +76,7 @@ inline int last_visible(const DecodeParams& p, int b, int i) {
 
 // Checks the parameters against the cache's geometry before any work; throws mla::Error naming the
 // problem. (decode() also checks the view itself, check_view, once its scales must be set.)
-void validate(const DecodeParams& p, const CacheView& cache);
+MLA_API void validate(const DecodeParams& p, const CacheView& cache);
 
 enum class Impl { ref, fast };
 enum class Reduction { separate, last };  // who merges split-KV partials (DESIGN §5)
@@ -85,9 +86,9 @@ enum class UpForm { resident, spill };    // output accumulator kept in register
 // set (an error when the CPU lacks it); portable forces the plain C++ kernels; amx_emu forces the
 // AMX kernels over a scalar emulation of the tile unit (testing on CPUs without AMX: slow).
 enum class Isa { best, portable, avx512, avx2, amx, amx_emu };
-const char* isa_name(Isa isa);  // "best", "portable", "avx512", "avx2", "amx", "amx-emu"
+MLA_API const char* isa_name(Isa isa);  // "best", "portable", "avx512", "avx2", "amx", "amx-emu"
 // The Isa named `name`; false (and *isa untouched) for any other string.
-bool isa_from_name(std::string_view name, Isa* isa);
+MLA_API bool isa_from_name(std::string_view name, Isa* isa);
 
 struct DecodeOptions {
   Impl impl = Impl::fast;
@@ -112,25 +113,25 @@ constexpr int kMaxQLen = 1024;
 
 // The query type the kernel computes with, for a cache format and a requested query type:
 // bf16 for bf16 and int8 caches, f16 for an fp16 cache (the int8 path then quantizes it).
-DType kernel_q_dtype(KvDType cache, DType requested);
+MLA_API DType kernel_q_dtype(KvDType cache, DType requested);
 
 // The query values the fast kernels compute with, from q already rounded to kernel_q_dtype:
 // unchanged for bf16/fp16 caches; for int8 the latent part quantized per row to int8
 // (scale max|q'|/127, q' = q * channel scale in channel mode) and de-quantized, the rope part as
 // is. q and out: [rows, 576]. A reference on these values sees exactly what the kernel saw.
-void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, float* out);
+MLA_API void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, float* out);
 
 // Runs the decode. Validates first; o and lse are untouched when it throws. Plans the step on
 // every call (a convenience: a decode step of many layers makes one DecodePlan instead).
-void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
-            const DecodeOptions& opt, float* o, float* lse);
+MLA_API void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
+                    const DecodeOptions& opt, float* o, float* lse);
 
 // Runs the decode with a plan made by make_decode_plan for this shape and these lengths (refused,
 // naming the difference, otherwise; so is opt.threads other than 0 or the plan's workers). No
 // planning, no allocation: the partials go to `workspace` (plan.workspace_bytes() bytes, 64-byte
 // aligned), or to the plan's own workspace when it is null.
-void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
-            const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
-            void* workspace = nullptr);
+MLA_API void decode(const DecodeParams& p, DType q_dtype, const void* q, const CacheView& cache,
+                    const DecodeOptions& opt, const DecodePlan& plan, float* o, float* lse,
+                    void* workspace = nullptr);
 
 }  // namespace mla

@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "mla/export.h"
+
 namespace mla {
 
 constexpr int kLatentDim = 512;  // kv_lora_rank: the latent, also the value
@@ -36,11 +38,11 @@ constexpr int kQkDim = kLatentDim + kRopeDim;  // 576
 enum class KvDType { bf16, fp16, int8, fp8 };
 enum class KvScale { token, tensor, channel, group32, group64, group128 };
 constexpr int kNumKvScales = 6;
-const char* kv_dtype_name(KvDType t);
-const char* kv_scale_name(KvScale s);
-KvDType parse_kv_dtype(const std::string& s);  // "bf16" | "fp16" | "int8" | "fp8"
+MLA_API const char* kv_dtype_name(KvDType t);
+MLA_API const char* kv_scale_name(KvScale s);
+MLA_API KvDType parse_kv_dtype(const std::string& s);  // "bf16" | "fp16" | "int8" | "fp8"
 // "token" | "tensor" | "channel" | "group32" | "group64" | "group128"
-KvScale parse_kv_scale(const std::string& s);
+MLA_API KvScale parse_kv_scale(const std::string& s);
 
 // Latent channels that share one per-token scale: 512 in token mode, 32/64/128 in group modes;
 // 0 for the static modes (tensor, channel), which have no per-token scale.
@@ -109,7 +111,7 @@ struct Int8CacheContent {
 //                and group modes), per tensor, or per channel [512]
 //   fp8          token t of block b: 656 bytes at fp8 + b * kv_block_stride + t * kv_token_stride
 //                (strides in bytes; FlashMLA's fp8 k_cache [num_blocks, block_size, 1, 656])
-struct CacheView {
+struct MLA_API CacheView {
   KvDType format = KvDType::bf16;
   int64_t blocks = 0;
   int tokens_per_block = 64;
@@ -160,9 +162,9 @@ struct CacheView {
 
 // Throws mla::Error naming the problem if the view cannot be read as it says (missing pointers,
 // strides that overlap tokens, missing or non-positive static scales).
-void check_view(const CacheView& v);
+MLA_API void check_view(const CacheView& v);
 
-class PagedLatentCache {
+class MLA_API PagedLatentCache {
  public:
   explicit PagedLatentCache(const CacheConfig& cfg);
 
@@ -237,7 +239,7 @@ class PagedLatentCache {
 
 // Hands out blocks of a pool to sequences. Running out of blocks is an mla::Error and leaves the
 // allocator unchanged.
-class BlockAllocator {
+class MLA_API BlockAllocator {
  public:
   // shuffle_seed != 0 hands out free blocks in a shuffled order (scattered block tables).
   BlockAllocator(int64_t num_blocks, int block_size, uint64_t shuffle_seed = 0);

@@ -19,6 +19,7 @@
 #include <memory>
 #include <vector>
 
+#include "mla/export.h"
 #include "mla/plan.h"
 
 namespace mla {
@@ -35,7 +36,7 @@ struct DecodePlanInput {
   int kv_tile = 64;                    // planning grain in tokens (kKvTile)
 };
 
-class DecodePlan {
+class MLA_API DecodePlan {
  public:
   DecodePlan(DecodePlan&&) noexcept;
   DecodePlan& operator=(DecodePlan&&) noexcept;
@@ -73,13 +74,13 @@ class DecodePlan {
 };
 
 // Plans a decode step; throws mla::Error on invalid lengths (as make_plan does).
-DecodePlan make_decode_plan(const DecodePlanInput& in);
+MLA_API DecodePlan make_decode_plan(const DecodePlanInput& in);
 
 // The workspace's sections, in bytes from its start (each 64-byte aligned).
 struct WorkspaceLayout {
   size_t partial_lse = 0, partial_o = 0, counters = 0, query = 0, total = 0;
 };
-WorkspaceLayout workspace_layout(const PartialLayout& partials, size_t num_merges,
-                                 int64_t query_elems);
+MLA_API WorkspaceLayout workspace_layout(const PartialLayout& partials, size_t num_merges,
+                                         int64_t query_elems);
 
 }  // namespace mla

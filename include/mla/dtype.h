@@ -6,13 +6,15 @@
 #include <cstring>
 #include <string>
 
+#include "mla/export.h"
+
 namespace mla {
 
 enum class DType : uint8_t { f32, f16, bf16, i8, i32, u16 };
 
-size_t dtype_size(DType t);
-const char* dtype_name(DType t);    // "fp32", "fp16", "bf16", "int8", "int32", "uint16"
-DType parse_dtype(const std::string& s);  // exactly the names dtype_name gives
+MLA_API size_t dtype_size(DType t);
+MLA_API const char* dtype_name(DType t);    // "fp32", "fp16", "bf16", "int8", "int32", "uint16"
+MLA_API DType parse_dtype(const std::string& s);  // exactly the names dtype_name gives
 
 inline uint32_t f32_bits(float f) {
   uint32_t u;
@@ -34,8 +36,8 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t(u >> 16);
 }
 
-float f16_to_f32(uint16_t h);
-uint16_t f32_to_f16(float f);
+MLA_API float f16_to_f32(uint16_t h);
+MLA_API uint16_t f32_to_f16(float f);
 
 // fp8 e4m3 (OCP "e4m3fn", torch.float8_e4m3fn): 1 sign, 4 exponent (bias 7), 3 mantissa bits;
 // no Inf; 0x7f / 0xff are NaN; the largest finite value is 448; subnormals down to 2^-9.
@@ -54,7 +56,7 @@ inline float fp8e4m3_to_f32(uint8_t b) {
 // Round to nearest, ties to even; finite values beyond 448 saturate to +-448 (what FlashMLA's
 // and vLLM's writers do after scaling); NaN and +-Inf become NaN (e4m3 has no Inf, and an Inf
 // must not turn into a plausible number).
-uint8_t f32_to_fp8e4m3(float f);
+MLA_API uint8_t f32_to_fp8e4m3(float f);
 
 // Element i of an array of type t (f32, f16 or bf16) as a float.
 inline float load_f32(DType t, const void* data, int64_t i) {

@@ -18,6 +18,7 @@
 #include "mla/attention.h"
 #include "mla/cache.h"
 #include "mla/decode_plan.h"
+#include "mla/export.h"
 #include "mla/model.h"
 #include "mla/safetensors.h"
 
@@ -41,7 +42,7 @@ struct LayerTimes {
   double preprocess = 0, attention = 0, einsum = 0;
 };
 
-class MlaLayer {
+class MLA_API MlaLayer {
  public:
   // Reads and checks every tensor of model.layers.{layer}.self_attn.* (names, shapes, dtypes,
   // fp8 scales) before returning; weights stay memory-mapped in `store`.

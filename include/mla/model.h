@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "mla/export.h"
+
 namespace mla {
 
 struct RopeScaling {
@@ -49,21 +51,21 @@ constexpr double kAttnNormEps = 1e-6;
 // needs (present, right type, in range) and refuses what the kernels cannot run: kv_lora_rank
 // other than 512, qk_rope_head_dim other than 64, an odd rope dim, attention_bias, an unknown
 // rope type.
-ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
-ModelConfig read_model_config(const std::string& path);
+MLA_API ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
+MLA_API ModelConfig read_model_config(const std::string& path);
 
 // Built-in shapes for `mla demo --preset` (the published configs' attention fields).
-ModelConfig preset_config(const std::string& name);  // "deepseek-v3" | "deepseek-v2-lite"
+MLA_API ModelConfig preset_config(const std::string& name);  // "deepseek-v3" | "deepseek-v2-lite"
 
 // yarn_get_mscale: 0.1 * mscale * ln(scale) + 1 for scale > 1, else 1.
-double yarn_mscale(double scale, double mscale);
+MLA_API double yarn_mscale(double scale, double mscale);
 // 1/sqrt(qk_nope + qk_rope), times mscale(factor, mscale_all_dim)^2 when rope_scaling has a
 // non-zero mscale_all_dim.
-double softmax_scale(const ModelConfig& c);
+MLA_API double softmax_scale(const ModelConfig& c);
 // The RoPE inverse frequencies [qk_rope_head_dim / 2] (default or YaRN).
-std::vector<double> rope_inv_freq(const ModelConfig& c);
+MLA_API std::vector<double> rope_inv_freq(const ModelConfig& c);
 // The factor cos and sin carry: 1 (default); YaRN: mscale(factor, mscale) /
 // mscale(factor, mscale_all_dim) when both are given, else mscale(factor, 1).
-double rope_attention_factor(const ModelConfig& c);
+MLA_API double rope_attention_factor(const ModelConfig& c);
 
 }  // namespace mla

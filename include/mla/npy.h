@@ -8,10 +8,11 @@
 #include <vector>
 
 #include "mla/dtype.h"
+#include "mla/export.h"
 
 namespace mla {
 
-struct NpyArray {
+struct MLA_API NpyArray {
   DType dtype = DType::f32;          // f32, f16, i8, i32 or u16
   std::vector<int64_t> shape;        // C order
   std::vector<unsigned char> bytes;  // numel * dtype_size
@@ -24,13 +25,14 @@ struct NpyArray {
 
 // Reads a whole .npy file. Throws mla::Error("<path>: <problem>") for a missing, truncated or
 // malformed file, a big-endian or Fortran-order array, or an unsupported dtype.
-NpyArray read_npy(const std::string& path);
+MLA_API NpyArray read_npy(const std::string& path);
 
 // Reads and checks dtype and rank/extents (-1 matches any extent); errors name the file.
-NpyArray read_npy(const std::string& path, DType want_dtype, const std::vector<int64_t>& want_shape);
+MLA_API NpyArray read_npy(const std::string& path, DType want_dtype,
+                          const std::vector<int64_t>& want_shape);
 
 // Writes atomically: to a temporary file beside `path`, renamed into place when complete.
-void write_npy(const std::string& path, DType dtype, const std::vector<int64_t>& shape,
-               const void* data);
+MLA_API void write_npy(const std::string& path, DType dtype, const std::vector<int64_t>& shape,
+                       const void* data);
 
 }  // namespace mla

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "mla/export.h"
+
 namespace mla {
 
 // More workers than this are refused (the plan and its cost tables grow with them; no CPU this runs
@@ -74,11 +76,11 @@ struct Plan {
 
 // Throws mla::Error on invalid input (negative lengths, q_lens[b] outside 1..q_len for a non-empty
 // sequence, num_workers < 1, num_heads < 1, kv_tile < 1, ...), naming the offending value.
-Plan make_plan(const PlanInput& in);
+MLA_API Plan make_plan(const PlanInput& in);
 
 // How many times make_plan has run in this process: tests check that a reused DecodePlan plans
 // nothing on later calls.
-uint64_t plan_count();
+MLA_API uint64_t plan_count();
 
 // Where the partial results of a plan's split items go (DESIGN §5). Compact per merge group g
 // (rows_g = q_lens[g.seq] x heads of g, row r = i x heads + (h - head_begin), the kernels' row
@@ -100,7 +102,7 @@ struct PartialLayout {
 };
 
 // q_lens: [batch] rows per sequence, or nullptr: q_len each.
-PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len);
+MLA_API PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len);
 
 // The planner's cost model, exposed so that tests and benchmarks check the balance the planner
 // promises. Unit: one KV tile for one query row. A piece of sequence b with `heads` heads over
@@ -110,7 +112,7 @@ PartialLayout layout_partials(const Plan& plan, const int32_t* q_lens, int q_len
 // one tile for the largest sequence's rows (max q_len_b x H, at least mem_bound_rows).
 // Promise: every worker's total cost is at most ceil(T / num_workers) + tile_cost + overhead, T
 // being the sum over the plan's (seq, head group) units of their cost unsplit.
-int64_t tile_cost(const PlanInput& in);
-int64_t piece_cost(const PlanInput& in, int seq, int heads, int kv_begin, int kv_end);
+MLA_API int64_t tile_cost(const PlanInput& in);
+MLA_API int64_t piece_cost(const PlanInput& in, int seq, int heads, int kv_begin, int kv_end);
 
 }  // namespace mla

@@ -18,14 +18,16 @@
 #include <string>
 #include <vector>
 
+#include "mla/export.h"
+
 namespace mla {
 
 // The element types the layer reads; anything else is kept as `other` and refused when used.
 enum class StDType { bf16, f16, f32, f8_e4m3, other };
-const char* st_dtype_name(StDType t);  // "BF16", "F16", "F32", "F8_E4M3", "other"
-size_t st_dtype_size(StDType t);       // 0 for other
+MLA_API const char* st_dtype_name(StDType t);  // "BF16", "F16", "F32", "F8_E4M3", "other"
+MLA_API size_t st_dtype_size(StDType t);       // 0 for other
 
-struct TensorView {
+struct MLA_API TensorView {
   std::string name, file;  // file: where it lives ("<memory>" for tensors added in memory)
   StDType dtype = StDType::other;
   std::string dtype_str;   // as the header spells it
@@ -38,7 +40,7 @@ struct TensorView {
 class SafetensorsFile;  // one memory-mapped file with its parsed header (src/io/safetensors.cc)
 
 // A set of named tensors: a model directory, a single file, or tensors added in memory.
-class TensorStore {
+class MLA_API TensorStore {
  public:
   TensorStore();
   ~TensorStore();
@@ -74,10 +76,8 @@ struct StTensorData {
   std::vector<int64_t> shape;
   const void* data = nullptr;  // numel x dtype size bytes
 };
-void write_safetensors(const std::string& path, const std::vector<StTensorData>& tensors);
+MLA_API void write_safetensors(const std::string& path, const std::vector<StTensorData>& tensors);
 
-// float8_e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits, no Inf, 0x7f/0xff NaN).
-float fp8_e4m3_to_f32(uint8_t v);
-uint8_t f32_to_fp8_e4m3(float f);  // round to nearest even, saturating at +-448 (NaN stays NaN)
+// float8_e4m3fn codes (F8_E4M3 tensors): mla/dtype.h's fp8e4m3_to_f32 / f32_to_fp8e4m3.
 
 }  // namespace mla

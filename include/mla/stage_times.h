@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "mla/export.h"
+
 namespace mla {
 
 // Summed over every work item of every worker. Indexed like the stage vocabulary (QK, QK_nope,
@@ -15,6 +17,6 @@ struct StageTimes {
   int64_t steps[kStages] = {};
 };
 // "QK", "QK_nope", "QK_rope", "SM", "PV", "UP"; "?" outside 0..5.
-const char* stage_index_name(int i);
+MLA_API const char* stage_index_name(int i);
 
 }  // namespace mla

@@ -6,9 +6,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "mla/export.h"
+
 namespace mla {
 
-class Error : public std::runtime_error {
+class MLA_API Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };

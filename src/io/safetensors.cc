@@ -366,31 +366,4 @@ void write_safetensors(const std::string& path, const std::vector<StTensorData>&
   }
 }
 
-float fp8_e4m3_to_f32(uint8_t v) {
-  const int s = v >> 7, e = (v >> 3) & 0xf, m = v & 7;
-  if (e == 15 && m == 7) return std::nanf("");
-  const float mag = e == 0 ? std::ldexp(float(m) / 8.f, -6) : std::ldexp(1.f + float(m) / 8.f, e - 7);
-  return s ? -mag : mag;
-}
-
-uint8_t f32_to_fp8_e4m3(float f) {
-  if (std::isnan(f)) return 0x7f;
-  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  const float a = std::fabs(f);
-  // The 127 non-negative finite codes increase with their value: binary search for the nearest
-  // (ties to the even code); saturate at 448.
-  int lo = 0, hi = 0x7e;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (fp8_e4m3_to_f32(uint8_t(mid)) < a) lo = mid + 1; else hi = mid;
-  }
-  uint8_t best = uint8_t(lo);  // smallest code with value >= a (or 0x7e)
-  if (lo > 0) {
-    const float up = fp8_e4m3_to_f32(uint8_t(lo)), down = fp8_e4m3_to_f32(uint8_t(lo - 1));
-    if (a - down < up - a || (a - down == up - a && ((lo - 1) & 1) == 0) || a > 448.f)
-      best = uint8_t(a > 448.f ? 0x7e : lo - 1);
-  }
-  return sign | best;
-}
-
 }  // namespace mla

@@ -12,11 +12,6 @@
 
 namespace mla {
 
-DType kernel_q_dtype(KvDType cache, DType requested) {
-  (void)requested;
-  return cache == KvDType::fp16 ? DType::f16 : DType::bf16;
-}
-
 void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, float* out) {
   std::copy(q, q + rows * kQkDim, out);
   if (cache.dtype() != KvDType::int8) return;

@@ -1,5 +1,6 @@
-// The reusable decode plan (include/mla/decode_plan.h): planning, the workspace layout and the
-// check that a plan fits the decode it is given.
+// The reusable decode plan (include/mla/decode_plan.h): planning and the check that a plan fits
+// the decode it is given. (The workspace layout is src/plan/workspace.cc: the kernels' driver,
+// a layer below, reads it too.)
 #include "mla/decode_plan.h"
 
 #include <algorithm>
@@ -29,18 +30,6 @@ DecodePlan& DecodePlan::operator=(DecodePlan&&) noexcept = default;
 DecodePlan::~DecodePlan() = default;
 
 void* DecodePlan::owned_workspace() const { return owned_ ? owned_->data : nullptr; }
-
-WorkspaceLayout workspace_layout(const PartialLayout& partials, size_t num_merges,
-                                 int64_t query_elems) {
-  auto up64 = [](size_t n) { return (n + 63) & ~size_t(63); };
-  WorkspaceLayout w;
-  w.partial_lse = 0;
-  w.partial_o = up64(size_t(partials.total_rows) * sizeof(float));
-  w.counters = w.partial_o + up64(size_t(partials.total_rows) * kLatentDim * sizeof(float));
-  w.query = w.counters + up64(num_merges * sizeof(int32_t));
-  w.total = w.query + up64(size_t(query_elems) * sizeof(uint16_t));
-  return w;
-}
 
 DecodePlan make_decode_plan(const DecodePlanInput& in) {
   MLA_CHECK(in.workers >= 0, "workers = " << in.workers << " is negative");

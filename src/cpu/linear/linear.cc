@@ -8,7 +8,6 @@
 #include "cpu/attention/isa.h"
 #include "cpu/thread_pool.h"
 #include "mla/dtype.h"
-#include "mla/safetensors.h"
 #include "mla/status.h"
 
 namespace mla::cpu {
@@ -49,7 +48,7 @@ namespace {
 const float* fp8_table() {
   static const std::vector<float> t = [] {
     std::vector<float> v(256);
-    for (int i = 0; i < 256; ++i) v[i] = fp8_e4m3_to_f32(uint8_t(i));
+    for (int i = 0; i < 256; ++i) v[i] = fp8e4m3_to_f32(uint8_t(i));
     return v;
   }();
   return t.data();
