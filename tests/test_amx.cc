@@ -109,9 +109,13 @@ TEST(Amx, RefusedPermissionFallsBackAndForcingIsAnError) {
   EXPECT_EQ(run_cli("MLA_AMX=0", random + " --isa amx", &err), 2) << err;
   EXPECT_NE(err.find("AMX"), std::string::npos) << err;
   // The emulation needs no permission.
-  if (cpu::cpu_has_avx512_set()) EXPECT_EQ(run_cli("MLA_AMX=0", random + " --isa amx-emu", &err), 0) << err;
+  if (cpu::cpu_has_avx512_set()) {
+    EXPECT_EQ(run_cli("MLA_AMX=0", random + " --isa amx-emu", &err), 0) << err;
+  }
   // Granted (where the CPU has AMX): forcing it runs.
-  if (cpu::cpu_has_amx_set()) EXPECT_EQ(run_cli("", random + " --isa amx", &err), 0) << err;
+  if (cpu::cpu_has_amx_set()) {
+    EXPECT_EQ(run_cli("", random + " --isa amx", &err), 0) << err;
+  }
 }
 
 }  // namespace

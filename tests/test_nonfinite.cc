@@ -406,9 +406,12 @@ TEST(Dispatch, SelectsTheAvx512KernelsThisCpuReports) {
                cpu::cpu_has_amx_set()
                    ? "decode_i8_avx512amx"
                    : expect(i8, "decode_i8_avx512vnni", "decode_i8_avx2", "decode_i8_portable"));
-  if (i8) EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::amx_emu).name, "decode_i8_avx512amxemu");
-  if (!cpu::cpu_has_amx_set())
+  if (i8) {
+    EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::amx_emu).name, "decode_i8_avx512amxemu");
+  }
+  if (!cpu::cpu_has_amx_set()) {
     EXPECT_THROW(cpu::select_kernel(KvDType::int8, Isa::amx), Error);
+  }
   if (avx2) {
     EXPECT_STREQ(cpu::select_kernel(KvDType::bf16, Isa::avx2).name, "decode_bf16_avx2");
     EXPECT_STREQ(cpu::select_kernel(KvDType::fp16, Isa::avx2).name, "decode_f16_avx2");
