@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Mutation testing on demand (not part of scripts/test.sh: a rebuild and a test run per mutation):
+#   scripts/mutate.sh [tests/mutations/NN-name.patch ...]      (default: every patch there)
+# Each patch in tests/mutations/ plants one plausible bug. Its header (the lines before the diff,
+# which git apply skips) says what it does and which tests should catch it:
+#   Mutation: one line
+#   Targets:  CMake targets to rebuild (test binaries), beside the CLI and the Python module
+#   Ctest:    a ctest -R regex over those binaries' tests
+#   Pytest:   pytest paths (tests/python/...)
+# One at a time, the patch is applied to this working tree (refused if a file it touches has
+# uncommitted changes), the targets are rebuilt in build-mutate/ (a release tree with the Python
+# module, separate from build/ and .venv: neither is touched), the tests run, and the patch is
+# reverted (also on Ctrl-C or error). A mutation is caught when at least one test fails; the
+# table at the end names the failing tests, and the exit status is 1 if any mutation was missed.
+# MLA_TEST_SEED is fixed for the whole run (printed) so a miss reproduces. Heavy work: on a
+# shared machine run it under the lock (/work/shared/tools/quiet bash scripts/mutate.sh).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build="$root/build-mutate"
+py="$root/.venv/bin/python"
+[ -x "$py" ] || py=$(bash "$root/scripts/venv.sh")  # pytest, numpy, nanobind (the module's build)
+export MLA_TEST_SEED=${MLA_TEST_SEED:-$((RANDOM * 32768 + RANDOM))}
+echo "mutate: MLA_TEST_SEED=$MLA_TEST_SEED" >&2
+if [ $# -gt 0 ]; then patches=("$@"); else patches=("$root"/tests/mutations/*.patch); fi
+
+field() { sed -n "/^diff --git/q; s/^$2: *//p" "$1"; }
+applied=""
+revert() { [ -n "$applied" ] && git apply -R "$applied" && echo "mutate: reverted $(basename "$applied")" >&2; applied=""; }
+trap revert EXIT
+trap 'exit 130' INT TERM
+
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMLA_PYTHON=ON -DMLA_BUILD_BENCH=OFF \
+  -DPython_EXECUTABLE="$py" "${launcher[@]}" >/dev/null
+pkg="$build/pypkg"  # python/mla/*.py of the (mutated) tree beside the module built here
+
+results=()
+missed=0
+for p in "${patches[@]}"; do
+  name=$(basename "$p" .patch)
+  what=$(field "$p" Mutation)
+  echo "== $name: $what" >&2
+  for f in $(git apply --numstat "$p" | cut -f3); do
+    git diff --quiet HEAD -- "$f" || { echo "mutate: $f has uncommitted changes; commit them first" >&2; exit 2; }
+  done
+  git apply "$p"
+  applied="$p"
+  failed=()
+  read -r -a targets <<<"$(field "$p" Targets)"
+  if ! cmake --build "$build" -j"$(nproc)" --target mla_cli _mla "${targets[@]}" >"$build/mutate-build.log" 2>&1; then
+    results+=("$name|build failed (not a test catch; see build-mutate/mutate-build.log)|")
+    missed=$((missed + 1))
+    revert
+    continue
+  fi
+  regex=$(field "$p" Ctest)
+  if [ -n "$regex" ]; then
+    out=$(cd "$build" && ctest -R "$regex" -j"$(nproc)" 2>&1 || true)
+    while read -r t; do failed+=("$t"); done < <(sed -n 's/^[[:space:]]*[0-9]* - \(.*\) (\(Failed\|SEGFAULT\|Timeout\|Subprocess aborted\|Exception\)).*/\1/p' <<<"$out")
+  fi
+  read -r -a tests <<<"$(field "$p" Pytest)"
+  if [ ${#tests[@]} -gt 0 ]; then
+    rm -rf "$pkg" && mkdir -p "$pkg/mla"
+    cp "$root"/python/mla/*.py "$root"/python/mla/*.pyi "$pkg/mla/"
+    cp "$build"/python/_mla*.so "$pkg/mla/"
+    out=$(PYTHONPATH="$pkg" MLA_CLI="$build/mla" "$py" -m pytest -q -rf -p no:cacheprovider "${tests[@]}" 2>&1 || true)
+    while read -r t; do failed+=("$t"); done < <(sed -n 's/^FAILED \([^ ]*\).*/\1/p' <<<"$out")
+  fi
+  revert
+  if [ ${#failed[@]} -gt 0 ]; then
+    shown=$(printf '%s, ' "${failed[@]:0:4}")
+    [ ${#failed[@]} -gt 4 ] && shown+="... "
+    results+=("$name|caught by ${#failed[@]}|${shown%, }")
+  else
+    results+=("$name|MISSED|")
+    missed=$((missed + 1))
+  fi
+done
+
+echo
+printf '%-34s %-14s %s\n' "mutation" "result" "failing tests (first 4)"
+for r in "${results[@]}"; do
+  IFS='|' read -r n res tests <<<"$r"
+  printf '%-34s %-14s %s\n' "$n" "$res" "$tests"
+done
+echo "seed $MLA_TEST_SEED; $((${#patches[@]} - missed)) of ${#patches[@]} caught"
+[ "$missed" -eq 0 ]
