@@ -10,7 +10,8 @@
 # One at a time, the patch is applied to this working tree (refused if a file it touches has
 # uncommitted changes), the targets are rebuilt in build-mutate/ (a release tree with the Python
 # module, separate from build/ and .venv: neither is touched), the tests run, and the patch is
-# reverted (also on Ctrl-C or error). A mutation is caught when at least one test fails; the
+# reverted (also on Ctrl-C or error). First a control run: the same tests on the unmutated tree
+# must all pass. A mutation is caught when at least one test fails; the
 # table at the end names the failing tests, and the exit status is 1 if any mutation was missed.
 # MLA_TEST_SEED is fixed for the whole run (printed) so a miss reproduces. Heavy work: on a
 # shared machine run it under the lock (/work/shared/tools/quiet bash scripts/mutate.sh).
@@ -36,6 +37,48 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMLA_PYTHON=ON -DMLA_BU
   -DPython_EXECUTABLE="$py" "${launcher[@]}" >/dev/null
 pkg="$build/pypkg"  # python/mla/*.py of the (mutated) tree beside the module built here
 
+# run_tests CTEST_REGEX PYTEST_PATHS...: fills failed[] with the names of the failing tests.
+run_tests() {
+  local regex=$1 out
+  shift
+  failed=()
+  if [ -n "$regex" ]; then
+    out=$(cd "$build" && ctest -R "$regex" -j"$(nproc)" 2>&1 || true)
+    while read -r t; do [ -n "$t" ] && failed+=("$t"); done < <(sed -n 's/^[[:space:]]*[0-9]* - \(.*\) (\(Failed\|SEGFAULT\|Timeout\|Subprocess aborted\|Exception\|Not Run\)).*/\1/p' <<<"$out")
+  fi
+  if [ $# -gt 0 ]; then
+    rm -rf "$pkg" && mkdir -p "$pkg/mla"
+    cp "$root"/python/mla/*.py "$root"/python/mla/*.pyi "$pkg/mla/"
+    cp "$build"/python/_mla*.so "$pkg/mla/"
+    out=$(cd "$root" && PYTHONPATH="$pkg" MLA_CLI="$build/mla" "$py" -m pytest -q -rf -p no:cacheprovider "$@" 2>&1 || true)
+    while read -r t; do [ -n "$t" ] && failed+=("${t#tests/python/}"); done < <(sed -n 's/^FAILED \([^ ]*\).*/\1/p' <<<"$out")
+    grep -q "passed\|failed" <<<"$out" || failed+=("pytest did not run: ${out:0:200}")
+  fi
+}
+
+# The control: every test the patches name, on the tree as it is, must pass (a failure here
+# would count as a catch below).
+all_targets=() all_regex=() all_pytest=()
+for p in "${patches[@]}"; do
+  read -r -a t <<<"$(field "$p" Targets)"
+  all_targets+=("${t[@]}")
+  r=$(field "$p" Ctest)
+  [ -n "$r" ] && all_regex+=("$r")
+  read -r -a t <<<"$(field "$p" Pytest)"
+  all_pytest+=("${t[@]}")
+done
+mapfile -t all_targets < <(printf '%s\n' "${all_targets[@]}" | sort -u)
+mapfile -t all_pytest < <(printf '%s\n' "${all_pytest[@]}" | sort -u)
+regex=$(IFS='|'; echo "${all_regex[*]}")
+echo "== control: the unmutated tree" >&2
+cmake --build "$build" -j"$(nproc)" --target mla_cli _mla "${all_targets[@]}" >"$build/mutate-build.log" 2>&1 ||
+  { echo "mutate: the unmutated tree does not build (build-mutate/mutate-build.log)" >&2; exit 2; }
+run_tests "$regex" "${all_pytest[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "mutate: the unmutated tree fails: ${failed[*]}" >&2
+  exit 2
+fi
+
 results=()
 missed=0
 for p in "${patches[@]}"; do
@@ -47,7 +90,6 @@ for p in "${patches[@]}"; do
   done
   git apply "$p"
   applied="$p"
-  failed=()
   read -r -a targets <<<"$(field "$p" Targets)"
   if ! cmake --build "$build" -j"$(nproc)" --target mla_cli _mla "${targets[@]}" >"$build/mutate-build.log" 2>&1; then
     results+=("$name|build failed (not a test catch; see build-mutate/mutate-build.log)|")
@@ -55,23 +97,12 @@ for p in "${patches[@]}"; do
     revert
     continue
   fi
-  regex=$(field "$p" Ctest)
-  if [ -n "$regex" ]; then
-    out=$(cd "$build" && ctest -R "$regex" -j"$(nproc)" 2>&1 || true)
-    while read -r t; do failed+=("$t"); done < <(sed -n 's/^[[:space:]]*[0-9]* - \(.*\) (\(Failed\|SEGFAULT\|Timeout\|Subprocess aborted\|Exception\)).*/\1/p' <<<"$out")
-  fi
   read -r -a tests <<<"$(field "$p" Pytest)"
-  if [ ${#tests[@]} -gt 0 ]; then
-    rm -rf "$pkg" && mkdir -p "$pkg/mla"
-    cp "$root"/python/mla/*.py "$root"/python/mla/*.pyi "$pkg/mla/"
-    cp "$build"/python/_mla*.so "$pkg/mla/"
-    out=$(PYTHONPATH="$pkg" MLA_CLI="$build/mla" "$py" -m pytest -q -rf -p no:cacheprovider "${tests[@]}" 2>&1 || true)
-    while read -r t; do failed+=("$t"); done < <(sed -n 's/^FAILED \([^ ]*\).*/\1/p' <<<"$out")
-  fi
+  run_tests "$(field "$p" Ctest)" "${tests[@]}"
   revert
   if [ ${#failed[@]} -gt 0 ]; then
-    shown=$(printf '%s, ' "${failed[@]:0:4}")
-    [ ${#failed[@]} -gt 4 ] && shown+="... "
+    shown=$(printf '%s, ' "${failed[@]:0:3}")
+    [ ${#failed[@]} -gt 3 ] && shown+="... "
     results+=("$name|caught by ${#failed[@]}|${shown%, }")
   else
     results+=("$name|MISSED|")
