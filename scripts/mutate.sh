@@ -111,7 +111,7 @@ for p in "${patches[@]}"; do
 done
 
 echo
-printf '%-34s %-14s %s\n' "mutation" "result" "failing tests (first 4)"
+printf '%-34s %-14s %s\n' "mutation" "result" "failing tests (first 3)"
 for r in "${results[@]}"; do
   IFS='|' read -r n res tests <<<"$r"
   printf '%-34s %-14s %s\n' "$n" "$res" "$tests"
