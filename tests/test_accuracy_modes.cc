@@ -55,7 +55,11 @@ const ModeBound kModeBounds[] = {
 // blocks and an attention sink (one key dominates: the softmax's large-weight regime).
 test::CaseSpec shape(int which) {
   if (which == 0)
-    return {.batch = 3, .q_len = 2, .heads = 16, .block_size = 64, .seq_lens = {1000, 257, 64},
+    return {.batch = 3,
+            .q_len = 2,
+            .heads = 16,
+            .block_size = 64,
+            .seq_lens = {1000, 257, 64},
             .q_lens = {2, 1, 2}};
   test::CaseSpec s{.batch = 2, .q_len = 1, .heads = 128, .block_size = 16, .seq_lens = {1500, 33}};
   s.sink = true;
@@ -73,7 +77,8 @@ TEST_P(AccuracyModes, EveryScaleModeThreadsAndShapes) {
   // MLA_TEST_QUICK=1 (the sanitized pass): one shape and one thread count per run, by the seed
   // (the float64 reference of every case is most of the time).
   std::vector<int> thread_counts = {1, 2, 3}, shapes = {0, 1};
-  if (!print && test::sweep_trials(4) < 4) thread_counts = {1 + int(seed % 3)}, shapes = {int(seed / 3 % 2)};
+  if (!print && test::sweep_trials(4) < 4)
+    thread_counts = {1 + int(seed % 3)}, shapes = {int(seed / 3 % 2)};
   int ran = 0;
   for (const ModeBound& bound : kModeBounds) {
     if (std::strncmp(k.name, bound.family, std::strlen(bound.family)) != 0) continue;
@@ -92,10 +97,12 @@ TEST_P(AccuracyModes, EveryScaleModeThreadsAndShapes) {
           std::vector<float> o(rows * kLatentDim, std::nanf("")), lse(rows, std::nanf(""));
           decode(c.p, c.q_dtype, c.q16.data(), c.cache,
                  DecodeOptions{.threads = threads, .kernel = k.name}, o.data(), lse.data());
-          const ref::Comparison cmp = ref::compare(
-              o.data(), lse.data(), ro.data(), rl.data(), rows, kLatentDim,
-              ref::Tolerance{.rel_err = bound.rel, .cosine = 0.999, .lse_abs = bound.lse,
-                             .row_rel_err = bound.row_rel});
+          const ref::Comparison cmp =
+              ref::compare(o.data(), lse.data(), ro.data(), rl.data(), rows, kLatentDim,
+                           ref::Tolerance{.rel_err = bound.rel,
+                                          .cosine = 0.999,
+                                          .lse_abs = bound.lse,
+                                          .row_rel_err = bound.row_rel});
           worst_rel = std::max(worst_rel, cmp.rel_err);
           worst_row = std::max(worst_row, cmp.max_row_rel);
           worst_lse = std::max(worst_lse, cmp.lse_abs);
@@ -103,8 +110,8 @@ TEST_P(AccuracyModes, EveryScaleModeThreadsAndShapes) {
           if (!print) {
             EXPECT_TRUE(cmp.pass) << k.name << " " << kv_scale_name(bound.scale) << " shape " << sh
                                   << " threads " << threads << ": " << cmp.summary()
-                                  << " (worst row " << cmp.worst_row << "); bounds rel " << bound.rel
-                                  << " row " << bound.row_rel << " lse " << bound.lse;
+                                  << " (worst row " << cmp.worst_row << "); bounds rel "
+                                  << bound.rel << " row " << bound.row_rel << " lse " << bound.lse;
           }
         }
       }

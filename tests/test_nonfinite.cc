@@ -233,8 +233,10 @@ TEST(NonFiniteReference, FollowsTheRule) {
               nans += std::isnan(ro[r * kLatentDim + d]);
               finite += std::isfinite(ro[r * kLatentDim + d]);
             }
-            EXPECT_EQ(nans, want_nan ? kLatentDim : 0) << kv_dtype_name(kv) << " " << x.what << " row " << r;
-            EXPECT_EQ(finite, want_nan ? 0 : kLatentDim) << kv_dtype_name(kv) << " " << x.what << " row " << r;
+            EXPECT_EQ(nans, want_nan ? kLatentDim : 0)
+                << kv_dtype_name(kv) << " " << x.what << " row " << r;
+            EXPECT_EQ(finite, want_nan ? 0 : kLatentDim)
+                << kv_dtype_name(kv) << " " << x.what << " row " << r;
             if (!want_nan && !padding(c, b, i)) {
               EXPECT_TRUE(std::isfinite(rl[r]));
             }
