@@ -17,13 +17,18 @@
 # shared machine run it under the lock (/work/shared/tools/quiet bash scripts/mutate.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if [ $# -gt 0 ]; then
+  patches=()
+  for p in "$@"; do patches+=("$(realpath "$p")"); done  # paths as given, from the caller's folder
+else
+  patches=("$root"/tests/mutations/*.patch)
+fi
 cd "$root"
 build="$root/build-mutate"
 py="$root/.venv/bin/python"
 [ -x "$py" ] || py=$(bash "$root/scripts/venv.sh")  # pytest, numpy, nanobind (the module's build)
 export MLA_TEST_SEED=${MLA_TEST_SEED:-$((RANDOM * 32768 + RANDOM))}
 echo "mutate: MLA_TEST_SEED=$MLA_TEST_SEED" >&2
-if [ $# -gt 0 ]; then patches=("$@"); else patches=("$root"/tests/mutations/*.patch); fi
 
 field() { sed -n "/^diff --git/q; s/^$2: *//p" "$1"; }
 applied=""
@@ -67,8 +72,8 @@ for p in "${patches[@]}"; do
   read -r -a t <<<"$(field "$p" Pytest)"
   all_pytest+=("${t[@]}")
 done
-mapfile -t all_targets < <(printf '%s\n' "${all_targets[@]}" | sort -u)
-mapfile -t all_pytest < <(printf '%s\n' "${all_pytest[@]}" | sort -u)
+mapfile -t all_targets < <(printf '%s\n' "${all_targets[@]}" | sed '/^$/d' | sort -u)
+mapfile -t all_pytest < <(printf '%s\n' "${all_pytest[@]}" | sed '/^$/d' | sort -u)
 regex=$(IFS='|'; echo "${all_regex[*]}")
 echo "== control: the unmutated tree" >&2
 cmake --build "$build" -j"$(nproc)" --target mla_cli _mla "${all_targets[@]}" >"$build/mutate-build.log" 2>&1 ||

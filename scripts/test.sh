@@ -13,7 +13,7 @@
 #      scripts/fuzz.sh 600).
 # ThreadSanitizer is scripts/tsan.sh (a third cold build does not fit CI's 10 minutes on 2 cores);
 # MLA_TSAN=1 runs it here too. MLA_SKIP_SANITIZE=1 skips 2-3, MLA_SKIP_PYTHON=1 the Python parts.
-#   scripts/test.sh --quick   the edit loop: 1 only (release build, ctest, pytest), no sanitizer
+#   scripts/test.sh --quick   the edit loop: step 1 only (release build, ctest, pytest), no sanitizer
 #                             build, no fuzzing. Mutation testing is scripts/mutate.sh, on demand.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
