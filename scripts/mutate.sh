@@ -49,7 +49,7 @@ run_tests() {
   failed=()
   if [ -n "$regex" ]; then
     out=$(cd "$build" && ctest -R "$regex" -j"$(nproc)" 2>&1 || true)
-    while read -r t; do [ -n "$t" ] && failed+=("$t"); done < <(sed -n 's/^[[:space:]]*[0-9]* - \(.*\) (\(Failed\|SEGFAULT\|Timeout\|Subprocess aborted\|Exception\|Not Run\)).*/\1/p' <<<"$out")
+    while read -r t; do [ -n "$t" ] && failed+=("${t%%  #*}"); done < <(sed -n 's/^[[:space:]]*[0-9]* - \(.*\) (\(Failed\|SEGFAULT\|Timeout\|Subprocess aborted\|Exception\|Not Run\)).*/\1/p' <<<"$out")
   fi
   if [ $# -gt 0 ]; then
     rm -rf "$pkg" && mkdir -p "$pkg/mla"
