@@ -90,6 +90,7 @@ std::string write_tiny_model(const std::string& dir, const TinyModelSpec& s) {
                         {"mscale_all_dim", s.mscale_all_dim},
                         {"original_max_position_embeddings", 4096}}}};
   cfg["q_lora_rank"] = s.q_lora_rank ? nlohmann::json(s.q_lora_rank) : nlohmann::json(nullptr);
+  if (!s.rope_interleave) cfg["rope_interleave"] = false;
   if (s.dtype == StDType::f8_e4m3)
     cfg["quantization_config"] = {{"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
   std::ofstream(fs::path(dir) / "config.json") << cfg.dump(2);

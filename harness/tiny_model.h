@@ -18,6 +18,7 @@ struct TinyModelSpec {
   int shards = 1;                  // > 1: shards with an index
   bool rope_type_key = false;      // spell rope_scaling's type as "rope_type" instead of "type"
   double mscale = 0.707, mscale_all_dim = 0.707;
+  bool rope_interleave = true;     // false: "rope_interleave": false (rotate-half RoPE)
   uint64_t seed = 1;
 };
 

@@ -13,8 +13,15 @@
 #      scripts/fuzz.sh 600).
 # ThreadSanitizer is scripts/tsan.sh (a third cold build does not fit CI's 10 minutes on 2 cores);
 # MLA_TSAN=1 runs it here too. MLA_SKIP_SANITIZE=1 skips 2-3, MLA_SKIP_PYTHON=1 the Python parts.
+#   scripts/test.sh --quick   the edit loop: step 1 only (release build, ctest, pytest), no sanitizer
+#                             build, no fuzzing. Mutation testing is scripts/mutate.sh, on demand.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+case "${1:-}" in
+  --quick) MLA_SKIP_SANITIZE=1 ;;
+  "") ;;
+  *) echo "usage: scripts/test.sh [--quick]" >&2; exit 2 ;;
+esac
 jobs=$(nproc)
 # Elapsed time at each phase, for the CI budget (10 minutes in all on 2 cores).
 phase() { echo "== [$((SECONDS / 60))m$((SECONDS % 60))s] $*" >&2; }

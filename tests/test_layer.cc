@@ -178,6 +178,13 @@ TEST(Layer, ShardedLayerZeroV3Mscale) {
   expect_close(lc, "3 shards, layer 0");
 }
 
+TEST(Layer, RotateHalfRopeUnequalMscale) {
+  LayerCase lc{.q_len = 2, .lens = {40, 23}};
+  lc.model.rope_interleave = false;
+  lc.model.mscale = 1.0, lc.model.mscale_all_dim = 0.5;
+  expect_close(lc, "rotate-half RoPE, mscale 1.0 / mscale_all_dim 0.5");
+}
+
 TEST(Layer, HistoryPastOriginalMaxPositions) {
   // 4200 > original_max_position_embeddings (4096): YaRN's interpolated frequencies matter.
   LayerCase lc{.q_len = 2, .block_size = 64, .lens = {4200}};

@@ -227,7 +227,17 @@ TEST(NonFiniteReference, FollowsTheRule) {
             const int64_t r = (int64_t(b) * c.p.q_len + i) * c.p.num_heads + h;
             const bool want_nan = reached(c, x, b, i, h);
             EXPECT_EQ(want_nan, std::isnan(rl[r])) << kv_dtype_name(kv) << " " << x.what << " row " << r;
-            EXPECT_EQ(want_nan, std::isnan(ro[r * kLatentDim + 100])) << kv_dtype_name(kv) << " " << x.what << " row " << r;
+            // Every element of the row: NaN throughout, or none (a NaN that reached only some
+            // channels, or a finite element left in a poisoned row, is a bug).
+            int nans = 0, finite = 0;
+            for (int d = 0; d < kLatentDim; ++d) {
+              nans += std::isnan(ro[r * kLatentDim + d]);
+              finite += std::isfinite(ro[r * kLatentDim + d]);
+            }
+            EXPECT_EQ(nans, want_nan ? kLatentDim : 0)
+                << kv_dtype_name(kv) << " " << x.what << " row " << r;
+            EXPECT_EQ(finite, want_nan ? 0 : kLatentDim)
+                << kv_dtype_name(kv) << " " << x.what << " row " << r;
             if (!want_nan && !padding(c, b, i)) {
               EXPECT_TRUE(std::isfinite(rl[r]));
             }

@@ -19,6 +19,7 @@
 #include "core/stages.h"
 #include "cpu/attention/kernel.h"
 #include "harness/random_case.h"
+#include "harness/tiny_model.h"
 #include "mla/plan.h"
 #include "mla/status.h"
 #include "sim/engine.h"
@@ -572,9 +573,9 @@ CliRun run_cli(const std::string& args) {
     ADD_FAILURE() << "MLA_CLI is not set (ctest sets it to the mla executable)";
     return {-1, "", ""};
   }
-  const auto dir = std::filesystem::temp_directory_path();
-  const std::string out = (dir / "mla_sim_out.txt").string(),
-                    err = (dir / "mla_sim_err.txt").string();
+  // A directory of this process's own (pid + counter): ctest -j runs the CLI tests side by side.
+  const std::filesystem::path dir = test::make_temp_dir("sim-cli");
+  const std::string out = (dir / "out.txt").string(), err = (dir / "err.txt").string();
   const std::string cmd = std::string(cli) + " sim --profile " + profile_path("ascend-910b") + " " +
                           args + " >" + out + " 2>" + err;
   const int st = std::system(cmd.c_str());
@@ -584,11 +585,13 @@ CliRun run_cli(const std::string& args) {
     ss << f.rdbuf();
     return ss.str();
   };
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(out), slurp(err)};
+  CliRun r{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(out), slurp(err)};
+  std::filesystem::remove_all(dir);
+  return r;
 }
 
 TEST(SimCli, JsonSchemas) {
-  const auto dir = std::filesystem::temp_directory_path();
+  const std::filesystem::path dir = test::make_temp_dir("sim-json");
   const std::string vj = (dir / "mla_sim_variants.json").string();
   const std::string gj = (dir / "mla_sim_grid.json").string();
   const std::string svg = (dir / "mla_sim.svg").string();
@@ -627,10 +630,10 @@ TEST(SimCli, JsonSchemas) {
                 1e-12);
   }
   EXPECT_EQ(g["rows"][0]["c"], 24);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(SimCli, BadOptionsExitTwoNamingTheValue) {
-  const std::string dir = std::filesystem::temp_directory_path().string();
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--b 1 --k 512 --c 2 --up sideways", "sideways"},
       {"--b 1 --k 512 --c 2 --reduction never", "never"},

@@ -1,25 +1,35 @@
-# mla.Layer against the C++ `mla layer` command on the same tiny checkpoint (bit-identical: the
-# same library code, prefill per sequence and one decode step), and its refusals. The checkpoint
-# is written here in the safetensors format (8-byte header length, JSON header, raw data) with
-# seeded random bf16 weights, the tensor names and shapes of DeepSeek-V3's self_attn.
+# mla.Layer two ways, on tiny checkpoints written here in the safetensors format (8-byte header
+# length, JSON header, raw data) with seeded random bf16 weights, the tensor names and shapes of
+# DeepSeek-V3's self_attn:
+#   - against the C++ `mla layer` command (a binding test: bit-identical, the same library code,
+#     prefill per sequence and one decode step), and its refusals;
+#   - against a float64 NumPy layer written from Hugging Face's DeepSeek code (layer_ref.py, no
+#     code shared with the library): interleaved and rotate-half RoPE, YaRN with mscale equal to
+#     and different from mscale_all_dim, a short original context where YaRN's ramp is mid-range.
 # The CLI: $MLA_CLI, else build/mla in the repository (cmake --build build --target mla_cli).
+from __future__ import annotations
+
 import json
 import os
 import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
 
+import layer_ref
 import mla
+from mla_ref import seed_rng
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN, HEADS, Q_LORA, NOPE, V_HEAD = 128, 4, 96, 32, 48
 
 
-def write_tiny_model(d: Path, seed: int, layers: int = 2) -> Path:
+def write_tiny_model(d: Path, seed: int, layers: int = 2, rope: dict | None = None, **cfg_extra) -> Path:
+    """rope: keys replacing rope_scaling's; cfg_extra: config.json keys added (rope_interleave)."""
     rng = np.random.default_rng(seed)
     cfg = {
         "model_type": "deepseek_v3", "hidden_size": HIDDEN, "num_attention_heads": HEADS,
@@ -30,6 +40,8 @@ def write_tiny_model(d: Path, seed: int, layers: int = 2) -> Path:
         "rope_scaling": {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
                          "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096},
     }
+    cfg["rope_scaling"].update(rope or {})
+    cfg.update(cfg_extra)
     qk = NOPE + 64
     tensors = {}
 
@@ -154,3 +166,68 @@ def test_layer_refusals(model, tmp_path):
         lay.decode([s], np.zeros((1, 3, HIDDEN), np.float32))  # 13 tokens need 4 blocks of 4
     assert lay.seq_len(s) == 10 and lay.free_blocks == 0  # the refused step changed nothing
     assert lay.decode([s], np.ones((1, 2, HIDDEN), np.float32)).shape == (1, 2, HIDDEN)
+
+
+# ---- against the float64 NumPy layer (layer_ref.py) ---------------------------------------------
+
+# (name, rope_scaling keys, config keys): the tiny model's YaRN (factor 40 over 4096 positions,
+# mscale = mscale_all_dim = 0.707), rotate-half RoPE, mscale != mscale_all_dim (the factor cos and
+# sin carry is then not 1), and an original context of 64 positions (factor 8) where the ramp
+# between original and interpolated frequencies covers dims 0-9 of 32.
+FLOAT64_CASES = [
+    ("interleaved", {}, {}),
+    ("rotate-half", {}, {"rope_interleave": False}),
+    ("mscale-1.0-all-0.5", {"mscale": 1.0, "mscale_all_dim": 0.5}, {}),
+    ("rotate-half-mscale", {"mscale": 1.0, "mscale_all_dim": 0.5}, {"rope_interleave": False}),
+    ("short-original", {"factor": 8, "original_max_position_embeddings": 64}, {}),
+]
+
+
+@pytest.mark.parametrize("kv_dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("name,rope,extra", FLOAT64_CASES, ids=[c[0] for c in FLOAT64_CASES])
+def test_layer_against_float64_numpy(tmp_path, name, rope, extra, kv_dtype):
+    rng, seed = seed_rng(f"layer64{name}{kv_dtype}", zlib.crc32(f"{name}{kv_dtype}".encode()))
+    model = write_tiny_model(tmp_path / "model", seed=seed, rope=rope, **extra)
+    cfg = json.loads((model / "config.json").read_text())
+    w = layer_ref.load_weights(model, 1)
+    q_len, lens = 2, [90, 37, 7]
+    lay = mla.Layer.from_pretrained(model, layer=1, kv_dtype=kv_dtype, block_size=16, threads=2, num_blocks=32)
+    hidden = [rng.standard_normal((n, HIDDEN)).astype(np.float32) for n in lens]
+    seqs = [lay.add_sequence() for _ in lens]
+    for s, h in zip(seqs, hidden):
+        lay.prefill(s, h[:-q_len])
+    got = lay.decode(seqs, np.stack([h[-q_len:] for h in hidden]))
+    want = np.stack([layer_ref.layer_forward(cfg, w, h, q_len) for h in hidden])
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    cos = (got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want))
+    # About 2x the worst of 40 seeds per case (2026-12-07, MLA_PRINT_ACCURACY=1: bf16 rel 5.6e-3,
+    # int8 2.3e-2, cosine >= 0.99973). The layer rounds its activations to bf16 and the cache
+    # rounds or quantizes K and V; a RoPE pairing, YaRN frequency or mscale mistake costs more.
+    bound = 1.2e-2 if kv_dtype == "bf16" else 5e-2
+    if os.environ.get("MLA_PRINT_ACCURACY"):
+        print(f"[ ACCURACY ] layer {name} {kv_dtype} rel {rel:.3e} cos {cos:.6f}")
+    assert rel < bound, f"{name} {kv_dtype}: relative error {rel:.3g} >= {bound} (seed {seed})"
+
+
+def test_float64_layer_yarn_by_hand():
+    # The NumPy layer's YaRN quantities against values worked out by hand (ln 40 = 3.6888795,
+    # sqrt(192) = 13.8564065), so the reference's formulas are pinned too.
+    base = dict(qk_nope_head_dim=128, qk_rope_head_dim=64, rope_theta=10000)
+    yarn = dict(factor=40, beta_fast=32, beta_slow=1, original_max_position_embeddings=4096)
+    # mscale = mscale_all_dim = 0.707: m = 1 + 0.0707 ln 40 = 1.2608038; scale m^2 / sqrt(192).
+    f, af, scale = layer_ref.rope_quantities({**base, "rope_scaling": {**yarn, "mscale": 0.707,
+                                                                        "mscale_all_dim": 0.707}})
+    assert af == 1.0 and abs(scale - 1.2608038 ** 2 / 13.8564065) < 1e-7
+    # Correction range over 4096 positions, beta 32 / 1, dim 64: floor(10.2) = 10, ceil(22.4) = 23.
+    # Dim 16 is 6/13 of the way: 10000^-0.5 (6/13 / 40 + 7/13) = 0.01 x 286/520 = 0.0055.
+    assert abs(f[16] - 0.0055) < 1e-15 and abs(f[10] / 10000 ** (-20 / 64) - 1) < 1e-15
+    assert abs(f[23] / (10000 ** (-46 / 64) / 40) - 1) < 1e-15
+    # mscale 1.0, mscale_all_dim 0.5: cos and sin carry (1 + 0.1 ln 40) / (1 + 0.05 ln 40)
+    # = 1.3688879 / 1.1844440 = 1.1557220; scale 1.1844440^2 / sqrt(192) = 0.1012461.
+    _, af, scale = layer_ref.rope_quantities({**base, "rope_scaling": {**yarn, "mscale": 1.0,
+                                                                       "mscale_all_dim": 0.5}})
+    assert abs(af - 1.1557220) < 1e-6 and abs(scale - 0.1012461) < 1e-6
+    # 64 original positions, factor 8: range [0, 9]; dim 3 is 1/3 in: 10^-0.375 (1/24 + 2/3) = 0.2987017.
+    f, _, _ = layer_ref.rope_quantities({**base, "rope_scaling": {**yarn, "factor": 8, "mscale": 1, "mscale_all_dim": 1,
+                                                                  "original_max_position_embeddings": 64}})
+    assert abs(f[3] - 0.2987017) < 1e-6
