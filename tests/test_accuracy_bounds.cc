@@ -49,6 +49,9 @@ const Bound kBounds[] = {
     // The AMX kernel quantizes like the VNNI one (same queries, P, top token); its emulation
     // computes the same numbers.
     {"decode_i8_avx512amx", 1.4e-2, 3.5e-2, 3e-5}, {"decode_i8_avx512amxemu", 1.4e-2, 3.5e-2, 3e-5},
+    // The bf16 / fp8 AMX kernels round P to bf16 as the AVX-512 BF16 kernels do.
+    {"decode_bf16_avx512amx", 3e-3, 9e-3, 4e-5},   {"decode_bf16_avx512amxemu", 3e-3, 9e-3, 4e-5},
+    {"decode_fp8_avx512amx", 3e-3, 1e-2, 3e-5},    {"decode_fp8_avx512amxemu", 3e-3, 1e-2, 3e-5},
 };
 
 class AccuracyBound : public ::testing::TestWithParam<const cpu::KernelInfo*> {};

@@ -407,13 +407,16 @@ TEST(Dispatch, SelectsTheAvx512KernelsThisCpuReports) {
   auto expect = [&](bool fast, const char* fast_name, const char* avx2_name, const char* portable_name) {
     return fast ? fast_name : avx2 ? avx2_name : portable_name;
   };
+  const bool amx = cpu::cpu_has_amx_set();  // the tile unit and the OS's permission: first
   EXPECT_STREQ(cpu::select_kernel(KvDType::bf16, Isa::best).name,
-               expect(bf16, "decode_bf16_avx512bf16", "decode_bf16_avx2", "decode_bf16_portable"));
+               amx ? "decode_bf16_avx512amx"
+                   : expect(bf16, "decode_bf16_avx512bf16", "decode_bf16_avx2", "decode_bf16_portable"));
+  EXPECT_STREQ(cpu::select_kernel(KvDType::fp8, Isa::best).name,
+               amx ? "decode_fp8_avx512amx" : bf16 ? "decode_fp8_avx512bf16" : "decode_fp8_portable");
   EXPECT_STREQ(cpu::select_kernel(KvDType::fp16, Isa::best).name,
                expect(f16, "decode_f16_avx512f", "decode_f16_avx2", "decode_f16_portable"));
-  // AMX (tile unit and the OS's permission, cpu_has_amx_set) comes first for int8.
   EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::best).name,
-               cpu::cpu_has_amx_set()
+               amx
                    ? "decode_i8_avx512amx"
                    : expect(i8, "decode_i8_avx512vnni", "decode_i8_avx2", "decode_i8_portable"));
   if (i8) {

@@ -126,6 +126,10 @@ extern const KernelInfo decode_f16_avx512f;
 extern const KernelInfo decode_i8_avx512vnni;
 extern const KernelInfo decode_i8_avx512amx;
 extern const KernelInfo decode_i8_avx512amxemu;
+extern const KernelInfo decode_bf16_avx512amx;
+extern const KernelInfo decode_bf16_avx512amxemu;
+extern const KernelInfo decode_fp8_avx512amx;
+extern const KernelInfo decode_fp8_avx512amxemu;
 
 // One AMX tile instruction (op 0: tdpbssd, 1: tdpbusd, 2: tdpbf16ps) on 16 x 64-byte buffers, c
 // updated: the instruction itself (call only where cpu_has_amx_set) and its emulation, which

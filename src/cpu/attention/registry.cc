@@ -20,9 +20,11 @@ std::vector<StageOp> item_stages_split_qk(int rows, int kv_begin, int kv_end, in
 const std::vector<KernelInfo>& kernel_registry() {
   // Fastest first within a format: select_kernel takes the first supported one.
   static const std::vector<KernelInfo> all = {
+      decode_bf16_avx512amx,
       decode_bf16_avx512bf16,
       decode_bf16_avx2,
       decode_bf16_portable,
+      decode_bf16_avx512amxemu,  // after the portable kernel: never the best, only forced
       decode_f16_avx512f,
       decode_f16_avx2,
       decode_f16_portable,
@@ -31,8 +33,10 @@ const std::vector<KernelInfo>& kernel_registry() {
       decode_i8_avx2,
       decode_i8_portable,
       decode_i8_avx512amxemu,  // after the portable kernel: never the best, only forced
+      decode_fp8_avx512amx,
       decode_fp8_avx512bf16,
       decode_fp8_portable,
+      decode_fp8_avx512amxemu,
   };
   return all;
 }

@@ -1,0 +1,21 @@
+// The bf16-cache attention kernel on the AMX tile unit (bf16_amx_avx512-inl.h), built with the
+// AMX instructions: offered where the CPU has AMX and the OS grants the tile state (isa.h).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#pragma GCC diagnostic ignored "-Wunused-function"  // the bf16-dot kernel's own pieces it shares
+
+#include "cpu/attention/bf16_amx_avx512-inl.h"
+
+namespace mla::cpu {
+
+extern const KernelInfo decode_bf16_avx512amx{.name = "decode_bf16_avx512amx",
+                                .kv = KvDType::bf16,
+                                .portable = false,
+                                .isa = Isa::amx,
+                                .supported = cpu_has_amx_set,
+                                .run = run_bf16_amx<KvDType::bf16>,
+                                .stages = item_stages};
+
+}  // namespace mla::cpu

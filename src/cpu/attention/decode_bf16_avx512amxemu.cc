@@ -1,0 +1,23 @@
+// The bf16-cache attention kernel on the AMX tile unit (bf16_amx_avx512-inl.h), over the scalar
+// tile emulation (amx_tiles-inl.h), so its logic runs in the tests on every AVX-512 CPU; never
+// picked by --isa best, forced with --isa amx-emu.
+#define MLA_AMX_EMULATE 1
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#pragma GCC diagnostic ignored "-Wunused-function"  // the bf16-dot kernel's own pieces it shares
+
+#include "cpu/attention/bf16_amx_avx512-inl.h"
+
+namespace mla::cpu {
+
+extern const KernelInfo decode_bf16_avx512amxemu{.name = "decode_bf16_avx512amxemu",
+                                .kv = KvDType::bf16,
+                                .portable = false,
+                                .isa = Isa::amx_emu,
+                                .supported = cpu_has_avx512_set,
+                                .run = run_bf16_amx<KvDType::bf16>,
+                                .stages = item_stages};
+
+}  // namespace mla::cpu
