@@ -115,7 +115,8 @@ inline int64_t slot_of(const DecodeParams& p, int block_size, int b, int pos) {
              block_size + pos % block_size;
 }
 
-// The kernels, named by their ids; an ISA kernel lives in the file of its name (isa.h).
+// The kernels, named by their ids; an ISA kernel lives in the file of its name (isa.h), but for
+// the fp8 AMX kernels, which share the bf16 ones' files (decode_bf16_avx512amx{,emu}.cc).
 extern const KernelInfo decode_bf16_portable;
 extern const KernelInfo decode_f16_portable;
 extern const KernelInfo decode_i8_portable;
