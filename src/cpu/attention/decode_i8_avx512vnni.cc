@@ -121,7 +121,7 @@ template <int RV>
 void run_rows(const Item& it, int v0, const int64_t* slot, const int8_t* const* tok,
               const float* ks, int8_t* kstage, uint16_t* rstage) {
   const KernelArgs& a = *it.a;
-  const int T = std::min(a.chunk, 1024) * kKvTile;  // as in run()
+  const int T = a.chunk * kKvTile;  // as in run_item()
   if (v0 > 0 && !it.staged)  // the first row tile's were prefetched in run()
     prefetch_tokens(tok, slot, it.rope, std::min(a.kv_end - a.kv_begin, kPrefetchDist));
   StageMarks marks(a.stages, std::min(16 * RV, it.R - 16 * v0));
@@ -175,7 +175,7 @@ std::vector<StageOp> stages(int rows, int kv_begin, int kv_end, int chunk) {
   for (int v0 = 0; v0 < nrv;) {
     const int rv = nrv - v0 >= kMainRV ? kMainRV : 1;
     const std::vector<StageOp> tile =
-        item_stages(std::min(16 * rv, rows - 16 * v0), kv_begin, kv_end, std::min(chunk, 1024));
+        item_stages(std::min(16 * rv, rows - 16 * v0), kv_begin, kv_end, chunk);
     all.insert(all.end(), tile.begin(), tile.end());
     v0 += rv;
   }

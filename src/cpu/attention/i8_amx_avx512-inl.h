@@ -429,7 +429,7 @@ std::vector<StageOp> stages_amx(int rows, int kv_begin, int kv_end, int chunk) {
   const int nrv = (rows + 15) / 16;
   for (int v0 = 0; v0 < nrv; v0 += amx_tile_rv(nrv, v0)) {
     const std::vector<StageOp> tile = item_stages(
-        std::min(16 * amx_tile_rv(nrv, v0), rows - 16 * v0), kv_begin, kv_end, std::min(chunk, 1024));
+        std::min(16 * amx_tile_rv(nrv, v0), rows - 16 * v0), kv_begin, kv_end, chunk);
     all.insert(all.end(), tile.begin(), tile.end());
   }
   std::stable_sort(all.begin(), all.end(),

@@ -64,8 +64,10 @@ void run_item(const KernelArgs& a, Scratch& scratch, Extra&& take_extra, Body&& 
   const int R = q_len_of(p, a.seq) * nh;
   const int Rp = (R + 15) & ~15;
   const int nrv = Rp / 16;
-  // P.V sums up to 255 * 127 per token in int32: steps stay below 66k tokens.
-  const int T = std::min(a.chunk, 1024) * kKvTile;
+  // P.V sums up to 255 * 127 per token in int32: a step must stay below 66k tokens, which
+  // kMaxChunk (decode refuses a larger chunk) guarantees.
+  static_assert(int64_t(kMaxChunk) * kKvTile * 255 * 127 < (int64_t(1) << 31));
+  const int T = a.chunk * kKvTile;
   const int bs = cache.block_size();
   const KvScale mode = cache.scale_mode();
   const bool resident = a.up == UpForm::resident;
