@@ -1,4 +1,4 @@
-// The online-softmax state and the split-KV combine (src/cpu/softmax_state.h, src/cpu/combine.h)
+// The online-softmax state and the split-KV combine (src/cpu/attention/softmax_state.h, src/cpu/combine.h)
 // against float64 evaluations: the combine formula on random parts, -inf parts, all -inf, a softmax
 // split at random points and merged back, fully masked chunks, and both reduction strategies of a
 // real plan under pools of 1..4 threads, which must give bit-identical results.
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "cpu/combine.h"
-#include "cpu/softmax_state.h"
+#include "cpu/attention/softmax_state.h"
 #include "cpu/thread_pool.h"
 #include "mla/plan.h"
 

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "cpu/softmax_state.h"
+#include "cpu/attention/softmax_state.h"
 #include "cpu/thread_pool.h"
 #include "mla/status.h"
 

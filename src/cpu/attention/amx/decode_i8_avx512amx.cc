@@ -3,7 +3,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
-#include "cpu/attention/i8_amx_avx512-inl.h"
+#include "cpu/attention/amx/i8_amx_avx512-inl.h"
 
 namespace mla::cpu {
 

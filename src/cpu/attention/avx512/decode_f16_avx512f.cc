@@ -29,7 +29,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "cpu/attention/avx512_common.h"
+#include "cpu/attention/avx512/avx512_common.h"
 #include "cpu/attention/kernel.h"
 #include "cpu/attention/isa.h"
 

@@ -29,12 +29,12 @@
 
 #pragma once
 
-#include "cpu/attention/amx_tiles-inl.h"
-#include "cpu/attention/i8_common_avx512-inl.h"
-#include "cpu/attention/i8_item_avx512-inl.h"
-#include "cpu/attention/i8_pv_avx512-inl.h"
-#include "cpu/attention/i8_qk_avx512-inl.h"
-#include "cpu/attention/i8_softmax_avx512-inl.h"
+#include "cpu/attention/amx/amx_tiles-inl.h"
+#include "cpu/attention/avx512/i8_common_avx512-inl.h"
+#include "cpu/attention/avx512/i8_item_avx512-inl.h"
+#include "cpu/attention/avx512/i8_pv_avx512-inl.h"
+#include "cpu/attention/avx512/i8_qk_avx512-inl.h"
+#include "cpu/attention/avx512/i8_softmax_avx512-inl.h"
 
 namespace mla::cpu {
 namespace {

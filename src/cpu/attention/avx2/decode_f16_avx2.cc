@@ -1,6 +1,6 @@
 // The fp16 attention kernel for AVX2 + FMA + F16C CPUs: the fp body of decode_fp_avx2.h with fp16
 // widened by vcvtph2ps (F16C). Its own file: one instantiation per dtype and ISA.
-#include "cpu/attention/decode_fp_avx2.h"
+#include "cpu/attention/avx2/decode_fp_avx2.h"
 #include "cpu/attention/isa.h"
 
 namespace mla::cpu {

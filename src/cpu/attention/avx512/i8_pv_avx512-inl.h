@@ -4,7 +4,7 @@
 
 #pragma once
 
-#include "cpu/attention/i8_common_avx512-inl.h"
+#include "cpu/attention/avx512/i8_common_avx512-inl.h"
 
 namespace mla::cpu {
 namespace {

@@ -41,7 +41,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "cpu/attention/avx512_common.h"
+#include "cpu/attention/avx512/avx512_common.h"
 #include "cpu/attention/kernel.h"
 #include "cpu/attention/isa.h"
 

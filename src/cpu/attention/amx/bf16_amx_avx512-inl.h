@@ -21,8 +21,8 @@
 
 #pragma once
 
-#include "cpu/attention/amx_tiles-inl.h"
-#include "cpu/attention/bf16dot_avx512-inl.h"
+#include "cpu/attention/amx/amx_tiles-inl.h"
+#include "cpu/attention/avx512/bf16dot_avx512-inl.h"
 
 namespace mla::cpu {
 namespace {

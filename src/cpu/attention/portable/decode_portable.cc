@@ -13,7 +13,7 @@
 
 #include "cpu/attention/kernel.h"
 #include "cpu/attention/quantize.h"
-#include "cpu/softmax_state.h"
+#include "cpu/attention/softmax_state.h"
 #include "mla/dtype.h"
 
 namespace mla::cpu {

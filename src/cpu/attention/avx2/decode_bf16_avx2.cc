@@ -2,7 +2,7 @@
 // fp body of decode_fp_avx2.h with bf16 widened to fp32 by moving it into the high half of each
 // 32-bit lane (bf16 is the top 16 bits of an fp32). Its own file: one instantiation per dtype
 // and ISA.
-#include "cpu/attention/decode_fp_avx2.h"
+#include "cpu/attention/avx2/decode_fp_avx2.h"
 #include "cpu/attention/isa.h"
 
 namespace mla::cpu {

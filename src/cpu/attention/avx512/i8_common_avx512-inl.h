@@ -17,7 +17,7 @@
 #include <limits>
 #include <utility>
 
-#include "cpu/attention/avx512_common.h"  // first: see the note there
+#include "cpu/attention/avx512/avx512_common.h"  // first: see the note there
 #include "cpu/attention/kernel.h"
 #include "cpu/attention/isa.h"
 

@@ -51,7 +51,7 @@
 #include <cstring>
 #include <utility>
 
-#include "cpu/attention/avx2_common.h"
+#include "cpu/attention/avx2/avx2_common.h"
 #include "cpu/attention/isa.h"
 #include "cpu/attention/quantize.h"
 #include "mla/dtype.h"

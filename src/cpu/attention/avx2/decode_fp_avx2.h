@@ -23,7 +23,7 @@
 #include <cstring>
 #include <utility>
 
-#include "cpu/attention/avx2_common.h"
+#include "cpu/attention/avx2/avx2_common.h"
 
 namespace mla::cpu::avx2 {
 namespace {

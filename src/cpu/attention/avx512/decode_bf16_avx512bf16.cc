@@ -6,7 +6,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#include "cpu/attention/bf16dot_avx512-inl.h"
+#include "cpu/attention/avx512/bf16dot_avx512-inl.h"
 
 namespace mla::cpu {
 

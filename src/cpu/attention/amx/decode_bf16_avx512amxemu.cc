@@ -9,7 +9,7 @@
 #endif
 #pragma GCC diagnostic ignored "-Wunused-function"  // the bf16-dot kernel's own pieces it shares
 
-#include "cpu/attention/bf16_amx_avx512-inl.h"
+#include "cpu/attention/amx/bf16_amx_avx512-inl.h"
 
 namespace mla::cpu {
 
