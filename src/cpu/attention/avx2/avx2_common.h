@@ -15,15 +15,13 @@
 
 #include "cpu/attention/kernel.h"
 #include "cpu/attention/nonfinite_rows.h"
+#include "cpu/attention/softmax_state.h"
 
 #define MLA_AVX2_INLINE inline __attribute__((always_inline))
 
 namespace mla::cpu::avx2 {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kNegInf = -__builtin_inff();
 
 // 2^x. x < -126 and -inf give exactly 0 (no denormals); NaN stays NaN (a NaN score must reach
 // the output, DESIGN §6); x is at most a rounding error above 0 in softmax use.
@@ -240,7 +238,7 @@ void finalize_rows(const ItemRows& ir, const float* go_resident, const float* m,
       _mm256_storeu_ps(o + d, x);
       _mm256_storeu_ps(o + d + 8, y);
     }
-    *ir.lse(r) = float((double(m[r]) + std::log2(double(l[r]))) * double(kLn2));
+    *ir.lse(r) = lse_base2(m[r], l[r]);
   }
 }
 

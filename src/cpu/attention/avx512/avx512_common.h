@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/softmax_state.h"
 #include "cpu/attention/nonfinite_rows.h"
 
 #define MLA_AVX512_INLINE inline __attribute__((always_inline))
@@ -260,7 +261,7 @@ inline void finalize_rows(const ItemRows& ir, const float* go_resident, const fl
       const __m512 inv = _mm512_set1_ps(1.f / l[r]);
       for (int d = 0; d < kLatentDim; d += 16)
         _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(go + d), inv));
-      *ir.lse(r) = float((double(m[r]) + std::log2(double(l[r]))) * 0.6931471805599453);
+      *ir.lse(r) = lse_base2(m[r], l[r]);
     } else {
       std::memset(o, 0, kLatentDim * sizeof(float));
       *ir.lse(r) = -__builtin_inff();

@@ -54,7 +54,6 @@ constexpr int kPairs = kQkDim / 2;  // 288 32-bit key pairs per token
 constexpr int kTokTile = 16;        // tokens per QK tile (and staging copy)
 constexpr int kPvDims = 64;         // dims per PV register tile (4 zmm)
 constexpr int kPvRows = 6;          // rows per PV register tile
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Software prefetch distance in tokens (avx512_common.h); 32 to 128 measured alike.
 constexpr int kPrefetchDist = 64;

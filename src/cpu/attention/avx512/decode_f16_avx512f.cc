@@ -41,7 +41,6 @@ using namespace avx512;
 constexpr int kTokTile = 16;  // tokens per QK tile loop
 constexpr int kPvDims = 64;   // dims per PV register tile (4 zmm)
 constexpr int kPvRows = 6;    // rows per PV register tile
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Software prefetch distance in tokens (avx512_common.h).
 constexpr int kPrefetchDist = 64;

@@ -19,6 +19,7 @@
 
 #include "cpu/attention/avx512/avx512_common.h"  // first: see the note there
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/softmax_state.h"
 #include "cpu/attention/isa.h"
 
 namespace mla::cpu {
@@ -28,9 +29,6 @@ using namespace avx512;
 
 constexpr int kGroups = kLatentDim / 4;   // QK nope k-steps: 4 channels each
 constexpr int kRopePairs = kRopeDim / 2;  // QK rope k-steps: 2 bf16 each
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kNegInf = -__builtin_inff();
 constexpr float kLazyRescale = 8.f;  // log2 units: p up to 256 between rescales
 
 // Blocks shorter than this are staged into a contiguous copy per step, so QK tiles stay long.

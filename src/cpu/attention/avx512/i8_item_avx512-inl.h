@@ -25,7 +25,7 @@ void finalize(const Item& it, int r0, int rows) {
       std::fill_n(o, kLatentDim, __builtin_nanf(""));
       continue;
     }
-    *lse = l > 0.f ? it.m[r] * kLn2 + std::log(l) : kNegInf;
+    *lse = l > 0.f ? lse_base2(it.m[r], l) : kNegInf;
     const __m512 inv = _mm512_set1_ps(l > 0.f ? 1.f / l : 0.f);
     if (it.resident) {
       const float* g = it.go + int64_t(r - r0) * kLatentDim;
