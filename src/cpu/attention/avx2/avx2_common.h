@@ -15,6 +15,7 @@
 
 #include "cpu/attention/kernel.h"
 #include "cpu/attention/nonfinite_rows.h"
+#include "cpu/attention/item.h"
 #include "cpu/attention/softmax_state.h"
 
 #define MLA_AVX2_INLINE inline __attribute__((always_inline))
@@ -130,60 +131,6 @@ MLA_AVX2_INLINE __m256 rows8_prob(const float* s_t, int t, __m256i lim, __m256 c
 }
 
 // ---- work-item plumbing ------------------------------------------------------------------------
-
-// The rows of a work item: r = i * nh + (h - head_begin), output row and lse of each.
-struct ItemRows {
-  const KernelArgs& a;
-  int nh, rows;
-  explicit ItemRows(const KernelArgs& args)
-      : a(args), nh(args.head_end - args.head_begin), rows(q_len_of(*args.p, args.seq) * nh) {}
-  float* o(int r) const { return a.o + (r / nh) * a.o_stride_i + (r % nh) * a.o_stride_h; }
-  float* lse(int r) const { return a.lse + (r / nh) * a.lse_stride_i + (r % nh) * a.lse_stride_h; }
-  // The query row's 576 values (bf16 or f16 bits) in q [batch, q_len, H, 576].
-  const uint16_t* q(int r) const {
-    const DecodeParams& p = *a.p;
-    return a.q +
-           ((int64_t(a.seq) * p.q_len + r / nh) * p.num_heads + a.head_begin + r % nh) * kQkDim;
-  }
-  // Last position row r sees within the item's range (< kv_begin: none), or -1 for r >= rows.
-  int last(int r) const {
-    return r < rows ? std::min(last_visible(*a.p, a.seq, r / nh), a.kv_end - 1) : -1;
-  }
-};
-
-// Stride, in floats, of the rows-in-lanes arrays for rows_pad rows: an odd number of cache lines,
-// so that walking them down the token axis spreads over all L1 sets (at 256 rows, 1 KiB apart,
-// they would hit 4 of 64 sets).
-inline int64_t lanes_row_stride(int rows_pad) {
-  const int64_t r16 = (rows_pad + 15) & ~15;
-  return (r16 / 16) % 2 == 0 ? r16 + 16 : r16;
-}
-
-// Cache slots of positions [t0, t0 + n) of the item's sequence, walking the block table once per
-// block (no division per token).
-inline void step_slots(const KernelArgs& a, int t0, int n, int64_t* slot) {
-  const DecodeParams& p = *a.p;
-  const int bs = a.cache->block_size();
-  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
-  int blk = t0 / bs, off = t0 % bs;
-  for (int t = 0; t < n; ++t) {
-    slot[t] = int64_t(table[blk]) * bs + off;
-    if (++off == bs) off = 0, ++blk;
-  }
-}
-
-// Token rows (bf16 / fp16) of positions [t0, t0 + n) of the item's sequence, read through the
-// cache view by block and offset (views may have any block stride), one block-table read per block.
-inline void step_token16(const KernelArgs& a, int t0, int n, const uint16_t** tok) {
-  const DecodeParams& p = *a.p;
-  const int bs = a.cache->block_size();
-  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
-  int blk = t0 / bs, off = t0 % bs;
-  for (int t = 0; t < n; ++t) {
-    tok[t] = a.cache->token16_at(table[blk], off);
-    if (++off == bs) off = 0, ++blk;
-  }
-}
 
 // Software prefetch into L2 (as the AVX-512 kernels: from DRAM at 16 rows the hardware
 // prefetchers fall behind the interleaved token streams).

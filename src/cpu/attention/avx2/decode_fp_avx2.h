@@ -215,7 +215,7 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
     }
 
     std::memset(zero, 0, kQkDim * sizeof(uint16_t));
-    step_token16(a, a.kv_begin, ntok_item, tok);
+    step_token_ptrs(a, a.kv_begin, ntok_item, ntok_item, nullptr, tok);
     std::fill(tok + ntok_item, tok + ntok_item + kFpTokTile, zero);
     // The first tokens, which no QK tile prefetches, start on their way while the queries are
     // packed.

@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/item.h"
 #include "cpu/attention/softmax_state.h"
 #include "cpu/attention/nonfinite_rows.h"
 
@@ -159,50 +160,7 @@ MLA_AVX512_INLINE __m512 rows16_prob(const float* s_t, int t, __m512i lim, __m51
   return exp2_ps(_mm512_sub_ps(scaled_score(_mm512_load_ps(s_t), c), m_use), k);
 }
 
-// ---- work-item plumbing shared by the AVX-512 kernels ------------------------------------------
-
-// The rows of a work item: r = i * nh + (h - head_begin), output row and lse of each.
-struct ItemRows {
-  const KernelArgs& a;
-  int nh, rows;
-  explicit ItemRows(const KernelArgs& args)
-      : a(args), nh(args.head_end - args.head_begin), rows(q_len_of(*args.p, args.seq) * nh) {}
-  float* o(int r) const { return a.o + (r / nh) * a.o_stride_i + (r % nh) * a.o_stride_h; }
-  float* lse(int r) const { return a.lse + (r / nh) * a.lse_stride_i + (r % nh) * a.lse_stride_h; }
-  // The query row's 576 values (bf16 or f16 bits) in q [batch, q_len, H, 576].
-  const uint16_t* q(int r) const {
-    const DecodeParams& p = *a.p;
-    return a.q +
-           ((int64_t(a.seq) * p.q_len + r / nh) * p.num_heads + a.head_begin + r % nh) * kQkDim;
-  }
-  // Last position row r sees within the item's range (< kv_begin: none), or -1 for r >= rows.
-  int last(int r) const {
-    return r < rows ? std::min(last_visible(*a.p, a.seq, r / nh), a.kv_end - 1) : -1;
-  }
-};
-
-// Pointers to the 16-bit cache rows of positions [t0, t0 + n), walking the block table once per
-// block (no division per token); entries [n, n_pad) point at `zero` (a zero token), so that chunk
-// tails never touch a slot the item does not own.
-// Stride of the row-in-lanes arrays for rows_pad rows (a multiple of 16): an odd number of cache
-// lines, so that walking them down the token axis spreads over all L1 sets (at 256 rows, 1 KiB
-// apart, they would hit 4 of 64 sets).
-inline int64_t lanes_row_stride(int rows_pad) {
-  return rows_pad + ((rows_pad / 16) % 2 == 0 ? 16 : 0);
-}
-
-inline void step_token_ptrs(const KernelArgs& a, int t0, int n, int n_pad, const uint16_t* zero,
-                            const uint16_t** kptr) {
-  const DecodeParams& p = *a.p;
-  const int bs = a.cache->block_size();
-  const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
-  int blk = t0 / bs, off = t0 % bs;
-  for (int t = 0; t < n; ++t) {
-    kptr[t] = a.cache->token16_at(table[blk], off);
-    if (++off == bs) off = 0, ++blk;
-  }
-  for (int t = n; t < n_pad; ++t) kptr[t] = zero;
-}
+// Work-item plumbing (ItemRows, lanes_row_stride, step_token_ptrs): cpu/attention/item.h.
 
 // ---- software prefetch of the cache rows ----------------------------------------------------
 //

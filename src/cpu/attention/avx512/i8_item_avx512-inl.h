@@ -7,6 +7,7 @@
 #pragma once
 
 #include "cpu/attention/avx512/i8_common_avx512-inl.h"
+#include "cpu/attention/item.h"
 #include "cpu/attention/avx512/i8_qk_avx512-inl.h"
 
 namespace mla::cpu {
@@ -112,12 +113,8 @@ void run_item(const KernelArgs& a, Scratch& scratch, Extra&& take_extra, Body&& 
     const bool negate = p.softmax_scale < 0.f;
     const float* cs = mode == KvScale::channel ? cache.channel_scales() : nullptr;
     const float tensor = mode == KvScale::tensor ? cache.tensor_scale() : 1.f;
-    const int32_t* table = p.block_table + int64_t(a.seq) * p.max_blocks_per_seq;
-    for (int t = 0, blk = a.kv_begin / bs, off = a.kv_begin % bs; t < ntok; ++t) {
-      slot[t] = int64_t(table[blk]) * bs + off;
-      tok[t] = cache.latent_i8(slot[t]);
-      if (++off == bs) off = 0, ++blk;
-    }
+    step_slots(a, a.kv_begin, ntok, slot);
+    for (int t = 0; t < ntok; ++t) tok[t] = cache.latent_i8(slot[t]);
     std::fill(tok + ntok, tok + npad, zero);
     // The first tokens, which no QK tile prefetches, start on their way while the queries are
     // packed.
