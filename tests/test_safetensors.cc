@@ -9,6 +9,7 @@
 #include <random>
 
 #include "mla/safetensors.h"
+#include "mla/tensor.h"  // both public headers in one file (they once both defined mla::TensorView)
 #include "mla/status.h"
 #include "harness/random_case.h"
 #include "harness/tiny_model.h"
@@ -65,7 +66,7 @@ TEST(Safetensors, RoundTripEveryDtype) {
   write_safetensors(path, ts);
   for (const TensorStore& s : {TensorStore::open_file(path), TensorStore::open_dir(dir)}) {
     for (size_t k = 0; k < kinds.size(); ++k) {
-      const TensorView v = s.get(ts[k].name);
+      const StTensor v = s.get(ts[k].name);
       EXPECT_EQ(v.dtype, kinds[k].first);
       EXPECT_EQ(v.shape, kinds[k].second);
       ASSERT_EQ(size_t(v.numel()) * st_dtype_size(v.dtype), payload[k].size());
@@ -87,10 +88,10 @@ TEST(Safetensors, ShardedModelFollowsTheIndex) {
   spec.dtype = StDType::f8_e4m3;
   test::write_tiny_model(dir, spec);
   const TensorStore s = TensorStore::open_dir(dir);
-  const TensorView v = s.get("model.layers.1.self_attn.kv_b_proj.weight");
+  const StTensor v = s.get("model.layers.1.self_attn.kv_b_proj.weight");
   EXPECT_EQ(v.dtype, StDType::f8_e4m3);
   EXPECT_NE(v.file.find("-of-00003.safetensors"), std::string::npos);
-  const TensorView sc = s.get("model.layers.1.self_attn.kv_b_proj.weight_scale_inv");
+  const StTensor sc = s.get("model.layers.1.self_attn.kv_b_proj.weight_scale_inv");
   EXPECT_EQ(sc.shape, (std::vector<int64_t>{3, 4}));  // 4 x (32 + 48) = 320 rows x 512 in 128 x 128 blocks
   fs::remove_all(dir);
 }

@@ -27,7 +27,8 @@ enum class StDType { bf16, f16, f32, f8_e4m3, other };
 MLA_API const char* st_dtype_name(StDType t);  // "BF16", "F16", "F32", "F8_E4M3", "other"
 MLA_API size_t st_dtype_size(StDType t);       // 0 for other
 
-struct MLA_API TensorView {
+// One tensor of a safetensors file: name, dtype, shape and a pointer into the mapped file.
+struct MLA_API StTensor {
   std::string name, file;  // file: where it lives ("<memory>" for tensors added in memory)
   StDType dtype = StDType::other;
   std::string dtype_str;   // as the header spells it
@@ -58,9 +59,9 @@ class MLA_API TensorStore {
 
   bool has(const std::string& name) const;
   // The tensor; throws naming the tensor (and the file or index) when it is missing.
-  TensorView get(const std::string& name) const;
+  StTensor get(const std::string& name) const;
   // The tensor checked against a shape (exact) and a set of allowed dtypes.
-  TensorView get(const std::string& name, const std::vector<int64_t>& shape,
+  StTensor get(const std::string& name, const std::vector<int64_t>& shape,
                  const std::vector<StDType>& dtypes) const;
   std::string where() const;  // the directory or file, for messages
 

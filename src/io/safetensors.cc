@@ -70,13 +70,13 @@ constexpr uint64_t kMaxHeader = uint64_t(100) << 20;
 
 }  // namespace
 
-int64_t TensorView::numel() const {
+int64_t StTensor::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
 }
 
-std::string TensorView::shape_str() const {
+std::string StTensor::shape_str() const {
   std::ostringstream os;
   os << "[";
   for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
@@ -114,7 +114,7 @@ class SafetensorsFile {
 
   const std::string& path() const { return path_; }
   bool has(const std::string& name) const { return entries_.count(name) != 0; }
-  TensorView get(const std::string& name) const {
+  StTensor get(const std::string& name) const {
     auto it = entries_.find(name);
     MLA_CHECK(it != entries_.end(), path_ << ": no tensor " << name);
     return it->second;
@@ -163,7 +163,7 @@ class SafetensorsFile {
       if (!v.contains("data_offsets") || !v["data_offsets"].is_array() ||
           v["data_offsets"].size() != 2)
         bad("data_offsets is not a pair [begin, end]");
-      TensorView t;
+      StTensor t;
       t.name = name;
       t.file = path_;
       t.dtype_str = v["dtype"].get<std::string>();
@@ -205,7 +205,7 @@ class SafetensorsFile {
   std::string path_;
   void* map_ = nullptr;
   size_t size_ = 0;
-  std::map<std::string, TensorView> entries_;
+  std::map<std::string, StTensor> entries_;
 };
 
 struct TensorStore::State {
@@ -216,7 +216,7 @@ struct TensorStore::State {
   std::string single_file;                        // no index: the one file
   mutable std::mutex mu;
   mutable std::map<std::string, std::shared_ptr<SafetensorsFile>> files;  // opened files by path
-  std::map<std::string, TensorView> memory;
+  std::map<std::string, StTensor> memory;
   std::vector<std::shared_ptr<std::vector<unsigned char>>> buffers;
 
   std::shared_ptr<SafetensorsFile> file(const std::string& path) const {
@@ -279,7 +279,7 @@ TensorStore TensorStore::open_file(const std::string& path) {
 
 void TensorStore::add(const std::string& name, StDType dtype, const std::vector<int64_t>& shape,
                       std::vector<unsigned char> bytes) {
-  TensorView t;
+  StTensor t;
   t.name = name;
   t.file = "<memory>";
   t.dtype = dtype;
@@ -300,7 +300,7 @@ bool TensorStore::has(const std::string& name) const {
   return false;
 }
 
-TensorView TensorStore::get(const std::string& name) const {
+StTensor TensorStore::get(const std::string& name) const {
   if (auto it = s_->memory.find(name); it != s_->memory.end()) return it->second;
   if (!s_->index_path.empty()) {
     auto it = s_->weight_map.find(name);
@@ -316,11 +316,11 @@ TensorView TensorStore::get(const std::string& name) const {
   return s_->file(s_->single_file)->get(name);
 }
 
-TensorView TensorStore::get(const std::string& name, const std::vector<int64_t>& shape,
+StTensor TensorStore::get(const std::string& name, const std::vector<int64_t>& shape,
                             const std::vector<StDType>& dtypes) const {
-  TensorView t = get(name);
+  StTensor t = get(name);
   MLA_CHECK(t.shape == shape, t.file << ": tensor " << name << " has shape " << t.shape_str()
-                                     << ", expected " << TensorView{.shape = shape}.shape_str());
+                                     << ", expected " << StTensor{.shape = shape}.shape_str());
   bool ok = false;
   std::string allowed;
   for (StDType d : dtypes) {

@@ -17,7 +17,7 @@ namespace {
 
 LinearWeight load_linear(const ModelConfig& c, const TensorStore& s, const std::string& name,
                          int64_t out, int64_t in) {
-  const TensorView t = s.get(name + ".weight", {out, in},
+  const StTensor t = s.get(name + ".weight", {out, in},
                              {StDType::bf16, StDType::f16, StDType::f32, StDType::f8_e4m3});
   LinearWeight w{.out = out, .in = in, .w = t.data, .ld = in};
   switch (t.dtype) {
@@ -32,7 +32,7 @@ LinearWeight load_linear(const ModelConfig& c, const TensorStore& s, const std::
       w.block_rows = c.fp8_block_rows;
       w.block_cols = c.fp8_block_cols;
       const int64_t sr = (out + w.block_rows - 1) / w.block_rows, sc = (in + w.block_cols - 1) / w.block_cols;
-      const TensorView sv = s.get(name + ".weight_scale_inv", {sr, sc}, {StDType::f32});
+      const StTensor sv = s.get(name + ".weight_scale_inv", {sr, sc}, {StDType::f32});
       const float* sp = static_cast<const float*>(sv.data);
       for (int64_t i = 0; i < sr * sc; ++i)
         MLA_CHECK(std::isfinite(sp[i]), sv.file << ": tensor " << sv.name << " element " << i
@@ -45,7 +45,7 @@ LinearWeight load_linear(const ModelConfig& c, const TensorStore& s, const std::
 }
 
 std::vector<float> load_norm(const TensorStore& s, const std::string& name, int64_t n) {
-  const TensorView t = s.get(name + ".weight", {n}, {StDType::bf16, StDType::f16, StDType::f32});
+  const StTensor t = s.get(name + ".weight", {n}, {StDType::bf16, StDType::f16, StDType::f32});
   std::vector<float> v(n);
   for (int64_t i = 0; i < n; ++i)
     v[i] = t.dtype == StDType::f32 ? static_cast<const float*>(t.data)[i]

@@ -13,7 +13,7 @@ namespace mla::ref {
 
 namespace {
 
-double elem(const TensorView& t, int64_t i) {
+double elem(const StTensor& t, int64_t i) {
   switch (t.dtype) {
     case StDType::f32: return static_cast<const float*>(t.data)[i];
     case StDType::bf16: {
@@ -42,12 +42,12 @@ double elem(const TensorView& t, int64_t i) {
 
 std::vector<double> load(const ModelConfig& c, const TensorStore& s, const std::string& name,
                          int64_t rows, int64_t cols) {
-  const TensorView t = s.get(name + ".weight");
+  const StTensor t = s.get(name + ".weight");
   MLA_CHECK(t.numel() == rows * cols, t.file << ": tensor " << t.name << " has shape " << t.shape_str());
   std::vector<double> w(rows * cols);
   for (int64_t i = 0; i < rows * cols; ++i) w[i] = elem(t, i);
   if (t.dtype == StDType::f8_e4m3) {
-    const TensorView sc = s.get(name + ".weight_scale_inv");
+    const StTensor sc = s.get(name + ".weight_scale_inv");
     const int br = c.fp8_block_rows, bc = c.fp8_block_cols;
     const int64_t scols = (cols + bc - 1) / bc;
     for (int64_t r = 0; r < rows; ++r)
