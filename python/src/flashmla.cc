@@ -81,7 +81,7 @@ struct Schedule {
   // Held by the decode that uses the plan (it makes the plan on first use, and the plan's
   // workspace holds that decode's partial results): the layers of one step, each decoding
   // with the same schedule, run one at a time; other schedules are not held up.
-  std::mutex mu;
+  mutable std::mutex mu;
 
   void make(int batch, const int32_t* seq_lens, const int32_t* q_lens, int q_len, int heads,
             int workers) {
@@ -352,8 +352,14 @@ void bind_flashmla(nb::module_& m) {
   // decode that uses it, and reused by every later decode (which must match its shape).
   nb::class_<glue::Schedule>(m, "Schedule")
       .def(nb::init<int>(), "threads"_a)
-      .def_ro("threads", &glue::Schedule::threads)
-      .def_prop_ro("ready", [](const glue::Schedule& s) { return s.plan.has_value(); })
+      .def_prop_ro("threads", [](const glue::Schedule& s) {
+        const auto lock = lock_releasing_gil(s.mu);  // a decode's first use may be making the plan
+        return s.threads;
+      })
+      .def_prop_ro("ready", [](const glue::Schedule& s) {
+        const auto lock = lock_releasing_gil(s.mu);
+        return s.plan.has_value();
+      })
       .def(
           "make",
           [](glue::Schedule& s, nb::handle seq_lens_, nb::handle q_lens_, int q_len, int heads,
@@ -385,6 +391,7 @@ void bind_flashmla(nb::module_& m) {
       // head_end, kv_begin, kv_end, partial slot or -1), num_partials, and FlashMLA's num_splits
       // [batch + 1] (prefix sums of the pieces per sequence). None before the plan is made.
       .def_prop_ro("info", [](const glue::Schedule& s) -> nb::object {
+        const auto lock = lock_releasing_gil(s.mu);
         if (!s.plan) return nb::none();
         const mla::Plan& p = s.plan->work();
         std::vector<int32_t> items;
