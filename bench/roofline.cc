@@ -17,31 +17,11 @@
 #include <thread>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "roofline/ceilings.h"
 #include "mla/status.h"
 
 namespace {
-
-// Writes a temporary file beside `path` and renames it over `path`, so that a reader never sees a
-// half-written file and an interrupted run leaves the old one in place.
-void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    MLA_CHECK(f, tmp << ": cannot create (" << std::strerror(errno) << ")");
-    f << text;
-    f.close();
-    if (!f) {
-      std::remove(tmp.c_str());
-      MLA_FAIL(tmp << ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp.c_str());
-    MLA_FAIL(path << ": cannot replace with " << tmp << " (" << std::strerror(err) << ")");
-  }
-}
 
 // Other running programs share the cores and lower every figure; say so rather than store low
 // ceilings silently.
@@ -114,7 +94,7 @@ int main(int argc, char** argv) {
         std::printf("instructions (%s): read %s, fp32 %s, bf16 %s, int8 %s\n", c.limit.c_str(),
                     c.read_isa.c_str(), c.fp32_isa.c_str(), c.bf16_isa.c_str(),
                     c.int8_isa.c_str());
-    write_file_atomically(out, mla::ceilings_to_json(all));
+    mla::write_file_atomic(out, mla::ceilings_to_json(all));
     std::printf("wrote %s\n", out.c_str());
   } catch (const mla::Error& e) {
     std::fprintf(stderr, "roofline: %s\n", e.what());

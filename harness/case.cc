@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <limits>
 
+#include "core/rng.h"
 #include "mla/status.h"
 #include "ref/reference.h"
 #include "harness/parallel.h"
@@ -14,20 +15,9 @@ namespace mla::bench {
 
 namespace {
 
-// splitmix64: a fast generator with good enough statistics for test data, seeded per token so the
-// parallel fill gives the same cache for any thread count.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  float uniform() {  // [-1, 1)
-    return float(int64_t(next() >> 40) - (int64_t(1) << 23)) * (1.f / float(1 << 23));
-  }
-};
+// core/rng.h's splitmix64, seeded per token so the parallel fill gives the same cache for any
+// thread count.
+using mla::Rng;
 
 uint64_t mix(uint64_t seed, uint64_t a, uint64_t b) {
   Rng r{seed ^ (a * 0xd1b54a32d192ed03ull) ^ (b * 0x8cb92ba72f3d8dd7ull)};

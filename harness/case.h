@@ -1,7 +1,8 @@
 // One benchmark case: a random paged-attention decode problem (DESIGN §2) with its cache, scattered
 // block tables and queries, and the check of any output against the float64 reference (DESIGN §6).
-// `mla bench`, the Google Benchmark cases and the tests all build their inputs here, so what is
-// timed is what is checked.
+// `mla bench`, the Google Benchmark cases (bench/bench_*.cc) and tests/test_bench_support.cc build
+// their inputs here, so what is timed is what is checked. Most tests build theirs with
+// harness/random_case.h instead (issue 17: one case builder for both is still to come).
 //
 // What the builder makes, for batch B sequences of k tokens each:
 //   - a PagedLatentCache with a few spare blocks, handed out by a BlockAllocator with a shuffle

@@ -28,6 +28,7 @@
 #include <system_error>
 #include <thread>
 
+#include "core/int_list.h"
 #include "mla/status.h"
 
 namespace mla {
@@ -288,23 +289,14 @@ std::string read_first_line(const std::string& path) {
   return line;
 }
 
-// Parses a kernel CPU list such as "0-7,64-71" into the CPU numbers.
+// Parses a kernel CPU list such as "0-7,64-71" into the CPU numbers; empty when the file was
+// missing or unreadable (the callers count at least one CPU).
 std::vector<int> parse_cpu_list(const std::string& s) {
-  std::vector<int> cpus;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    int lo = 0, hi = 0;
-    const size_t dash = part.find('-');
-    try {
-      lo = std::stoi(part.substr(0, dash));
-      hi = dash == std::string::npos ? lo : std::stoi(part.substr(dash + 1));
-    } catch (const std::exception&) {
-      continue;
-    }
-    for (int c = lo; c <= hi; ++c) cpus.push_back(c);
+  try {
+    return parse_int_list(s, "CPU list", 0, 1 << 20, /*ranges=*/true);
+  } catch (const Error&) {
+    return {};
   }
-  return cpus;
 }
 
 // "1024K" -> 1048576.

@@ -15,7 +15,8 @@ jobs=$(nproc)
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -I"$root/include" -I"$root/src" -I"$root")
 # The library sources the targets need: the parsers and what they use, nothing with AVX-512.
-lib_sources=("$root/src/core/npy.cc" "$root/src/core/dtype.cc" "$root/src/io/safetensors.cc"
+lib_sources=("$root/src/core/npy.cc" "$root/src/core/dtype.cc" "$root/src/core/atomic_file.cc"
+             "$root/src/io/safetensors.cc"
              "$root/src/io/model_config.cc")
 stale() {  # stale OUTPUT INPUT...: OUTPUT is missing or older than an input or a header
   [ ! -e "$1" ] || [ -n "$(find "${@:2}" "$root/include" -newer "$1" -print -quit)" ]

@@ -55,8 +55,10 @@ KvScale random_scale(const cpu::KernelInfo& k, std::mt19937_64& rng) {
 
 class DecodeKernel : public ::testing::TestWithParam<const cpu::KernelInfo*> {};
 
-// A random sweep over the edge cases of DEVELOPERS.md; each configuration is reproducible from the
-// printed seed.
+// A random sweep over the contract's edge cases (docs/DESIGN.md §2): block sizes 1 to 128, head
+// counts that are not powers of two, q_len 1-4 with uneven q_lens, padding entries, lengths of one
+// token, under a block and long enough to split, with and without causal masking, every chunk,
+// reduction and UP form; each configuration is reproducible from the printed seed.
 TEST_P(DecodeKernel, RandomSweepMatchesReference) {
   const cpu::KernelInfo& k = *GetParam();
   const uint64_t seed = test::test_seed();

@@ -1,7 +1,7 @@
 // The paged-attention decode operator (DESIGN §2), FlashMLA's flash_mla_with_kvcache on a CPU.
 //
 //   q            [batch, q_len, num_heads, 576]   f32, bf16 or f16
-//   cache        PagedLatentCache (bf16, fp16 or int8)
+//   cache        a CacheView of a PagedLatentCache or of caller memory: bf16, fp16, int8 or fp8
 //   o            [batch, q_len, num_heads, 512]   f32  (or any strides: DecodeParams::o_strides)
 //   lse          [batch, q_len, num_heads]        f32, natural log (or any strides: FlashMLA's
 //                                                 [batch, num_heads, q_len] is lse_strides

@@ -21,6 +21,7 @@
 #include <optional>
 #include <utility>
 
+#include "core/atomic_file.h"
 #include "mla/status.h"
 
 namespace mla {
@@ -454,32 +455,7 @@ void write_npy(const std::string& path, DType dtype, const std::vector<int64_t>&
   for (size_t i = 0; i < prefix - kMagicLen - 2; ++i) out += char((hlen >> (8 * i)) & 0xff);
   out += header;
 
-  // A counter beside the pid keeps two threads writing the same path from sharing a temp file.
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp =
-      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
-  struct RemoveOnFail {
-    const std::string& name;
-    bool armed = true;
-    ~RemoveOnFail() {
-      if (armed) std::remove(name.c_str());
-    }
-  } guard{tmp};
-
-  errno = 0;
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) {
-    guard.armed = false;  // nothing was created
-    MLA_FAIL(path << ": cannot create temporary file " << tmp << ": " << std::strerror(errno));
-  }
-  bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size();
-  if (ok && *nbytes) ok = std::fwrite(data, 1, size_t(*nbytes), f) == size_t(*nbytes);
-  const int write_errno = errno;
-  ok = (std::fclose(f) == 0) && ok;
-  MLA_CHECK(ok, path << ": write failed: " << std::strerror(write_errno ? write_errno : errno));
-  MLA_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-            path << ": cannot rename " << tmp << " into place: " << std::strerror(errno));
-  guard.armed = false;
+  write_file_atomic(path, {{out.data(), out.size()}, {data, size_t(*nbytes)}});
 }
 
 }  // namespace mla

@@ -104,8 +104,7 @@ class ThreadPool {
 
 // Chooses a CPU from `cpus` for a thread to pin: not one `taken(cpu)` says this pool's threads
 // hold, not `avoid` (the caller's CPU; -1: none), the fewest pool threads of the process pinned to
-// it
-// (`pinned(cpu)`) first, then the earliest in `cpus`. Returns -1 when every CPU is taken or
+// it (`pinned(cpu)`) first, then the earliest in `cpus`. Returns -1 when every CPU is taken or
 // avoided. Pure (the pool's placement rule), so that it is tested for any CPU count.
 template <class Taken, class Pinned>
 int choose_cpu(const std::vector<int>& cpus, int avoid, Taken&& taken, Pinned&& pinned) {

@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "mla/status.h"
 
 namespace mla {
@@ -347,23 +348,15 @@ void write_safetensors(const std::string& path, const std::vector<StTensorData>&
   }
   std::string hs = h.dump();
   while ((hs.size() + 8) % 8) hs.push_back(' ');  // the format pads the header to 8 bytes
-  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  MLA_CHECK(f, tmp << ": cannot create");
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = (uint64_t(hs.size()) >> (8 * i)) & 0xff;
-  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(hs.data(), 1, hs.size(), f) == hs.size();
+  std::vector<ByteRange> parts{{len, 8}, {hs.data(), hs.size()}};
   for (const auto& t : tensors) {
     uint64_t n = 1;
     for (int64_t d : t.shape) n *= uint64_t(d);
-    const size_t bytes = n * st_dtype_size(t.dtype);
-    ok = ok && (bytes == 0 || std::fwrite(t.data, 1, bytes, f) == bytes);
+    parts.push_back({t.data, size_t(n * st_dtype_size(t.dtype))});
   }
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    MLA_FAIL(path << ": writing failed");
-  }
+  write_file_atomic(path, parts);
 }
 
 }  // namespace mla

@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import subprocess
+import threading
 import zlib
 from pathlib import Path
 
@@ -132,6 +133,43 @@ def test_layer_steps_and_free(model):
     assert a.free_blocks == 8 - 3
     a.free(sa)
     assert a.free_blocks == 8
+
+
+def test_two_layers_step_in_two_threads(model):
+    # Each thread prefills and decodes a Layer of its own (the binding locks per Layer, so both
+    # run at once, threads=2 each: one finds the process's worker pool busy and runs alone):
+    # every step equals the same steps run on one thread.
+    rng = np.random.default_rng(5)
+    h = [rng.standard_normal((1, 20, HIDDEN)).astype(np.float32) for _ in range(2)]
+
+    def steps(i, out):
+        lay = mla.Layer.from_pretrained(model, layer=i % 2, block_size=4, threads=2, num_blocks=16)
+        s = lay.add_sequence()
+        lay.prefill(s, h[i][0, :8])
+        for t in range(8, 20):
+            out.append(lay.decode([s], h[i][:, t:t + 1]))
+
+    want = [[], []]
+    for i in range(2):
+        steps(i, want[i])
+    got, errors = [[], []], []
+
+    def run(i):
+        try:
+            steps(i, got[i])
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        assert len(got[i]) == len(want[i])
+        for g, w in zip(got[i], want[i]):
+            assert np.array_equal(g, w)
 
 
 def test_layer_refusals(model, tmp_path):

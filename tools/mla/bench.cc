@@ -25,6 +25,8 @@
 
 #include "cpu/attention/kernel.h"
 #include "roofline/ceilings.h"
+#include "core/atomic_file.h"
+#include "core/int_list.h"
 #include "mla/commands.h"
 #include "mla/status.h"
 #include "harness/blas_baseline.h"
@@ -71,26 +73,6 @@ constexpr int kMinBaselineReps = 3, kMaxBaselineReps = 20;
 // A spread above this flags the row in the footer: on a quiet machine the kernels' runs vary by
 // a few percent.
 constexpr double kNoisySpread = 0.2;
-
-std::vector<int> parse_int_list(const std::string& text, const char* option) {
-  std::vector<int> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    long v = 0;
-    try {
-      v = std::stol(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    MLA_CHECK(used > 0 && used == item.size() && v >= 1 && v <= (1 << 24),
-              option << " '" << text << "': '" << item << "' is not a positive integer");
-    out.push_back(int(v));
-  }
-  MLA_CHECK(!out.empty(), option << " is empty");
-  return out;
-}
 
 // One line on stderr, rewritten in place on a terminal; elsewhere only the row starts are
 // printed, one per line, so a log stays readable.
@@ -606,10 +588,10 @@ void run_bench(const BenchArgs& a) {
   } else {
     MLA_FAIL("--grid '" << a.grid << "' is not seed or small");
   }
-  if (!a.b_list.empty()) bs = parse_int_list(a.b_list, "--b");
-  if (!a.k_list.empty()) ks = parse_int_list(a.k_list, "--k");
+  if (!a.b_list.empty()) bs = parse_int_list(a.b_list, "--b", 1, 1 << 24);
+  if (!a.k_list.empty()) ks = parse_int_list(a.k_list, "--k", 1, 1 << 24);
   const std::vector<int> cs = a.c_list.empty() ? std::vector<int>{bench::hardware_threads()}
-                                               : parse_int_list(a.c_list, "--threads");
+                                               : parse_int_list(a.c_list, "--threads", 1, 1 << 24);
   MLA_CHECK(a.heads >= 1, "--heads = " << a.heads << " must be at least 1");
   MLA_CHECK(a.q_len >= 1, "--q-len = " << a.q_len << " must be at least 1");
   for (int k : ks)
@@ -702,24 +684,6 @@ check = every timed output against the float64 reference (ok* = on sampled seque
 Exit code 1 when a check fails.)";
 
 }  // namespace
-
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    MLA_CHECK(f.good(), path << ": cannot open " << tmp << " for writing");
-    f << text;
-    f.flush();
-    if (!f.good()) {
-      std::remove(tmp.c_str());
-      MLA_FAIL(path << ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    MLA_FAIL(path << ": cannot rename " << tmp << " into place");
-  }
-}
 
 void add_bench_command(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();

@@ -33,7 +33,5 @@ struct OutFile {
 // swapped with it in one rename (RENAME_EXCHANGE); on any failure the previous files are
 // unchanged and an mla::Error says nothing was written. `dir` may hold only mla outputs.
 void write_outputs(const std::string& dir, const std::vector<OutFile>& files);
-// One text file (a report, JSON, SVG), written beside `path` and renamed into place (bench.cc).
-void write_file_atomic(const std::string& path, const std::string& text);
 
 }  // namespace mla::tool

@@ -20,6 +20,7 @@
 
 #include <unistd.h>
 
+#include "core/rng.h"
 #include "cpu/thread_pool.h"
 #include "mla/commands.h"
 #include "mla/decode_plan.h"
@@ -40,18 +41,8 @@ struct DemoArgs {
   uint64_t seed = 1;
 };
 
-// splitmix64: fast enough to fill 187 M weights in well under a second.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  // Uniform with unit variance: [-sqrt(3), sqrt(3)).
-  float unit() { return (float(next() >> 40) * (1.f / 16777216.f) * 2.f - 1.f) * 1.7320508f; }
-};
+// core/rng.h's splitmix64: fast enough to fill 187 M weights in well under a second.
+using mla::Rng;
 
 void add_random(TensorStore& s, const std::string& name, int64_t rows, int64_t cols, float gain,
                 Rng& rng, bool norm = false) {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "core/atomic_file.h"
+#include "core/int_list.h"
 #include "mla/commands.h"
 #include "mla/status.h"
 #include "sim/model.h"
@@ -38,26 +40,6 @@ struct SimArgs {
   std::string svg_path, json_path;
   int svg_core = -1;  // -1: the busiest core
 };
-
-std::vector<int> parse_chunks(const std::string& text) {
-  std::vector<int> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    long v = 0;
-    try {
-      v = std::stol(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    MLA_CHECK(used > 0 && used == item.size() && v >= 1 && v <= 1024,
-              "--chunk '" << text << "': '" << item << "' is not an integer in 1..1024");
-    out.push_back(int(v));
-  }
-  MLA_CHECK(!out.empty(), "--chunk is empty");
-  return out;
-}
 
 void check_out_path(const std::string& path, const char* option) {
   if (path.empty()) return;
@@ -96,7 +78,8 @@ void run_sim_command(const SimArgs& a) {
     MLA_CHECK(a.svg_path.empty(), "--svg draws one shape; leave out --grid");
     MLA_CHECK(a.b == 0 && a.k == 0, "--grid seed sets b and k; leave out --b / --k");
     const std::vector<int> chunks =
-        a.chunk.empty() ? std::vector<int>{prof.default_chunk} : parse_chunks(a.chunk);
+        a.chunk.empty() ? std::vector<int>{prof.default_chunk}
+                        : parse_int_list(a.chunk, "--chunk", 1, 1024);
     MLA_CHECK(chunks.size() == 1,
               "--chunk '" << a.chunk << "': --grid seed takes the new pipeline's one chunk");
     const int c = a.c ? a.c : prof.default_cores;
@@ -141,7 +124,8 @@ void run_sim_command(const SimArgs& a) {
   MLA_CHECK(a.c >= 1, "--c = " << a.c << " must be given, at least 1 (or use --grid seed)");
   MLA_CHECK(a.svg_core >= -1 && a.svg_core < a.c,
             "--svg-core = " << a.svg_core << " outside the cores 0.." << a.c - 1);
-  const std::vector<int> chunks = parse_chunks(a.chunk.empty() ? "1,2,4" : a.chunk);
+  const std::vector<int> chunks =
+      parse_int_list(a.chunk.empty() ? "1,2,4" : a.chunk, "--chunk", 1, 1024);
   std::vector<UpForm> ups;
   if (a.up != "spill") ups.push_back(UpForm::resident);
   if (a.up != "resident") ups.push_back(UpForm::spill);

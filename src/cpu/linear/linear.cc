@@ -112,6 +112,15 @@ void linear_rows_portable(const LinearWeight& w, int64_t r0, int64_t r1, int64_t
   }
 }
 
+// The portable rows' buffer of n floats: the calling thread's own, not the pool's scratch(), since
+// a run that finds the pool busy (another thread's layer) runs every share on its calling thread,
+// beside the pool's workers, and two threads would then share worker w's scratch.
+static float* row_buffer(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < size_t(n)) buf.resize(size_t(n));
+  return buf.data();
+}
+
 void linear(const LinearWeight& w, int64_t n, const float* x, int64_t ldx, float* y, int64_t ldy,
             int threads, bool isa_portable) {
   if (n <= 0 || w.out <= 0) return;
@@ -130,7 +139,7 @@ void linear(const LinearWeight& w, int64_t n, const float* x, int64_t ldx, float
     if (fast) {
       linear_rows_avx512(w, r0, r1, n, x, ldx, y, ldy);
     } else {
-      auto* buf = static_cast<float*>(pool.scratch(wk, size_t(w.in) * sizeof(float)));
+      float* buf = row_buffer(w.in);
       linear_rows_portable(w, r0, r1, n, x, ldx, y, ldy, buf);
     }
   });
@@ -149,7 +158,7 @@ void linear_heads(const LinearWeight* ws, int heads, int64_t n, const float* x, 
   const int nw = int(std::min<int64_t>(threads > 0 ? threads : pool.size(), units));
   pool.run(nw, [&](int wk) {
     const int64_t u0 = units * wk / nw, u1 = units * (wk + 1) / nw;
-    float* buf = fast ? nullptr : static_cast<float*>(pool.scratch(wk, size_t(w0.in) * sizeof(float)));
+    float* buf = fast ? nullptr : row_buffer(w0.in);
     for (int64_t u = u0; u < u1;) {
       const int64_t h = u / per_head, hu1 = std::min(u1, (h + 1) * per_head);
       const int64_t r0 = (u - h * per_head) * kUnit, r1 = std::min(w0.out, (hu1 - h * per_head) * kUnit);
