@@ -18,18 +18,23 @@
 
 namespace mla::cpu {
 
-inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// In an anonymous namespace, as everything here the ISA kernels use: each file gets its own copy,
+// built with its own instructions, never a symbol the linker could share between them (isa.h; an
+// odr-used `inline constexpr` variable is one, as the sanitized -O1 build showed).
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // The vector kernels' base-2 domain: scores scaled by softmax_scale * log2(e), p = 2^(s - m2), so
 // one exp2 per score; their lse is ln 2 * (m2 + log2 l).
-inline constexpr float kLog2e = 1.4426950408889634f;
-inline constexpr float kLn2 = 0.6931471805599453f;
-namespace {  // each kernel file its own copy, built with its own instructions (isa.h)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 // The lse of a row kept in the base-2 domain: running maximum m2, sum l > 0; in double, so that
 // log2 l adds no rounding of its own to m2's. One formula for every vector kernel.
 inline float lse_base2(float m2, float l) {
   return float((double(m2) + std::log2(double(l))) * 0.6931471805599453);
 }
+
 }  // namespace
 
 // exp(a - b) for b >= a, with exp(-inf - anything) = 0 (in particular exp(-inf - -inf) = 0).
