@@ -89,13 +89,9 @@ void decode_fast_rotated(const DecodeParams& p, DType q_dtype, const void* q,
     return decode_fast(p, q_dtype, q, cache, opt, plan, workspace, o, lse);
   const int64_t rows = int64_t(p.batch) * p.q_len * p.num_heads, n = rows * kQkDim;
   const DType kt = kernel_q_dtype(cache.dtype(), q_dtype);
-  thread_local AlignedVec<float> qf;
   thread_local AlignedVec<uint16_t> qk;
-  if (int64_t(qf.size()) < n) qf.resize(n), qk.resize(n);
-  for (int64_t i = 0; i < n; ++i) qf[i] = load_f32(q_dtype, q, i);
-  cpu::hadamard_rows(rot, false, {.base = qf.data(), .n2 = rows, .s2 = kQkDim}, plan.workers());
-  for (int64_t i = 0; i < n; ++i)
-    qk[i] = kt == DType::f16 ? f32_to_f16(qf[i]) : f32_to_bf16(qf[i]);
+  if (int64_t(qk.size()) < n) qk.resize(n);
+  cpu::rotate_query(rot, q_dtype, q, rows, kt, qk.data(), plan.workers());
   decode_fast(p, kt, qk.data(), cache, opt, plan, workspace, o, lse);
   const OutputStrides os = resolved(p.o_strides, p.q_len, p.num_heads, kLatentDim);
   cpu::hadamard_rows(rot, true,

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,6 +34,8 @@ struct OutFile {
 // swapped with it in one rename (RENAME_EXCHANGE); on any failure the previous files are
 // unchanged and an mla::Error says nothing was written. `dir` may hold only mla outputs.
 void write_outputs(const std::string& dir, const std::vector<OutFile>& files);
+// Refuses (before any work) an --out that exists and is not a directory of mla outputs.
+void check_out_dir(const std::filesystem::path& dir);
 // One text file (a report, JSON, SVG), written beside `path` and renamed into place (bench.cc).
 void write_file_atomic(const std::string& path, const std::string& text);
 

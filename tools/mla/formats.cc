@@ -68,12 +68,17 @@ Problem make_problem(const FormatsArgs& a, Data data, uint64_t seed) {
 
 struct Format {
   KvDType kv;
-  KvScale scale;
+  KvScale scale = KvScale::token;
+  KvRotation rot = KvRotation::none;
+  Fp8Scale fp8 = Fp8Scale::exact;
 };
 
 std::string format_name(const Format& f) {
-  if (f.kv != KvDType::int8) return kv_dtype_name(f.kv);
-  return std::string("int8 ") + kv_scale_name(f.scale);
+  std::string n = kv_dtype_name(f.kv);
+  if (f.kv == KvDType::int8) n += std::string(" ") + kv_scale_name(f.scale);
+  if (f.kv == KvDType::fp8) n += f.fp8 == Fp8Scale::pow2 ? " (pow2 scales)" : " (exact scales)";
+  if (f.rot != KvRotation::none) n += std::string(" + ") + kv_rotation_name(f.rot);
+  return n;
 }
 
 // Relative norm error of o and max |lse - ref| over every row.
@@ -99,12 +104,22 @@ void run_formats(const FormatsArgs& a) {
             "mla formats: batch " << a.batch << ", heads " << a.heads << ", q_len " << a.q_len
                                   << ", context " << a.context << ", block size " << a.block_size
                                   << " must be positive, context >= q_len");
+  constexpr KvRotation had = KvRotation::hadamard;
   const std::vector<Format> formats = {
-      {KvDType::bf16, KvScale::token},    {KvDType::fp16, KvScale::token},
-      {KvDType::fp8, KvScale::token},     {KvDType::int8, KvScale::group32},
-      {KvDType::int8, KvScale::group64},  {KvDType::int8, KvScale::group128},
-      {KvDType::int8, KvScale::token},    {KvDType::int8, KvScale::channel},
-      {KvDType::int8, KvScale::tensor}};
+      {KvDType::bf16},
+      {KvDType::fp16},
+      {.kv = KvDType::fp8, .fp8 = Fp8Scale::pow2},
+      {.kv = KvDType::fp8},
+      {.kv = KvDType::fp8, .rot = had},
+      {KvDType::int8, KvScale::group32},
+      {KvDType::int8, KvScale::group64},
+      {KvDType::int8, KvScale::group64, had},
+      {KvDType::int8, KvScale::group128},
+      {KvDType::int8, KvScale::token},
+      {KvDType::int8, KvScale::token, had},
+      {KvDType::int8, KvScale::channel},
+      {KvDType::int8, KvScale::tensor},
+      {KvDType::int8, KvScale::tensor, had}};
   std::printf("`mla formats --seed %llu --batch %d --heads %d --q-len %d --context %d "
               "--block-size %d`\n\n",
               (unsigned long long)a.seed, a.batch, a.heads, a.q_len, a.context, a.block_size);
@@ -128,7 +143,8 @@ void run_formats(const FormatsArgs& a) {
                            a.block_size + t % a.block_size);
     for (const Format& f : formats) {
       PagedLatentCache cache({.num_blocks = pr.num_blocks, .block_size = a.block_size,
-                              .dtype = f.kv, .scale = f.scale});
+                              .dtype = f.kv, .scale = f.scale, .rotation = f.rot,
+                              .fp8_scale = f.fp8});
       cache.calibrate(pr.kv.data(), used);
       cache.import_f32(pr.kv.data());
       // The query in the kernel's type; the de-quantized reference sees what the kernel sees.

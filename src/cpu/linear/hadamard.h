@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "mla/cache.h"
+#include "mla/dtype.h"
 
 namespace mla::cpu {
 
@@ -23,9 +24,17 @@ struct LatentRows {
 void hadamard_rows(KvRotation r, bool inverse, const LatentRows& rows, int threads,
                    bool isa_portable = false);
 
+// The query of a decode with a rotated cache: q [rows, 576] in q_dtype (f32, bf16, f16) -> out
+// [rows, 576] in kt (bf16 or f16): the latent part rotated in fp32 and rounded once to kt, the
+// rope part rounded as it is. Row by row, in L1, split across the pool's workers.
+void rotate_query(KvRotation r, DType q_dtype, const void* q, int64_t rows, DType kt,
+                  uint16_t* out, int threads);
+
 // Internal: hadamard_avx512.cc, called only after hadamard_avx512_supported(). `scale`: the signs
 // times 1/sqrt(512), applied before the transform (pre) or after it (post).
 bool hadamard_avx512_supported();
 void hadamard_row_avx512(float* x, const float* scale, bool post);
+// One query row [576], f32 (q_f32) or bf16, rotated and rounded to bf16 (rotate_query's row).
+void rotate_query_row_avx512(const void* q, bool q_f32, uint16_t* out, const float* scale);
 
 }  // namespace mla::cpu
