@@ -344,7 +344,13 @@ class LatentCache:
     the latent with a scale per token or per group of 32 / 64 / 128 channels of each token
     (``scale='group32'`` ...; computed on write), per tensor or per channel (set or calibrated
     before writing); the rope part stays bf16. fp8 is FlashMLA's 656-byte token (docs/FORMATS.md);
-    pass ``is_fp8_kvcache=True`` with it.
+    pass ``is_fp8_kvcache=True`` with it; its tile scales are written ``fp8_scale='exact'``
+    (max/448 rounded up to 4 significant bits, the default) or ``'pow2'`` (FlashMLA's).
+
+    ``rotation='hadamard'`` stores each token's latent as c R (R = D H / sqrt(512), a fixed +-1
+    diagonal times the normalized Walsh-Hadamard matrix; the rope part is never rotated), which
+    spreads outlier channels before quantizing; queries and outputs stay in the original space
+    (the decode rotates q and un-rotates o), and reads / ``export_f32`` give the original space.
 
     ``shuffle_seed`` != 0 hands out free blocks in a shuffled order (scattered block tables).
     Writes wait for a decode in progress (decodes release the GIL), so a decode never reads a
@@ -352,8 +358,8 @@ class LatentCache:
     """
 
     def __init__(self, num_blocks: int, block_size: int = 64, dtype: str = "bf16", scale: str = "token",
-                 shuffle_seed: int = 0) -> None:
-        self._c = _mla.LatentCache(num_blocks, block_size, dtype, scale, shuffle_seed)
+                 shuffle_seed: int = 0, rotation: str = "none", fp8_scale: str = "exact") -> None:
+        self._c = _mla.LatentCache(num_blocks, block_size, dtype, scale, shuffle_seed, rotation, fp8_scale)
         self._block_size = self._c.block_size
         self._fp8 = self._c.dtype == "fp8"  # the fast path in flash_mla_with_kvcache takes no fp8
 
@@ -362,6 +368,8 @@ class LatentCache:
     dtype = property(lambda self: self._c.dtype, doc="'bf16', 'fp16', 'int8' or 'fp8'")
     scale = property(lambda self: self._c.scale, doc="int8 scale mode: 'token', 'group32', 'group64', 'group128', 'tensor' or 'channel'")
     free_blocks = property(lambda self: self._c.free_blocks, doc="blocks not held by any sequence")
+    rotation = property(lambda self: self._c.rotation, doc="latent rotation: 'none' or 'hadamard'")
+    fp8_scale = property(lambda self: self._c.fp8_scale, doc="fp8 tile scales: 'exact' or 'pow2'")
 
     def add_sequence(self) -> int:
         """A new empty sequence; returns its id."""

@@ -457,17 +457,19 @@ struct LatentCache {
   bool static_scale = false;  // int8 tensor / channel mode: a scale was set (writes need one)
 
   LatentCache(int64_t num_blocks, int block_size, const std::string& dtype, const std::string& scale,
-              uint64_t shuffle_seed)
-      : cache(config(num_blocks, block_size, dtype, scale)),
+              uint64_t shuffle_seed, const std::string& rotation, const std::string& fp8_scale)
+      : cache(config(num_blocks, block_size, dtype, scale, rotation, fp8_scale)),
         alloc(num_blocks, block_size, shuffle_seed) {}
 
   static mla::CacheConfig config(int64_t num_blocks, int block_size, const std::string& dtype,
-                                 const std::string& scale) {
+                                 const std::string& scale, const std::string& rotation,
+                                 const std::string& fp8_scale) {
     MLA_CHECK(num_blocks >= 1, "num_blocks = " << num_blocks << " must be at least 1");
     MLA_CHECK(block_size >= 1, "block_size = " << block_size << " must be at least 1");
     const mla::KvDType kv = mla::parse_kv_dtype(dtype);
     const mla::KvScale mode = mla::parse_kv_scale(scale);
-    return {.num_blocks = num_blocks, .block_size = block_size, .dtype = kv, .scale = mode};
+    return {.num_blocks = num_blocks, .block_size = block_size, .dtype = kv, .scale = mode,
+            .rotation = mla::parse_kv_rotation(rotation), .fp8_scale = mla::parse_fp8_scale(fp8_scale)};
   }
 
   void require_writable() const {
@@ -837,8 +839,12 @@ NB_MODULE(_mla, m) {
           "seqs"_a, "hidden"_a);
 
   nb::class_<LatentCache>(m, "LatentCache")
-      .def(nb::init<int64_t, int, const std::string&, const std::string&, uint64_t>(),
-           "num_blocks"_a, "block_size"_a, "dtype"_a, "scale"_a, "shuffle_seed"_a)
+      .def(nb::init<int64_t, int, const std::string&, const std::string&, uint64_t,
+                    const std::string&, const std::string&>(),
+           "num_blocks"_a, "block_size"_a, "dtype"_a, "scale"_a, "shuffle_seed"_a, "rotation"_a,
+           "fp8_scale"_a)
+      .def_prop_ro("rotation", [](const LatentCache& c) { return std::string(mla::kv_rotation_name(c.cache.config().rotation)); })
+      .def_prop_ro("fp8_scale", [](const LatentCache& c) { return std::string(mla::fp8_scale_name(c.cache.config().fp8_scale)); })
       .def_prop_ro("num_blocks", [](const LatentCache& c) { return c.cache.num_blocks(); })
       .def_prop_ro("block_size", [](const LatentCache& c) { return c.cache.block_size(); })
       .def_prop_ro("dtype", [](const LatentCache& c) { return std::string(mla::kv_dtype_name(c.cache.dtype())); })
