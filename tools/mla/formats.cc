@@ -23,6 +23,7 @@ namespace {
 struct FormatsArgs {
   uint64_t seed = 1;
   int batch = 3, heads = 128, q_len = 2, context = 1024, block_size = 64, threads = 0;
+  float outlier_gain = 0;  // > 0: every outlier channel this many times the rest (else 10-20x)
 };
 
 enum class Data { normal, outliers, sink };
@@ -53,7 +54,10 @@ Problem make_problem(const FormatsArgs& a, Data data, uint64_t seed) {
   for (size_t i = 0; i < pr.block_table.size(); ++i) pr.block_table[i] = int32_t(i);
   std::vector<float> gain(kLatentDim, 1.f);
   if (data == Data::outliers)
-    for (int k = 0; k < 8; ++k) gain[rng() % kLatentDim] = 10.f + 10.f * float(rng() % 1001) / 1000.f;
+    for (int k = 0; k < 8; ++k) {
+      const float g = 10.f + 10.f * float(rng() % 1001) / 1000.f;
+      gain[rng() % kLatentDim] = a.outlier_gain > 0 ? a.outlier_gain : g;
+    }
   pr.kv.resize(size_t(pr.num_blocks) * bs * kQkDim);
   for (int64_t s = 0; s < pr.num_blocks * bs; ++s) {
     const bool sink = data == Data::sink && s % (int64_t(pr.max_blocks) * bs) == 0;
@@ -121,8 +125,9 @@ void run_formats(const FormatsArgs& a) {
       {KvDType::int8, KvScale::tensor},
       {KvDType::int8, KvScale::tensor, had}};
   std::printf("`mla formats --seed %llu --batch %d --heads %d --q-len %d --context %d "
-              "--block-size %d`\n\n",
-              (unsigned long long)a.seed, a.batch, a.heads, a.q_len, a.context, a.block_size);
+              "--block-size %d%s`\n\n",
+              (unsigned long long)a.seed, a.batch, a.heads, a.q_len, a.context, a.block_size,
+              a.outlier_gain > 0 ? (" --outlier-gain " + std::to_string(int(a.outlier_gain))).c_str() : "");
   std::printf("| data | format | o rel. err vs unquantized | max lse err vs unquantized | "
               "o rel. err vs de-quantized (kernel) | max lse err vs de-quantized |\n");
   std::printf("| --- | --- | --- | --- | --- | --- |\n");
@@ -182,6 +187,7 @@ void add_formats_command(CLI::App& app) {
   c->add_option("--context", a->context, "Tokens of the longest sequence")->capture_default_str();
   c->add_option("--block-size", a->block_size, "Tokens per cache block")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
+  c->add_option("--outlier-gain", a->outlier_gain, "Outlier channels this many times the rest (0: 10-20x, drawn per channel)")->capture_default_str();
   c->callback([a] { run_formats(*a); });
 }
 
