@@ -12,10 +12,11 @@
 //   fp8         FlashMLA's fp8 token (its sparse decoding's "V32_FP8Sparse" layout), 656 bytes:
 //                 [0, 512)    latent, fp8 e4m3
 //                 [512, 528)  four float32 scales, one per 128 latent channels (value = e4m3 * scale;
-//                             written by default (Fp8Scale::exact) as max|x| / 448 of the tile
-//                             rounded up to 4 significant bits (so e4m3 x scale is exact in bf16,
-//                             the fp8 kernel's widening), or as FlashMLA's power of two at or
-//                             above it (Fp8Scale::pow2); any positive scale reads the same way)
+//                             written by default (Fp8Scale::exact) as max|x| / 448 of the tile,
+//                             or as FlashMLA's power of two at or above it (Fp8Scale::pow2); any
+//                             positive scale reads the same way. The kernels widen each value to
+//                             bf16(e4m3 x scale), exact for power-of-two scales, and read() gives
+//                             the same widened values, what the kernels compute with)
 //                 [528, 656)  rope, 64 bf16
 //               stored as [num_blocks, block_size, 656] bytes, so import/export is a copy.
 // Rotation (CacheConfig::rotation, issue 20): with KvRotation::hadamard every token's latent part
@@ -49,7 +50,7 @@ enum class KvDType { bf16, fp16, int8, fp8 };
 enum class KvScale { token, tensor, channel, group32, group64, group128 };
 constexpr int kNumKvScales = 6;
 enum class KvRotation { none, hadamard };  // of the latent before it is stored (see above)
-enum class Fp8Scale { exact, pow2 };       // fp8 tile scales written: ~max|x|/448, or FlashMLA's
+enum class Fp8Scale { exact, pow2 };       // fp8 tile scales written: max|x|/448, or FlashMLA's
 MLA_API const char* kv_dtype_name(KvDType t);
 MLA_API const char* kv_scale_name(KvScale s);
 MLA_API KvDType parse_kv_dtype(const std::string& s);  // "bf16" | "fp16" | "int8" | "fp8"

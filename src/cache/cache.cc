@@ -73,19 +73,17 @@ float max_abs(const float* x, int n) {
 }
 
 // The fp8 tile scale from r = max(max|x| / 448, 1e-4) (FlashMLA's quantize_k_cache clamps at 1e-4,
-// so an all-zero tile gets a positive scale). pow2: FlashMLA's, the power of two at or above r;
-// x / scale is then exact, but up to half of e4m3's top binade goes unused. exact (the default):
-// r rounded up to 4 significant bits, at most 1/8 above r, so the tile's largest value lands in
-// 392..448 and keeps e4m3's full relative precision (issue 20: on outlier channels this halves
-// the end-to-end error). Why not r itself: the fp8 kernel widens e4m3 x scale to bf16, exact for
-// a 4-bit e4m3 significand times a 4-bit scale significand (8 bits), not for a 24-bit scale.
-// Non-finite max|x| gives a non-finite scale: the tile reads NaN.
+// so an all-zero tile gets a positive scale). exact (the default): r itself, so the tile's largest
+// value is stored exactly (448 x r) and the rest keep e4m3's full range; on outlier channels the
+// largest value of a tile is an outlier's, so about half the outlier values become exact (issue
+// 20). pow2: FlashMLA's, the power of two at or above r, which keeps x / scale exact but leaves up
+// to half of e4m3's top binade unused. Non-finite max|x| gives a non-finite scale: the tile reads
+// NaN.
 float fp8_scale(float amax, Fp8Scale mode) {
   const float r = std::max(amax / 448.f, 1e-4f);
-  if (!std::isfinite(r)) return r;
+  if (!std::isfinite(r) || mode == Fp8Scale::exact) return r;
   int e;
   const float m = std::frexp(r, &e);  // r = m * 2^e, m in [0.5, 1)
-  if (mode == Fp8Scale::exact) return std::ldexp(std::ceil(m * 16.f), e - 4);
   return std::ldexp(1.f, m == 0.5f ? e - 1 : e);
 }
 
@@ -333,7 +331,8 @@ void CacheView::read_stored(int64_t slot, float* x) const {
       for (int c = 0; c < kLatentDim; ++c) {
         float s;
         std::memcpy(&s, t + kFp8ScaleOffset + 4 * (c / kFp8Tile), 4);
-        x[c] = fp8e4m3_to_f32(t[c]) * s;
+        // As every fp8 kernel widens it: bf16(e4m3 x scale) (exact for power-of-two scales).
+        x[c] = bf16_to_f32(f32_to_bf16(fp8e4m3_to_f32(t[c]) * s));
       }
       for (int i = 0; i < kRopeDim; ++i) {
         uint16_t r;
