@@ -28,10 +28,6 @@ const float* scaled_signs() {
 // Below this many rows one worker does it all: a row takes ~0.1 us, a pool dispatch a few.
 constexpr int64_t kRowsPerWorker = 64;
 
-}  // namespace
-
-namespace {
-
 // Runs fn(i) for i < n on enough workers that each has kRowsPerWorker rows or more.
 template <class F>
 void for_rows(int64_t n, int threads, F&& fn) {
