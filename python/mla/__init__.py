@@ -493,17 +493,18 @@ class Layer:
 
     @classmethod
     def from_pretrained(cls, model_dir: str, layer: int = 0, kv_dtype: str = "bf16", block_size: int = 64,
-                        threads: int = 0, num_blocks: int = 1024) -> "Layer":
+                        threads: int = 0, num_blocks: int = 1024, kv_rotate: str = "none") -> "Layer":
         """Opens ``model_dir`` (config.json + model.safetensors, or shards with
         model.safetensors.index.json) and checks every tensor of
         ``model.layers.{layer}.self_attn.*`` before returning; weights stay memory-mapped.
 
         kv_dtype: cache format, ``'bf16'``, ``'fp16'``, ``'int8'`` (per-token scales) or ``'fp8'``
         (FlashMLA's 656-byte token). threads: workers per call (0: all cores). num_blocks: cache
-        capacity, shared by all sequences.
+        capacity, shared by all sequences. kv_rotate: ``'none'`` or ``'hadamard'`` (the cache's
+        latent rotated, R folded into the layer's absorbed projections; docs/LAYER.md).
         """
         return cls(_mla.Layer(str(model_dir), int(layer), kv_dtype, int(block_size), int(num_blocks),
-                              int(threads)))
+                              int(threads), kv_rotate))
 
     hidden_size = property(lambda self: self._l.hidden_size, doc="the model's hidden_size")
     num_heads = property(lambda self: self._l.num_heads, doc="attention heads")
