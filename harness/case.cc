@@ -47,7 +47,8 @@ CacheConfig cache_config(const CaseSpec& s) {
   return CacheConfig{.num_blocks = used + std::max<int64_t>(2, used / 8),
                      .block_size = s.block_size,
                      .dtype = s.kv_dtype,
-                     .scale = s.kv_scale};
+                     .scale = s.kv_scale,
+                     .rotation = s.kv_rotation};
 }
 
 }  // namespace

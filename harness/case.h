@@ -35,6 +35,7 @@ struct CaseSpec {
   int block_size = 64;
   KvDType kv_dtype = KvDType::int8;
   KvScale kv_scale = KvScale::token;  // int8 only
+  KvRotation kv_rotation = KvRotation::none;
   uint64_t seed = 1;
   double score_std = 1.5;  // standard deviation of q.k * softmax_scale over random q and k
 

@@ -25,7 +25,9 @@ std::string Case::describe() const {
   os << "batch " << spec.batch << " q_len " << spec.q_len << " heads " << spec.heads << " block "
      << spec.block_size << " kv " << kv_dtype_name(spec.kv) << "/" << kv_scale_name(spec.scale)
      << (spec.causal ? " causal" : " non-causal") << " score_std " << spec.score_std
-     << (spec.sink ? " sink" : "") << " seq_lens";
+     << (spec.sink ? " sink" : "") << (spec.outliers ? " outliers" : "") << " rotation "
+     << kv_rotation_name(spec.rotation) << " fp8 scale " << fp8_scale_name(spec.fp8_scale)
+     << " seq_lens";
   for (int s : seq_lens) os << " " << s;
   os << " q_lens";
   for (int s : q_lens) os << " " << s;
@@ -36,7 +38,8 @@ static CacheConfig config_of(const CaseSpec& s) {
   int64_t blocks = s.spare_blocks;
   for (int l : s.seq_lens) blocks += (l + s.block_size - 1) / s.block_size;
   return CacheConfig{.num_blocks = std::max<int64_t>(blocks, 1), .block_size = s.block_size,
-                     .dtype = s.kv, .scale = s.scale};
+                     .dtype = s.kv, .scale = s.scale, .rotation = s.rotation,
+                     .fp8_scale = s.fp8_scale};
 }
 
 Case make_case(const CaseSpec& spec, uint64_t seed) {
@@ -66,7 +69,8 @@ Case make_case(const CaseSpec& spec, uint64_t seed) {
       const int64_t s = alloc.slot(seqs[b], t);
       used.push_back(s);
       const float boost = (spec.sink && t == 0) ? 4.f : 1.f;
-      for (int d = 0; d < kQkDim; ++d) c.kv[s * kQkDim + d] = nd(rng) * boost;
+      for (int d = 0; d < kQkDim; ++d)
+        c.kv[s * kQkDim + d] = nd(rng) * boost * (spec.outliers && d < kLatentDim && d % 64 == 7 ? 12.f : 1.f);
     }
   c.cache.calibrate(c.kv.data(), used);
   c.cache.import_f32(c.kv.data());

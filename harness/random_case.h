@@ -29,9 +29,12 @@ struct CaseSpec {
   std::vector<int> q_lens;     // [batch] or empty: q_len each
   KvDType kv = KvDType::bf16;
   KvScale scale = KvScale::token;
+  KvRotation rotation = KvRotation::none;
+  Fp8Scale fp8_scale = Fp8Scale::exact;
   bool causal = true;
   float score_std = 2.f;   // spread of the attention scores
   bool sink = false;       // one key per sequence dominates (an attention sink)
+  bool outliers = false;   // 8 latent channels (the same in every token) 12x the rest
   int spare_blocks = 3;    // blocks no sequence uses (filled with NaN)
 };
 

@@ -68,6 +68,7 @@ std::string Variant::describe() const {
      << ",red=" << (opt.reduction == Reduction::last ? "last" : "separate")
      << ",isa=" << isa_name(opt.isa)
      << ",impl=" << (opt.impl == Impl::fast ? "fast" : "ref");
+  if (rotation != KvRotation::none) os << ",rot=" << kv_rotation_name(rotation);
   return os.str();
 }
 
@@ -111,9 +112,13 @@ Variant parse_variant(const std::string& config, int default_chunk) {
       MLA_CHECK(val == "fast" || val == "ref",
                 "variant item '" << item << "': impl must be fast or ref");
       v.opt.impl = val == "fast" ? Impl::fast : Impl::ref;
+    } else if (key == "rot") {
+      MLA_CHECK(val == "none" || val == "hadamard",
+                "variant item '" << item << "': rot must be none or hadamard");
+      v.rotation = parse_kv_rotation(val);
     } else {
       MLA_FAIL("variant item '" << item << "': unknown key '" << key
-                                << "' (expected chunk, up, red, isa or impl)");
+                                << "' (expected chunk, up, red, isa, impl or rot)");
     }
   }
   return v;

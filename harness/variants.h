@@ -11,6 +11,8 @@
 //            | 'isa=' ISA               ISA: best, avx512, avx2 (force those kernels) or portable
 //                                       (the plain C++ kernels)
 //            | 'impl=' IMPL             IMPL: fast or ref (the float64 reference; for debugging)
+//            | 'rot=' ROT               ROT: none or hadamard (the cache's latent rotation: the
+//                                       variant runs on a cache of the same values written with it)
 //
 // Keys a configuration leaves out take the "new" preset's values; items after a preset override
 // it. Examples: "old:new" (the default), "chunk=1:chunk=4", "red=separate:red=last",
@@ -28,6 +30,7 @@ struct Variant {
   std::string text;              // as given: "old", "chunk=1,up=spill"
   DecodeOptions opt;             // threads not set here (the caller's --threads)
   bool isa_given = false;        // the configuration names an isa (mla bench --isa leaves it)
+  KvRotation rotation = KvRotation::none;  // of the cache this variant runs on
   std::string describe() const;  // every key: "chunk=1,up=spill,red=separate,isa=best,impl=fast"
 };
 

@@ -362,6 +362,12 @@ TEST(Variants, GoodSpecs) {
   EXPECT_EQ(w[1].describe(), "chunk=4,up=resident,red=last,isa=avx512,impl=fast");
   EXPECT_EQ(v[1].opt.impl, Impl::ref);
   EXPECT_EQ(v[1].opt.reduction, Reduction::separate);
+  // rot= picks the cache's rotation (issue 20); described only when not none.
+  const std::vector<bench::Variant> r = bench::parse_variants("new:new,rot=hadamard", 4);
+  EXPECT_EQ(r[0].rotation, KvRotation::none);
+  EXPECT_EQ(r[1].rotation, KvRotation::hadamard);
+  EXPECT_EQ(r[1].describe(), "chunk=4,up=resident,red=last,isa=best,impl=fast,rot=hadamard");
+  EXPECT_THROW(bench::parse_variants("new:rot=walsh", 4), Error);
 }
 
 TEST(Variants, BadSpecsAreErrors) {

@@ -109,13 +109,17 @@ TEST(Cache, GroupScalesAreEachGroupsMaximum) {
 }
 
 // fp8: FlashMLA's 656-byte tokens. Each value within half an e4m3 step of its scaled value, the
-// scales powers of two with max|x| / scale in (224, 448], the rope bf16, and export -> import a
-// byte-exact round trip.
+// scales powers of two with max|x| / scale in (224, 448] (pow2), or max|x| / 448 exactly (exact),
+// read back as the kernels widen them (bf16(e4m3 x scale)), the rope bf16, and export -> import a
+// byte-exact round trip, in both scale modes.
 TEST(Cache, Fp8TokensAreFlashMlaBytesAndRoundTripExactly) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE(seed);
+  for (Fp8Scale mode : {Fp8Scale::exact, Fp8Scale::pow2})
   for (int block_size : {1, 16, 64}) {
-    PagedLatentCache c({.num_blocks = 3, .block_size = block_size, .dtype = KvDType::fp8});
+    SCOPED_TRACE(fp8_scale_name(mode));
+    PagedLatentCache c({.num_blocks = 3, .block_size = block_size, .dtype = KvDType::fp8,
+                        .fp8_scale = mode});
     const int64_t n = c.num_slots();
     auto kv = random_tokens(n, seed + block_size);
     c.import_f32(kv.data());
@@ -129,13 +133,19 @@ TEST(Cache, Fp8TokensAreFlashMlaBytesAndRoundTripExactly) {
         float sc;
         std::memcpy(&sc, tok + 512 + 4 * g, 4);
         int e;
-        ASSERT_EQ(std::frexp(sc, &e), 0.5f) << "scale " << sc << " is not a power of two";
+        const float m = std::frexp(sc, &e);
         float amax = 0.f;
         for (int d = g * 128; d < (g + 1) * 128; ++d) amax = std::max(amax, std::fabs(kv[s * kQkDim + d]));
-        EXPECT_GT(amax / sc, 224.f);
-        EXPECT_LE(amax / sc, 448.f);
+        if (mode == Fp8Scale::pow2) {
+          ASSERT_EQ(m, 0.5f) << "scale " << sc << " is not a power of two";
+          EXPECT_GT(amax / sc, 224.f);
+        } else {
+          ASSERT_EQ(sc, std::max(amax / 448.f, 1e-4f));
+        }
+        EXPECT_LE(amax / sc, 448.0001f);  // exact: max / (max / 448) may round just above 448
         for (int d = g * 128; d < (g + 1) * 128; ++d) {
-          ASSERT_EQ(back[s * kQkDim + d], fp8e4m3_to_f32(tok[d]) * sc) << s << " " << d;
+          ASSERT_EQ(back[s * kQkDim + d], bf16_to_f32(f32_to_bf16(fp8e4m3_to_f32(tok[d]) * sc)))
+              << s << " " << d;
           ASSERT_EQ(tok[d], f32_to_fp8e4m3(kv[s * kQkDim + d] / sc)) << s << " " << d;
         }
       }
@@ -146,7 +156,8 @@ TEST(Cache, Fp8TokensAreFlashMlaBytesAndRoundTripExactly) {
         ASSERT_EQ(back[s * kQkDim + 512 + i], bf16_to_f32(r));
       }
     }
-    PagedLatentCache d({.num_blocks = 3, .block_size = block_size, .dtype = KvDType::fp8});
+    PagedLatentCache d({.num_blocks = 3, .block_size = block_size, .dtype = KvDType::fp8,
+                        .fp8_scale = mode});
     d.import_fp8(bytes.data(), bytes.size());
     EXPECT_EQ(d.export_fp8(), bytes);
     // Refused: wrong size, a negative or NaN scale (naming the slot), nothing imported.

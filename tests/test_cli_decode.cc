@@ -1343,13 +1343,15 @@ TEST(CliFormats, PrintsEveryFormatFinite) {
   const RunResult r = run_cli({"formats", "--heads", "4", "--batch", "2", "--context", "200",
                                "--threads", "2"}, tmp.path);
   ASSERT_EQ(r.code, 0) << r.describe();
-  for (const char* row : {"| normal | bf16 |", "| outlier channels | fp8 |",
-                          "| attention sink | int8 group64 |", "| normal | int8 tensor |"})
+  for (const char* row : {"| normal | bf16 |", "| outlier channels | fp8 (exact scales) |",
+                          "| attention sink | int8 group64 |", "| normal | int8 tensor |",
+                          "| outlier channels | fp8 (pow2 scales) |",
+                          "| outlier channels | int8 token + hadamard |"})
     EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.describe();
   EXPECT_EQ(r.out.find("nan"), std::string::npos) << r.describe();
   size_t rows = 0;
   for (size_t i = r.out.find("\n| "); i != std::string::npos; i = r.out.find("\n| ", i + 1)) ++rows;
-  EXPECT_EQ(rows, 2 + 3 * 9u) << r.describe();  // header, separator, 3 data kinds x 9 formats
+  EXPECT_EQ(rows, 2 + 3 * 14u) << r.describe();  // header, separator, 3 data kinds x 14 formats
 }
 
 TEST(CliDecode, HelpListsTheOptions) {
@@ -1360,7 +1362,8 @@ TEST(CliDecode, HelpListsTheOptions) {
   for (const char* opt : {"--in",      "--out",     "--random",     "--batch",     "--heads",
                           "--q-len",   "--context", "--block-size", "--kv-dtype",  "--kv-scale",
                           "--q-dtype", "--scale",   "--causal",     "--no-causal", "--threads",
-                          "--impl",    "--chunk",   "--reduction",  "--up",        "--isa"})
+                          "--impl",    "--chunk",   "--reduction",  "--up",        "--isa",
+                          "--kv-rotate", "--fp8-scale"})
     EXPECT_NE(r.out.find(opt), std::string::npos) << "--help does not list " << opt << "\n"
                                                   << r.describe();
 }

@@ -99,6 +99,10 @@ struct DecodeOptions {
   Isa isa = Isa::best;
   const char* kernel = nullptr;  // a kernel by name (tests, benchmarks); nullptr: chosen by isa
   StageTimes* stage_times = nullptr;  // non-null: per-stage times are added here
+  // With a rotated cache (CacheConfig::rotation): true when q's latent parts are already in the
+  // rotated space (q R) and o is wanted there too (o R), as the attention layer folds R into its
+  // projections; false: decode() rotates q and un-rotates o itself. No effect on other caches.
+  bool qo_rotated = false;
 };
 constexpr int kKvTile = 64;  // tokens per KV tile: FlashMLA's block, whatever the cache's pages
 // Bounds of the options and shapes (decode refuses beyond them, naming the value). Chunks past 64
@@ -118,7 +122,10 @@ MLA_API DType kernel_q_dtype(KvDType cache, DType requested);
 // The query values the fast kernels compute with, from q already rounded to kernel_q_dtype:
 // unchanged for bf16/fp16 caches; for int8 the latent part quantized per row to int8
 // (scale max|q'|/127, q' = q * channel scale in channel mode) and de-quantized, the rope part as
-// is. q and out: [rows, 576]. A reference on these values sees exactly what the kernel saw.
+// is. With a rotated cache the latent part is first rotated and rounded to the kernel's type (as
+// decode() does with q in the original space), and the result un-rotated back to the original
+// space. q and out: [rows, 576]. A reference on these values and CacheView::read sees exactly what
+// the kernel saw.
 MLA_API void kernel_query_values(const CacheView& cache, int64_t rows, const float* q, float* out);
 
 // Runs the decode. Validates first; o and lse are untouched when it throws. Plans the step on

@@ -12,9 +12,20 @@
 //   fp8         FlashMLA's fp8 token (its sparse decoding's "V32_FP8Sparse" layout), 656 bytes:
 //                 [0, 512)    latent, fp8 e4m3
 //                 [512, 528)  four float32 scales, one per 128 latent channels (value = e4m3 * scale;
-//                             written as the power of two at or above max|x| / 448, as FlashMLA does)
+//                             written by default (Fp8Scale::exact) as max|x| / 448 of the tile,
+//                             or as FlashMLA's power of two at or above it (Fp8Scale::pow2); any
+//                             positive scale reads the same way. The kernels widen each value to
+//                             bf16(e4m3 x scale), exact for power-of-two scales, and read() gives
+//                             the same widened values, what the kernels compute with)
 //                 [528, 656)  rope, 64 bf16
 //               stored as [num_blocks, block_size, 656] bytes, so import/export is a copy.
+// Rotation (CacheConfig::rotation, issue 20): with KvRotation::hadamard every token's latent part
+// (never the rope part) is stored as c R, R = D H / sqrt(512) (D a fixed +-1 diagonal,
+// hadamard_signs(); H the 512-point Walsh-Hadamard matrix; R is orthogonal). A few outlier
+// channels then spread over all 512, so one int8 or fp8 scale fits them all. Scores are unchanged
+// ((q R) (c R)^T = q c^T) and the output comes back as o = (P (c R)) R^T: decode() rotates the
+// query's latent part and un-rotates o (or the caller does both, DecodeOptions::qo_rotated).
+// The kernels read the rotated values; read() and export_f32() un-rotate (the original space).
 // The kernels gather and repack tokens per chunk, so the storage stays token-major for any block
 // size; import/export of the logical content is lossless.
 #pragma once
@@ -38,11 +49,31 @@ constexpr int kQkDim = kLatentDim + kRopeDim;  // 576
 enum class KvDType { bf16, fp16, int8, fp8 };
 enum class KvScale { token, tensor, channel, group32, group64, group128 };
 constexpr int kNumKvScales = 6;
+enum class KvRotation { none, hadamard };  // of the latent before it is stored (see above)
+enum class Fp8Scale { exact, pow2 };       // fp8 tile scales written: max|x|/448, or FlashMLA's
 MLA_API const char* kv_dtype_name(KvDType t);
 MLA_API const char* kv_scale_name(KvScale s);
 MLA_API KvDType parse_kv_dtype(const std::string& s);  // "bf16" | "fp16" | "int8" | "fp8"
 // "token" | "tensor" | "channel" | "group32" | "group64" | "group128"
 MLA_API KvScale parse_kv_scale(const std::string& s);
+MLA_API const char* kv_rotation_name(KvRotation r);      // "none" | "hadamard"
+MLA_API KvRotation parse_kv_rotation(const std::string& s);
+MLA_API const char* fp8_scale_name(Fp8Scale s);          // "exact" | "pow2"
+MLA_API Fp8Scale parse_fp8_scale(const std::string& s);
+
+// The +-1 diagonal D of the Hadamard rotation: sign i is the top bit of the i-th output of
+// splitmix64 seeded with kHadamardSeed (1 = -1). Fixed, so a cache written by one program (or
+// exported, or a layer's folded weights) and read by another agree.
+constexpr uint64_t kHadamardSeed = 0x6d6c612d726f7431ull;  // "mla-rot1"
+MLA_API const float* hadamard_signs();  // [512], each +1 or -1
+// x [rows, stride]: the first 512 values of each row (a latent) become x R (rotate) or x R^T
+// (unrotate, the inverse). KvRotation::none leaves x as it is. A fast Walsh-Hadamard transform,
+// 9 stages of butterflies (h = 1, 2, ..., 256), O(512 log 512) per row. The double versions are
+// for references and for folding R into weights.
+MLA_API void rotate_latent(KvRotation r, float* x, int64_t rows = 1, int64_t stride = kLatentDim);
+MLA_API void unrotate_latent(KvRotation r, float* x, int64_t rows = 1, int64_t stride = kLatentDim);
+MLA_API void rotate_latent(KvRotation r, double* x, int64_t rows = 1, int64_t stride = kLatentDim);
+MLA_API void unrotate_latent(KvRotation r, double* x, int64_t rows = 1, int64_t stride = kLatentDim);
 
 // Latent channels that share one per-token scale: 512 in token mode, 32/64/128 in group modes;
 // 0 for the static modes (tensor, channel), which have no per-token scale.
@@ -87,6 +118,8 @@ struct CacheConfig {
   int block_size = 64;
   KvDType dtype = KvDType::bf16;
   KvScale scale = KvScale::token;  // int8 only
+  KvRotation rotation = KvRotation::none;  // of the latent, on write (any format)
+  Fp8Scale fp8_scale = Fp8Scale::exact;    // fp8 only: the tile scales write() computes
 };
 
 // The logical content of an int8 cache, as imported and exported (lossless).
@@ -124,6 +157,7 @@ struct MLA_API CacheView {
   float scale_per_tensor = 0.f;
   const float* scale_per_channel = nullptr;
   const uint8_t* fp8 = nullptr;  // fp8: 656-byte tokens (kv_*_stride in bytes)
+  KvRotation rotation = KvRotation::none;  // the stored latents are c R (see above)
   // Largest finite |value| stored, where the owner tracks it (PagedLatentCache does); -1: not
   // known. decode() refuses inputs whose fp32 scores could overflow against it.
   float max_abs = -1.f;
@@ -156,8 +190,11 @@ struct MLA_API CacheView {
   }
   float tensor_scale() const { return scale_per_tensor; }
   const float* channel_scales() const { return scale_per_channel; }
-  // The token as the kernels see it (576 floats): the stored 16-bit values, or int8 * scale.
+  // The token (576 floats) in the original space: the stored 16-bit values, or int8 * scale,
+  // with the latent part un-rotated when the cache is rotated (what a reference computes on).
   void read(int64_t slot, float* token) const;
+  // The same without the un-rotation: exactly what the kernels read.
+  void read_stored(int64_t slot, float* token) const;
 };
 
 // Throws mla::Error naming the problem if the view cannot be read as it says (missing pointers,
@@ -181,18 +218,21 @@ class MLA_API PagedLatentCache {
   // slots are read, so garbage (NaN included) elsewhere does not matter. No-op in token mode.
   void calibrate(const float* kv, const std::vector<int64_t>& slots);
 
-  // Stores one token (576 floats): rounded to bf16/fp16, or quantized (int8). Returns how many
+  // Stores one token (576 floats, in the original space: rotated here when the cache is):
+  // rounded to bf16/fp16, or quantized (int8, fp8). Returns how many
   // values the format could not hold: finite values beyond its range (fp16 past 65504, bf16 past
   // 3.4e38: stored as Inf) and, int8, NaN/Inf latent values (token mode stores the token's scale
   // as NaN, so rows that see it come out NaN; tensor/channel mode stores 0). NaN and Inf are
-  // otherwise stored as they are. 0 means the token is exactly what the kernels will see.
+  // otherwise stored as they are. 0 means the token is exactly what the kernels will see. (In a
+  // rotated cache a NaN or Inf latent value spreads over the whole rotated latent; it counts once.)
   int write(int64_t slot, const float* token);
-  // The token as the kernels see it: the stored 16-bit values, or int8 * scale.
+  // The token as stored, de-quantized and brought back to the original space (view().read()).
   void read(int64_t slot, float* token) const;
   int64_t import_f32(const float* kv /*[num_slots, 576]*/);  // write() of every slot; summed count
   void export_f32(float* kv /*[num_slots, 576]*/) const;
 
-  // int8 only.
+  // int8 only. The stored bytes and scales as they are (rotated, in a rotated cache: import them
+  // into a cache of the same rotation).
   Int8CacheContent export_int8() const;
   void import_int8(const Int8CacheContent& c);  // checks sizes and scales
 
@@ -221,6 +261,7 @@ class MLA_API PagedLatentCache {
 
  private:
   void check_slot(int64_t slot) const;
+  int write_stored(int64_t slot, const float* token);  // the token as given, no rotation
   void note_magnitude(float v) {
     if (std::isfinite(v) && std::fabs(v) > max_abs_) max_abs_ = std::fabs(v);
   }

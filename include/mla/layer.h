@@ -46,7 +46,13 @@ class MLA_API MlaLayer {
  public:
   // Reads and checks every tensor of model.layers.{layer}.self_attn.* (names, shapes, dtypes,
   // fp8 scales) before returning; weights stay memory-mapped in `store`.
-  MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer);
+  // rotation: the cache rotation the layer's caches use (CacheConfig::rotation). With hadamard, R
+  // is folded into the absorbed projections at load (W_UK side: the query comes out as q R;
+  // W_UV side: it takes o R), so a step only pays the rotation of each new token at cache write;
+  // its caches must then be rotated the same way (a step on another is refused). A layer loaded
+  // without a rotation also runs on a rotated cache: decode() then rotates q and o itself.
+  MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
+           KvRotation rotation = KvRotation::none);
   ~MlaLayer();
   MlaLayer(const MlaLayer&) = delete;
   MlaLayer& operator=(const MlaLayer&) = delete;

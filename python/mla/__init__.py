@@ -344,7 +344,13 @@ class LatentCache:
     the latent with a scale per token or per group of 32 / 64 / 128 channels of each token
     (``scale='group32'`` ...; computed on write), per tensor or per channel (set or calibrated
     before writing); the rope part stays bf16. fp8 is FlashMLA's 656-byte token (docs/FORMATS.md);
-    pass ``is_fp8_kvcache=True`` with it.
+    pass ``is_fp8_kvcache=True`` with it; its tile scales are written ``fp8_scale='exact'``
+    (max/448 rounded up to 4 significant bits, the default) or ``'pow2'`` (FlashMLA's).
+
+    ``rotation='hadamard'`` stores each token's latent as c R (R = D H / sqrt(512), a fixed +-1
+    diagonal times the normalized Walsh-Hadamard matrix; the rope part is never rotated), which
+    spreads outlier channels before quantizing; queries and outputs stay in the original space
+    (the decode rotates q and un-rotates o), and reads / ``export_f32`` give the original space.
 
     ``shuffle_seed`` != 0 hands out free blocks in a shuffled order (scattered block tables).
     Writes wait for a decode in progress (decodes release the GIL), so a decode never reads a
@@ -352,8 +358,8 @@ class LatentCache:
     """
 
     def __init__(self, num_blocks: int, block_size: int = 64, dtype: str = "bf16", scale: str = "token",
-                 shuffle_seed: int = 0) -> None:
-        self._c = _mla.LatentCache(num_blocks, block_size, dtype, scale, shuffle_seed)
+                 shuffle_seed: int = 0, rotation: str = "none", fp8_scale: str = "exact") -> None:
+        self._c = _mla.LatentCache(num_blocks, block_size, dtype, scale, shuffle_seed, rotation, fp8_scale)
         self._block_size = self._c.block_size
         self._fp8 = self._c.dtype == "fp8"  # the fast path in flash_mla_with_kvcache takes no fp8
 
@@ -362,6 +368,8 @@ class LatentCache:
     dtype = property(lambda self: self._c.dtype, doc="'bf16', 'fp16', 'int8' or 'fp8'")
     scale = property(lambda self: self._c.scale, doc="int8 scale mode: 'token', 'group32', 'group64', 'group128', 'tensor' or 'channel'")
     free_blocks = property(lambda self: self._c.free_blocks, doc="blocks not held by any sequence")
+    rotation = property(lambda self: self._c.rotation, doc="latent rotation: 'none' or 'hadamard'")
+    fp8_scale = property(lambda self: self._c.fp8_scale, doc="fp8 tile scales: 'exact' or 'pow2'")
 
     def add_sequence(self) -> int:
         """A new empty sequence; returns its id."""
@@ -485,17 +493,18 @@ class Layer:
 
     @classmethod
     def from_pretrained(cls, model_dir: str, layer: int = 0, kv_dtype: str = "bf16", block_size: int = 64,
-                        threads: int = 0, num_blocks: int = 1024) -> "Layer":
+                        threads: int = 0, num_blocks: int = 1024, kv_rotate: str = "none") -> "Layer":
         """Opens ``model_dir`` (config.json + model.safetensors, or shards with
         model.safetensors.index.json) and checks every tensor of
         ``model.layers.{layer}.self_attn.*`` before returning; weights stay memory-mapped.
 
         kv_dtype: cache format, ``'bf16'``, ``'fp16'``, ``'int8'`` (per-token scales) or ``'fp8'``
         (FlashMLA's 656-byte token). threads: workers per call (0: all cores). num_blocks: cache
-        capacity, shared by all sequences.
+        capacity, shared by all sequences. kv_rotate: ``'none'`` or ``'hadamard'`` (the cache's
+        latent rotated, R folded into the layer's absorbed projections; docs/LAYER.md).
         """
         return cls(_mla.Layer(str(model_dir), int(layer), kv_dtype, int(block_size), int(num_blocks),
-                              int(threads)))
+                              int(threads), kv_rotate))
 
     hidden_size = property(lambda self: self._l.hidden_size, doc="the model's hidden_size")
     num_heads = property(lambda self: self._l.num_heads, doc="attention heads")

@@ -21,8 +21,16 @@ using namespace nb::literals;
 
 void bind_latent_cache(nb::module_& m) {
   nb::class_<LatentCache>(m, "LatentCache")
-      .def(nb::init<int64_t, int, const std::string&, const std::string&, uint64_t>(),
-           "num_blocks"_a, "block_size"_a, "dtype"_a, "scale"_a, "shuffle_seed"_a)
+      .def(nb::init<int64_t, int, const std::string&, const std::string&, uint64_t,
+                    const std::string&, const std::string&>(),
+           "num_blocks"_a, "block_size"_a, "dtype"_a, "scale"_a, "shuffle_seed"_a, "rotation"_a,
+           "fp8_scale"_a)
+      .def_prop_ro("rotation", [](const LatentCache& c) {
+        return std::string(mla::kv_rotation_name(c.cache.config().rotation));
+      })
+      .def_prop_ro("fp8_scale", [](const LatentCache& c) {
+        return std::string(mla::fp8_scale_name(c.cache.config().fp8_scale));
+      })
       .def_prop_ro("num_blocks", [](const LatentCache& c) { return c.cache.num_blocks(); })
       .def_prop_ro("block_size", [](const LatentCache& c) { return c.cache.block_size(); })
       .def_prop_ro("dtype", [](const LatentCache& c) { return std::string(mla::kv_dtype_name(c.cache.dtype())); })

@@ -26,17 +26,19 @@ struct LatentCache {
   mutable std::shared_mutex mu;
 
   LatentCache(int64_t num_blocks, int block_size, const std::string& dtype, const std::string& scale,
-              uint64_t shuffle_seed)
-      : cache(config(num_blocks, block_size, dtype, scale)),
+              uint64_t shuffle_seed, const std::string& rotation, const std::string& fp8_scale)
+      : cache(config(num_blocks, block_size, dtype, scale, rotation, fp8_scale)),
         alloc(num_blocks, block_size, shuffle_seed) {}
 
   static mla::CacheConfig config(int64_t num_blocks, int block_size, const std::string& dtype,
-                                 const std::string& scale) {
+                                 const std::string& scale, const std::string& rotation,
+                                 const std::string& fp8_scale) {
     MLA_CHECK(num_blocks >= 1, "num_blocks = " << num_blocks << " must be at least 1");
     MLA_CHECK(block_size >= 1, "block_size = " << block_size << " must be at least 1");
     const mla::KvDType kv = mla::parse_kv_dtype(dtype);
     const mla::KvScale mode = mla::parse_kv_scale(scale);
-    return {.num_blocks = num_blocks, .block_size = block_size, .dtype = kv, .scale = mode};
+    return {.num_blocks = num_blocks, .block_size = block_size, .dtype = kv, .scale = mode,
+            .rotation = mla::parse_kv_rotation(rotation), .fp8_scale = mla::parse_fp8_scale(fp8_scale)};
   }
 
   void require_writable() const {

@@ -40,11 +40,11 @@ struct Layer {
   mutable std::mutex mu;
 
   Layer(const std::string& dir, int index, const std::string& kv_dtype, int block_size,
-        int64_t num_blocks, int threads_)
+        int64_t num_blocks, int threads_, const std::string& kv_rotate)
       : cfg(read_config(dir, index)),
         store(mla::TensorStore::open_dir(dir)),
-        layer(std::make_unique<mla::MlaLayer>(cfg, store, index)),
-        cache(cache_config(kv_dtype, block_size, num_blocks)),
+        layer(std::make_unique<mla::MlaLayer>(cfg, store, index, mla::parse_kv_rotation(kv_rotate))),
+        cache(cache_config(kv_dtype, block_size, num_blocks, kv_rotate)),
         alloc(num_blocks, block_size),
         threads(threads_) {
     MLA_CHECK(threads_ >= 0, "threads = " << threads_ << " is negative");
@@ -57,11 +57,13 @@ struct Layer {
               "layer = " << index << " is outside the model's " << c.num_hidden_layers << " layers");
     return c;
   }
-  static mla::CacheConfig cache_config(const std::string& kv_dtype, int block_size, int64_t num_blocks) {
+  static mla::CacheConfig cache_config(const std::string& kv_dtype, int block_size, int64_t num_blocks,
+                                       const std::string& kv_rotate) {
     MLA_CHECK(block_size >= 1, "block_size = " << block_size << " must be at least 1");
     MLA_CHECK(num_blocks >= 1, "num_blocks = " << num_blocks << " must be at least 1");
     // int8 with per-token scales: the layer writes tokens as they come, no calibration step.
-    return {.num_blocks = num_blocks, .block_size = block_size, .dtype = mla::parse_kv_dtype(kv_dtype)};
+    return {.num_blocks = num_blocks, .block_size = block_size, .dtype = mla::parse_kv_dtype(kv_dtype),
+            .rotation = mla::parse_kv_rotation(kv_rotate)};
   }
 
   // hidden [n, hidden_size] (2-D) or [B, Q, hidden_size] (3-D), float32, contiguous copy.
@@ -95,8 +97,9 @@ struct Layer {
 
 void bind_layer(nb::module_& m) {
   nb::class_<Layer>(m, "Layer")
-      .def(nb::init<const std::string&, int, const std::string&, int, int64_t, int>(),
-           "model_dir"_a, "layer"_a, "kv_dtype"_a, "block_size"_a, "num_blocks"_a, "threads"_a)
+      .def(nb::init<const std::string&, int, const std::string&, int, int64_t, int, const std::string&>(),
+           "model_dir"_a, "layer"_a, "kv_dtype"_a, "block_size"_a, "num_blocks"_a, "threads"_a,
+           "kv_rotate"_a)
       .def_prop_ro("hidden_size", [](const Layer& l) { return l.cfg.hidden_size; })
       .def_prop_ro("num_heads", [](const Layer& l) { return l.cfg.num_heads; })
       .def_prop_ro("model_type", [](const Layer& l) { return l.cfg.model_type; })

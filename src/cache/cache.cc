@@ -72,15 +72,25 @@ float max_abs(const float* x, int n) {
   return m;
 }
 
-// FlashMLA's fp8 scale: the power of two at or above max|x| / 448, at least 2^-14 (its
-// quantize_k_cache clamps max|x| / 448 at 1e-4 first). A power of two keeps x / scale exact, so
-// the only rounding is e4m3's own. Non-finite max|x| gives a non-finite scale: the tile reads NaN.
-float fp8_scale(float amax) {
+// The fp8 tile scale from r = max(max|x| / 448, 1e-4) (FlashMLA's quantize_k_cache clamps at 1e-4,
+// so an all-zero tile gets a positive scale). exact (the default): r itself, so the tile's largest
+// value is stored exactly (448 x r) and the rest keep e4m3's full range; on outlier channels the
+// largest value of a tile is an outlier's, so about half the outlier values become exact (issue
+// 20). pow2: FlashMLA's, the power of two at or above r, which keeps x / scale exact but leaves up
+// to half of e4m3's top binade unused. Non-finite max|x| gives a non-finite scale: the tile reads
+// NaN.
+float fp8_scale(float amax, Fp8Scale mode) {
   const float r = std::max(amax / 448.f, 1e-4f);
-  if (!std::isfinite(r)) return r;
+  if (!std::isfinite(r) || mode == Fp8Scale::exact) return r;
   int e;
   const float m = std::frexp(r, &e);  // r = m * 2^e, m in [0.5, 1)
   return std::ldexp(1.f, m == 0.5f ? e - 1 : e);
+}
+
+int count_nonfinite(const float* x, int n) {
+  int k = 0;
+  for (int i = 0; i < n; ++i) k += !std::isfinite(x[i]);
+  return k;
 }
 
 }  // namespace
@@ -128,14 +138,18 @@ void PagedLatentCache::set_channel_scales(const float* s) {
 void PagedLatentCache::calibrate(const float* kv, const std::vector<int64_t>& slots) {
   if (cfg_.dtype != KvDType::int8 || kv_token_scales(cfg_.scale)) return;
   std::vector<float> m(kLatentDim, 0.f);
+  float rotated[kLatentDim];
   for (int64_t s : slots) {
     check_slot(s);
     const float* x = kv + s * kQkDim;
-    for (int c = 0; c < kLatentDim; ++c) {
+    for (int c = 0; c < kLatentDim; ++c)
       MLA_CHECK(std::isfinite(x[c]), "cache: calibration slot " << s << " channel " << c
                                          << " holds " << x[c] << " (not finite)");
-      m[c] = std::max(m[c], std::fabs(x[c]));
+    if (cfg_.rotation != KvRotation::none) {  // the scales of the values stored
+      x = std::copy(x, x + kLatentDim, rotated) - kLatentDim;
+      rotate_latent(cfg_.rotation, rotated);
     }
+    for (int c = 0; c < kLatentDim; ++c) m[c] = std::max(m[c], std::fabs(x[c]));
   }
   // A channel (or tensor) that is 0 everywhere gets scale 1: any scale represents 0 exactly.
   if (cfg_.scale == KvScale::tensor) {
@@ -157,6 +171,20 @@ void PagedLatentCache::require_static_scale() const {
 }
 
 int PagedLatentCache::write(int64_t slot, const float* x) {
+  if (cfg_.rotation == KvRotation::none) return write_stored(slot, x);
+  check_slot(slot);
+  alignas(64) float t[kQkDim];
+  std::copy(x, x + kQkDim, t);
+  rotate_latent(cfg_.rotation, t);
+  int lost = write_stored(slot, t);
+  // int8 and fp8 count non-finite latent values; one in the input made the whole rotated latent
+  // non-finite, so count the input's instead.
+  if (cfg_.dtype == KvDType::int8 || cfg_.dtype == KvDType::fp8)
+    lost += count_nonfinite(x, kLatentDim) - count_nonfinite(t, kLatentDim);
+  return lost;
+}
+
+int PagedLatentCache::write_stored(int64_t slot, const float* x) {
   check_slot(slot);
   int lost = 0;  // finite values stored as Inf, non-finite latent values in an int8 cache
   switch (cfg_.dtype) {
@@ -189,7 +217,7 @@ int PagedLatentCache::write(int64_t slot, const float* x) {
         for (int c = 0; c < kFp8Tile; ++c) bad += !std::isfinite(xg[c]);
         lost += bad;
         const float s = bad ? std::numeric_limits<float>::quiet_NaN()
-                            : fp8_scale(mla::max_abs(xg, kFp8Tile));
+                            : fp8_scale(mla::max_abs(xg, kFp8Tile), cfg_.fp8_scale);
         std::memcpy(d + kFp8ScaleOffset + 4 * g, &s, 4);
         for (int c = 0; c < kFp8Tile; ++c) {
           d[g * kFp8Tile + c] = bad ? 0 : f32_to_fp8e4m3(xg[c] / s);
@@ -272,6 +300,7 @@ CacheView PagedLatentCache::view() const {
                    .scale_per_tensor = tensor_scale_,
                    .scale_per_channel = channel_scale_.empty() ? nullptr : channel_scale_.data(),
                    .fp8 = fp8_.data(),
+                   .rotation = cfg_.rotation,
                    .max_abs = max_abs_};
   if (cfg_.dtype == KvDType::fp8) {
     v.kv_block_stride = int64_t(cfg_.block_size) * kFp8TokenBytes;
@@ -281,6 +310,11 @@ CacheView PagedLatentCache::view() const {
 }
 
 void CacheView::read(int64_t slot, float* x) const {
+  read_stored(slot, x);
+  unrotate_latent(rotation, x);
+}
+
+void CacheView::read_stored(int64_t slot, float* x) const {
   switch (format) {
     case KvDType::bf16: {
       const uint16_t* s = token16(slot);
@@ -297,7 +331,8 @@ void CacheView::read(int64_t slot, float* x) const {
       for (int c = 0; c < kLatentDim; ++c) {
         float s;
         std::memcpy(&s, t + kFp8ScaleOffset + 4 * (c / kFp8Tile), 4);
-        x[c] = fp8e4m3_to_f32(t[c]) * s;
+        // As every fp8 kernel widens it: bf16(e4m3 x scale) (exact for power-of-two scales).
+        x[c] = bf16_to_f32(f32_to_bf16(fp8e4m3_to_f32(t[c]) * s));
       }
       for (int i = 0; i < kRopeDim; ++i) {
         uint16_t r;
@@ -424,10 +459,11 @@ void PagedLatentCache::import_int8(const Int8CacheContent& c) {
   }
   latent8_.assign(c.latent.begin(), c.latent.end());
   rope16_.assign(c.rope.begin(), c.rope.end());
+  const CacheView v = view();
   for (int64_t s = 0; s < num_slots(); ++s) {
     float tok[kQkDim];
-    read(s, tok);
-    for (float v : tok) note_magnitude(v);
+    v.read_stored(s, tok);
+    for (float t : tok) note_magnitude(t);
   }
 }
 
@@ -452,92 +488,12 @@ void PagedLatentCache::import_fp8(const uint8_t* bytes, size_t n) {
                                                   << "] = " << v << " is negative or not finite");
     }
   fp8_.assign(bytes, bytes + n);
+  const CacheView v = view();
   for (int64_t s = 0; s < num_slots(); ++s) {
     float tok[kQkDim];
-    read(s, tok);
-    for (float v : tok) note_magnitude(v);
+    v.read_stored(s, tok);
+    for (float t : tok) note_magnitude(t);
   }
-}
-
-// ---- BlockAllocator -------------------------------------------------------------------------
-
-BlockAllocator::BlockAllocator(int64_t num_blocks, int block_size, uint64_t shuffle_seed)
-    : num_blocks_(num_blocks), block_size_(block_size) {
-  MLA_CHECK(num_blocks > 0 && num_blocks < (int64_t(1) << 31),
-            "allocator: num_blocks = " << num_blocks << " out of range");
-  MLA_CHECK(block_size > 0, "allocator: block_size = " << block_size << " must be positive");
-  free_.resize(num_blocks);
-  // Stack order: block 0 is handed out first unless shuffled.
-  for (int64_t i = 0; i < num_blocks; ++i) free_[i] = int32_t(num_blocks - 1 - i);
-  if (shuffle_seed) {
-    std::mt19937_64 rng(shuffle_seed);
-    std::shuffle(free_.begin(), free_.end(), rng);
-  }
-}
-
-int BlockAllocator::add_sequence() {
-  Seq s;
-  s.live = true;
-  seqs_.push_back(s);
-  return int(seqs_.size()) - 1;
-}
-
-const BlockAllocator::Seq& BlockAllocator::get(int seq) const {
-  MLA_CHECK(seq >= 0 && seq < int(seqs_.size()) && seqs_[seq].live,
-            "allocator: sequence " << seq << " does not exist");
-  return seqs_[seq];
-}
-
-std::vector<int64_t> BlockAllocator::append(int seq, int n) {
-  get(seq);
-  MLA_CHECK(n >= 0, "allocator: cannot append " << n << " tokens");
-  Seq& s = seqs_[seq];
-  const int64_t have = int64_t(s.blocks.size()) * block_size_;
-  const int64_t need_tokens = int64_t(s.len) + n;
-  const int64_t need_blocks = (std::max<int64_t>(need_tokens - have, 0) + block_size_ - 1) / block_size_;
-  MLA_CHECK(need_blocks <= free_blocks(),
-            "allocator: out of blocks: sequence " << seq << " needs " << need_blocks
-                                                  << " more blocks, " << free_blocks() << " free");
-  MLA_CHECK(need_tokens < (int64_t(1) << 31), "allocator: sequence length overflow");
-  for (int64_t i = 0; i < need_blocks; ++i) {
-    s.blocks.push_back(free_.back());
-    free_.pop_back();
-  }
-  std::vector<int64_t> slots(n);
-  for (int i = 0; i < n; ++i) slots[i] = slot(seq, s.len + i);
-  s.len += n;
-  return slots;
-}
-
-void BlockAllocator::free(int seq) {
-  get(seq);
-  Seq& s = seqs_[seq];
-  for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) free_.push_back(*it);
-  s = Seq{};
-}
-
-int BlockAllocator::seq_len(int seq) const { return get(seq).len; }
-
-const std::vector<int32_t>& BlockAllocator::block_table(int seq) const { return get(seq).blocks; }
-
-int64_t BlockAllocator::slot(int seq, int pos) const {
-  const Seq& s = get(seq);
-  MLA_CHECK(pos >= 0 && int64_t(pos) < int64_t(s.blocks.size()) * block_size_,
-            "allocator: position " << pos << " of sequence " << seq << " has no block");
-  return int64_t(s.blocks[pos / block_size_]) * block_size_ + pos % block_size_;
-}
-
-std::vector<int32_t> BlockAllocator::block_table_array(const std::vector<int>& seqs,
-                                                       int* max_blocks) const {
-  int mb = 1;
-  for (int q : seqs) mb = std::max(mb, int(get(q).blocks.size()));
-  std::vector<int32_t> t(seqs.size() * mb, -1);
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const auto& b = get(seqs[i]).blocks;
-    std::copy(b.begin(), b.end(), t.begin() + i * mb);
-  }
-  *max_blocks = mb;
-  return t;
 }
 
 }  // namespace mla

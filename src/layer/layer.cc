@@ -33,11 +33,12 @@ struct MlaLayer::Impl {
   layer::RopeTable rope;
 };
 
-MlaLayer::MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer)
+MlaLayer::MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
+                   KvRotation rotation)
     : impl_(std::make_unique<Impl>()) {
   impl_->cfg = cfg;
   impl_->store = store;
-  layer::load_attn_weights(cfg, store, layer, impl_->w);
+  layer::load_attn_weights(cfg, store, layer, impl_->w, rotation);
   impl_->rope.inv_freq = rope_inv_freq(cfg);
   impl_->rope.factor = rope_attention_factor(cfg);
   impl_->rope.interleave = cfg.rope_interleave;
@@ -90,6 +91,13 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
                        .seq_lens = st.seq_lens, .q_lens = nullptr, .block_table = st.block_table,
                        .max_blocks_per_seq = st.max_blocks_per_seq};
   validate(p, cache);
+  const KvRotation folded = impl_->w.rotation;
+  MLA_CHECK(folded == KvRotation::none || cache.config().rotation == folded,
+            "the layer folds the " << kv_rotation_name(folded) << " rotation into its projections"
+                                   << " but the cache's rotation is "
+                                   << kv_rotation_name(cache.config().rotation));
+  DecodeOptions dopt = opt;
+  dopt.qo_rotated = folded != KvRotation::none;  // q comes out as q R, einsum takes o R
   // mla::decode checks these too, but only after preprocess has written the cache.
   if (plan) {
     plan->check_matches(p);
@@ -123,9 +131,9 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
   const double t1 = now(clk);
   std::vector<float> o(size_t(n) * H * kLatentDim), lse(size_t(n) * H);
   if (plan)
-    mla::decode(p, qt, qbits.data(), cache, opt, *plan, o.data(), lse.data(), workspace);
+    mla::decode(p, qt, qbits.data(), cache, dopt, *plan, o.data(), lse.data(), workspace);
   else
-    mla::decode(p, qt, qbits.data(), cache, opt, o.data(), lse.data());
+    mla::decode(p, qt, qbits.data(), cache, dopt, o.data(), lse.data());
   const double t2 = now(clk);
   layer::einsum_o_proj(c, impl_->w, n, o.data(), opt.threads, out);
   const double t3 = now(clk);

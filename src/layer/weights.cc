@@ -54,9 +54,34 @@ std::vector<float> load_norm(const TensorStore& s, const std::string& name, int6
   return v;
 }
 
+// R folded into the absorbed projections (see weights.h), in float64: each latent-side vector x
+// of W_UK[h]^T (a column: stride nope) and of W_UV[h] (a row) becomes x R.
+void fold_rotation(const ModelConfig& c, KvRotation rotation, AttnWeights& w) {
+  const int64_t H = c.num_heads, nope = c.qk_nope_head_dim, v = c.v_head_dim;
+  const int64_t per_head = int64_t(kLatentDim) * nope;
+  std::vector<double> x(kLatentDim);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t n = 0; n < nope; ++n) {
+      float* col = w.uk_t_f32.data() + h * per_head + n;
+      for (int64_t i = 0; i < kLatentDim; ++i) x[i] = col[i * nope];
+      rotate_latent(rotation, x.data());
+      for (int64_t i = 0; i < kLatentDim; ++i) col[i * nope] = float(x[i]);
+    }
+  w.uv_f32.resize(H * v * kLatentDim);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t j = 0; j < v; ++j) {
+      const int64_t r = h * (nope + v) + nope + j;
+      for (int64_t i = 0; i < kLatentDim; ++i) x[i] = w.kv_b.at(r, i);
+      rotate_latent(rotation, x.data());
+      float* row = w.uv_f32.data() + (h * v + j) * kLatentDim;
+      for (int64_t i = 0; i < kLatentDim; ++i) row[i] = float(x[i]);
+    }
+}
+
 }  // namespace
 
-void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w) {
+void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
+                       KvRotation rotation) {
   MLA_CHECK(layer >= 0 && layer < c.num_hidden_layers,
             "--layer " << layer << " is outside the model's " << c.num_hidden_layers << " layers");
   const std::string p = attn_prefix(layer);
@@ -75,7 +100,9 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
   w.o = load_linear(c, s, p + "o_proj", D, H * v);
 
   // W_UK[h] = kv_b rows h*(nope+v) .. +nope; stored transposed so absorption is a plain product.
-  const bool bf16 = w.kv_b.dtype == WDType::bf16;
+  w.rotation = rotation;
+  const bool rotated = rotation != KvRotation::none;
+  const bool bf16 = w.kv_b.dtype == WDType::bf16 && !rotated;
   const int64_t per_head = int64_t(kLatentDim) * nope;
   if (bf16) w.uk_t_bf16.resize(H * per_head); else w.uk_t_f32.resize(H * per_head);
   for (int64_t h = 0; h < H; ++h)
@@ -87,6 +114,7 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
         else w.uk_t_f32[i] = w.kv_b.at(r, col);
       }
     }
+  if (rotated) fold_rotation(c, rotation, w);
   for (int64_t h = 0; h < H; ++h) {
     LinearWeight uk{.out = kLatentDim, .in = nope, .dtype = bf16 ? WDType::bf16 : WDType::f32, .ld = nope};
     uk.w = bf16 ? static_cast<const void*>(w.uk_t_bf16.data() + h * per_head)
@@ -97,6 +125,9 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
     uv.out = v;
     uv.row0 = r0;
     uv.w = static_cast<const char*>(w.kv_b.w) + r0 * kLatentDim * int64_t(cpu::wdtype_size(w.kv_b.dtype));
+    if (rotated)
+      uv = LinearWeight{.out = v, .in = kLatentDim, .dtype = WDType::f32,
+                        .w = w.uv_f32.data() + h * v * kLatentDim, .ld = kLatentDim};
     w.uv.push_back(uv);
   }
   w.bytes_per_step = w.kv_a.bytes() + w.o.bytes() +

@@ -19,14 +19,21 @@ struct AttnWeights {
   std::vector<float> q_a_norm, kv_a_norm;
   std::vector<cpu::LinearWeight> uk_t, uv;  // [heads]
   AlignedVec<uint16_t> uk_t_bf16;           // storage of uk_t when kv_b_proj is bf16 (exact)
-  AlignedVec<float> uk_t_f32;               // otherwise (exact for fp16/fp32, fp8 x scale in fp32)
+  AlignedVec<float> uk_t_f32;               // otherwise (exact for fp16/fp32, fp8 x scale in fp32),
+                                            // and always when R is folded in
+  AlignedVec<float> uv_f32;                 // [heads, v, 512] W_UV[h] R, when R is folded in
+  KvRotation rotation = KvRotation::none;   // R folded into uk_t (q R) and uv (o R^T)
   int64_t bytes_per_step = 0;               // every projection's weight bytes, read once a step
 };
 
 // "model.layers.{layer}.self_attn."
 std::string attn_prefix(int layer);
 
-// Loads and checks every tensor; errors name the file and the tensor.
-void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w);
+// Loads and checks every tensor; errors name the file and the tensor. With a rotation, R is folded
+// into the absorbed projections (issue 20): W_UK[h]^T's latent side becomes R^T W_UK[h]^T, so the
+// absorbed query comes out as q R, and W_UV[h] becomes W_UV[h] R, so it maps o R (the decode's
+// output in the rotated space) to W_UV[h] o. Both computed in float64, stored in fp32.
+void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
+                       KvRotation rotation = KvRotation::none);
 
 }  // namespace mla::layer

@@ -87,7 +87,8 @@ def model(tmp_path_factory):
 
 @pytest.mark.parametrize("kv_dtype", ["bf16", "fp16", "int8", "fp8"])
 @pytest.mark.parametrize("q_len", [1, 2])
-def test_layer_matches_cli(model, tmp_path, kv_dtype, q_len):
+@pytest.mark.parametrize("kv_rotate", ["none", "hadamard"])
+def test_layer_matches_cli(model, tmp_path, kv_dtype, q_len, kv_rotate):
     seed = 7 + q_len
     rng = np.random.default_rng(seed)
     B, T, block_size, layer, threads = 3, 70, 16, 1, 2
@@ -98,11 +99,11 @@ def test_layer_matches_cli(model, tmp_path, kv_dtype, q_len):
     subprocess.run([cli(), "layer", "--model", str(model), "--layer", str(layer), "--hidden",
                     str(tmp_path / "hidden.npy"), "--lens", str(tmp_path / "lens.npy"), "--q-len", str(q_len),
                     "--kv-dtype", kv_dtype, "--block-size", str(block_size), "--threads", str(threads),
-                    "--out", str(tmp_path / "out")], check=True, capture_output=True)
+                    "--kv-rotate", kv_rotate, "--out", str(tmp_path / "out")], check=True, capture_output=True)
     want = np.load(tmp_path / "out" / "o.npy")
 
     lay = mla.Layer.from_pretrained(model, layer=layer, kv_dtype=kv_dtype, block_size=block_size,
-                                    threads=threads, num_blocks=32)
+                                    threads=threads, num_blocks=32, kv_rotate=kv_rotate)
     assert (lay.hidden_size, lay.num_heads, lay.kv_dtype) == (HIDDEN, HEADS, kv_dtype)
     seqs = [lay.add_sequence() for _ in range(B)]
     step = np.empty((B, q_len, HIDDEN), np.float32)

@@ -335,13 +335,24 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
   r.flops = bench::flops(shape);
   if (ceil) r.floor = bench::floor_time(shape, *ceil, l3_bytes);
 
+  // One case per cache rotation the variants use (rot=...: the same values, written rotated),
+  // each with its reference; the baseline runs on the first variant's.
   progress.row(tag + r.name + ": building the case");
-  const bench::Case cs(spec);
-  std::optional<bench::Reference> ref;
-  if (!a.no_check) {
-    progress.step(tag + r.name + ": float64 reference");
-    ref = bench::compute_reference(cs);
+  std::unique_ptr<bench::Case> cases[2];
+  std::optional<bench::Reference> refs[2];
+  for (const auto& v : variants) {
+    const int k = v.rotation == KvRotation::none ? 0 : 1;
+    if (cases[k]) continue;
+    bench::CaseSpec sp = spec;
+    sp.kv_rotation = v.rotation;
+    cases[k] = std::make_unique<bench::Case>(sp);
+    if (!a.no_check) {
+      progress.step(tag + r.name + ": float64 reference");
+      refs[k] = bench::compute_reference(*cases[k]);
+    }
   }
+  auto rot_index = [](const bench::Variant& v) { return v.rotation == KvRotation::none ? 0 : 1; };
+  const bench::Case& cs = *cases[rot_index(variants[0])];
   std::vector<float> o(cs.o_size()), lse(cs.rows());
 
   // The runs to time: the variants, then the baseline.
@@ -349,7 +360,8 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
   for (const auto& v : variants) {
     DecodeOptions opt = v.opt;
     opt.threads = c;
-    runs.push_back([&cs, opt, &o, &lse] { bench::run_decode(cs, opt, o.data(), lse.data()); });
+    const bench::Case& vc = *cases[rot_index(v)];
+    runs.push_back([&vc, opt, &o, &lse] { bench::run_decode(vc, opt, o.data(), lse.data()); });
   }
   std::unique_ptr<bench::BlasBaseline> blas;
   if (!a.no_baseline) {
@@ -370,9 +382,10 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
     const double t0 = bench::now_s();
     runs[i]();
     first[i] = bench::now_s() - t0;
-    if (ref)
+    const int k = i < nv ? rot_index(variants[i]) : rot_index(variants[0]);
+    if (refs[k])
       checks[i] = bench::check_output(
-          cs, *ref, o.data(), lse.data(),
+          *cases[k], *refs[k], o.data(), lse.data(),
           i < nv ? ref::tolerance_for(spec.kv_dtype, variants[i].opt.impl == Impl::ref)
                  : bench::kFp32Tolerance);
     for (int w = 1; w < a.warmup; ++w) runs[i]();
@@ -417,7 +430,8 @@ RowResult run_row(const BenchArgs& a, const bench::CaseSpec& spec, int c,
     DecodeOptions opt = variants[nv - 1].opt;
     opt.threads = c;
     opt.stage_times = &st;
-    for (int rep = 0; rep < r.reps; ++rep) bench::run_decode(cs, opt, o.data(), lse.data());
+    for (int rep = 0; rep < r.reps; ++rep)
+      bench::run_decode(*cases[rot_index(variants[nv - 1])], opt, o.data(), lse.data());
     for (int k = 0; k < StageTimes::kStages; ++k) st.seconds[k] /= r.reps;
     r.stages = st;
     r.stage_runs = r.reps;
@@ -673,6 +687,7 @@ Variants (--variants OLD:NEW; the first is the "old" column, the ratio is old/ne
     red=separate|last split-KV partials merged in a separate pass, or by the last worker
     isa=best|amx|avx512|avx2|portable|amx-emu   force those kernels (default: --isa)
     impl=fast|ref     ref runs the float64 reference (slow; for debugging)
+    rot=none|hadamard the cache's latent rotation (the same values, written rotated)
   Keys left out take the "new" values. Examples:
     --variants old:new   --variants chunk=1:chunk=4   --variants red=separate:red=last
     --variants "chunk=1,up=spill,red=separate:chunk=4,up=resident,red=last"

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,5 +34,7 @@ struct OutFile {
 // swapped with it in one rename (RENAME_EXCHANGE); on any failure the previous files are
 // unchanged and an mla::Error says nothing was written. `dir` may hold only mla outputs.
 void write_outputs(const std::string& dir, const std::vector<OutFile>& files);
+// Refuses (before any work) an --out that exists and is not a directory of mla outputs.
+void check_out_dir(const std::filesystem::path& dir);
 
 }  // namespace mla::tool

@@ -33,7 +33,7 @@ struct DecodeArgs {
   std::string in, out, kv_original;
   std::optional<uint64_t> random_seed;
   int batch = 4, heads = 128, q_len = 2, context = 1024, block_size = 64;
-  std::string kv_dtype = "bf16", kv_scale = "token", q_dtype, impl = "fast", reduction = "last",
+  std::string kv_dtype = "bf16", kv_scale = "token", kv_rotate = "none", fp8_scale = "exact", q_dtype, impl = "fast", reduction = "last",
               up = "resident", isa = "best";
   std::optional<float> scale;
   bool causal = true;
@@ -233,70 +233,6 @@ void check_problem_files(const Problem& pr, KvDType kv, KvScale mode) {
                                             << kv_scale_name(mode) << " (use --kv-scale channel)");
 }
 
-// All or nothing, also across a kill (DESIGN: never a mix of two runs' files). --out DIR holds
-// exactly the output files of one run. A run writes its set into a fresh sibling directory,
-// .DIR.mla-new-<pid>, then swaps it with DIR in one step (renameat2 RENAME_EXCHANGE; a plain
-// rename when DIR does not exist yet) and removes the old set, now at the sibling's name. A kill
-// before the swap leaves the old set in DIR and a stale sibling; a kill after it, the new set in
-// DIR and the old one in the sibling. Each run first removes the stale siblings of dead runs.
-// Where the file system cannot exchange (EINVAL), the old set is renamed aside to
-// .DIR.mla-old-<pid> first and put back by the next run if the kill came between the two renames.
-// Because DIR is replaced as a whole, a DIR holding anything else than the outputs of mla's
-// commands (decode's, layer's) is refused.
-const char* const kOutputNames[] = {"o.npy", "lse.npy", "q_used.npy", "kv_used.npy"};
-
-// Test hooks: MLA_TEST_CRASH_AT=<point> dies there as kill -9 would, MLA_TEST_FAIL_AT=<point>
-// fails there as a full disk would, so the tests can check what such a run leaves behind.
-void crash_point(const std::string& point) {
-  const char* at = std::getenv("MLA_TEST_CRASH_AT");
-  if (at && point == at) ::_exit(137);
-  const char* fail = std::getenv("MLA_TEST_FAIL_AT");
-  if (fail && point == fail) throw std::runtime_error("injected failure at " + point);
-}
-
-// .DIR.mla-<kind>-<pid> beside DIR.
-fs::path sibling(const fs::path& dir, const char* kind, long pid) {
-  return dir.parent_path() / ("." + dir.filename().string() + ".mla-" + kind + "-" + std::to_string(pid));
-}
-
-// Removes what killed runs left beside dir; restores an old set renamed aside if dir is missing.
-void clean_stale_siblings(const fs::path& dir) {
-  std::error_code ec;
-  const std::string prefix = "." + dir.filename().string() + ".mla-";
-  for (const auto& e : fs::directory_iterator(dir.parent_path(), ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind(prefix, 0) != 0) continue;
-    const std::string rest = name.substr(prefix.size());  // new-<pid> | old-<pid>
-    const size_t dash = rest.find('-');
-    if (dash == std::string::npos) continue;
-    const long pid = std::strtol(rest.c_str() + dash + 1, nullptr, 10);
-    if (pid <= 0 || (pid != ::getpid() && ::kill(pid_t(pid), 0) == 0)) continue;  // a live run's
-    if (rest.compare(0, dash, "old") == 0 && !fs::exists(dir, ec))
-      fs::rename(e.path(), dir, ec);
-    else
-      fs::remove_all(e.path(), ec);
-  }
-}
-
-// Refuses an --out that is not a directory of mla outputs (before any work is done).
-void check_out_dir(const fs::path& dir, const std::vector<OutFile>& files) {
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(dir, ec))) return;
-  MLA_CHECK(fs::is_directory(fs::symlink_status(dir, ec)),
-            "--out " << dir.string() << " is not a directory");
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string name = e.path().filename().string();
-    bool ours = false;
-    for (const char* n : kOutputNames) ours |= name == n;
-    for (const OutFile& f : files) ours |= name == f.name;
-    MLA_CHECK(ours, "--out " << dir.string() << " holds " << name
-                             << ", which is not an mla output; the directory is replaced as a "
-                                "whole, so give an empty or new one");
-    MLA_CHECK(fs::is_regular_file(fs::symlink_status(e.path(), ec)),
-              e.path().string() << " is not a regular file");
-  }
-}
-
 // NaN and Inf go to the kernels as they are (DESIGN §6: the rows that see them come out NaN), but
 // a finite value the cache format cannot hold (fp16 past 65504) or a non-finite latent value of an
 // int8 or fp8 cache (no scale represents it: PagedLatentCache::write counts both) is refused, at
@@ -329,6 +265,8 @@ void check_storable(const Problem& pr, const DecodeParams& p, KvDType kv) {
 void run_decode(const DecodeArgs& a) {
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvScale mode = parse_kv_scale(a.kv_scale);
+  const KvRotation rot = parse_kv_rotation(a.kv_rotate);
+  const Fp8Scale fp8s = parse_fp8_scale(a.fp8_scale);
   const DecodeOptions opt = options_of(a);
   MLA_CHECK(a.random_seed || (!a.in.empty() && !a.out.empty()),
             "give --in DIR and --out DIR, or --random SEED");
@@ -336,7 +274,7 @@ void run_decode(const DecodeArgs& a) {
             "--kv-original is for --in files; a random case compares with its own original values");
   const Problem pr = a.random_seed ? random_problem(a, *a.random_seed) : load_problem(a.in);
   check_problem_files(pr, kv, mode);
-  if (!a.random_seed) check_out_dir(fs::absolute(fs::path(a.out)).lexically_normal(), {});
+  if (!a.random_seed) check_out_dir(fs::absolute(fs::path(a.out)).lexically_normal());
 
   DecodeParams p{.batch = pr.batch, .q_len = pr.q_len, .num_heads = pr.heads,
                  .softmax_scale = a.scale.value_or(default_softmax_scale()), .causal = a.causal,
@@ -345,7 +283,8 @@ void run_decode(const DecodeArgs& a) {
                  .block_table = pr.block_table.data(), .max_blocks_per_seq = pr.max_blocks};
 
   PagedLatentCache cache(CacheConfig{.num_blocks = pr.num_blocks, .block_size = pr.block_size,
-                                     .dtype = kv, .scale = mode});
+                                     .dtype = kv, .scale = mode, .rotation = rot,
+                                     .fp8_scale = fp8s});
   validate(p, cache);  // before the cache is filled: block ids and lengths are sane
   check_storable(pr, p, kv);
   if (kv == KvDType::int8 && mode != KvScale::token) {
@@ -390,10 +329,12 @@ void run_decode(const DecodeArgs& a) {
     const ref::Comparison c = ref::compare(o.data(), lse.data(), ro.data(), rl.data(), rows, kLatentDim, tol);
     const ref::Comparison e = ref::compare(o.data(), lse.data(), uo.data(), ul.data(), rows, kLatentDim, tol);
     std::printf("  vs float64 on the de-quantized cache: %s  %s\n"
-                "  end to end, vs float64 on the unquantized cache: rel %.2e lse %.1e (format %s%s%s)\n",
+                "  end to end, vs float64 on the unquantized cache: rel %.2e lse %.1e (format %s%s%s%s%s)\n",
                 c.summary().c_str(), c.pass ? "PASS" : "FAIL", e.rel_err, e.lse_abs,
                 kv_dtype_name(kv), kv == KvDType::int8 ? " " : "",
-                kv == KvDType::int8 ? kv_scale_name(mode) : "");
+                kv == KvDType::int8 ? kv_scale_name(mode) : "",
+                kv == KvDType::fp8 ? (fp8s == Fp8Scale::pow2 ? " pow2 scales" : " exact scales") : "",
+                rot == KvRotation::none ? "" : " + hadamard");
     return c.pass;
   };
 
@@ -439,44 +380,6 @@ void run_decode(const DecodeArgs& a) {
 
 }  // namespace
 
-// All or nothing, also across a kill: see the helpers above (the previous run's files survive any
-// failure; a killed run leaves the old set or the new one, never a mix).
-void write_outputs(const std::string& out, const std::vector<OutFile>& files) {
-  const fs::path dir = fs::absolute(fs::path(out)).lexically_normal();
-  const fs::path stage = sibling(dir, "new", ::getpid()), aside = sibling(dir, "old", ::getpid());
-  std::error_code ec;
-  try {
-    fs::create_directories(dir.parent_path());
-    clean_stale_siblings(dir);
-    check_out_dir(dir, files);
-    fs::remove_all(stage);
-    fs::create_directory(stage);
-    for (size_t i = 0; i < files.size(); ++i) {
-      write_npy((stage / files[i].name).string(), DType::f32, files[i].shape, files[i].data);
-      crash_point("file" + std::to_string(i));
-    }
-    crash_point("swap");
-    if (!fs::exists(dir)) {
-      fs::rename(stage, dir);
-    } else if (::renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
-      crash_point("swapped");
-      fs::remove_all(stage, ec);  // the old set
-    } else {
-      MLA_CHECK(errno == EINVAL, "replacing " << dir.string() << ": " << std::strerror(errno));
-      fs::rename(dir, aside);
-      crash_point("aside");
-      fs::rename(stage, dir);
-      fs::remove_all(aside, ec);
-    }
-  } catch (const std::exception& e) {
-    fs::remove_all(stage, ec);
-    if (!fs::exists(dir, ec) && fs::exists(aside, ec)) fs::rename(aside, dir, ec);
-    MLA_FAIL("writing the outputs to " << out << " failed, nothing written (the previous outputs, "
-                                          "if any, are unchanged): "
-                                       << e.what());
-  }
-}
-
 void add_decode_command(CLI::App& app) {
   auto a = std::make_shared<DecodeArgs>();
   CLI::App* c = app.add_subcommand("decode", "Run the paged-attention decode on .npy files or a random case");
@@ -490,6 +393,8 @@ void add_decode_command(CLI::App& app) {
   c->add_option("--block-size", a->block_size, "Random case: tokens per cache block")->capture_default_str();
   c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16, int8 or fp8 (e4m3, FlashMLA's 656-byte token)")->capture_default_str();
   c->add_option("--kv-scale", a->kv_scale, "int8 scale: token, group32, group64, group128, tensor or channel")->capture_default_str();
+  c->add_option("--kv-rotate", a->kv_rotate, "Latent rotation before quantizing: none or hadamard (R = D H / sqrt(512); q and o rotated around the kernels; q_used.npy, kv_used.npy in the original space)")->capture_default_str();
+  c->add_option("--fp8-scale", a->fp8_scale, "fp8 tile scales written: exact (max/448) or pow2 (FlashMLA's power of two)")->capture_default_str();
   c->add_option("--kv-original", a->kv_original, "With --in: the unquantized cache [num_blocks, block_size, 576] f32; prints the end-to-end error against it beside the kernel's error (a random case always prints both)");
   c->add_option("--q-dtype", a->q_dtype, "Query type: fp32, bf16 or fp16 (default: the cache's, bf16 for int8)");
   c->add_option("--scale", a->scale, "Softmax scale (default 1/sqrt(192))");

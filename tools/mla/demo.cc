@@ -36,7 +36,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct DemoArgs {
-  std::string model, preset, kv_dtype = "bf16", ceilings, clock = "wall";
+  std::string model, preset, kv_dtype = "bf16", kv_rotate = "none", ceilings, clock = "wall";
   int batch = 1, context = 512, q_len = 1, steps = 8, threads = 0, layer = 0;
   uint64_t seed = 1;
 };
@@ -96,6 +96,7 @@ Ceilings get_ceilings(const std::string& given, int threads) {
 
 void run_demo(const DemoArgs& a) {
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
+  const KvRotation rot = parse_kv_rotation(a.kv_rotate);
   MLA_CHECK(a.batch >= 1, "--batch " << a.batch << " must be at least 1");
   MLA_CHECK(a.context >= 0, "--context " << a.context << " is negative");
   MLA_CHECK(a.q_len >= 1, "--q-len " << a.q_len << " must be at least 1");
@@ -118,7 +119,7 @@ void run_demo(const DemoArgs& a) {
   const int layer_index = a.model.empty() ? 0 : a.layer;
   const auto tw = std::chrono::steady_clock::now();
   if (a.model.empty()) store = random_weights(cfg, 0, a.seed);
-  const MlaLayer layer(cfg, store, layer_index);
+  const MlaLayer layer(cfg, store, layer_index, rot);
   const double t_weights = std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
   const int threads = a.threads > 0 ? a.threads : cpu::ThreadPool::available_cpus();
   const Ceilings ceil = get_ceilings(a.ceilings, threads);
@@ -127,7 +128,7 @@ void run_demo(const DemoArgs& a) {
   const int bs = 64;
   const int final_len = a.context + a.steps * Q;
   const int64_t blocks = int64_t(B) * ((final_len + bs - 1) / bs);
-  PagedLatentCache cache(CacheConfig{.num_blocks = blocks, .block_size = bs, .dtype = kv});
+  PagedLatentCache cache(CacheConfig{.num_blocks = blocks, .block_size = bs, .dtype = kv, .rotation = rot});
   BlockAllocator alloc(blocks, bs);
   std::vector<int> seqs;
   std::mt19937_64 rng(a.seed);
@@ -301,6 +302,7 @@ void add_demo_command(CLI::App& app) {
   c->add_option("--context", a->context, "History tokens per sequence before the first step")->capture_default_str();
   c->add_option("--q-len", a->q_len, "Tokens per sequence per step (MTP)")->capture_default_str();
   c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16, int8 or fp8")->capture_default_str();
+  c->add_option("--kv-rotate", a->kv_rotate, "Latent rotation of the cache: none or hadamard (R folded into the layer's absorbed projections at load)")->capture_default_str();
   c->add_option("--steps", a->steps, "Decode steps")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   c->add_option("--seed", a->seed, "Seed of the random weights and inputs")->capture_default_str();

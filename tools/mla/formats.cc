@@ -23,6 +23,7 @@ namespace {
 struct FormatsArgs {
   uint64_t seed = 1;
   int batch = 3, heads = 128, q_len = 2, context = 1024, block_size = 64, threads = 0;
+  float outlier_gain = 0;  // > 0: every outlier channel this many times the rest (else 10-20x)
 };
 
 enum class Data { normal, outliers, sink };
@@ -53,7 +54,10 @@ Problem make_problem(const FormatsArgs& a, Data data, uint64_t seed) {
   for (size_t i = 0; i < pr.block_table.size(); ++i) pr.block_table[i] = int32_t(i);
   std::vector<float> gain(kLatentDim, 1.f);
   if (data == Data::outliers)
-    for (int k = 0; k < 8; ++k) gain[rng() % kLatentDim] = 10.f + 10.f * float(rng() % 1001) / 1000.f;
+    for (int k = 0; k < 8; ++k) {
+      const float g = 10.f + 10.f * float(rng() % 1001) / 1000.f;
+      gain[rng() % kLatentDim] = a.outlier_gain > 0 ? a.outlier_gain : g;
+    }
   pr.kv.resize(size_t(pr.num_blocks) * bs * kQkDim);
   for (int64_t s = 0; s < pr.num_blocks * bs; ++s) {
     const bool sink = data == Data::sink && s % (int64_t(pr.max_blocks) * bs) == 0;
@@ -68,12 +72,17 @@ Problem make_problem(const FormatsArgs& a, Data data, uint64_t seed) {
 
 struct Format {
   KvDType kv;
-  KvScale scale;
+  KvScale scale = KvScale::token;
+  KvRotation rot = KvRotation::none;
+  Fp8Scale fp8 = Fp8Scale::exact;
 };
 
 std::string format_name(const Format& f) {
-  if (f.kv != KvDType::int8) return kv_dtype_name(f.kv);
-  return std::string("int8 ") + kv_scale_name(f.scale);
+  std::string n = kv_dtype_name(f.kv);
+  if (f.kv == KvDType::int8) n += std::string(" ") + kv_scale_name(f.scale);
+  if (f.kv == KvDType::fp8) n += f.fp8 == Fp8Scale::pow2 ? " (pow2 scales)" : " (exact scales)";
+  if (f.rot != KvRotation::none) n += std::string(" + ") + kv_rotation_name(f.rot);
+  return n;
 }
 
 // Relative norm error of o and max |lse - ref| over every row.
@@ -99,15 +108,26 @@ void run_formats(const FormatsArgs& a) {
             "mla formats: batch " << a.batch << ", heads " << a.heads << ", q_len " << a.q_len
                                   << ", context " << a.context << ", block size " << a.block_size
                                   << " must be positive, context >= q_len");
+  constexpr KvRotation had = KvRotation::hadamard;
   const std::vector<Format> formats = {
-      {KvDType::bf16, KvScale::token},    {KvDType::fp16, KvScale::token},
-      {KvDType::fp8, KvScale::token},     {KvDType::int8, KvScale::group32},
-      {KvDType::int8, KvScale::group64},  {KvDType::int8, KvScale::group128},
-      {KvDType::int8, KvScale::token},    {KvDType::int8, KvScale::channel},
-      {KvDType::int8, KvScale::tensor}};
+      {KvDType::bf16},
+      {KvDType::fp16},
+      {.kv = KvDType::fp8, .fp8 = Fp8Scale::pow2},
+      {.kv = KvDType::fp8},
+      {.kv = KvDType::fp8, .rot = had},
+      {KvDType::int8, KvScale::group32},
+      {KvDType::int8, KvScale::group64},
+      {KvDType::int8, KvScale::group64, had},
+      {KvDType::int8, KvScale::group128},
+      {KvDType::int8, KvScale::token},
+      {KvDType::int8, KvScale::token, had},
+      {KvDType::int8, KvScale::channel},
+      {KvDType::int8, KvScale::tensor},
+      {KvDType::int8, KvScale::tensor, had}};
   std::printf("`mla formats --seed %llu --batch %d --heads %d --q-len %d --context %d "
-              "--block-size %d`\n\n",
-              (unsigned long long)a.seed, a.batch, a.heads, a.q_len, a.context, a.block_size);
+              "--block-size %d%s`\n\n",
+              (unsigned long long)a.seed, a.batch, a.heads, a.q_len, a.context, a.block_size,
+              a.outlier_gain > 0 ? (" --outlier-gain " + std::to_string(int(a.outlier_gain))).c_str() : "");
   std::printf("| data | format | o rel. err vs unquantized | max lse err vs unquantized | "
               "o rel. err vs de-quantized (kernel) | max lse err vs de-quantized |\n");
   std::printf("| --- | --- | --- | --- | --- | --- |\n");
@@ -128,7 +148,8 @@ void run_formats(const FormatsArgs& a) {
                            a.block_size + t % a.block_size);
     for (const Format& f : formats) {
       PagedLatentCache cache({.num_blocks = pr.num_blocks, .block_size = a.block_size,
-                              .dtype = f.kv, .scale = f.scale});
+                              .dtype = f.kv, .scale = f.scale, .rotation = f.rot,
+                              .fp8_scale = f.fp8});
       cache.calibrate(pr.kv.data(), used);
       cache.import_f32(pr.kv.data());
       // The query in the kernel's type; the de-quantized reference sees what the kernel sees.
@@ -166,6 +187,7 @@ void add_formats_command(CLI::App& app) {
   c->add_option("--context", a->context, "Tokens of the longest sequence")->capture_default_str();
   c->add_option("--block-size", a->block_size, "Tokens per cache block")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
+  c->add_option("--outlier-gain", a->outlier_gain, "Outlier channels this many times the rest (0: 10-20x, drawn per channel)")->capture_default_str();
   c->callback([a] { run_formats(*a); });
 }
 

@@ -19,12 +19,13 @@ namespace {
 namespace fs = std::filesystem;
 
 struct LayerArgs {
-  std::string model, hidden, lens, out, kv_dtype = "bf16";
+  std::string model, hidden, lens, out, kv_dtype = "bf16", kv_rotate = "none";
   int layer = 0, q_len = 1, block_size = 64, threads = 0;
 };
 
 void run_layer(const LayerArgs& a) {
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
+  const KvRotation rot = parse_kv_rotation(a.kv_rotate);
   MLA_CHECK(a.q_len >= 1, "--q-len " << a.q_len << " must be at least 1");
   MLA_CHECK(a.block_size >= 1, "--block-size " << a.block_size << " must be at least 1");
   MLA_CHECK(a.threads >= 0, "--threads " << a.threads << " is negative");
@@ -47,11 +48,11 @@ void run_layer(const LayerArgs& a) {
                   << ": lens[" << b << "] = " << lens[b] << " is outside [--q-len " << Q
                   << ", " << T << " tokens of hidden.npy]");
   const TensorStore store = TensorStore::open_dir(a.model);
-  const MlaLayer layer(cfg, store, a.layer);
+  const MlaLayer layer(cfg, store, a.layer, rot);
 
   int64_t blocks = 0;
   for (int l : lens) blocks += (l + a.block_size - 1) / a.block_size;
-  PagedLatentCache cache(CacheConfig{.num_blocks = blocks, .block_size = a.block_size, .dtype = kv});
+  PagedLatentCache cache(CacheConfig{.num_blocks = blocks, .block_size = a.block_size, .dtype = kv, .rotation = rot});
   BlockAllocator alloc(blocks, a.block_size);
   std::vector<int> seqs;
   std::vector<float> step_hidden(size_t(B) * Q * D);
@@ -99,6 +100,7 @@ void add_layer_command(CLI::App& app) {
   c->add_option("--lens", a->lens, "lens.npy int32 [B]: sequence b uses its first lens[b] tokens (default T)");
   c->add_option("--q-len", a->q_len, "Tokens decoded per sequence in the step (the last q_len of each)")->capture_default_str();
   c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16, int8 or fp8")->capture_default_str();
+  c->add_option("--kv-rotate", a->kv_rotate, "Latent rotation of the cache: none or hadamard (R folded into the layer's absorbed projections at load)")->capture_default_str();
   c->add_option("--block-size", a->block_size, "Tokens per cache block")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   c->add_option("--out", a->out, "Directory for o.npy float32 [B, q_len, hidden_size] (made if missing)")->required();
