@@ -16,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const mla::TensorStore s = mla::TensorStore::open_file(path);
     for (const char* name : {"w", "b"}) {
       if (!s.has(name)) continue;
-      const mla::TensorView t = s.get(name);
+      const mla::StTensor t = s.get(name);
       const int64_t n = t.numel();
       if (n < 0) std::abort();
       // Touch the first and last byte: they must lie inside the mapping.

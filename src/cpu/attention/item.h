@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cpu/attention/kernel.h"
+#include "cpu/attention/softmax_state.h"
 
 namespace mla::cpu {
 namespace {
@@ -40,6 +41,26 @@ inline int64_t lanes_row_stride(int rows_pad) {
   const int64_t r16 = (rows_pad + 15) & ~15;
   return (r16 / 16) % 2 == 0 ? r16 + 16 : r16;
 }
+
+// The online-softmax state of an item's rows_pad rows, carved from the kernel's scratch (both
+// passes of the carver): running maximum m, sum l, the step's rescale factor alpha, and each row's
+// last visible position. init(): m = -inf, l = 0, last = ir.last(r).
+struct RowState {
+  float *m, *l, *alpha;
+  int32_t* last;
+  RowState(ScratchCarver& cv, int rows_pad)
+      : m(cv.take<float>(rows_pad)),
+        l(cv.take<float>(rows_pad)),
+        alpha(cv.take<float>(rows_pad)),
+        last(cv.take<int32_t>(rows_pad)) {}
+  void init(const ItemRows& ir, int rows_pad) const {
+    for (int r = 0; r < rows_pad; ++r) {
+      m[r] = kNegInf;
+      l[r] = 0.f;
+      last[r] = ir.last(r);
+    }
+  }
+};
 
 // Calls f(t, block, offset) for positions [t0, t0 + n) of the item's sequence, t from 0: the block
 // table is read once per block, with no division per token.

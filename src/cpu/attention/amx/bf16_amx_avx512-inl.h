@@ -187,10 +187,9 @@ void run_bf16_amx(const KernelArgs& a, Scratch& scratch) {
   for (int pass = 0; pass < 2; ++pass) {
     ScratchCarver cv(pass ? static_cast<unsigned char*>(scratch.get(sizer.used())) : nullptr);
     uint32_t* qp = cv.take<uint32_t>(size_t(kPairs) * rs);
-    float* m = cv.take<float>(rows_pad);
-    float* l = cv.take<float>(rows_pad);
-    float* alpha = cv.take<float>(rows_pad);
-    int32_t* last = cv.take<int32_t>(rows_pad);
+    const RowState rows_state(cv, rows_pad);
+    float *m = rows_state.m, *l = rows_state.l, *alpha = rows_state.alpha;
+    int32_t* last = rows_state.last;
     float* s = cv.take<float>(size_t(T) * rs);
     uint32_t* pp = cv.take<uint32_t>(size_t(T / 2) * rs);
     uint16_t* zero = cv.take<uint16_t>(kQkDim);
@@ -212,11 +211,7 @@ void run_bf16_amx(const KernelArgs& a, Scratch& scratch) {
     const amx::Session tiles;  // this thread's tile configuration, released at the end
     pack_queries(ir, rows_pad, rs, qp);
     pack_q_tiles_bf16(qp, rs, rows_pad, b.qt);
-    for (int r = 0; r < rows_pad; ++r) {
-      m[r] = -__builtin_inff();
-      l[r] = 0.f;
-      last[r] = ir.last(r);
-    }
+    rows_state.init(ir, rows_pad);
     std::memset(zero, 0, kQkDim * sizeof(uint16_t));
     if (resident) std::memset(b.go, 0, size_t(rows_pad) * kLatentDim * sizeof(float));
     for (int r = 0; r < rows && !resident; ++r)

@@ -199,10 +199,9 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
   for (int pass = 0; pass < 2; ++pass) {
     ScratchCarver cv(pass ? static_cast<unsigned char*>(scratch.get(sizer.used())) : nullptr);
     float* qf = cv.take<float>(size_t(kQkDim) * rs);
-    float* m = cv.take<float>(rows_pad);
-    float* l = cv.take<float>(rows_pad);
-    float* alpha = cv.take<float>(rows_pad);
-    int32_t* last = cv.take<int32_t>(rows_pad);
+    const RowState rows_state(cv, rows_pad);
+    float *m = rows_state.m, *l = rows_state.l, *alpha = rows_state.alpha;
+    int32_t* last = rows_state.last;
     float* s = cv.take<float>(size_t(Tpad) * rs);
     float* acc = cv.take<float>(size_t(rows) * kLatentDim);  // go (resident) or lo (spill)
     float* kf = cv.take<float>(size_t(kFpTokTile) * kQkDim);
@@ -222,11 +221,7 @@ void fp_run(const KernelArgs& a, Scratch& scratch) {
     for (int t = 0; t < std::min(ntok_item, kFpPrefetchDist); ++t)
       prefetch_bytes(tok[t], kQkDim * 2);
     fp_pack_queries<W>(ir, rows_pad, rs, qf);
-    for (int r = 0; r < rows_pad; ++r) {
-      m[r] = kNegInf;
-      l[r] = 0.f;
-      last[r] = ir.last(r);
-    }
+    rows_state.init(ir, rows_pad);
     for (int r = 0; r < rows; ++r)
       std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
 

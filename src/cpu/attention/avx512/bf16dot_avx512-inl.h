@@ -325,10 +325,9 @@ void run(const KernelArgs& a, Scratch& scratch) {
   for (int pass = 0; pass < 2; ++pass) {
     ScratchCarver cv(pass ? static_cast<unsigned char*>(scratch.get(sizer.used())) : nullptr);
     uint32_t* qp = cv.take<uint32_t>(size_t(kPairs) * rs);
-    float* m = cv.take<float>(rows_pad);
-    float* l = cv.take<float>(rows_pad);
-    float* alpha = cv.take<float>(rows_pad);
-    int32_t* last = cv.take<int32_t>(rows_pad);
+    const RowState rows_state(cv, rows_pad);
+    float *m = rows_state.m, *l = rows_state.l, *alpha = rows_state.alpha;
+    int32_t* last = rows_state.last;
     float* s = cv.take<float>(size_t(T) * rs);
     uint32_t* pp = cv.take<uint32_t>(size_t(T / 2) * rs);
     float* acc = cv.take<float>(size_t(rows) * kLatentDim);  // go (resident) or lo (spill)
@@ -346,11 +345,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
     // packed.
     if constexpr (!kFp8) prefetch_rows16(pfptr, token_ptrs_clipped(a, a.kv_begin, kPrefetchDist, pfptr));
     pack_queries(ir, rows_pad, rs, qp);
-    for (int r = 0; r < rows_pad; ++r) {
-      m[r] = -__builtin_inff();
-      l[r] = 0.f;
-      last[r] = ir.last(r);
-    }
+    rows_state.init(ir, rows_pad);
     std::memset(zero, 0, kQkDim * sizeof(uint16_t));
     for (int r = 0; r < rows; ++r)
       std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));

@@ -243,10 +243,9 @@ void run(const KernelArgs& a, Scratch& scratch) {
   for (int pass = 0; pass < 2; ++pass) {
     ScratchCarver cv(pass ? static_cast<unsigned char*>(scratch.get(sizer.used())) : nullptr);
     float* qf = cv.take<float>(size_t(kQkDim) * rs);
-    float* m = cv.take<float>(rows_pad);
-    float* l = cv.take<float>(rows_pad);
-    float* alpha = cv.take<float>(rows_pad);
-    int32_t* last = cv.take<int32_t>(rows_pad);
+    const RowState rows_state(cv, rows_pad);
+    float *m = rows_state.m, *l = rows_state.l, *alpha = rows_state.alpha;
+    int32_t* last = rows_state.last;
     float* s = cv.take<float>(size_t(T) * rs);
     float* kf = cv.take<float>(size_t(kTokTile) * kQkDim);
     float* acc = cv.take<float>(size_t(rows) * kLatentDim);  // go (resident) or lo (spill)
@@ -262,11 +261,7 @@ void run(const KernelArgs& a, Scratch& scratch) {
     // packed.
     prefetch_rows16(pfptr, token_ptrs_clipped(a, a.kv_begin, kPrefetchDist, pfptr));
     pack_queries(ir, rows_pad, rs, qf);
-    for (int r = 0; r < rows_pad; ++r) {
-      m[r] = -__builtin_inff();
-      l[r] = 0.f;
-      last[r] = ir.last(r);
-    }
+    rows_state.init(ir, rows_pad);
     std::memset(zero, 0, kQkDim * sizeof(uint16_t));
     for (int r = 0; r < rows; ++r)
       std::memset(resident ? acc + size_t(r) * kLatentDim : ir.o(r), 0, kLatentDim * sizeof(float));
