@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Fits profiles/cpu.json (the simulator's cost model of this machine) to `mla bench` times of the
-CPU kernels on single work items, measured by scripts/sim_measure_cpu.sh (docs/sim/measure/run*/
-fit_*.json), and checks `mla sim --profile cpu` against the seed grid measured there (grid_*.json).
+"""Fits a CPU profile of the simulator (profiles/cpu.json: the AVX-512 kernels; profiles/amx.json:
+the AMX kernels, tile unit as the cube and AVX-512 as the vector unit) to `mla bench` times of the
+kernels on single work items, measured by scripts/sim_measure_cpu.sh (docs/sim/measure/
+$MACHINE-$ISA/run*/fit_*.json), and checks `mla sim` with that profile against what was measured
+there but never fitted: the seed grid (grid_*.json) and the chunk 1/2/4 rows (chunk_*.json).
 
-    python3 scripts/sim_fit_cpu.py fit      # writes profiles/cpu.json
-    python3 scripts/sim_fit_cpu.py check    # prints the comparison table of docs/SIM.md
+    python3 scripts/sim_fit_cpu.py fit   [--isa avx512|amx]   # writes profiles/cpu.json or amx.json
+    python3 scripts/sim_fit_cpu.py check [--isa avx512|amx]   # the comparison tables of docs/SIM.md
 
 Why a fit of totals: the kernels on main have no per-stage timers yet, so the stages cannot be timed
 one by one. One thread runs every stage of a step serially, so a work item of R query rows over k
@@ -32,7 +34,12 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEASURE = os.path.join(ROOT, "docs", "sim", "measure")
+ISA = sys.argv[sys.argv.index("--isa") + 1] if "--isa" in sys.argv else "avx512"
+MACHINE = os.environ.get("MACHINE", "xeon-amx")
+MEASURE = os.path.join(ROOT, "docs", "sim", "measure", f"{MACHINE}-{ISA}")
+NAME = {"avx512": "cpu", "amx": "amx"}[ISA]
+# This machine's ceilings (bench/roofline): the nominal vector rate SM and UP are counted in.
+CEILINGS = os.environ.get("CEILINGS", os.path.join(ROOT, "docs", "perf", "amx", "ceilings.json"))
 TILE = 64  # kKvTile: tokens per tile of the CPU kernels
 KV_BYTES = {"int8": 512 + 2 * 64, "bf16": 2 * 576}
 SM_SHARE = 0.05  # DESIGN §7: the softmax stage is ~5% of the time
@@ -127,7 +134,7 @@ def fit():
     worst = max(resid, key=lambda r: abs(r[0]))
     rms = math.sqrt(sum(r * r for r, _ in resid) / len(resid))
 
-    ceil = json.load(open(os.path.join(ROOT, "docs", "perf", "ceilings.json")))
+    ceil = json.load(open(CEILINGS))
     c1 = [c for c in ceil["ceilings"] if c["threads"] == 1][0]
     vector_ops = c1["fp32_fma_gflops"] * 1e9  # nominal: SM/UP are counted in these ops
     us = 1e-6
@@ -137,11 +144,16 @@ def fit():
     # a_int8 = (2 x 512 + 2 x 512) / int8 rate + 2 x 64 / bf16 rate + SM.
     int8_rest = coef["a_int8"] - sm - 128 / bf16_rate / us
     int8_rate = 2048 / (int8_rest * us) if int8_rest > 0 else 2048 / (0.5 * coef["a_int8"] * us)
+    what = {"cpu": "the AVX-512 (VNNI / BF16 dot) kernels",
+            "amx": "the AMX kernels: the tile unit as the cube (QK, PV), AVX-512 as the vector "
+                   "unit (SM, UP); one thread issues both, so a step's stages run serially"}[NAME]
     prof = {
-        "name": "cpu",
-        "description": "This machine's CPU running the mla kernels, one core per worker: matrix, "
-        "vector and load work of a step run serially on the core (shared_unit). Fitted by "
-        "scripts/sim_fit_cpu.py to mla bench times of single work items (docs/SIM.md).",
+        "name": NAME,
+        "description": f"A 2-vCPU Intel Xeon with AMX ({MACHINE}) running {what}, one core per "
+        "worker: matrix, vector and load work of a step run serially on the core (shared_unit). "
+        "Fitted by scripts/sim_fit_cpu.py to mla bench --isa " + ISA + " times of single work "
+        "items (docs/SIM.md).",
+        "scheduler": "planner",
         "shared_unit": True,
         "vector_units": 1,
         "workspace_transfers": False,
@@ -172,17 +184,19 @@ def fit():
         "call_overhead_us": coef["call"],
         "separate_pass_overhead_us": coef["call"],
         "sources": {
-            "method": "scripts/sim_fit_cpu.py fit: weighted least squares (relative residuals, "
-            "non-negative) of the step model in that script to mla bench --threads 1 times "
-            "(fastest repetition over the runs in docs/sim/measure/run*/fit_*.json, made by "
+            "method": f"scripts/sim_fit_cpu.py fit --isa {ISA}: weighted least squares (relative "
+            "residuals, non-negative) of the step model in that script to mla bench --threads 1 "
+            f"--isa {ISA} times (fastest repetition over the runs in "
+            f"docs/sim/measure/{MACHINE}-{ISA}/run*/fit_*.json, made by ISA={ISA} "
             "scripts/sim_measure_cpu.sh fit): b 1/4, k 512/2048/4096, 64/128 heads, q_len 2, "
             "chunk 1/2/4, up spill/resident, int8 and bf16 caches.",
             "matrix_int8_ops_per_s": "fitted per row-key cost of the int8 kernel, less SM and the "
             "bf16 rope product, over its 2048 int8 ops per row and key (QK_nope + PV).",
             "matrix_bf16_flops_per_s": "fitted per row-key cost of the bf16 kernel, less SM, over "
             "its 2176 flops per row and key (QK 576 + PV 512, multiply-add = 2).",
-            "vector_ops_per_s": "nominal: fp32 FMA ceiling of one thread, docs/perf/ceilings.json "
-            "(bench/roofline); SM and UP costs are expressed in these operations.",
+            "vector_ops_per_s": "nominal: fp32 FMA ceiling of one thread, "
+            + os.path.relpath(CEILINGS, ROOT) + " (bench/roofline, this machine); SM and UP costs "
+            "are expressed in these operations.",
             "sm_ops_per_element": "DESIGN §7: the softmax stage is ~5% of the time; 5% of the fitted "
             "bf16 per row-key cost (on a shared unit only the sum with the matrix stages matters).",
             "up_ops_per_element": "fitted cost per query row and step (the accumulator update) / 512.",
@@ -205,6 +219,7 @@ def fit():
             "separate_pass_overhead_us": "assumption: one more thread-pool dispatch, taken equal to "
             "call_overhead_us.",
             "kv_tile": "kKvTile = 64 (include/mla/attention.h).",
+            "scheduler": "planner: the CPU threads run mla::make_plan's items.",
             "default_chunk": "mla bench's default --chunk.",
             "default_cores": "this machine's 2 cores.",
             "shared_unit": "a CPU core runs matrix and vector stages serially.",
@@ -224,11 +239,11 @@ def fit():
             "rms_relative_residual": rms,
             "worst_relative_residual": worst[0],
             "worst_row": " ".join(worst[1]),
-            "runs": sorted({os.path.basename(os.path.dirname(p))
+            "runs": sorted({os.path.relpath(os.path.dirname(p), ROOT)
                             for p in glob.glob(os.path.join(MEASURE, "run*", "fit_*.json"))}),
         },
     }
-    out = os.path.join(ROOT, "profiles", "cpu.json")
+    out = os.path.join(ROOT, "profiles", NAME + ".json")
     with open(out, "w") as f:
         json.dump(prof, f, indent=2)
         f.write("\n")
@@ -240,10 +255,10 @@ def fit():
 
 
 def predict(kv, c):
-    """mla sim --profile cpu --grid seed: {row name: (old_us, new_us)}."""
+    """mla sim --profile NAME --grid seed: {row name: (old_us, new_us)}."""
     tmp = os.path.join("/tmp", f"sim_check_{os.getpid()}.json")
     subprocess.run([os.path.join(ROOT, "build", "mla"), "sim", "--profile",
-                    os.path.join(ROOT, "profiles", "cpu.json"), "--grid", "seed", "--c", str(c),
+                    os.path.join(ROOT, "profiles", NAME + ".json"), "--grid", "seed", "--c", str(c),
                     "--kv-dtype", kv, "--chunk", "4", "--json", tmp],
                    check=True, stdout=subprocess.DEVNULL)
     rows = json.load(open(tmp))["rows"]
@@ -273,26 +288,68 @@ def table(title, measured):
     return errors
 
 
+def predict_chunk(kv, b, k, c, chunk):
+    """mla sim --profile NAME, one shape, up resident, reduction last: predicted us."""
+    tmp = os.path.join("/tmp", f"sim_check_{os.getpid()}.json")
+    subprocess.run([os.path.join(ROOT, "build", "mla"), "sim", "--profile",
+                    os.path.join(ROOT, "profiles", NAME + ".json"), "--b", str(b), "--k", str(k),
+                    "--c", str(c), "--kv-dtype", kv, "--chunk", str(chunk), "--up", "resident",
+                    "--reduction", "last", "--json", tmp], check=True, stdout=subprocess.DEVNULL)
+    t = json.load(open(tmp))["variants"][0]["predicted_us"]
+    os.remove(tmp)
+    return t
+
+
+def chunk_table():
+    """The chunk 1/2/4 rows (chunk_*.json, 2 threads): error of each and the winner."""
+    best = fastest("chunk_*.json")
+    meas = {}  # (kv, row) -> {chunk: us}
+    for (fname, row, var), t in best.items():
+        _, kv, pair = os.path.splitext(fname)[0].split("_")
+        lo, hi = pair.split("v")
+        chunk = int(lo if var == "old" else hi)
+        d = meas.setdefault((kv, row), {})
+        d[chunk] = min(d.get(chunk, math.inf), t)
+    if not meas:
+        return []
+    print(f"\nChunk 1/2/4 at 2 threads, up resident (chunk_*.json; fastest repetition)\n")
+    print("| row | cache | chunk 1 measured / predicted us | chunk 2 | chunk 4 | winner measured "
+          "/ predicted |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    errors, right, rows = [], 0, 0
+    for (kv, row), d in sorted(meas.items()):
+        b, k = int(row.split("_")[0][1:]), int(row.split("_")[1][1:])
+        c = int(row.split("_")[2][1:])
+        cells, pred = [], {}
+        for chunk in (1, 2, 4):
+            p = predict_chunk(kv, b, k, c, chunk)
+            pred[chunk] = p
+            e = p / d[chunk] - 1
+            errors.append(e)
+            cells.append(f"{d[chunk]:.0f} / {p:.0f} ({100 * e:+.0f}%{' **' if abs(e) > 0.20 else ''})")
+        wm, wp = min(d, key=d.get), min(pred, key=pred.get)
+        right += wm == wp
+        rows += 1
+        print(f"| {row} | {kv} | {' | '.join(cells)} | {wm} / {wp}{'' if wm == wp else ' **'} |")
+    inside = sum(abs(e) <= 0.20 for e in errors)
+    print(f"\n{inside} of {len(errors)} times within 20%; largest error "
+          f"{100 * max(map(abs, errors)):.1f}%; winner right on {right} of {rows} rows")
+    return errors
+
+
 def check():
-    # This session's runs (scripts/sim_measure_cpu.sh grid): fastest repetition over the runs.
+    # This machine's runs (scripts/sim_measure_cpu.sh grid / chunk): fastest repetition over runs.
     best = fastest("grid_*.json")
     measured = {}
     for (fname, row, var), t in best.items():
         _, kv, c = os.path.splitext(fname)[0].split("_")
         old_new = measured.setdefault((kv, int(c[1:])), {}).setdefault(row, [0, 0])
         old_new[0 if var == "old" else 1] = t
-    table("Seed grid, measured by scripts/sim_measure_cpu.sh grid (docs/sim/measure/run*/; the "
-          "fastest repetition over the runs)", measured)
-    # PERF.md's runs of the same kernels (docs/perf/*.json, scripts/perf.sh): the seed grid at
-    # 2 threads and b 1/2/8 x k 4096 at 1 and 2 threads; fastest repetition.
-    ref = {}
-    for name in ("int8_h128", "bf16_h128", "threads_int8", "threads_bf16"):
-        doc = json.load(open(os.path.join(ROOT, "docs", "perf", name + ".json")))
-        for r in doc["rows"]:
-            ref.setdefault((r["kv_dtype"], r["c"]), {})[r["name"]] = (r["old"]["min_us"],
-                                                                      r["new"]["min_us"])
-    table("docs/perf (PERF.md's measurements of the same kernels, scripts/perf.sh; fastest "
-          "repetition)", ref)
+    if measured:
+        table(f"Seed grid, measured by ISA={ISA} scripts/sim_measure_cpu.sh grid "
+              f"({os.path.relpath(MEASURE, ROOT)}/run*/; the fastest repetition over the runs)",
+              measured)
+    chunk_table()
 
 
 if __name__ == "__main__":

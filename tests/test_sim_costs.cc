@@ -51,7 +51,7 @@ SimConfig one_row(int steps, KvDType kv) {
                    .kv = kv,
                    .chunk = 1,
                    .up = UpForm::resident,
-                   .reduction = Reduction::last};
+                   .reduction = SimReduction::last};
 }
 
 TEST(SimCosts, HandComputedWorkspaceMakespans) {
@@ -216,7 +216,7 @@ const GridRow kGrid[] = {
 TEST(SimCosts, SeedGridRowByRow) {
   const Profile prof = pinned_910b();
   const bool print = std::getenv("MLA_PRINT_SIM") != nullptr;
-  auto run = [&](int b, int k, int chunk, UpForm up, Reduction red) {
+  auto run = [&](int b, int k, int chunk, UpForm up, SimReduction red) {
     SimConfig c = seed_shape(b, k);
     c.chunk = chunk;
     c.up = up;
@@ -226,8 +226,8 @@ TEST(SimCosts, SeedGridRowByRow) {
   int checked = 0;
   for (const int b : {1, 2, 4, 8, 10, 16, 24, 48})
     for (const int k : {512, 2048, 4096}) {
-      const double old_us = run(b, k, 1, UpForm::spill, Reduction::separate);
-      const double new_us = run(b, k, 2, UpForm::resident, Reduction::last);
+      const double old_us = run(b, k, 1, UpForm::spill, SimReduction::separate);
+      const double new_us = run(b, k, 2, UpForm::resident, SimReduction::last);
       if (print) std::printf("    {%d, %d, %.2f, %.2f},\n", b, k, old_us, new_us);
       for (const GridRow& r : kGrid)
         if (r.b == b && r.k == k) {

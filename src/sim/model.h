@@ -37,6 +37,16 @@
 
 namespace mla::sim {
 
+// Who merges the split-KV partials:
+//   separate  after every core has finished, a separate pass (a kernel launch:
+//             separate_pass_overhead_us) spreads the rows over every core's vector units
+//   last      the core that finishes a group's last partial merges the group (CPU: finish_partial)
+//   inkernel  inside the kernel, after a barrier (one sync), the rows of every group spread over
+//             every core's vector units (no launch)
+enum class SimReduction : uint8_t { separate, last, inkernel };
+const char* sim_reduction_name(SimReduction r);
+SimReduction parse_sim_reduction(const std::string& text);  // throws naming the text
+
 struct SimConfig {
   int batch = 1;
   int k = 4096;  // seq_len of every sequence
@@ -46,8 +56,11 @@ struct SimConfig {
   KvDType kv = KvDType::int8;  // int8 or bf16
   int chunk = 4;
   UpForm up = UpForm::resident;
-  Reduction reduction = Reduction::last;
+  SimReduction reduction = SimReduction::last;
   double sm_scale = 1.0;  // stretches every SM stage (the seed's long-softmax bubble)
+  std::string split;      // the work split (profile.h's Split); empty: the profile's scheduler
+  int block = 0;          // tokens per KV block (tile); 0: the profile's kv_tile
+  int reading = -1;       // -1: the profile's chunk_reading; 0: merged; 1: block
 };
 
 enum class Op : uint8_t {
@@ -84,15 +97,22 @@ struct SimTask {
 
 struct BuiltSchedule {
   Plan plan;
+  Split split;
+  int block = 0;                // tokens per KV block
+  bool block_reading = false;   // per-block QK / SM / PV inside a chunk
+  int preload = 0;              // chunks the cube runs QK ahead of PV
+  double kv_bytes_per_s = 0;    // each busy core's KV read rate (the HBM pool shared)
+  int busy_cores = 0;           // cores with work
+  int steps_max = 0, steps_min = 0;  // chunks per busy core
   int lanes_per_core = 0;  // resources per core (1 with shared_unit)
   Schedule engine;
   std::vector<SimTask> tasks;  // [engine.tasks]
   int64_t merge_writes = 0;    // output writes of merges (one per merge group)
 };
 
-// The work split the profile's scheduler makes (Profile::scheduler):
-//   planner     mla::make_plan with the defaults `mla decode` uses (kv_tile = the profile's).
-//   ascend-tp1  the seed accelerator's own split for 128 heads (catlass examples/19_mla,
+// The work split (SimConfig::split, else Profile::scheduler; profile.h's Split):
+//   planner     mla::make_plan with the defaults `mla decode` uses (kv_tile = the block).
+//   tp1         the seed accelerator's own split for 128 heads (catlass examples/19_mla,
 //               GetMLATilingSpec / GetKVSplitParamSpec): one task per (sequence, query token) with
 //               every head; with T tasks on c cores, floor(T / c) x c tasks run whole, task t on
 //               core t % c; the tail of T mod c tasks (unless it reaches 0.8 c: then all run whole)
@@ -100,6 +120,8 @@ struct BuiltSchedule {
 //               piece s of tail task j on core (j n + s) mod c. A task of one query token x H heads
 //               is written as an item of the query tokens x H / q_len heads (the same rows: the
 //               stages cost by rows), heads [i H / q_len, (i + 1) H / q_len) for token i.
+//   none, pieces=N, round=T   the same tasks, whole or cut into pieces (profile.h), tasks and
+//               pieces round-robin over the cores.
 Plan sim_plan(const SimConfig& cfg, const Profile& prof);
 
 // Throws mla::Error naming the bad value (batch < 1, k < q_len, chunk < 1, bf16/int8 only, ...).
@@ -114,6 +136,10 @@ struct SimResult {
   double bubble_us = 0;        // mean over cores of the time the matrix unit idles inside the
                                // core's busy span (first start .. last end)
   int64_t mte3_transfers = 0;  // stores from UB to global memory: P, accumulator, outputs
+  double end_bubble_us = 0;    // mean over busy cores: the cube idle after its last QK, waiting
+                               // for the SM of its last PVs (the seed's "bubble in the end")
+  double tail_us = 0;          // after the last matrix task of any core: UP, stores, merges
+  double merge_us = 0;         // of the tail: from the first merge's start to the end (0: none)
 };
 
 SimResult run_sim(const SimConfig& cfg, const Profile& prof);

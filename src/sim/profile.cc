@@ -37,6 +37,39 @@ std::filesystem::path program_dir() {
 
 }  // namespace
 
+Split parse_split(const std::string& text) {
+  if (text == "planner") return {Split::planner, 0};
+  if (text == "tp1" || text == "ascend-tp1") return {Split::tp1, 0};
+  if (text == "none") return {Split::none, 0};
+  for (auto [prefix, kind] : {std::pair{"pieces=", Split::pieces}, std::pair{"round=", Split::round}}) {
+    const std::string pre = prefix;
+    if (text.compare(0, pre.size(), pre) != 0) continue;
+    const std::string num = text.substr(pre.size());
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(num, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    MLA_CHECK(used == num.size() && !num.empty() && v >= 1 && v <= (1 << 20),
+              "split '" << text << "': " << pre << "N needs an integer N in 1.." << (1 << 20));
+    return {kind, int(v)};
+  }
+  MLA_FAIL("split '" << text << "' is not planner, tp1, none, pieces=N or round=T");
+}
+
+std::string split_name(const Split& s) {
+  switch (s.kind) {
+    case Split::planner: return "planner";
+    case Split::tp1: return "tp1";
+    case Split::none: return "none";
+    case Split::pieces: return "pieces=" + std::to_string(s.n);
+    case Split::round: return "round=" + std::to_string(s.n);
+  }
+  return "?";
+}
+
 Profile profile_from_json_text(const std::string& text, const std::string& origin) {
   json j;
   try {
@@ -82,11 +115,13 @@ Profile profile_from_json_text(const std::string& text, const std::string& origi
   text_field("description", p.description);
   bool_field("shared_unit", p.shared_unit);
   fields["scheduler"] = [&p, &origin](const json& v) {
-    MLA_CHECK(v.is_string() && (v.get<std::string>() == "planner" ||
-                                v.get<std::string>() == "ascend-tp1"),
-              "profile " << origin << ": \"scheduler\" = " << v.dump()
-                         << " must be \"planner\" or \"ascend-tp1\"");
+    MLA_CHECK(v.is_string(), "profile " << origin << ": \"scheduler\" must be a string");
     p.scheduler = v.get<std::string>();
+    try {
+      (void)parse_split(p.scheduler);
+    } catch (const Error& e) {
+      MLA_FAIL("profile " << origin << ": \"scheduler\": " << e.what());
+    }
   };
   int_field("vector_units", p.vector_units, 1, 64);
   bool_field("workspace_transfers", p.workspace_transfers);
@@ -115,18 +150,67 @@ Profile profile_from_json_text(const std::string& text, const std::string& origi
   num_field("item_overhead_us", p.item_overhead_us, false);
   num_field("call_overhead_us", p.call_overhead_us, false);
   num_field("separate_pass_overhead_us", p.separate_pass_overhead_us, false);
-  // Documentation only: where the figures come from, how they were measured.
+  // Optional fields (profile.h).
+  std::map<std::string, std::function<void(const json&)>> optional;
+  auto choice_field = [&](const char* key, bool& out, const char* yes, const char* no) {
+    optional[key] = [&out, key, yes, no, &origin](const json& v) {
+      MLA_CHECK(v.is_string() && (v.get<std::string>() == yes || v.get<std::string>() == no),
+                "profile " << origin << ": \"" << key << "\" = " << v.dump() << " must be \""
+                           << yes << "\" or \"" << no << "\"");
+      out = v.get<std::string>() == yes;
+    };
+  };
+  auto reduction_field = [&](const char* key, std::string& out) {
+    optional[key] = [&out, key, &origin](const json& v) {
+      MLA_CHECK(v.is_string() && (v.get<std::string>() == "separate" ||
+                                  v.get<std::string>() == "last" ||
+                                  v.get<std::string>() == "inkernel"),
+                "profile " << origin << ": \"" << key << "\" = " << v.dump()
+                           << " must be \"separate\", \"last\" or \"inkernel\"");
+      out = v.get<std::string>();
+    };
+  };
+  choice_field("chunk_reading", p.block_reading, "block", "merged");
+  choice_field("flags", p.flags_per_chunk, "chunk", "block");
+  for (auto [key, out] : {std::pair{"s_slots", &p.s_slots}, std::pair{"p_slots", &p.p_slots},
+                          std::pair{"lo_slots", &p.lo_slots},
+                          std::pair{"kv_l1_chunks", &p.kv_l1_chunks}}) {
+    int_field(key, *out, 1, 64);
+    optional[key] = fields[key];
+    fields.erase(key);
+  }
+  num_field("up_ops_per_extra_block", p.up_ops_per_extra_block, false);
+  num_field("hbm_bytes_per_s", p.hbm_bytes_per_s, false);
+  for (const char* key : {"up_ops_per_extra_block", "hbm_bytes_per_s"}) {
+    optional[key] = fields[key];
+    fields.erase(key);
+  }
+  reduction_field("grid_old_reduction", p.grid_old_reduction);
+  reduction_field("grid_new_reduction", p.grid_new_reduction);
+  // Documentation: where each figure comes from (every field but name, description and fit
+  // names its source: a datasheet, a paper, or the command that measured it).
   fields["sources"] = [&origin](const json& v) {
     MLA_CHECK(v.is_object(), "profile " << origin << ": \"sources\" must be an object");
   };
   fields["fit"] = [](const json&) {};
   for (const auto& [key, value] : j.items())
-    MLA_CHECK(fields.count(key), "profile " << origin << ": unknown field \"" << key << "\"");
+    MLA_CHECK(fields.count(key) || optional.count(key),
+              "profile " << origin << ": unknown field \"" << key << "\"");
   for (const auto& [key, set] : fields) {
     if (key == "fit") continue;
     MLA_CHECK(j.contains(key), "profile " << origin << ": field \"" << key << "\" is missing");
     set(j.at(key));
   }
+  for (const auto& [key, set] : optional)
+    if (j.contains(key)) set(j.at(key));
+  const json& src = j.at("sources");
+  for (const auto& [key, value] : j.items()) {
+    if (key == "name" || key == "description" || key == "sources" || key == "fit") continue;
+    MLA_CHECK(src.contains(key) && src.at(key).is_string() && !src.at(key).get<std::string>().empty(),
+              "profile " << origin << ": \"" << key << "\" has no source (\"sources\": {\""
+                         << key << "\": \"a datasheet, a paper, or the command that measured it\"})");
+  }
+
   MLA_CHECK(p.buffers >= p.cube_preload + 1,
             "profile " << origin << ": buffers = " << p.buffers << " cannot hold cube_preload = "
                        << p.cube_preload << " steps ahead (needs at least preload + 1)");

@@ -48,7 +48,44 @@ struct Profile {
   double item_overhead_us = 0;           // per work item: query load, accumulator set-up
   double call_overhead_us = 0;           // per decode call: launch, thread wake-up
   double separate_pass_overhead_us = 0;  // start of the separate reduction pass
+
+  // Optional fields (absent: the value in brackets, which keeps a profile written before them
+  // running as it did).
+  // How a chunk of several KV blocks runs [merged]: "merged", one QK / SM / PV over all the
+  // chunk's tokens (the CPU kernels' step); "block", the seed's reading: per-block QK, SM and PV
+  // inside the chunk ("QK, QK, PV, PV ... SM, SM, U") and one UP per chunk.
+  bool block_reading = false;
+  // block reading: the cube <-> vector flags [block]: "block" hands each block over as it is done;
+  // "chunk" waits for every block of the chunk.
+  bool flags_per_chunk = false;
+  // Slots of each buffer between the units [buffers], in chunks (block reading: a chunk of c
+  // blocks takes c block slots, so chunk 4 doubles chunk 2's workspace of S, P and Otmp, as the
+  // seed says) or steps (merged). The cube runs QK at most s_slots - 1 chunks ahead of PV.
+  int s_slots = 0, p_slots = 0, lo_slots = 0;
+  int kv_l1_chunks = 0;                 // block reading: L1 KV slots in chunks [buffers]
+  double up_ops_per_extra_block = -1;   // block reading: UP work per output element for each
+                                        // further block of the chunk [up_ops_per_element]
+  double hbm_bytes_per_s = 0;           // chip total shared by the busy cores [0: none]; each
+                                        // core reads KV at min(kv_read_bytes_per_s, hbm / busy)
+  std::string grid_old_reduction = "separate", grid_new_reduction = "last";  // --grid seed
 };
+
+// Who splits the work over the cores (Profile::scheduler, `mla sim --split`):
+//   planner     mla::make_plan, as `mla decode` does
+//   tp1         the seed accelerator's tiling (catlass examples/19_mla: model.h, sim_plan);
+//               "ascend-tp1" is the same
+//   none        one item per (sequence, query token) with every head, never split (Ascend's int8
+//               MLA: its CalcSplitNum returns 1)
+//   pieces=N    each such task cut into N pieces of ceil(blocks / N) blocks
+//   round=T     each task cut into pieces of T tokens (rounded up to whole blocks)
+// Tasks and pieces go round-robin over the cores, in task order.
+struct Split {
+  enum Kind { planner, tp1, none, pieces, round } kind = planner;
+  int n = 0;  // pieces: N; round: T
+};
+// Throws mla::Error naming the text when it is none of the forms above.
+Split parse_split(const std::string& text);
+std::string split_name(const Split& s);
 
 // A profile by name ("ascend-910b", "cpu": profiles/<name>.json, searched in $MLA_PROFILE_DIR,
 // ./profiles and <directory of the running program>/../profiles) or by file path (anything with a

@@ -104,7 +104,7 @@ std::string timeline_svg(const SimResult& r, const SimConfig& cfg, const Profile
     << cfg.batch << " --k " << cfg.k << " --c " << cfg.cores << " --heads " << cfg.heads
     << " --q-len " << cfg.q_len << " --kv-dtype " << kv_dtype_name(cfg.kv) << " --chunk "
     << cfg.chunk << " --up " << (cfg.up == UpForm::resident ? "resident" : "spill")
-    << " --reduction " << (cfg.reduction == Reduction::last ? "last" : "separate") << " --sm-scale "
+    << " --reduction " << sim_reduction_name(cfg.reduction) << " --sm-scale "
     << cfg.sm_scale << "</text>\n";
   s << "<text x=\"10\" y=\"40\">core " << core << " of " << cfg.cores << "; predicted "
     << num(r.predicted_us) << " us (makespan " << num(r.tl.makespan_us) << " us); cube busy "
