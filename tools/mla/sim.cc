@@ -103,8 +103,8 @@ void run_sim_command(const SimArgs& a) {
             "--sm-scale = " << a.sm_scale << " must be a positive number");
   MLA_CHECK(a.up.empty() || a.up == "resident" || a.up == "spill",
             "--up '" << a.up << "' is not resident or spill");
-  MLA_CHECK(a.reduction.empty() || a.reduction == "separate" || a.reduction == "last",
-            "--reduction '" << a.reduction << "' is not separate or last");
+  if (!a.reduction.empty()) (void)sim::parse_sim_reduction(a.reduction);
+  if (!a.old_reduction.empty()) (void)sim::parse_sim_reduction(a.old_reduction);
   check_out_path(a.svg_path, "--svg");
   check_out_path(a.json_path, "--json");
   const sim::SimReduction red_new =
