@@ -68,6 +68,7 @@ std::string Variant::describe() const {
      << ",red=" << (opt.reduction == Reduction::last ? "last" : "separate")
      << ",isa=" << isa_name(opt.isa)
      << ",impl=" << (opt.impl == Impl::fast ? "fast" : "ref");
+  if (opt.kernel) os << ",kernel=" << opt.kernel;
   if (rotation != KvRotation::none) os << ",rot=" << kv_rotation_name(rotation);
   return os.str();
 }
@@ -112,13 +113,20 @@ Variant parse_variant(const std::string& config, int default_chunk) {
       MLA_CHECK(val == "fast" || val == "ref",
                 "variant item '" << item << "': impl must be fast or ref");
       v.opt.impl = val == "fast" ? Impl::fast : Impl::ref;
+    } else if (key == "kernel") {
+      // A kernel of the registry by name (one of an ISA's several: decode_i8_avx2 against
+      // decode_i8_avx2vnni); the name is checked when the variant runs. Interned: the options hold
+      // a plain pointer and variants are copied.
+      static std::set<std::string> names;
+      MLA_CHECK(!val.empty(), "variant item '" << item << "': kernel needs a name");
+      v.opt.kernel = names.insert(val).first->c_str();
     } else if (key == "rot") {
       MLA_CHECK(val == "none" || val == "hadamard",
                 "variant item '" << item << "': rot must be none or hadamard");
       v.rotation = parse_kv_rotation(val);
     } else {
       MLA_FAIL("variant item '" << item << "': unknown key '" << key
-                                << "' (expected chunk, up, red, isa, impl or rot)");
+                                << "' (expected chunk, up, red, isa, impl, kernel or rot)");
     }
   }
   return v;

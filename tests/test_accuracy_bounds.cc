@@ -46,6 +46,9 @@ const Bound kBounds[] = {
     // The AVX2 bf16 kernel keeps P in fp32 (the AVX-512 one rounds it to bf16 for vdpbf16ps).
     {"decode_bf16_avx2", 2.5e-6, 1.1e-5, 5e-5},    {"decode_f16_avx2", 5e-6, 2.5e-5, 9e-5},
     {"decode_i8_avx2", 1.4e-2, 3.5e-2, 3e-5},
+    // The AVX-VNNI form computes the same integer products (tests/test_kernel_i8_avx512.cc checks
+    // it equals decode_i8_avx2 bit for bit).
+    {"decode_i8_avx2vnni", 1.4e-2, 3.5e-2, 3e-5},
     // The AMX kernel quantizes like the VNNI one (same queries, P, top token); its emulation
     // computes the same numbers.
     {"decode_i8_avx512amx", 1.4e-2, 3.5e-2, 3e-5}, {"decode_i8_avx512amxemu", 1.4e-2, 3.5e-2, 3e-5},

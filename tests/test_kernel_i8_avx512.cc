@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <tuple>
 #include <limits>
 #include <random>
 #include <set>
@@ -24,6 +26,7 @@
 namespace mla::cpu {
 extern const KernelInfo decode_i8_avx512vnni;
 extern const KernelInfo decode_i8_avx2;
+extern const KernelInfo decode_i8_avx2vnni;
 }  // namespace mla::cpu
 
 namespace mla {
@@ -46,7 +49,8 @@ bool runs(KvScale mode) { return cpu::kernel_runs(kernel(), KvDType::int8, mode)
 // The int8 SIMD kernels this CPU can run (the portable one has test_decode's sweep).
 std::vector<const cpu::KernelInfo*> supported_i8_kernels() {
   std::vector<const cpu::KernelInfo*> v;
-  for (const cpu::KernelInfo* k : {&cpu::decode_i8_avx512vnni, &cpu::decode_i8_avx2})
+  for (const cpu::KernelInfo* k :
+       {&cpu::decode_i8_avx512vnni, &cpu::decode_i8_avx2vnni, &cpu::decode_i8_avx2})
     if (k->supported()) v.push_back(k);
   return v;
 }
@@ -288,6 +292,39 @@ TEST_P(KernelI8Avx512, UpFormsAgree) {
     for (size_t x = 0; x < a.lse.size(); ++x)
       ASSERT_EQ(a.lse[x], b.lse[x]) << kv_scale_name(mode) << " " << x;
   }
+}
+
+// The AVX-VNNI kernel (vpdpbusd on u8 x s8 quads, keys offset by 128) computes exactly the
+// integer products of the vpmaddwd kernel, so every output bit is the same: over lengths that cut
+// the quads, 12-token tiles and steps anywhere, odd row counts, every scale mode it runs, both UP
+// forms and chunks 1-4.
+TEST(KernelI8Avx2Vnni, SameBitsAsTheVpmaddwdKernel) {
+  if (!cpu::decode_i8_avx2vnni.supported()) GTEST_SKIP() << "this CPU has no AVX-VNNI";
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (MLA_TEST_SEED reproduces)");
+  cpu::Scratch scratch;
+  int compared = 0;
+  for (KvScale mode : {KvScale::token, KvScale::tensor, KvScale::channel})
+    for (const auto& [heads, len, chunk] :
+         std::vector<std::tuple<int, int, int>>{{1, 1, 1}, {3, 13, 2}, {16, 130, 4}, {33, 257, 3},
+                                                {128, 301, 4}, {7, 64, 1}, {24, 777, 2}}) {
+      CaseSpec spec{.batch = 1, .q_len = 2, .heads = heads, .block_size = 16,
+                    .seq_lens = {len}, .kv = KvDType::int8, .scale = mode, .score_std = 2.5f};
+      const Case c = make(spec, seed + heads + len + int(mode));
+      for (UpForm up : {UpForm::resident, UpForm::spill}) {
+        SCOPED_TRACE(::testing::Message() << kv_scale_name(mode) << " heads " << heads << " len "
+                                          << len << " chunk " << chunk);
+        g_kernel = &cpu::decode_i8_avx2;
+        const ItemRun a = run_item(c, 0, 0, heads, 0, len, chunk, up, scratch);
+        g_kernel = &cpu::decode_i8_avx2vnni;
+        const ItemRun b = run_item(c, 0, 0, heads, 0, len, chunk, up, scratch);
+        ASSERT_EQ(a.o.size(), b.o.size());
+        ASSERT_EQ(0, std::memcmp(a.o.data(), b.o.data(), a.o.size() * sizeof(float)));
+        ASSERT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)));
+        ++compared;
+      }
+    }
+  EXPECT_EQ(compared, 42);
 }
 
 // Items that cut the KV range anywhere and take a subset of heads: each piece matches a float64

@@ -428,7 +428,8 @@ TEST(Dispatch, SelectsTheAvx512KernelsThisCpuReports) {
   if (avx2) {
     EXPECT_STREQ(cpu::select_kernel(KvDType::bf16, Isa::avx2).name, "decode_bf16_avx2");
     EXPECT_STREQ(cpu::select_kernel(KvDType::fp16, Isa::avx2).name, "decode_f16_avx2");
-    EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::avx2).name, "decode_i8_avx2");
+    EXPECT_STREQ(cpu::select_kernel(KvDType::int8, Isa::avx2).name,
+                 has({"avx_vnni"}) ? "decode_i8_avx2vnni" : "decode_i8_avx2");
   }
   for (KvDType kv : {KvDType::bf16, KvDType::fp16, KvDType::int8})
     EXPECT_TRUE(cpu::select_kernel(kv, Isa::portable).portable);

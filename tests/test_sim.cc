@@ -570,10 +570,18 @@ TEST(SimModel, SplitsCutTasksAsNamed) {
         EXPECT_EQ(r.back().second, 2000);
         for (size_t i = 1; i < r.size(); ++i) EXPECT_EQ(r[i].first, r[i - 1].second);
         split_tasks += r.size() > 1;
-        if (split == "none") EXPECT_EQ(r.size(), 1u);
-        if (split == "pieces=3") EXPECT_EQ(r.size(), 3u);  // 16 blocks: 6 + 6 + 4
-        if (split == "round=512") EXPECT_EQ(r.size(), 4u);
-        if (split == "round=200") EXPECT_EQ(r.size(), 8u);  // 256-token pieces (whole blocks)
+        if (split == "none") {
+          EXPECT_EQ(r.size(), 1u);
+        }
+        if (split == "pieces=3") {
+          EXPECT_EQ(r.size(), 3u);  // 16 blocks: 6 + 6 + 4
+        }
+        if (split == "round=512") {
+          EXPECT_EQ(r.size(), 4u);
+        }
+        if (split == "round=200") {
+          EXPECT_EQ(r.size(), 8u);  // 256-token pieces (whole blocks)
+        }
       }
       EXPECT_EQ(int(plan.merges.size()), split_tasks);
     }

@@ -687,6 +687,7 @@ Variants (--variants OLD:NEW; the first is the "old" column, the ratio is old/ne
     red=separate|last split-KV partials merged in a separate pass, or by the last worker
     isa=best|amx|avx512|avx2|portable|amx-emu   force those kernels (default: --isa)
     impl=fast|ref     ref runs the float64 reference (slow; for debugging)
+    kernel=NAME       one kernel of the registry by name (decode_i8_avx2 against decode_i8_avx2vnni)
     rot=none|hadamard the cache's latent rotation (the same values, written rotated)
   Keys left out take the "new" values. Examples:
     --variants old:new   --variants chunk=1:chunk=4   --variants red=separate:red=last

@@ -49,6 +49,13 @@ bool request_tile_permission() {
 
 }  // namespace
 
+bool cpu_has_avx2vnni_set() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!cpu_has_avx2_set() || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  constexpr unsigned kAvxVnni = 1u << 4;
+  return (a & kAvxVnni) != 0;
+}
+
 bool cpu_has_amx_set() {
   static const bool ok = [] {
     const char* env = std::getenv("MLA_AMX");

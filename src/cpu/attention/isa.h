@@ -7,6 +7,7 @@
 //   *_avx512amx.cc                                   the same and AMX-TILE, AMX-INT8, AMX-BF16
 //   *_avx512f.cc                                     AVX-512 F, FMA, F16C
 //   *_avx2.cc                                        AVX2, FMA, F16C
+//   *_avx2vnni.cc                                    AVX2, FMA, F16C, AVX-VNNI (VEX vpdpbusd)
 //   anything else                                    the baseline x86-64 target
 //
 // Inline functions of shared headers used in these files must not be emitted there as shared
@@ -21,6 +22,7 @@ namespace mla::cpu {
 bool cpu_has_avx512_set();   // AVX-512 F BW VL DQ VNNI BF16, FMA, F16C
 bool cpu_has_avx512f_set();  // AVX-512 F, FMA, F16C
 bool cpu_has_avx2_set();     // AVX2, FMA, F16C
+bool cpu_has_avx2vnni_set(); // AVX2, FMA, F16C, AVX-VNNI (CPUID.(7,1):EAX bit 4)
 // The AVX-512 set, AMX-TILE, AMX-INT8, AMX-BF16, and the tile state granted to this process
 // (requested once, on the first call: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)).
 // MLA_AMX=0 in the environment makes it false, as a refused permission does.

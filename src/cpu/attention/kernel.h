@@ -140,5 +140,6 @@ void amx_tile_op_emu(int op, void* c, const void* a, const void* b);
 extern const KernelInfo decode_bf16_avx2;
 extern const KernelInfo decode_f16_avx2;
 extern const KernelInfo decode_i8_avx2;
+extern const KernelInfo decode_i8_avx2vnni;
 
 }  // namespace mla::cpu

@@ -30,6 +30,7 @@ const std::vector<KernelInfo>& kernel_registry() {
       decode_f16_portable,
       decode_i8_avx512amx,
       decode_i8_avx512vnni,
+      decode_i8_avx2vnni,
       decode_i8_avx2,
       decode_i8_portable,
       decode_i8_avx512amxemu,  // after the portable kernel: never the best, only forced
