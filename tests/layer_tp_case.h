@@ -4,6 +4,7 @@
 // the seed, so every rank builds the same history, inputs and cache.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>

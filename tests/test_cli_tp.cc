@@ -22,14 +22,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Run {
+struct CliRun {
   int code = -1;
   double seconds = 0;
   std::string out, err;
 };
 
 // prefix + MLA_CLI + args, under `timeout 60` so a hang fails the test instead of stalling it.
-Run run(const std::string& prefix, const std::string& args, const std::string& work) {
+CliRun run(const std::string& prefix, const std::string& args, const std::string& work) {
   const char* cli = std::getenv("MLA_CLI");
   if (!cli || !*cli) {
     ADD_FAILURE() << "MLA_CLI is not set (ctest sets it to the mla executable)";
@@ -38,7 +38,7 @@ Run run(const std::string& prefix, const std::string& args, const std::string& w
   const std::string o = work + "/stdout.txt", e = work + "/stderr.txt";
   const auto t0 = std::chrono::steady_clock::now();
   const int st = std::system(("timeout 60 " + prefix + " " + cli + " " + args + " >" + o + " 2>" + e).c_str());
-  Run r;
+  CliRun r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
   std::stringstream so, se;
@@ -49,16 +49,13 @@ Run run(const std::string& prefix, const std::string& args, const std::string& w
   return r;
 }
 
-std::string mpirun(int np) {
-  const char* m = std::getenv("MLA_MPIRUN");
-  return std::string(m ? m : "") + " -np " + std::to_string(np);
-}
+// CMake's mpirun line for this machine (CMakeLists.txt: MLA_MPIRUN), empty without MPI.
+std::string mpirun(int np) { return std::string(MLA_MPIRUN_LINE) + " -np " + std::to_string(np); }
 
 class CliTp : public ::testing::Test {
  protected:
   void SetUp() override {
-    const char* m = std::getenv("MLA_MPIRUN");
-    if (!m || !*m) GTEST_SKIP() << "built without MPI: no mpirun tests";
+    if (std::string(MLA_MPIRUN_LINE).empty()) GTEST_SKIP() << "built without MPI: no mpirun tests";
   }
 };
 
@@ -108,7 +105,7 @@ TEST_F(CliTp, LayerEqualsOneProcess) {
   const Inputs in({}, seed);
   for (const char* kv : {"bf16", "int8"}) {
     const std::string one = in.dir + "/one-" + kv;
-    Run r = run("", in.layer_args(one) + " --kv-dtype " + kv, in.dir);
+    CliRun r = run("", in.layer_args(one) + " --kv-dtype " + kv, in.dir);
     ASSERT_EQ(r.code, 0) << r.out << r.err;
     for (int np : {2, 4}) {
       if (np == 4 && std::string(kv) == "int8") continue;  // 4 ranks once is enough for the CI time
@@ -128,7 +125,7 @@ TEST_F(CliTp, LayerEqualsOneProcess) {
 TEST_F(CliTp, DemoPrintsTheAllReduceRowAndPasses) {
   const uint64_t seed = test::test_seed();
   const Inputs in({}, seed);
-  const Run r = run(mpirun(2), "demo --model " + in.model + " --layer 1 --batch 2 --context 40 "
+  const CliRun r = run(mpirun(2), "demo --model " + in.model + " --layer 1 --batch 2 --context 40 "
                                "--steps 2 --threads 1 --tp 2", in.dir);
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   for (const char* part : {"tensor parallel: 2 ranks x 2 heads", "all-reduce", "einsum + o_proj", "PASS"})
@@ -143,7 +140,7 @@ TEST_F(CliTp, RefusalsEndEveryRankQuicklyAndWriteNothing) {
   const Inputs in(spec, seed);
   const std::string out = in.dir + "/out";
   auto refused = [&](int np, const std::string& args, const std::string& needle) {
-    const Run r = run(mpirun(np), in.layer_args(out) + " " + args, in.dir);
+    const CliRun r = run(mpirun(np), in.layer_args(out) + " " + args, in.dir);
     EXPECT_NE(r.code, 0) << args << "\n" << r.out << r.err;
     EXPECT_NE(r.code, 124) << args << ": hung";
     EXPECT_LT(r.seconds, 10) << args;
@@ -158,7 +155,7 @@ TEST_F(CliTp, RefusalsEndEveryRankQuicklyAndWriteNothing) {
   test::TinyModelSpec fp8;
   fp8.dtype = StDType::f8_e4m3;
   const Inputs f8(fp8, seed);
-  const Run r = run(mpirun(2), f8.layer_args(f8.dir + "/out") + " --tp 2", f8.dir);
+  const CliRun r = run(mpirun(2), f8.layer_args(f8.dir + "/out") + " --tp 2", f8.dir);
   EXPECT_NE(r.code, 0);
   EXPECT_LT(r.seconds, 10);
   EXPECT_NE(r.err.find("q_b_proj: tensor parallelism over 2 ranks splits its 384 rows at 192"),

@@ -149,16 +149,17 @@ void run_demo(const DemoArgs& a) {
     }
   }
   if (root)
-    std::printf("mla demo: %s (%s), layer %d, %d heads, hidden %d, q_lora %d, weights %.0f MB (%s, "
+    std::printf("mla demo: %s (%s), layer %d, %d heads, hidden %d, q_lora %d, weights %.0f MB%s (%s, "
                 "ready in %.1f s)\n  batch %d, context %d, q_len %d, kv %s, %d thread(s), %d steps\n",
                 a.model.empty() ? ("preset " + preset).c_str() : a.model.c_str(),
                 a.model.empty() ? "random weights" : "checkpoint", layer_index, cfg.num_heads, D,
-                cfg.q_lora_rank, layer.weight_bytes() / 1e6, a.model.empty() ? "bf16" : "as stored",
+                cfg.q_lora_rank, layer.weight_bytes() / 1e6, a.tp > 1 ? " per rank" : "",
+                a.model.empty() ? "bf16" : "as stored",
                 t_weights, B, a.context, Q, kv_dtype_name(kv), threads, a.steps);
   if (root && a.tp > 1)
-    std::printf("  tensor parallel: %d ranks x %d heads, weights %.0f MB per rank (rank 0 on CPUs "
-                "%s), fp32 all-reduce of %d x %d floats per step\n",
-                a.tp, H, layer.weight_bytes() / 1e6, affinity_string().c_str(), B * Q, D);
+    std::printf("  tensor parallel: %d ranks x %d heads (rank 0 on CPUs %s), fp32 all-reduce of %d x %d "
+                "floats per step\n",
+                a.tp, H, affinity_string().c_str(), B * Q, D);
 
   std::vector<float> hidden(size_t(B) * Q * D), out(size_t(B) * Q * D);
   std::vector<double> tp, ta, te, tar, tt, tplan;
