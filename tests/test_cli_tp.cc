@@ -125,8 +125,9 @@ TEST_F(CliTp, LayerEqualsOneProcess) {
 TEST_F(CliTp, DemoPrintsTheAllReduceRowAndPasses) {
   const uint64_t seed = test::test_seed();
   const Inputs in({}, seed);
+  // The repository's ceilings: measuring them on each rank would take ~10 s of the CI.
   const CliRun r = run(mpirun(2), "demo --model " + in.model + " --layer 1 --batch 2 --context 40 "
-                               "--steps 2 --threads 1 --tp 2", in.dir);
+                               "--steps 2 --threads 1 --tp 2 --ceilings " MLA_CEILINGS_JSON, in.dir);
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   for (const char* part : {"tensor parallel: 2 ranks x 2 heads", "all-reduce", "einsum + o_proj", "PASS"})
     EXPECT_NE(r.out.find(part), std::string::npos) << part << "\n" << r.out;
