@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "mla/layer.h"
 #include "harness/tiny_model.h"
+#include "mla/layer.h"
 
 namespace mla::test_tp {
 
@@ -28,11 +28,17 @@ struct TpCase {
 // caches, Q 1 and 2, uneven batches whose histories cross blocks.
 inline std::vector<TpCase> tp_cases() {
   std::vector<TpCase> c;
-  c.push_back({.name = "V3 shape (q LoRA), bf16 cache, Q 1", .kv = KvDType::bf16, .q_len = 1,
+  c.push_back({.name = "V3 shape (q LoRA), bf16 cache, Q 1",
+               .kv = KvDType::bf16,
+               .q_len = 1,
                .lens = {37, 80, 5}});
-  c.push_back({.name = "V3 shape (q LoRA), int8 cache, Q 2", .kv = KvDType::int8, .q_len = 2,
+  c.push_back({.name = "V3 shape (q LoRA), int8 cache, Q 2",
+               .kv = KvDType::int8,
+               .q_len = 2,
                .lens = {50, 19, 66, 2}});
-  TpCase v2{.name = "V2 shape (q_proj), bf16 cache, Q 2", .kv = KvDType::bf16, .q_len = 2,
+  TpCase v2{.name = "V2 shape (q_proj), bf16 cache, Q 2",
+            .kv = KvDType::bf16,
+            .q_len = 2,
             .lens = {41, 3}};
   v2.model.q_lora_rank = 0;
   c.push_back(v2);
@@ -62,7 +68,8 @@ inline StepResult run_step(const MlaLayer& layer, const TpCase& tc, uint64_t see
   for (auto& x : hidden) x = nd(rng);
   int64_t blocks = 0;
   for (int l : tc.lens) blocks += (l + tc.block_size - 1) / tc.block_size;
-  PagedLatentCache cache(CacheConfig{.num_blocks = blocks + 1, .block_size = tc.block_size, .dtype = tc.kv});
+  PagedLatentCache cache(
+      CacheConfig{.num_blocks = blocks + 1, .block_size = tc.block_size, .dtype = tc.kv});
   BlockAllocator alloc(blocks + 1, tc.block_size, seed | 1);  // scattered block tables
   std::vector<int> seqs;
   std::vector<float> step_hidden(size_t(B) * Q * D);
@@ -76,7 +83,8 @@ inline StepResult run_step(const MlaLayer& layer, const TpCase& tc, uint64_t see
       layer.prefill(P, hidden.data() + size_t(b) * T * D, pos.data(), slots.data(), cache, threads);
     }
     alloc.append(seqs[b], Q);
-    std::copy_n(hidden.data() + (size_t(b) * T + P) * D, size_t(Q) * D, step_hidden.data() + size_t(b) * Q * D);
+    std::copy_n(hidden.data() + (size_t(b) * T + P) * D, size_t(Q) * D,
+                step_hidden.data() + size_t(b) * Q * D);
   }
   int mb = 0;
   const std::vector<int32_t> bt = alloc.block_table_array(seqs, &mb);
@@ -85,8 +93,12 @@ inline StepResult run_step(const MlaLayer& layer, const TpCase& tc, uint64_t see
   r.out.assign(size_t(B) * Q * D, std::nanf(""));
   DecodeOptions opt;
   opt.threads = threads;
-  layer.decode(LayerStep{.batch = B, .q_len = Q, .hidden = step_hidden.data(), .seq_lens = lens.data(),
-                         .block_table = bt.data(), .max_blocks_per_seq = mb},
+  layer.decode(LayerStep{.batch = B,
+                         .q_len = Q,
+                         .hidden = step_hidden.data(),
+                         .seq_lens = lens.data(),
+                         .block_table = bt.data(),
+                         .max_blocks_per_seq = mb},
                cache, opt, r.out.data());
   r.cache.resize(size_t(cache.num_slots()) * kQkDim);
   for (int64_t s = 0; s < cache.num_slots(); ++s) cache.read(s, r.cache.data() + s * kQkDim);

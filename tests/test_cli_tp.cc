@@ -13,9 +13,9 @@
 #include <random>
 #include <sstream>
 
-#include "mla/npy.h"
 #include "harness/random_case.h"
 #include "harness/tiny_model.h"
+#include "mla/npy.h"
 
 namespace mla {
 namespace {
@@ -37,7 +37,8 @@ CliRun run(const std::string& prefix, const std::string& args, const std::string
   }
   const std::string o = work + "/stdout.txt", e = work + "/stderr.txt";
   const auto t0 = std::chrono::steady_clock::now();
-  const int st = std::system(("timeout 60 " + prefix + " " + cli + " " + args + " >" + o + " 2>" + e).c_str());
+  const int st =
+      std::system(("timeout 60 " + prefix + " " + cli + " " + args + " >" + o + " 2>" + e).c_str());
   CliRun r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
@@ -89,7 +90,8 @@ struct Inputs {
 };
 
 double rel_diff(const std::string& a, const std::string& b, int64_t n) {
-  const NpyArray x = read_npy(a, DType::f32, {-1, -1, -1}), y = read_npy(b, DType::f32, {-1, -1, -1});
+  const NpyArray x = read_npy(a, DType::f32, {-1, -1, -1}),
+                 y = read_npy(b, DType::f32, {-1, -1, -1});
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double d = double(x.as<float>()[i]) - y.as<float>()[i];
@@ -110,10 +112,13 @@ TEST_F(CliTp, LayerEqualsOneProcess) {
     for (int np : {2, 4}) {
       if (np == 4 && std::string(kv) == "int8") continue;  // 4 ranks once is enough for the CI time
       const std::string tp = in.dir + "/tp" + std::to_string(np) + "-" + kv;
-      r = run(mpirun(np), in.layer_args(tp) + " --kv-dtype " + kv + " --tp " + std::to_string(np), in.dir);
+      r = run(mpirun(np), in.layer_args(tp) + " --kv-dtype " + kv + " --tp " + std::to_string(np),
+              in.dir);
       ASSERT_EQ(r.code, 0) << r.out << r.err;
-      EXPECT_NE(r.out.find("tp " + std::to_string(np) + " (" + std::to_string(4 / np) + " heads per rank)"),
-                std::string::npos) << r.out;
+      EXPECT_NE(r.out.find("tp " + std::to_string(np) + " (" + std::to_string(4 / np) +
+                           " heads per rank)"),
+                std::string::npos)
+          << r.out;
       EXPECT_NE(r.out.find("all-reduce"), std::string::npos) << r.out;
       const double d = rel_diff(tp + "/o.npy", one + "/o.npy", int64_t(in.B) * 2 * in.D);
       std::printf("  %s cache, %d ranks vs one process: rel %.2e\n", kv, np, d);
@@ -126,10 +131,14 @@ TEST_F(CliTp, DemoPrintsTheAllReduceRowAndPasses) {
   const uint64_t seed = test::test_seed();
   const Inputs in({}, seed);
   // The repository's ceilings: measuring them on each rank would take ~10 s of the CI.
-  const CliRun r = run(mpirun(2), "demo --model " + in.model + " --layer 1 --batch 2 --context 40 "
-                               "--steps 2 --threads 1 --tp 2 --ceilings " MLA_CEILINGS_JSON, in.dir);
+  const CliRun r = run(mpirun(2),
+                       "demo --model " + in.model +
+                           " --layer 1 --batch 2 --context 40 "
+                           "--steps 2 --threads 1 --tp 2 --ceilings " MLA_CEILINGS_JSON,
+                       in.dir);
   ASSERT_EQ(r.code, 0) << r.out << r.err;
-  for (const char* part : {"tensor parallel: 2 ranks x 2 heads", "all-reduce", "einsum + o_proj", "PASS"})
+  for (const char* part :
+       {"tensor parallel: 2 ranks x 2 heads", "all-reduce", "einsum + o_proj", "PASS"})
     EXPECT_NE(r.out.find(part), std::string::npos) << part << "\n" << r.out;
 }
 
@@ -148,7 +157,8 @@ TEST_F(CliTp, RefusalsEndEveryRankQuicklyAndWriteNothing) {
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\n" << r.err;
     EXPECT_FALSE(fs::exists(out + "/o.npy")) << args;
   };
-  refused(3, "--tp 3", "tensor parallelism over 3 ranks does not divide the model's 4 attention heads");
+  refused(3, "--tp 3",
+          "tensor parallelism over 3 ranks does not divide the model's 4 attention heads");
   refused(2, "--tp 4", "--tp 4 but mpirun started 2 process(es)");
   fs::remove(in.model + "/model-00002-of-00002.safetensors");  // layer 1's tensors live there
   refused(2, "--tp 2", "model-00002-of-00002.safetensors, which does not exist");
@@ -160,7 +170,8 @@ TEST_F(CliTp, RefusalsEndEveryRankQuicklyAndWriteNothing) {
   EXPECT_NE(r.code, 0);
   EXPECT_LT(r.seconds, 10);
   EXPECT_NE(r.err.find("q_b_proj: tensor parallelism over 2 ranks splits its 384 rows at 192"),
-            std::string::npos) << r.err;
+            std::string::npos)
+      << r.err;
   EXPECT_FALSE(fs::exists(f8.dir + "/out/o.npy"));
 }
 

@@ -33,7 +33,8 @@ class ShardOnly final : public Communicator {
 
 void expect_shards_sum_to_whole(const TpCase& tc, int tp) {
   const uint64_t seed = test::test_seed();
-  SCOPED_TRACE(std::string(tc.name) + ", tp " + std::to_string(tp) + ", seed " + std::to_string(seed));
+  SCOPED_TRACE(std::string(tc.name) + ", tp " + std::to_string(tp) + ", seed " +
+               std::to_string(seed));
   const std::string dir = test::make_temp_dir("layer-tp");
   test::TinyModelSpec ms = tc.model;
   ms.seed = seed;

@@ -1,8 +1,8 @@
 // SingleProcessComm (mla/comm.h): the group of one process, so the library runs a layer without MPI.
+#include "mla/comm.h"
+
 #include <cstdio>
 #include <cstdlib>
-
-#include "mla/comm.h"
 
 namespace mla {
 

@@ -85,7 +85,8 @@ int main(int argc, char** argv) {
     if (g->rank() == 0) std::printf("layer_tp_mpi: %s\n", failures == 0 ? "PASS" : "FAIL");
     return failures == 0 ? 0 : 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "layer_tp_mpi: error (rank %d of %d): %s\n", g->rank(), g->size(), e.what());
+    std::fprintf(stderr, "layer_tp_mpi: error (rank %d of %d): %s\n", g->rank(), g->size(),
+                 e.what());
     g->abort(2);
   }
 }

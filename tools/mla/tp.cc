@@ -33,8 +33,9 @@ Communicator* open_tp_group(int tp) {
                                            << " process(es): launch with mpirun -np " << tp);
   return g_group.get();
 #else
-  MLA_FAIL("--tp " << tp << " needs MPI, and this mla was built without it (install Open MPI: "
-                   "scripts/deps.sh, and rebuild)");
+  MLA_FAIL("--tp " << tp
+                   << " needs MPI, and this mla was built without it (install Open MPI: "
+                      "scripts/deps.sh, and rebuild)");
 #endif
 }
 
