@@ -20,6 +20,7 @@ struct TpCase {
   const char* name;
   test::TinyModelSpec model;  // its seed is set from the run's
   KvDType kv = KvDType::bf16;
+  KvRotation rotation = KvRotation::none;  // of the cache, and folded into the layer's weights
   int q_len = 1, block_size = 16, layer = 1;
   std::vector<int> lens;  // tokens per sequence, the q_len new ones included (uneven)
 };
@@ -68,8 +69,8 @@ inline StepResult run_step(const MlaLayer& layer, const TpCase& tc, uint64_t see
   for (auto& x : hidden) x = nd(rng);
   int64_t blocks = 0;
   for (int l : tc.lens) blocks += (l + tc.block_size - 1) / tc.block_size;
-  PagedLatentCache cache(
-      CacheConfig{.num_blocks = blocks + 1, .block_size = tc.block_size, .dtype = tc.kv});
+  PagedLatentCache cache(CacheConfig{
+      .num_blocks = blocks + 1, .block_size = tc.block_size, .dtype = tc.kv, .rotation = tc.rotation});
   BlockAllocator alloc(blocks + 1, tc.block_size, seed | 1);  // scattered block tables
   std::vector<int> seqs;
   std::vector<float> step_hidden(size_t(B) * Q * D);

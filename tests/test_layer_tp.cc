@@ -41,12 +41,12 @@ void expect_shards_sum_to_whole(const TpCase& tc, int tp) {
   test::write_tiny_model(dir, ms);
   const ModelConfig cfg = read_model_config(dir + "/config.json");
   const TensorStore store = TensorStore::open_dir(dir);
-  const MlaLayer whole(cfg, store, tc.layer);
+  const MlaLayer whole(cfg, store, tc.layer, tc.rotation);
   const test_tp::StepResult ref = test_tp::run_step(whole, tc, seed, 2);
   std::vector<double> sum(ref.out.size(), 0.0);
   for (int r = 0; r < tp; ++r) {
     ShardOnly g(r, tp);
-    const MlaLayer shard(cfg, store, tc.layer, KvRotation::none, &g);
+    const MlaLayer shard(cfg, store, tc.layer, tc.rotation, &g);
     ASSERT_EQ(shard.local_heads(), cfg.num_heads / tp);
     const test_tp::StepResult s = test_tp::run_step(shard, tc, seed, 2);
     // The kv path is whole on every rank: the same bytes in every cache.
@@ -77,6 +77,16 @@ TEST(LayerTp, Fp8SplitOnBlockBoundaries) {
   tc.model.dtype = StDType::f8_e4m3;
   tc.model.qk_nope = 64;
   tc.model.v_head = 64;
+  expect_shards_sum_to_whole(tc, 2);
+}
+
+// The Hadamard rotation folded into each shard's W_UK / W_UV copies (issue 20) on an int8 cache.
+TEST(LayerTp, RotationFoldedIntoShards) {
+  TpCase tc{.name = "hadamard folded, int8 cache, Q 2",
+            .kv = KvDType::int8,
+            .rotation = KvRotation::hadamard,
+            .q_len = 2,
+            .lens = {45, 12}};
   expect_shards_sum_to_whole(tc, 2);
 }
 
