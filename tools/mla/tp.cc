@@ -4,9 +4,11 @@
 // forever in the all-reduce of one that is gone.
 #include <sched.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "mla/commands.h"
 #include "mla/status.h"
@@ -18,6 +20,28 @@ namespace mla::tool {
 namespace {
 
 std::unique_ptr<Communicator> g_group;
+
+#if MLA_HAVE_MPI
+// Each rank's thread pool pins its workers to the CPUs the rank may run on (mpirun's --bind-to),
+// so ranks that share CPUs put two workers on one CPU. Counted over the group (one all-reduce at
+// start); rank 0 says so, once.
+void warn_if_ranks_share_cpus(Communicator& g) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return;
+  std::vector<float> users(CPU_SETSIZE, 0.f);
+  for (int c = 0; c < CPU_SETSIZE; ++c) users[c] = CPU_ISSET(c, &set) ? 1.f : 0.f;
+  g.allreduce_sum(users.data(), CPU_SETSIZE);
+  int shared = 0;
+  for (float u : users) shared += u > 1.f;
+  if (g.rank() == 0 && shared > 0)
+    std::fprintf(stderr,
+                 "mla: note: the %d ranks share %d CPU(s) (rank 0 runs on %s); bind one rank per "
+                 "NUMA node or core (mpirun --map-by numa --bind-to numa, or --bind-to core) so "
+                 "their threads do not compete\n",
+                 g.size(), shared, affinity_string().c_str());
+}
+#endif
 
 }  // namespace
 
@@ -31,6 +55,7 @@ Communicator* open_tp_group(int tp) {
   g_group = mpi_world_comm(nullptr, nullptr);
   MLA_CHECK(g_group->size() == tp, "--tp " << tp << " but mpirun started " << g_group->size()
                                            << " process(es): launch with mpirun -np " << tp);
+  warn_if_ranks_share_cpus(*g_group);
   return g_group.get();
 #else
   MLA_FAIL("--tp " << tp
