@@ -8,8 +8,10 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
+# mla_mpi.h declares the MPI communicator of the separate mla_mpi library (built in the tree for
+# the mla program and the tests), which libmla does not contain: not installed with it.
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/mla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
-        FILES_MATCHING PATTERN "*.h")
+        FILES_MATCHING PATTERN "*.h" PATTERN "mla_mpi.h" EXCLUDE)
 install(TARGETS mla_static mla_shared EXPORT mlaTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

@@ -3,9 +3,10 @@
 # those that are missing.
 # Safe to run again and again: with everything present it does nothing and needs no network.
 set -euo pipefail
-# clang + libclang-rt-14-dev: the libFuzzer targets (scripts/fuzz.sh); python3-venv: scripts/venv.sh.
+# clang + libclang-rt-14-dev: the libFuzzer targets (scripts/fuzz.sh); python3-venv: scripts/venv.sh;
+# openmpi-bin + libopenmpi-dev: the tensor-parallel layer (src/dist/comm_mpi.cc) and its mpirun tests.
 pkgs=(cmake g++ make binutils libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libcli11-dev
-      nlohmann-json3-dev clang libclang-rt-14-dev python3-venv)
+      nlohmann-json3-dev clang libclang-rt-14-dev python3-venv openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

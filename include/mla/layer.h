@@ -17,6 +17,7 @@
 
 #include "mla/attention.h"
 #include "mla/cache.h"
+#include "mla/comm.h"
 #include "mla/decode_plan.h"
 #include "mla/export.h"
 #include "mla/model.h"
@@ -40,6 +41,7 @@ enum class LayerClock { wall, thread_cpu };
 struct LayerTimes {
   LayerClock clock = LayerClock::wall;  // set by the caller
   double preprocess = 0, attention = 0, einsum = 0;
+  double allreduce = 0;  // the o_proj partial sums' all-reduce (0 in a single process)
 };
 
 class MLA_API MlaLayer {
@@ -51,14 +53,25 @@ class MLA_API MlaLayer {
   // W_UV side: it takes o R), so a step only pays the rotation of each new token at cache write;
   // its caches must then be rotated the same way (a step on another is refused). A layer loaded
   // without a rotation also runs on a rotated cache: decode() then rotates q and o itself.
+  //
+  // tp: the tensor-parallel group (issue 24; nullptr or size 1: one process holds every head).
+  // Rank r of p holds heads [r H/p, (r+1) H/p): its rows of q_b_proj (q_proj) and kv_b_proj and
+  // its columns of o_proj, views of the mapping; the kv path and its cache writes are whole on
+  // every rank. decode() runs the rank's heads and sums the o_proj partial outputs over the group
+  // (Communicator::allreduce_sum, fp32), so every rank's `out` is the whole layer's. p must divide
+  // num_heads, and an fp8 tensor's split must fall on its scale blocks (refused with the values
+  // named). The group must outlive the layer; every rank calls decode() with the same step.
   MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
-           KvRotation rotation = KvRotation::none);
+           KvRotation rotation = KvRotation::none, Communicator* tp = nullptr);
   ~MlaLayer();
   MlaLayer(const MlaLayer&) = delete;
   MlaLayer& operator=(const MlaLayer&) = delete;
 
   const ModelConfig& config() const;
-  int64_t weight_bytes() const;  // bytes of projection weights one decode step reads
+  int64_t weight_bytes() const;  // bytes of projection weights one decode step reads (this rank's)
+  int local_heads() const;       // the heads this rank runs: num_heads / tp size (for the plan)
+  int tp_rank() const;
+  int tp_size() const;
 
   // Writes the latent (c_kv, k_pe) of n tokens into the cache: hidden [n, hidden_size],
   // positions [n], slots [n]. threads: 0 = all CPUs.
@@ -71,7 +84,7 @@ class MLA_API MlaLayer {
               LayerTimes* times = nullptr) const;
 
   // The same step with a plan made once for it (make_decode_plan with the step's batch, q_len,
-  // num_heads and seq_lens) and reused by every layer of the model: no planning per layer. The
+  // local_heads() and seq_lens) and reused by every layer of the model: no planning per layer. The
   // plan is checked against the step (and opt.threads, when not 0, against its workers) before
   // the cache is written. workspace: nullptr = the plan's own (one decode at a time).
   void decode(const LayerStep& step, PagedLatentCache& cache, const DecodeOptions& opt,

@@ -28,17 +28,23 @@ double now(LayerClock c) {
 
 struct MlaLayer::Impl {
   ModelConfig cfg;
+  ModelConfig local;  // cfg with num_heads = this rank's heads: what preprocess, decode, einsum run
+  Communicator* tp = nullptr;  // nullptr: one process
   TensorStore store;  // keeps the mapped files alive
   layer::AttnWeights w;
   layer::RopeTable rope;
 };
 
 MlaLayer::MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
-                   KvRotation rotation)
+                   KvRotation rotation, Communicator* tp)
     : impl_(std::make_unique<Impl>()) {
   impl_->cfg = cfg;
   impl_->store = store;
-  layer::load_attn_weights(cfg, store, layer, impl_->w, rotation);
+  impl_->tp = tp && tp->size() > 1 ? tp : nullptr;
+  layer::load_attn_weights(cfg, store, layer, impl_->w, rotation, tp ? tp->rank() : 0,
+                           tp ? tp->size() : 1);
+  impl_->local = cfg;
+  impl_->local.num_heads = int(impl_->w.heads);
   impl_->rope.inv_freq = rope_inv_freq(cfg);
   impl_->rope.factor = rope_attention_factor(cfg);
   impl_->rope.interleave = cfg.rope_interleave;
@@ -48,6 +54,9 @@ MlaLayer::~MlaLayer() = default;
 
 const ModelConfig& MlaLayer::config() const { return impl_->cfg; }
 int64_t MlaLayer::weight_bytes() const { return impl_->w.bytes_per_step; }
+int MlaLayer::local_heads() const { return impl_->local.num_heads; }
+int MlaLayer::tp_rank() const { return impl_->tp ? impl_->tp->rank() : 0; }
+int MlaLayer::tp_size() const { return impl_->tp ? impl_->tp->size() : 1; }
 
 void MlaLayer::prefill(int64_t n, const float* hidden, const int32_t* positions, const int64_t* slots,
                        PagedLatentCache& cache, int threads) const {
@@ -80,7 +89,7 @@ void MlaLayer::decode(const LayerStep& st, PagedLatentCache& cache, const Decode
 
 void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOptions& opt,
                     const DecodePlan* plan, void* workspace, float* out, LayerTimes* times) const {
-  const ModelConfig& c = impl_->cfg;
+  const ModelConfig& c = impl_->local;  // this rank's heads (all of them in one process)
   MLA_CHECK(st.batch >= 1, "batch " << st.batch << " must be at least 1");
   MLA_CHECK(st.q_len >= 1, "q_len " << st.q_len << " must be at least 1");
   for (int b = 0; b < st.batch; ++b)
@@ -137,10 +146,15 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
   const double t2 = now(clk);
   layer::einsum_o_proj(c, impl_->w, n, o.data(), opt.threads, out);
   const double t3 = now(clk);
+  // The rank's o_proj output is its heads' part of the sum over heads; one all-reduce per step
+  // gives every rank the whole. Its time includes the wait for the slowest rank.
+  if (impl_->tp) impl_->tp->allreduce_sum(out, n * c.hidden_size);
+  const double t4 = now(clk);
   if (times) {
     times->preprocess = t1 - t0;
     times->attention = t2 - t1;
     times->einsum = t3 - t2;
+    times->allreduce = t4 - t3;
   }
 }
 

@@ -44,6 +44,48 @@ LinearWeight load_linear(const ModelConfig& c, const TensorStore& s, const std::
   return w;
 }
 
+// A split of an fp8 tensor at index `at` of a dimension of `n` cuts a scale block unless `at` is a
+// multiple of the block or the dimension's end.
+void check_block_cut(const LinearWeight& w, const std::string& name, const char* dim, int64_t at,
+                     int64_t n, int block, int rank, int size) {
+  MLA_CHECK(at % block == 0 || at == n,
+            name << ": tensor parallelism over " << size << " ranks splits its " << n << " " << dim
+                 << " at " << at << " (rank " << rank << "), inside a " << w.block_rows << "x"
+                 << w.block_cols << " fp8 scale block; choose --tp so each rank's heads start and "
+                    "end on block boundaries");
+}
+
+// Rows [r0, r0 + rows) of w: a view with an offset; row0 keeps the fp8 scale rows global.
+LinearWeight row_shard(const LinearWeight& w, const std::string& name, int64_t r0, int64_t rows,
+                       int rank, int size) {
+  if (rows == w.out) return w;
+  if (w.dtype == WDType::fp8_e4m3) {
+    check_block_cut(w, name, "rows", r0, w.out, w.block_rows, rank, size);
+    check_block_cut(w, name, "rows", r0 + rows, w.out, w.block_rows, rank, size);
+  }
+  LinearWeight s = w;
+  s.out = rows;
+  s.row0 = w.row0 + r0;
+  s.w = static_cast<const char*>(w.w) + r0 * w.ld * int64_t(cpu::wdtype_size(w.dtype));
+  return s;
+}
+
+// Columns [c0, c0 + cols) of w: a view starting c0 elements in, with w's ld; the fp8 scale
+// columns move by whole blocks (a cut inside one is refused), so `c / block_cols` stays right.
+LinearWeight col_shard(const LinearWeight& w, const std::string& name, int64_t c0, int64_t cols,
+                       int rank, int size) {
+  if (cols == w.in) return w;
+  LinearWeight s = w;
+  if (w.dtype == WDType::fp8_e4m3) {
+    check_block_cut(w, name, "columns", c0, w.in, w.block_cols, rank, size);
+    check_block_cut(w, name, "columns", c0 + cols, w.in, w.block_cols, rank, size);
+    s.scale_inv = w.scale_inv + c0 / w.block_cols;
+  }
+  s.in = cols;
+  s.w = static_cast<const char*>(w.w) + c0 * int64_t(cpu::wdtype_size(w.dtype));
+  return s;
+}
+
 std::vector<float> load_norm(const TensorStore& s, const std::string& name, int64_t n) {
   const StTensor t = s.get(name + ".weight", {n}, {StDType::bf16, StDType::f16, StDType::f32});
   std::vector<float> v(n);
@@ -57,7 +99,7 @@ std::vector<float> load_norm(const TensorStore& s, const std::string& name, int6
 // R folded into the absorbed projections (see weights.h), in float64: each latent-side vector x
 // of W_UK[h]^T (a column: stride nope) and of W_UV[h] (a row) becomes x R.
 void fold_rotation(const ModelConfig& c, KvRotation rotation, AttnWeights& w) {
-  const int64_t H = c.num_heads, nope = c.qk_nope_head_dim, v = c.v_head_dim;
+  const int64_t H = w.heads, nope = c.qk_nope_head_dim, v = c.v_head_dim;
   const int64_t per_head = int64_t(kLatentDim) * nope;
   std::vector<double> x(kLatentDim);
   for (int64_t h = 0; h < H; ++h)
@@ -81,23 +123,37 @@ void fold_rotation(const ModelConfig& c, KvRotation rotation, AttnWeights& w) {
 }  // namespace
 
 void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
-                       KvRotation rotation) {
+                       KvRotation rotation, int tp_rank, int tp_size) {
   MLA_CHECK(layer >= 0 && layer < c.num_hidden_layers,
             "--layer " << layer << " is outside the model's " << c.num_hidden_layers << " layers");
+  MLA_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size,
+            "tensor-parallel rank " << tp_rank << " is outside a group of " << tp_size);
+  MLA_CHECK(c.num_heads % tp_size == 0, "tensor parallelism over " << tp_size
+                                            << " ranks does not divide the model's " << c.num_heads
+                                            << " attention heads");
   const std::string p = attn_prefix(layer);
-  const int64_t H = c.num_heads, D = c.hidden_size, nope = c.qk_nope_head_dim, v = c.v_head_dim;
-  const int64_t qk = c.qk_head_dim();
+  const int64_t H = c.num_heads / tp_size, D = c.hidden_size, nope = c.qk_nope_head_dim,
+                v = c.v_head_dim;
+  const int64_t qk = c.qk_head_dim(), h0 = H * tp_rank;
+  w.head0 = h0;
+  w.heads = H;
+  // Every tensor is checked whole (shapes, dtypes, scales), then the head-split ones cut to the
+  // rank's heads; only the shard's pages of the mapping are ever read.
   if (c.q_lora_rank > 0) {
     w.q_a = load_linear(c, s, p + "q_a_proj", c.q_lora_rank, D);
     w.q_a_norm = load_norm(s, p + "q_a_layernorm", c.q_lora_rank);
-    w.q_b = load_linear(c, s, p + "q_b_proj", H * qk, c.q_lora_rank);
+    w.q_b = row_shard(load_linear(c, s, p + "q_b_proj", c.num_heads * qk, c.q_lora_rank),
+                      p + "q_b_proj", h0 * qk, H * qk, tp_rank, tp_size);
   } else {
-    w.q_proj = load_linear(c, s, p + "q_proj", H * qk, D);
+    w.q_proj = row_shard(load_linear(c, s, p + "q_proj", c.num_heads * qk, D), p + "q_proj",
+                         h0 * qk, H * qk, tp_rank, tp_size);
   }
   w.kv_a = load_linear(c, s, p + "kv_a_proj_with_mqa", kLatentDim + kRopeDim, D);
   w.kv_a_norm = load_norm(s, p + "kv_a_layernorm", kLatentDim);
-  w.kv_b = load_linear(c, s, p + "kv_b_proj", H * (nope + v), kLatentDim);
-  w.o = load_linear(c, s, p + "o_proj", D, H * v);
+  w.kv_b = row_shard(load_linear(c, s, p + "kv_b_proj", c.num_heads * (nope + v), kLatentDim),
+                     p + "kv_b_proj", h0 * (nope + v), H * (nope + v), tp_rank, tp_size);
+  w.o = col_shard(load_linear(c, s, p + "o_proj", D, c.num_heads * v), p + "o_proj", h0 * v, H * v,
+                  tp_rank, tp_size);
 
   // W_UK[h] = kv_b rows h*(nope+v) .. +nope; stored transposed so absorption is a plain product.
   w.rotation = rotation;
@@ -123,7 +179,7 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
     LinearWeight uv = w.kv_b;
     const int64_t r0 = h * (nope + v) + nope;
     uv.out = v;
-    uv.row0 = r0;
+    uv.row0 = w.kv_b.row0 + r0;  // fp8 scale rows stay global
     uv.w = static_cast<const char*>(w.kv_b.w) + r0 * kLatentDim * int64_t(cpu::wdtype_size(w.kv_b.dtype));
     if (rotated)
       uv = LinearWeight{.out = v, .in = kLatentDim, .dtype = WDType::f32,

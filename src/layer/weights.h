@@ -1,7 +1,13 @@
 // The attention layer's weights as the fast path reads them: projections as LinearWeight views
 // into the memory-mapped checkpoint (no copy), the two RMSNorm weights as floats, and kv_b_proj
 // split per head into W_UK[h]^T (a transposed copy, [kv_lora, qk_nope], since absorption
-// contracts over qk_nope) and W_UV[h] (a view of kv_b_proj's rows).
+// contracts over qk_nope) and W_UV[h] (a view of kv_b_proj's rows). Under tensor parallelism
+// (issue 24) a rank holds the head-split tensors of its heads only, as views of the same mapping:
+//
+//   q_b_proj / q_proj  rows    [h0 * qk_head,        (h0 + heads) * qk_head)
+//   kv_b_proj          rows    [h0 * (nope + v),     (h0 + heads) * (nope + v))
+//   o_proj             columns [h0 * v,              (h0 + heads) * v)        (same ld)
+//   q_a_proj, kv_a_proj_with_mqa and the norms: whole on every rank (the latent is head-free)
 #pragma once
 
 #include <vector>
@@ -23,6 +29,7 @@ struct AttnWeights {
                                             // and always when R is folded in
   AlignedVec<float> uv_f32;                 // [heads, v, 512] W_UV[h] R, when R is folded in
   KvRotation rotation = KvRotation::none;   // R folded into uk_t (q R) and uv (o R^T)
+  int64_t head0 = 0, heads = 0;             // this rank's heads [head0, head0 + heads)
   int64_t bytes_per_step = 0;               // every projection's weight bytes, read once a step
 };
 
@@ -33,7 +40,9 @@ std::string attn_prefix(int layer);
 // into the absorbed projections (issue 20): W_UK[h]^T's latent side becomes R^T W_UK[h]^T, so the
 // absorbed query comes out as q R, and W_UV[h] becomes W_UV[h] R, so it maps o R (the decode's
 // output in the rotated space) to W_UV[h] o. Both computed in float64, stored in fp32.
+// tp_rank of tp_size: the shard of heads it owns (above); tp_size must divide num_heads, and an fp8
+// tensor's split must fall on its scale blocks (both refused with the values named).
 void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
-                       KvRotation rotation = KvRotation::none);
+                       KvRotation rotation = KvRotation::none, int tp_rank = 0, int tp_size = 1);
 
 }  // namespace mla::layer

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "mla/comm.h"
+
 namespace mla::tool {
 
 // A check that ran and failed (accuracy, a benchmark row's check): exit code 1.
@@ -23,6 +25,14 @@ void add_formats_command(CLI::App& app);
 void add_layer_command(CLI::App& app);
 void add_demo_command(CLI::App& app);
 void add_sim_command(CLI::App& app);  // sim.cc: the pipeline simulator (src/sim)
+
+// tp.cc: the tensor-parallel group of --tp N (N = 1: this process alone; N > 1: the N processes of
+// mpirun, which must have started exactly N). tp_group() is nullptr before open_tp_group; main
+// aborts the whole group when a command fails on any rank, and closes it (MPI_Finalize) at exit.
+Communicator* open_tp_group(int tp);
+Communicator* tp_group();
+void close_tp_group();
+std::string affinity_string();  // this process's CPUs, as "0-3,8" (what mpirun --bind-to gave it)
 
 // One float32 .npy output of a command.
 struct OutFile {

@@ -10,6 +10,10 @@
 // Each step makes one DecodePlan (make_decode_plan) before the layer runs, as an engine running
 // every layer of a model would, and the layer's decode reuses it; its time is printed on its own
 // line (paid once per step, not per layer), outside the per-layer operator times.
+//
+// --tp N under mpirun -np N (issue 24): every rank makes the same random weights, history and
+// inputs (same seed), runs its N-th of the heads, and the all-reduce of the o_proj partial sums is
+// its own row; rank 0 prints and checks. Floors are per rank (its weight bytes and heads).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -37,7 +41,7 @@ namespace fs = std::filesystem;
 
 struct DemoArgs {
   std::string model, preset, kv_dtype = "bf16", kv_rotate = "none", ceilings, clock = "wall";
-  int batch = 1, context = 512, q_len = 1, steps = 8, threads = 0, layer = 0;
+  int batch = 1, context = 512, q_len = 1, steps = 8, threads = 0, layer = 0, tp = 1;
   uint64_t seed = 1;
 };
 
@@ -95,6 +99,8 @@ Ceilings get_ceilings(const std::string& given, int threads) {
 }
 
 void run_demo(const DemoArgs& a) {
+  Communicator* group = open_tp_group(a.tp);
+  const bool root = group->rank() == 0;
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvRotation rot = parse_kv_rotation(a.kv_rotate);
   MLA_CHECK(a.batch >= 1, "--batch " << a.batch << " must be at least 1");
@@ -119,12 +125,13 @@ void run_demo(const DemoArgs& a) {
   const int layer_index = a.model.empty() ? 0 : a.layer;
   const auto tw = std::chrono::steady_clock::now();
   if (a.model.empty()) store = random_weights(cfg, 0, a.seed);
-  const MlaLayer layer(cfg, store, layer_index, rot);
+  const MlaLayer layer(cfg, store, layer_index, rot, group);
   const double t_weights = std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
   const int threads = a.threads > 0 ? a.threads : cpu::ThreadPool::available_cpus();
   const Ceilings ceil = get_ceilings(a.ceilings, threads);
 
-  const int B = a.batch, Q = a.q_len, D = cfg.hidden_size, H = cfg.num_heads;
+  // H: the heads this rank runs (all of them in one process); the floors are this rank's.
+  const int B = a.batch, Q = a.q_len, D = cfg.hidden_size, H = layer.local_heads();
   const int bs = 64;
   const int final_len = a.context + a.steps * Q;
   const int64_t blocks = int64_t(B) * ((final_len + bs - 1) / bs);
@@ -141,15 +148,21 @@ void run_demo(const DemoArgs& a) {
       cache.write(slot, tok.data());
     }
   }
-  std::printf("mla demo: %s (%s), layer %d, %d heads, hidden %d, q_lora %d, weights %.0f MB (%s, "
-              "ready in %.1f s)\n  batch %d, context %d, q_len %d, kv %s, %d thread(s), %d steps\n",
-              a.model.empty() ? ("preset " + preset).c_str() : a.model.c_str(),
-              a.model.empty() ? "random weights" : "checkpoint", layer_index, H, D, cfg.q_lora_rank,
-              layer.weight_bytes() / 1e6, a.model.empty() ? "bf16" : "as stored", t_weights, B,
-              a.context, Q, kv_dtype_name(kv), threads, a.steps);
+  if (root)
+    std::printf("mla demo: %s (%s), layer %d, %d heads, hidden %d, q_lora %d, weights %.0f MB%s (%s, "
+                "ready in %.1f s)\n  batch %d, context %d, q_len %d, kv %s, %d thread(s), %d steps\n",
+                a.model.empty() ? ("preset " + preset).c_str() : a.model.c_str(),
+                a.model.empty() ? "random weights" : "checkpoint", layer_index, cfg.num_heads, D,
+                cfg.q_lora_rank, layer.weight_bytes() / 1e6, a.tp > 1 ? " per rank" : "",
+                a.model.empty() ? "bf16" : "as stored",
+                t_weights, B, a.context, Q, kv_dtype_name(kv), threads, a.steps);
+  if (root && a.tp > 1)
+    std::printf("  tensor parallel: %d ranks x %d heads (rank 0 on CPUs %s), fp32 all-reduce of %d x %d "
+                "floats per step\n",
+                a.tp, H, affinity_string().c_str(), B * Q, D);
 
   std::vector<float> hidden(size_t(B) * Q * D), out(size_t(B) * Q * D);
-  std::vector<double> tp, ta, te, tt, tplan;
+  std::vector<double> tp, ta, te, tar, tt, tplan;
   DecodeOptions opt;
   opt.threads = a.threads;
   std::vector<int32_t> lens(B);
@@ -199,10 +212,13 @@ void run_demo(const DemoArgs& a) {
                            .block_table = bt.data(), .max_blocks_per_seq = mb},
                  cache, opt, plan, out.data(), &t);
     tp.push_back(t.preprocess), ta.push_back(t.attention), te.push_back(t.einsum);
-    tt.push_back(t.preprocess + t.attention + t.einsum);
-    std::fprintf(stderr, "\r  step %d/%d  %.2f ms (tokens at position %d)   ", s + 1, a.steps,
+    tar.push_back(t.allreduce);
+    tt.push_back(t.preprocess + t.attention + t.einsum + t.allreduce);
+    if (root)
+      std::fprintf(stderr, "\r  step %d/%d  %.2f ms (tokens at position %d)   ", s + 1, a.steps,
                  tt.back() * 1e3, lens[0] - 1);
   }
+  if (!root) return;  // rank 0 prints and checks; the others' steps were the same
   std::fprintf(stderr, "\n");
 
   // Floors. Projections: their weight bytes at the DRAM read rate, or 2 flops per weight and token
@@ -244,13 +260,22 @@ void run_demo(const DemoArgs& a) {
       {"preprocess", tp, f_pre, bound(pre_bytes, 2.0 * pre_params * n / fma)},
       {"attention", ta, f_att, kv_bytes / bw >= att_flops / att_rate ? "cache (DRAM)" : "compute"},
       {"einsum + o_proj", te, f_ein, bound(ein_bytes, 2.0 * ein_params * n / fma)},
+      // No floor: it is the link's (docs/PERF.md's tensor-parallel table), and its time includes
+      // the wait for the slowest rank.
+      {"all-reduce", tar, 0, "(link; waits for the slowest rank)"},
       {"step", tt, f_step, ""}};
   std::printf("\n  %-17s %10s %9s %10s %9s %9s  %s\n", "operator", "median ms", "best ms", "floor ms",
               "fraction", "(best)", "floor set by");
   for (const Row& r : rows) {
+    const bool no_floor = r.floor == 0;
+    if (no_floor && a.tp == 1) continue;  // the all-reduce row, in one process
     const double med = median(r.t), best = *std::min_element(r.t.begin(), r.t.end());
-    std::printf("  %-17s %10.3f %9.3f %10.3f %9.2f %9.2f  %s\n", r.name, med * 1e3, best * 1e3,
-                r.floor * 1e3, r.floor / med, r.floor / best, r.by);
+    if (no_floor)
+      std::printf("  %-17s %10.3f %9.3f %10s %9s %9s  %s\n", r.name, med * 1e3, best * 1e3, "-", "-",
+                  "-", r.by);
+    else
+      std::printf("  %-17s %10.3f %9.3f %10.3f %9.2f %9.2f  %s\n", r.name, med * 1e3, best * 1e3,
+                  r.floor * 1e3, r.floor / med, r.floor / best, r.by);
   }
   std::printf("  %.1f tokens/s (median step)\n", n / median(tt));
   std::printf("  decode plan: made once per step and reused by the layer (an engine reuses it for "
@@ -305,6 +330,7 @@ void add_demo_command(CLI::App& app) {
   c->add_option("--kv-rotate", a->kv_rotate, "Latent rotation of the cache: none or hadamard (R folded into the layer's absorbed projections at load)")->capture_default_str();
   c->add_option("--steps", a->steps, "Decode steps")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
+  c->add_option("--tp", a->tp, "Tensor-parallel ranks: run under mpirun -np N; each rank runs num_heads/N heads, rank 0 prints")->capture_default_str();
   c->add_option("--seed", a->seed, "Seed of the random weights and inputs")->capture_default_str();
   c->add_option("--clock", a->clock, "wall, or cpu: the thread's CPU time (with --threads 1; for a shared machine)")->capture_default_str();
   c->add_option("--ceilings", a->ceilings, "ceilings.json from bench/roofline (default: $MLA_CEILINGS or ./ceilings.json, else measured briefly)");

@@ -2,7 +2,8 @@
 // hidden states of a file. Each sequence's first lens[b] - q_len tokens are prefilled into a paged
 // cache, its last q_len tokens decoded in one step; o.npy holds their self_attn output. Everything
 // is read and checked (config, every tensor of the layer, the inputs) before any work, and the
-// output is written all or nothing.
+// output is written all or nothing. With --tp N under mpirun -np N each rank runs H/N heads of
+// the same step and rank 0 writes o.npy (the all-reduced output, equal on every rank).
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -20,10 +21,12 @@ namespace fs = std::filesystem;
 
 struct LayerArgs {
   std::string model, hidden, lens, out, kv_dtype = "bf16", kv_rotate = "none";
-  int layer = 0, q_len = 1, block_size = 64, threads = 0;
+  int layer = 0, q_len = 1, block_size = 64, threads = 0, tp = 1;
 };
 
 void run_layer(const LayerArgs& a) {
+  Communicator* group = open_tp_group(a.tp);
+  const bool root = group->rank() == 0;
   const KvDType kv = parse_kv_dtype(a.kv_dtype);
   const KvRotation rot = parse_kv_rotation(a.kv_rotate);
   MLA_CHECK(a.q_len >= 1, "--q-len " << a.q_len << " must be at least 1");
@@ -48,7 +51,7 @@ void run_layer(const LayerArgs& a) {
                   << ": lens[" << b << "] = " << lens[b] << " is outside [--q-len " << Q
                   << ", " << T << " tokens of hidden.npy]");
   const TensorStore store = TensorStore::open_dir(a.model);
-  const MlaLayer layer(cfg, store, a.layer, rot);
+  const MlaLayer layer(cfg, store, a.layer, rot, group);
 
   int64_t blocks = 0;
   for (int l : lens) blocks += (l + a.block_size - 1) / a.block_size;
@@ -80,13 +83,21 @@ void run_layer(const LayerArgs& a) {
   layer.decode(LayerStep{.batch = B, .q_len = Q, .hidden = step_hidden.data(), .seq_lens = lens.data(),
                          .block_table = bt.data(), .max_blocks_per_seq = mb},
                cache, opt, o.data(), &times);
+  if (!root) return;  // every rank holds the same all-reduced o; one writes it
   write_outputs(a.out, {{"o.npy", {B, Q, D}, o.data()}});
-  std::printf("mla layer: %s layer %d, batch %d, q_len %d, kv %s: prefill %.1f ms, decode step %.2f ms "
-              "(preprocess %.2f, attention %.2f, einsum + o_proj %.2f); wrote o.npy to %s\n",
+  char tp_group[64] = "", tp_op[64] = "";  // only under tensor parallelism
+  if (a.tp > 1) {
+    std::snprintf(tp_group, sizeof tp_group, ", tp %d (%d heads per rank)", a.tp, layer.local_heads());
+    std::snprintf(tp_op, sizeof tp_op, ", all-reduce %.2f", times.allreduce * 1e3);
+  }
+  std::printf("mla layer: %s layer %d, batch %d, q_len %d, kv %s%s: prefill %.1f ms, decode step "
+              "%.2f ms (preprocess %.2f, attention %.2f, einsum + o_proj %.2f%s); wrote o.npy to %s\n",
               cfg.model_type.empty() ? "model" : cfg.model_type.c_str(), a.layer, B, Q,
-              kv_dtype_name(kv), std::chrono::duration<double>(t1 - t0).count() * 1e3,
-              (times.preprocess + times.attention + times.einsum) * 1e3, times.preprocess * 1e3,
-              times.attention * 1e3, times.einsum * 1e3, a.out.c_str());
+              kv_dtype_name(kv), tp_group,
+              std::chrono::duration<double>(t1 - t0).count() * 1e3,
+              (times.preprocess + times.attention + times.einsum + times.allreduce) * 1e3,
+              times.preprocess * 1e3, times.attention * 1e3, times.einsum * 1e3, tp_op,
+              a.out.c_str());
 }
 
 }  // namespace
@@ -103,6 +114,7 @@ void add_layer_command(CLI::App& app) {
   c->add_option("--kv-rotate", a->kv_rotate, "Latent rotation of the cache: none or hadamard (R folded into the layer's absorbed projections at load)")->capture_default_str();
   c->add_option("--block-size", a->block_size, "Tokens per cache block")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
+  c->add_option("--tp", a->tp, "Tensor-parallel ranks: run under mpirun -np N; each rank runs num_heads/N heads, rank 0 writes o.npy")->capture_default_str();
   c->add_option("--out", a->out, "Directory for o.npy float32 [B, q_len, hidden_size] (made if missing)")->required();
   c->callback([a] { run_layer(*a); });
 }

@@ -2,9 +2,27 @@
 // checkpoint (layer) and its timing demo (demo), the pipeline simulator (sim).
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "mla/status.h"
 #include "mla/commands.h"
+
+namespace {
+
+// A failed command exits with rc; in a tensor-parallel group of several ranks it ends every rank
+// (MPI_Abort), since the others would wait in the layer's all-reduce for this one.
+int fail(int rc, const char* kind, const char* what) {
+  mla::Communicator* g = mla::tool::tp_group();
+  const bool group = g && g->size() > 1;
+  const std::string who = group ? " (rank " + std::to_string(g->rank()) + " of " +
+                                      std::to_string(g->size()) + ")" : "";
+  std::fprintf(stderr, "mla: %s%s: %s\n", kind, who.c_str(), what);
+  if (group) g->abort(rc);
+  mla::tool::close_tp_group();
+  return rc;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"mla: multi-head latent attention (DeepSeek MLA) decode on CPUs"};
@@ -21,14 +39,12 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   } catch (const mla::tool::CheckFailed& e) {
-    std::fprintf(stderr, "mla: check failed: %s\n", e.what());
-    return 1;
+    return fail(1, "check failed", e.what());
   } catch (const mla::Error& e) {
-    std::fprintf(stderr, "mla: error: %s\n", e.what());
-    return 2;
+    return fail(2, "error", e.what());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "mla: internal error: %s\n", e.what());
-    return 3;
+    return fail(3, "internal error", e.what());
   }
+  mla::tool::close_tp_group();
   return 0;
 }
