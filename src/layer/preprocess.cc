@@ -1,4 +1,5 @@
-// Preprocess (MLAPO) of the new tokens: q path (q LoRA or q_proj), kv path, RoPE at each token's
+// Preprocess (MLAPO) of the new tokens: the down-projections (q_a, kv_a; under tensor parallelism
+// the rank's rows and their all-gather), q path (q LoRA or q_proj), kv path, RoPE at each token's
 // position, W_UK absorption per head, and the cache write. Also the kv path alone for prefill.
 #include <algorithm>
 #include <cmath>
