@@ -52,7 +52,9 @@ void down_project(const AttnWeights& w, int64_t n, const float* hidden, bool wit
 void gather_down(const AttnWeights& w, Communicator& tp, int64_t n, bool with_q, DownProj& d) {
   const int p = tp.size();
   const int64_t Q = with_q ? w.q_a_split.back() : 0;
-  const auto rows = [&](const std::vector<int64_t>& split, int r) { return split[r + 1] - split[r]; };
+  const auto rows = [&](const std::vector<int64_t>& split, int r) {
+    return split[r + 1] - split[r];
+  };
   std::vector<int64_t> counts(p);
   for (int r = 0; r < p; ++r)
     counts[r] = n * ((with_q ? rows(w.q_a_split, r) : 0) + rows(w.kv_a_split, r));
