@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "layer/ops.h"
+#include "mla/status.h"
 
 namespace mla::layer {
 
@@ -51,6 +52,9 @@ void down_project(const AttnWeights& w, int64_t n, const float* hidden, bool wit
 
 void gather_down(const AttnWeights& w, Communicator& tp, int64_t n, bool with_q, DownProj& d) {
   const int p = tp.size();
+  MLA_CHECK(int64_t(w.kv_a_split.size()) == p + 1,
+            "the layer's weights were split over " << w.kv_a_split.size() - 1
+                                                   << " ranks but its group has " << p);
   const int64_t Q = with_q ? w.q_a_split.back() : 0;
   const auto rows = [&](const std::vector<int64_t>& split, int r) {
     return split[r + 1] - split[r];
