@@ -42,6 +42,7 @@ struct LayerTimes {
   LayerClock clock = LayerClock::wall;  // set by the caller
   double preprocess = 0, attention = 0, einsum = 0;
   double allreduce = 0;  // the o_proj partial sums' all-reduce (0 in a single process)
+  double allgather = 0;  // the all-gather of c_q and kv rows (0 in one process; not in preprocess)
 };
 
 class MLA_API MlaLayer {
@@ -56,11 +57,15 @@ class MLA_API MlaLayer {
   //
   // tp: the tensor-parallel group (issue 24; nullptr or size 1: one process holds every head).
   // Rank r of p holds heads [r H/p, (r+1) H/p): its rows of q_b_proj (q_proj) and kv_b_proj and
-  // its columns of o_proj, views of the mapping; the kv path and its cache writes are whole on
-  // every rank. decode() runs the rank's heads and sums the o_proj partial outputs over the group
-  // (Communicator::allreduce_sum, fp32), so every rank's `out` is the whole layer's. p must divide
-  // num_heads, and an fp8 tensor's split must fall on its scale blocks (refused with the values
-  // named). The group must outlive the layer; every rank calls decode() with the same step.
+  // its columns of o_proj, views of the mapping; and about 1/p of the rows of q_a_proj and
+  // kv_a_proj_with_mqa (whole fp8 scale blocks; layer/weights.h), whose outputs one all-gather
+  // per step (Communicator::allgather) makes whole on every rank, so the norms, the RoPE and the
+  // cache writes are the single process's on every rank. decode() runs the rank's heads and sums
+  // the o_proj partial outputs over the group (Communicator::allreduce_sum, fp32), so every rank's
+  // `out` is the whole layer's. p must divide num_heads, and an fp8 head-split tensor's split must
+  // fall on its scale blocks (refused with the values named). The group must outlive the layer;
+  // every rank calls decode() and prefill() (collective too: the kv rows' all-gather) with the
+  // same arguments.
   MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
            KvRotation rotation = KvRotation::none, Communicator* tp = nullptr);
   ~MlaLayer();

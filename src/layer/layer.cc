@@ -69,11 +69,12 @@ void MlaLayer::prefill(int64_t n, const float* hidden, const int32_t* positions,
   // Chunks bound the scratch and keep a chunk's activations in cache between the product and the
   // norm/rope/write pass.
   constexpr int64_t kChunk = 256;
-  std::vector<float> kv;
+  layer::DownProj d;
   for (int64_t t = 0; t < n; t += kChunk) {
     const int64_t m = std::min(kChunk, n - t);
-    layer::write_kv(impl_->w, impl_->rope, m, hidden + t * impl_->cfg.hidden_size, positions + t,
-                    slots + t, cache, threads, kv);
+    layer::down_project(impl_->w, m, hidden + t * impl_->cfg.hidden_size, false, threads, d);
+    if (impl_->tp) layer::gather_down(impl_->w, *impl_->tp, m, false, d);
+    layer::write_kv(impl_->w, impl_->rope, m, d.kv.data(), positions + t, slots + t, cache);
   }
 }
 
@@ -130,7 +131,15 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
   const LayerClock clk = times ? times->clock : LayerClock::wall;
   const double t0 = now(clk);
   std::vector<float> q(size_t(n) * H * kQkDim);
-  layer::preprocess(c, impl_->w, impl_->rope, n, st.hidden, pos.data(), slots.data(), cache,
+  const bool with_q = c.q_lora_rank > 0;
+  layer::DownProj d;
+  layer::down_project(impl_->w, n, st.hidden, with_q, opt.threads, d);
+  // Under tensor parallelism each rank computed its rows of q_a / kv_a; one all-gather makes every
+  // token's c_q and kv whole (its time includes the wait for the slowest rank).
+  const double tg0 = now(clk);
+  if (impl_->tp) layer::gather_down(impl_->w, *impl_->tp, n, with_q, d);
+  const double tg1 = now(clk);
+  layer::preprocess(c, impl_->w, impl_->rope, n, st.hidden, d, pos.data(), slots.data(), cache,
                     opt.threads, q.data());
   // The query in the type the kernels compute with for this cache (bf16, or fp16 for fp16).
   const DType qt = kernel_q_dtype(cache.dtype(), cache.dtype() == KvDType::fp16 ? DType::f16 : DType::bf16);
@@ -151,7 +160,8 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
   if (impl_->tp) impl_->tp->allreduce_sum(out, n * c.hidden_size);
   const double t4 = now(clk);
   if (times) {
-    times->preprocess = t1 - t0;
+    times->preprocess = (t1 - t0) - (tg1 - tg0);
+    times->allgather = tg1 - tg0;
     times->attention = t2 - t1;
     times->einsum = t3 - t2;
     times->allreduce = t4 - t3;

@@ -1,8 +1,11 @@
-// Preprocess (MLAPO) of the new tokens: q path (q LoRA or q_proj), kv path, RoPE at each token's
+// Preprocess (MLAPO) of the new tokens: the down-projections (q_a, kv_a; under tensor parallelism
+// the rank's rows and their all-gather), q path (q LoRA or q_proj), kv path, RoPE at each token's
 // position, W_UK absorption per head, and the cache write. Also the kv path alone for prefill.
+#include <algorithm>
 #include <cmath>
 
 #include "layer/ops.h"
+#include "mla/status.h"
 
 namespace mla::layer {
 
@@ -31,14 +34,51 @@ void rms_norm(float* x, int64_t n, const float* weight, double eps) {
   for (int64_t i = 0; i < n; ++i) x[i] = weight[i] * (x[i] * r);
 }
 
-void write_kv(const AttnWeights& w, const RopeTable& rope, int64_t n, const float* hidden,
-              const int32_t* positions, const int64_t* slots, PagedLatentCache& cache, int threads,
-              std::vector<float>& kv) {
-  kv.resize(size_t(n) * kQkDim);
-  cpu::linear(w.kv_a, n, hidden, w.kv_a.in, kv.data(), kQkDim, threads);
+void down_project(const AttnWeights& w, int64_t n, const float* hidden, bool with_q, int threads,
+                  DownProj& d) {
+  const int64_t Q = with_q ? w.q_a_split.back() : 0;
+  d.kv.resize(size_t(n) * kQkDim);
+  d.cq.resize(size_t(n) * Q);
+  if (!down_split(w)) {
+    if (with_q) cpu::linear(w.q_a, n, hidden, w.q_a.in, d.cq.data(), Q, threads);
+    cpu::linear(w.kv_a, n, hidden, w.kv_a.in, d.kv.data(), kQkDim, threads);
+    return;
+  }
+  const int64_t qr = with_q ? w.q_a.out : 0, kr = w.kv_a.out, ld = qr + kr;
+  d.part.resize(size_t(n) * ld);
+  if (qr > 0) cpu::linear(w.q_a, n, hidden, w.q_a.in, d.part.data(), ld, threads);
+  if (kr > 0) cpu::linear(w.kv_a, n, hidden, w.kv_a.in, d.part.data() + qr, ld, threads);
+}
+
+void gather_down(const AttnWeights& w, Communicator& tp, int64_t n, bool with_q, DownProj& d) {
+  const int p = tp.size();
+  MLA_CHECK(int64_t(w.kv_a_split.size()) == p + 1,
+            "the layer's weights were split over " << w.kv_a_split.size() - 1
+                                                   << " ranks but its group has " << p);
+  const int64_t Q = with_q ? w.q_a_split.back() : 0;
+  const auto rows = [&](const std::vector<int64_t>& split, int r) {
+    return split[r + 1] - split[r];
+  };
+  std::vector<int64_t> counts(p);
+  for (int r = 0; r < p; ++r)
+    counts[r] = n * ((with_q ? rows(w.q_a_split, r) : 0) + rows(w.kv_a_split, r));
+  d.all.resize(size_t(n) * (Q + kQkDim));
+  tp.allgather(d.part.data(), d.all.data(), counts.data());
+  const float* src = d.all.data();
+  for (int r = 0; r < p; ++r) {
+    const int64_t qr = with_q ? rows(w.q_a_split, r) : 0, kr = rows(w.kv_a_split, r);
+    for (int64_t t = 0; t < n; ++t, src += qr + kr) {
+      std::copy_n(src, qr, d.cq.data() + t * Q + (with_q ? w.q_a_split[r] : 0));
+      std::copy_n(src + qr, kr, d.kv.data() + t * kQkDim + w.kv_a_split[r]);
+    }
+  }
+}
+
+void write_kv(const AttnWeights& w, const RopeTable& rope, int64_t n, float* kv,
+              const int32_t* positions, const int64_t* slots, PagedLatentCache& cache) {
   float c[kRopeDim / 2], s[kRopeDim / 2];
   for (int64_t t = 0; t < n; ++t) {
-    float* row = kv.data() + t * kQkDim;
+    float* row = kv + t * kQkDim;
     rms_norm(row, kLatentDim, w.kv_a_norm.data(), kAttnNormEps);
     rope.angles(positions[t], c, s);
     rope.apply(row + kLatentDim, c, s);
@@ -47,21 +87,19 @@ void write_kv(const AttnWeights& w, const RopeTable& rope, int64_t n, const floa
 }
 
 void preprocess(const ModelConfig& cf, const AttnWeights& w, const RopeTable& rope, int64_t n,
-                const float* hidden, const int32_t* positions, const int64_t* slots,
+                const float* hidden, DownProj& d, const int32_t* positions, const int64_t* slots,
                 PagedLatentCache& cache, int threads, float* q_out) {
   const int64_t H = cf.num_heads, qk = cf.qk_head_dim(), nope = cf.qk_nope_head_dim;
   std::vector<float> q(size_t(n) * H * qk);
   if (cf.q_lora_rank > 0) {
-    std::vector<float> ca(size_t(n) * cf.q_lora_rank);
-    cpu::linear(w.q_a, n, hidden, w.q_a.in, ca.data(), cf.q_lora_rank, threads);
+    float* ca = d.cq.data();
     for (int64_t t = 0; t < n; ++t)
-      rms_norm(ca.data() + t * cf.q_lora_rank, cf.q_lora_rank, w.q_a_norm.data(), kAttnNormEps);
-    cpu::linear(w.q_b, n, ca.data(), cf.q_lora_rank, q.data(), H * qk, threads);
+      rms_norm(ca + t * cf.q_lora_rank, cf.q_lora_rank, w.q_a_norm.data(), kAttnNormEps);
+    cpu::linear(w.q_b, n, ca, cf.q_lora_rank, q.data(), H * qk, threads);
   } else {
     cpu::linear(w.q_proj, n, hidden, w.q_proj.in, q.data(), H * qk, threads);
   }
-  std::vector<float> kv;
-  write_kv(w, rope, n, hidden, positions, slots, cache, threads, kv);
+  write_kv(w, rope, n, d.kv.data(), positions, slots, cache);
   float c[kRopeDim / 2], s[kRopeDim / 2];
   for (int64_t t = 0; t < n; ++t) {
     rope.angles(positions[t], c, s);

@@ -1,6 +1,7 @@
 // Loading the attention weights of one layer from a checkpoint, with every check done up front.
 #include "layer/weights.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "mla/dtype.h"
@@ -122,6 +123,14 @@ void fold_rotation(const ModelConfig& c, KvRotation rotation, AttnWeights& w) {
 
 }  // namespace
 
+std::vector<int64_t> split_rows(const LinearWeight& w, int p) {
+  const int64_t unit = w.dtype == WDType::fp8_e4m3 ? w.block_rows : 1;
+  const int64_t units = (w.out + unit - 1) / unit;
+  std::vector<int64_t> s(p + 1);
+  for (int r = 0; r <= p; ++r) s[r] = std::min(w.out, r * units / p * unit);
+  return s;
+}
+
 void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
                        KvRotation rotation, int tp_rank, int tp_size) {
   MLA_CHECK(layer >= 0 && layer < c.num_hidden_layers,
@@ -139,8 +148,16 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
   w.heads = H;
   // Every tensor is checked whole (shapes, dtypes, scales), then the head-split ones cut to the
   // rank's heads; only the shard's pages of the mapping are ever read.
+  // The head-free down-projections by rows (weights.h): a view of the rank's rows.
+  const auto down_shard = [&](const LinearWeight& whole, const std::string& name,
+                              std::vector<int64_t>& split) {
+    split = split_rows(whole, tp_size);
+    return row_shard(whole, name, split[tp_rank], split[tp_rank + 1] - split[tp_rank], tp_rank,
+                     tp_size);
+  };
   if (c.q_lora_rank > 0) {
-    w.q_a = load_linear(c, s, p + "q_a_proj", c.q_lora_rank, D);
+    w.q_a = down_shard(load_linear(c, s, p + "q_a_proj", c.q_lora_rank, D), p + "q_a_proj",
+                       w.q_a_split);
     w.q_a_norm = load_norm(s, p + "q_a_layernorm", c.q_lora_rank);
     w.q_b = row_shard(load_linear(c, s, p + "q_b_proj", c.num_heads * qk, c.q_lora_rank),
                       p + "q_b_proj", h0 * qk, H * qk, tp_rank, tp_size);
@@ -148,7 +165,8 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
     w.q_proj = row_shard(load_linear(c, s, p + "q_proj", c.num_heads * qk, D), p + "q_proj",
                          h0 * qk, H * qk, tp_rank, tp_size);
   }
-  w.kv_a = load_linear(c, s, p + "kv_a_proj_with_mqa", kLatentDim + kRopeDim, D);
+  w.kv_a = down_shard(load_linear(c, s, p + "kv_a_proj_with_mqa", kLatentDim + kRopeDim, D),
+                      p + "kv_a_proj_with_mqa", w.kv_a_split);
   w.kv_a_norm = load_norm(s, p + "kv_a_layernorm", kLatentDim);
   w.kv_b = row_shard(load_linear(c, s, p + "kv_b_proj", c.num_heads * (nope + v), kLatentDim),
                      p + "kv_b_proj", h0 * (nope + v), H * (nope + v), tp_rank, tp_size);

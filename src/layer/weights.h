@@ -7,7 +7,9 @@
 //   q_b_proj / q_proj  rows    [h0 * qk_head,        (h0 + heads) * qk_head)
 //   kv_b_proj          rows    [h0 * (nope + v),     (h0 + heads) * (nope + v))
 //   o_proj             columns [h0 * v,              (h0 + heads) * v)        (same ld)
-//   q_a_proj, kv_a_proj_with_mqa and the norms: whole on every rank (the latent is head-free)
+//   q_a_proj, kv_a_proj_with_mqa  rows [split[r], split[r + 1])  (split_rows below; the outputs
+//                      are head-free, so the layer all-gathers each token's whole c_q and kv)
+//   the norms: whole on every rank (RMSNorm needs the whole vector)
 #pragma once
 
 #include <vector>
@@ -30,11 +32,21 @@ struct AttnWeights {
   AlignedVec<float> uv_f32;                 // [heads, v, 512] W_UV[h] R, when R is folded in
   KvRotation rotation = KvRotation::none;   // R folded into uk_t (q R) and uv (o R^T)
   int64_t head0 = 0, heads = 0;             // this rank's heads [head0, head0 + heads)
+  // [tp_size + 1]: rank r's rows of q_a (c_q) and kv_a (kv) are [split[r], split[r + 1]); q_a and
+  // kv_a above hold this rank's. {0, out} in one process. q_a_split is empty without q LoRA.
+  std::vector<int64_t> q_a_split, kv_a_split;
   int64_t bytes_per_step = 0;               // every projection's weight bytes, read once a step
 };
 
 // "model.layers.{layer}.self_attn."
 std::string attn_prefix(int layer);
+
+// The row split of a head-free projection w over p ranks: [p + 1] starts. Units of one row (of
+// block_rows rows for fp8, so that no rank's share cuts a scale block) dealt as evenly as
+// possible, rank r getting units [r u / p, (r + 1) u / p); the last unit may be short. So 1536
+// and 576 bf16 rows split evenly over 2, 4, 8 ranks; fp8 576 (4.5 blocks of 128) over 2 ranks is
+// 256 + 320, and a rank may get no rows (fp8 576 over 8: 5 blocks for 8 ranks).
+std::vector<int64_t> split_rows(const cpu::LinearWeight& w, int p);
 
 // Loads and checks every tensor; errors name the file and the tensor. With a rotation, R is folded
 // into the absorbed projections (issue 20): W_UK[h]^T's latent side becomes R^T W_UK[h]^T, so the

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdio>
+#include <vector>
 
 #include "mla/mla_mpi.h"
 #include "mla/status.h"
@@ -31,6 +32,18 @@ class MpiComm final : public Communicator {
       const int c = int(std::min<int64_t>(INT_MAX, n - i));
       MPI_Allreduce(MPI_IN_PLACE, x + i, c, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     }
+  }
+  void allgather(const float* x, float* all, const int64_t* counts) override {
+    // MPI_Allgatherv's counts and displacements are int: a step's gather is n_tokens x 2112 floats.
+    std::vector<int> c(size_), d(size_);
+    int64_t off = 0;
+    for (int r = 0; r < size_; ++r) {
+      c[r] = int(counts[r]);
+      d[r] = int(off);
+      off += counts[r];
+    }
+    MLA_CHECK(off <= INT_MAX, "all-gather of " << off << " floats exceeds MPI's int count");
+    MPI_Allgatherv(x, c[rank_], MPI_FLOAT, all, c.data(), d.data(), MPI_FLOAT, MPI_COMM_WORLD);
   }
   void broadcast(void* x, int64_t bytes, int root) override {
     MLA_CHECK(bytes <= INT_MAX, "broadcast of " << bytes << " bytes exceeds MPI's int count");

@@ -12,8 +12,10 @@
 // line (paid once per step, not per layer), outside the per-layer operator times.
 //
 // --tp N under mpirun -np N (issue 24): every rank makes the same random weights, history and
-// inputs (same seed), runs its N-th of the heads, and the all-reduce of the o_proj partial sums is
-// its own row; rank 0 prints and checks. Floors are per rank (its weight bytes and heads).
+// inputs (same seed), runs its N-th of the heads and of the q_a / kv_a rows; the all-gather of
+// those rows and the all-reduce of the o_proj partial sums have a row each (separate collectives at
+// separate points of the step, so each shows its own wait); rank 0 prints and checks. Floors are
+// per rank (its weight bytes and heads).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -157,12 +159,13 @@ void run_demo(const DemoArgs& a) {
                 a.model.empty() ? "bf16" : "as stored",
                 t_weights, B, a.context, Q, kv_dtype_name(kv), threads, a.steps);
   if (root && a.tp > 1)
-    std::printf("  tensor parallel: %d ranks x %d heads (rank 0 on CPUs %s), fp32 all-reduce of %d x %d "
-                "floats per step\n",
-                a.tp, H, affinity_string().c_str(), B * Q, D);
+    std::printf("  tensor parallel: %d ranks x %d heads (rank 0 on CPUs %s), fp32 all-gather of %d x %d "
+                "and all-reduce of %d x %d floats per step\n",
+                a.tp, H, affinity_string().c_str(), B * Q,
+                cfg.q_lora_rank + kQkDim, B * Q, D);
 
   std::vector<float> hidden(size_t(B) * Q * D), out(size_t(B) * Q * D);
-  std::vector<double> tp, ta, te, tar, tt, tplan;
+  std::vector<double> tp, ta, te, tag, tar, tt, tplan;
   DecodeOptions opt;
   opt.threads = a.threads;
   std::vector<int32_t> lens(B);
@@ -212,8 +215,8 @@ void run_demo(const DemoArgs& a) {
                            .block_table = bt.data(), .max_blocks_per_seq = mb},
                  cache, opt, plan, out.data(), &t);
     tp.push_back(t.preprocess), ta.push_back(t.attention), te.push_back(t.einsum);
-    tar.push_back(t.allreduce);
-    tt.push_back(t.preprocess + t.attention + t.einsum + t.allreduce);
+    tag.push_back(t.allgather), tar.push_back(t.allreduce);
+    tt.push_back(t.preprocess + t.allgather + t.attention + t.einsum + t.allreduce);
     if (root)
       std::fprintf(stderr, "\r  step %d/%d  %.2f ms (tokens at position %d)   ", s + 1, a.steps,
                  tt.back() * 1e3, lens[0] - 1);
@@ -229,9 +232,12 @@ void run_demo(const DemoArgs& a) {
   const double bw = ceil.read_bw_mem_gbs * 1e9;
   const double fma = ceil.fp32_fma_gflops * 1e9;
   const int64_t H64 = H, nope = cfg.qk_nope_head_dim, v = cfg.v_head_dim;
-  const double pre_params = double(cfg.q_lora_rank > 0 ? int64_t(cfg.q_lora_rank) * D + H64 * cfg.qk_head_dim() * cfg.q_lora_rank
+  // q_a and kv_a: the rank's share of their rows (1/tp: even for bf16; for an fp8 checkpoint's
+  // block-wise split an approximation, which only shifts the flop floor and the bytes' division).
+  const double pre_params = (double(cfg.q_lora_rank) * D + double(kQkDim) * D) / a.tp +
+                            double(cfg.q_lora_rank > 0 ? H64 * cfg.qk_head_dim() * cfg.q_lora_rank
                                                        : H64 * cfg.qk_head_dim() * D) +
-                            double(kQkDim) * D + double(H64) * nope * kLatentDim;
+                            double(H64) * nope * kLatentDim;
   const double ein_params = double(H64) * v * kLatentDim + double(D) * H64 * v;
   const double wbytes = double(layer.weight_bytes());
   const double pre_bytes = wbytes * pre_params / (pre_params + ein_params);
@@ -258,6 +264,9 @@ void run_demo(const DemoArgs& a) {
   const double f_step = f_pre + f_att + f_ein;
   const Row rows[] = {
       {"preprocess", tp, f_pre, bound(pre_bytes, 2.0 * pre_params * n / fma)},
+      // No floor (the link's), as the all-reduce below: the c_q / kv rows' all-gather, which
+      // preprocess above leaves out.
+      {"all-gather", tag, 0, "(link; waits for the slowest rank)"},
       {"attention", ta, f_att, kv_bytes / bw >= att_flops / att_rate ? "cache (DRAM)" : "compute"},
       {"einsum + o_proj", te, f_ein, bound(ein_bytes, 2.0 * ein_params * n / fma)},
       // No floor: it is the link's (docs/PERF.md's tensor-parallel table), and its time includes
@@ -268,7 +277,7 @@ void run_demo(const DemoArgs& a) {
               "fraction", "(best)", "floor set by");
   for (const Row& r : rows) {
     const bool no_floor = r.floor == 0;
-    if (no_floor && a.tp == 1) continue;  // the all-reduce row, in one process
+    if (no_floor && a.tp == 1) continue;  // the collectives' rows, in one process
     const double med = median(r.t), best = *std::min_element(r.t.begin(), r.t.end());
     if (no_floor)
       std::printf("  %-17s %10.3f %9.3f %10s %9s %9s  %s\n", r.name, med * 1e3, best * 1e3, "-", "-",

@@ -88,14 +88,16 @@ void run_layer(const LayerArgs& a) {
   char tp_group[64] = "", tp_op[64] = "";  // only under tensor parallelism
   if (a.tp > 1) {
     std::snprintf(tp_group, sizeof tp_group, ", tp %d (%d heads per rank)", a.tp, layer.local_heads());
-    std::snprintf(tp_op, sizeof tp_op, ", all-reduce %.2f", times.allreduce * 1e3);
+    std::snprintf(tp_op, sizeof tp_op, ", all-gather %.2f, all-reduce %.2f", times.allgather * 1e3,
+                  times.allreduce * 1e3);
   }
   std::printf("mla layer: %s layer %d, batch %d, q_len %d, kv %s%s: prefill %.1f ms, decode step "
               "%.2f ms (preprocess %.2f, attention %.2f, einsum + o_proj %.2f%s); wrote o.npy to %s\n",
               cfg.model_type.empty() ? "model" : cfg.model_type.c_str(), a.layer, B, Q,
               kv_dtype_name(kv), tp_group,
               std::chrono::duration<double>(t1 - t0).count() * 1e3,
-              (times.preprocess + times.attention + times.einsum + times.allreduce) * 1e3,
+              (times.preprocess + times.allgather + times.attention + times.einsum +
+               times.allreduce) * 1e3,
               times.preprocess * 1e3, times.attention * 1e3, times.einsum * 1e3, tp_op,
               a.out.c_str());
 }
