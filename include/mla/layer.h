@@ -24,6 +24,12 @@
 
 namespace mla {
 
+// The projections' weight format: as the checkpoint stores them (bf16, fp16, fp32, or fp8 with
+// its block scales), or int8 with one scale per output row, quantized from them at load (half of
+// bf16's bytes per step).
+enum class LayerWeights { stored, int8 };
+MLA_API const char* layer_weights_name(LayerWeights f);  // "stored", "int8"
+
 struct LayerStep {
   int batch = 0;
   int q_len = 1;
@@ -51,8 +57,11 @@ class MLA_API MlaLayer {
   // W_UV side: it takes o R), so a step only pays the rotation of each new token at cache write;
   // its caches must then be rotated the same way (a step on another is refused). A layer loaded
   // without a rotation also runs on a rotated cache: decode() then rotates q and o itself.
+  // weights: the projections' format (LayerWeights). Where the CPU has AMX (and MLA_AMX is not
+  // 0), the layer also keeps a tile-packed bf16 copy of every projection (another 2 bytes per
+  // weight: 374 MB for DeepSeek-V3's attention) for batches of 2 tokens and more.
   MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
-           KvRotation rotation = KvRotation::none);
+           KvRotation rotation = KvRotation::none, LayerWeights weights = LayerWeights::stored);
   ~MlaLayer();
   MlaLayer(const MlaLayer&) = delete;
   MlaLayer& operator=(const MlaLayer&) = delete;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/attention/isa.h"
 #include "layer/ops.h"
 #include "mla/dtype.h"
 #include "mla/status.h"
@@ -33,12 +34,14 @@ struct MlaLayer::Impl {
   layer::RopeTable rope;
 };
 
+const char* layer_weights_name(LayerWeights f) { return f == LayerWeights::int8 ? "int8" : "stored"; }
+
 MlaLayer::MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
-                   KvRotation rotation)
+                   KvRotation rotation, LayerWeights weights)
     : impl_(std::make_unique<Impl>()) {
   impl_->cfg = cfg;
   impl_->store = store;
-  layer::load_attn_weights(cfg, store, layer, impl_->w, rotation);
+  layer::load_attn_weights(cfg, store, layer, impl_->w, rotation, weights, cpu::cpu_has_amx_set());
   impl_->rope.inv_freq = rope_inv_freq(cfg);
   impl_->rope.factor = rope_attention_factor(cfg);
   impl_->rope.interleave = cfg.rope_interleave;

@@ -8,6 +8,7 @@
 
 #include "cpu/linear/linear.h"
 #include "mla/cache.h"
+#include "mla/layer.h"
 #include "mla/model.h"
 #include "mla/safetensors.h"
 
@@ -23,6 +24,10 @@ struct AttnWeights {
                                             // and always when R is folded in
   AlignedVec<float> uv_f32;                 // [heads, v, 512] W_UV[h] R, when R is folded in
   KvRotation rotation = KvRotation::none;   // R folded into uk_t (q R) and uv (o R^T)
+  LayerWeights format = LayerWeights::stored;
+  AlignedVec<int8_t> i8;                    // int8 format: every projection's integers
+  AlignedVec<float> i8_scale;               //   and their row scales
+  AlignedVec<uint16_t> tiles;               // tile-packed copies of every projection (AMX CPUs)
   int64_t bytes_per_step = 0;               // every projection's weight bytes, read once a step
 };
 
@@ -33,7 +38,11 @@ std::string attn_prefix(int layer);
 // into the absorbed projections (issue 20): W_UK[h]^T's latent side becomes R^T W_UK[h]^T, so the
 // absorbed query comes out as q R, and W_UV[h] becomes W_UV[h] R, so it maps o R (the decode's
 // output in the rotated space) to W_UV[h] o. Both computed in float64, stored in fp32.
+// format int8: every projection (q, kv_a, o, and the per-head W_UK^T / W_UV) quantized per output
+// row at load. tiles: also keep a bf16 copy of each in the tile layout (cpu::pack_tiles) for the
+// AMX kernel (the weight bytes once more in memory; int8 keeps its integers there).
 void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
-                       KvRotation rotation = KvRotation::none);
+                       KvRotation rotation = KvRotation::none,
+                       LayerWeights format = LayerWeights::stored, bool tiles = false);
 
 }  // namespace mla::layer

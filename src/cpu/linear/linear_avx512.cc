@@ -26,6 +26,9 @@ inline __m512 load_w(const void* row, int64_t c, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + c));
   } else if constexpr (D == WDType::f32) {
     return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + c);
+  } else if constexpr (D == WDType::i8) {  // the row's scale is applied to the sums
+    const __m128i b = _mm_maskz_loadu_epi8(m, static_cast<const int8_t*>(row) + c);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
   } else {
     const __m128i b = _mm_maskz_loadu_epi8(m, static_cast<const uint8_t*>(row) + c);
     const __m256i w = _mm256_cvtepu8_epi16(b);
@@ -66,8 +69,10 @@ void tile(const LinearWeight& w, const int64_t* rid, int rows, const float* x, i
       for (int i = 0; i < 4; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
     }
   }
-  for (int i = 0; i < rows; ++i)
-    for (int t = 0; t < T; ++t) y[t * ldy + rid[i]] = _mm512_reduce_add_ps(acc[i][t]);
+  for (int i = 0; i < rows; ++i) {
+    const float s = D == WDType::i8 ? w.row_scale[rid[i]] : 1.f;
+    for (int t = 0; t < T; ++t) y[t * ldy + rid[i]] = _mm512_reduce_add_ps(acc[i][t]) * s;
+  }
 }
 
 // The worker's rows are cut into four contiguous quarters and a tile takes one row from each, so
@@ -103,6 +108,27 @@ void linear_rows_avx512(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n
     case WDType::f16: return rows<WDType::f16>(w, r0, r1, n, x, ldx, y, ldy);
     case WDType::f32: return rows<WDType::f32>(w, r0, r1, n, x, ldx, y, ldy);
     case WDType::fp8_e4m3: return rows<WDType::fp8_e4m3>(w, r0, r1, n, x, ldx, y, ldy);
+    case WDType::i8: return rows<WDType::i8>(w, r0, r1, n, x, ldx, y, ldy);
+  }
+}
+
+// Round to nearest even with NaN kept NaN (vcvtneps2bf16), 32 columns a step.
+void tiles_pack_x_avx512(int64_t n, int64_t in, const float* x, int64_t ldx, uint16_t* a,
+                         int64_t a_ld, int64_t m_rows) {
+  for (int64_t t = 0; t < m_rows; ++t) {
+    uint16_t* at = a + t * a_ld;
+    if (t >= n) {
+      std::fill(at, at + a_ld, uint16_t(0));
+      continue;
+    }
+    const float* xt = x + t * ldx;
+    for (int64_t c = 0; c < a_ld; c += 32) {
+      const int64_t r = std::max<int64_t>(0, std::min<int64_t>(32, in - c));
+      const __mmask16 m0 = r >= 16 ? __mmask16(0xffff) : __mmask16((1u << r) - 1);
+      const __mmask16 m1 = r >= 32 ? __mmask16(0xffff) : r <= 16 ? __mmask16(0) : __mmask16((1u << (r - 16)) - 1);
+      const __m512 lo = _mm512_maskz_loadu_ps(m0, xt + c), hi = _mm512_maskz_loadu_ps(m1, xt + c + 16);
+      _mm512_storeu_si512(at + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
   }
 }
 
