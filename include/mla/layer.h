@@ -29,6 +29,7 @@ namespace mla {
 // bf16's bytes per step).
 enum class LayerWeights { stored, int8 };
 MLA_API const char* layer_weights_name(LayerWeights f);  // "stored", "int8"
+MLA_API LayerWeights parse_layer_weights(const std::string& s);  // the names above; else throws
 
 struct LayerStep {
   int batch = 0;

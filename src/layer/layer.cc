@@ -36,6 +36,12 @@ struct MlaLayer::Impl {
 
 const char* layer_weights_name(LayerWeights f) { return f == LayerWeights::int8 ? "int8" : "stored"; }
 
+LayerWeights parse_layer_weights(const std::string& s) {
+  if (s == "stored") return LayerWeights::stored;
+  if (s == "int8") return LayerWeights::int8;
+  MLA_FAIL("unknown layer weights '" << s << "' (expected stored or int8)");
+}
+
 MlaLayer::MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
                    KvRotation rotation, LayerWeights weights)
     : impl_(std::make_unique<Impl>()) {

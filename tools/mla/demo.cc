@@ -20,6 +20,8 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "core/rng.h"
 #include "cpu/thread_pool.h"
 #include "mla/commands.h"
@@ -37,6 +39,7 @@ namespace fs = std::filesystem;
 
 struct DemoArgs {
   std::string model, preset, kv_dtype = "bf16", kv_rotate = "none", ceilings, clock = "wall";
+  std::string weights = "stored", json;  // --weights (bf16: the same as stored), --json FILE
   int batch = 1, context = 512, q_len = 1, steps = 8, threads = 0, layer = 0;
   uint64_t seed = 1;
 };
@@ -119,7 +122,10 @@ void run_demo(const DemoArgs& a) {
   const int layer_index = a.model.empty() ? 0 : a.layer;
   const auto tw = std::chrono::steady_clock::now();
   if (a.model.empty()) store = random_weights(cfg, 0, a.seed);
-  const MlaLayer layer(cfg, store, layer_index, rot);
+  MLA_CHECK(a.weights != "bf16" || a.model.empty(),
+            "--weights bf16 is for the presets' random bf16 weights; a checkpoint runs stored or int8");
+  const LayerWeights wfmt = parse_layer_weights(a.weights == "bf16" ? "stored" : a.weights);
+  const MlaLayer layer(cfg, store, layer_index, rot, wfmt);
   const double t_weights = std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
   const int threads = a.threads > 0 ? a.threads : cpu::ThreadPool::available_cpus();
   const Ceilings ceil = get_ceilings(a.ceilings, threads);
@@ -145,7 +151,8 @@ void run_demo(const DemoArgs& a) {
               "ready in %.1f s)\n  batch %d, context %d, q_len %d, kv %s, %d thread(s), %d steps\n",
               a.model.empty() ? ("preset " + preset).c_str() : a.model.c_str(),
               a.model.empty() ? "random weights" : "checkpoint", layer_index, H, D, cfg.q_lora_rank,
-              layer.weight_bytes() / 1e6, a.model.empty() ? "bf16" : "as stored", t_weights, B,
+              layer.weight_bytes() / 1e6,
+              wfmt == LayerWeights::int8 ? "int8 per row" : a.model.empty() ? "bf16" : "as stored", t_weights, B,
               a.context, Q, kv_dtype_name(kv), threads, a.steps);
 
   std::vector<float> hidden(size_t(B) * Q * D), out(size_t(B) * Q * D);
@@ -206,12 +213,13 @@ void run_demo(const DemoArgs& a) {
   std::fprintf(stderr, "\n");
 
   // Floors. Projections: their weight bytes at the DRAM read rate, or 2 flops per weight and token
-  // at the fp32-FMA rate (the kernels widen to fp32), whichever is larger. Attention: the cache
+  // at the fastest matrix rate the projections can use (the AMX bf16 tiles where the CPU has them,
+  // else the fp32 FMAs the AVX-512 kernel widens to), whichever is larger. Attention: the cache
   // bytes of every sequence at the DRAM rate, or its flops (2*H*q_len*len*1088) at the rate of the
   // kernel's dot product.
   const int64_t n = int64_t(B) * Q;
   const double bw = ceil.read_bw_mem_gbs * 1e9;
-  const double fma = ceil.fp32_fma_gflops * 1e9;
+  const double fma = std::max(ceil.fp32_fma_gflops, ceil.amx_bf16_gflops) * 1e9;
   const int64_t H64 = H, nope = cfg.qk_nope_head_dim, v = cfg.v_head_dim;
   const double pre_params = double(cfg.q_lora_rank > 0 ? int64_t(cfg.q_lora_rank) * D + H64 * cfg.qk_head_dim() * cfg.q_lora_rank
                                                        : H64 * cfg.qk_head_dim() * D) +
@@ -252,13 +260,27 @@ void run_demo(const DemoArgs& a) {
     std::printf("  %-17s %10.3f %9.3f %10.3f %9.2f %9.2f  %s\n", r.name, med * 1e3, best * 1e3,
                 r.floor * 1e3, r.floor / med, r.floor / best, r.by);
   }
-  std::printf("  %.1f tokens/s (median step)\n", n / median(tt));
+  std::printf("  %.1f tokens/s (median step), %.1f (best step)\n", n / median(tt),
+              n / *std::min_element(tt.begin(), tt.end()));
+  nlohmann::json js = {{"model", a.model.empty() ? "preset " + preset : a.model},
+                       {"batch", B}, {"context", a.context}, {"q_len", Q}, {"steps", a.steps},
+                       {"threads", threads}, {"kv", kv_dtype_name(kv)},
+                       {"weights", wfmt == LayerWeights::int8 ? "int8" : a.model.empty() ? "bf16" : "stored"},
+                       {"weight_bytes", layer.weight_bytes()},
+                       {"tokens_per_s", n / median(tt)}, {"operators", nlohmann::json::array()}};
+  for (const Row& r : rows) {
+    const double med = median(r.t), best = *std::min_element(r.t.begin(), r.t.end());
+    js["operators"].push_back({{"name", r.name}, {"median_ms", med * 1e3}, {"best_ms", best * 1e3},
+                               {"floor_ms", r.floor * 1e3}, {"fraction", r.floor / med},
+                               {"fraction_best", r.floor / best}, {"bound", r.by}});
+  }
   std::printf("  decode plan: made once per step and reused by the layer (an engine reuses it for "
               "every layer): median %.3f ms, not in the step above\n",
               median(tplan) * 1e3);
-  std::printf("  ceilings (%d thread(s)): DRAM read %.1f GB/s, fp32 FMA %.0f GFLOP/s, bf16 dot %.0f, int8 dot %.0f GOP/s\n"
+  std::printf("  ceilings (%d thread(s)): DRAM read %.1f GB/s, fp32 FMA %.0f GFLOP/s, bf16 dot %.0f, int8 dot %.0f GOP/s, AMX bf16 %.0f GFLOP/s\n"
               "  read rate between steps (%s clock): median %.1f GB/s%s\n",
               threads, ceil.read_bw_mem_gbs, ceil.fp32_fma_gflops, ceil.bf16_dot_gflops, ceil.int8_dot_gops,
+              ceil.amx_bf16_gflops,
               cpu_clock ? "thread CPU" : "wall", median(read_rates) / 1e9,
               " (one stream; for comparison with the ceilings' DRAM rate, which the floors use)");
 
@@ -287,6 +309,14 @@ void run_demo(const DemoArgs& a) {
               "(tolerance %.0e%s): %s  [reference %.1f s]\n",
               rel, cosine, tol, kv == KvDType::int8 ? ", cosine > 0.999" : "", pass ? "PASS" : "FAIL",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - tr).count());
+  if (!a.json.empty()) {
+    js["error"] = {{"rel", rel}, {"cosine", cosine}, {"tolerance", tol}, {"pass", pass}};
+    std::FILE* f = std::fopen(a.json.c_str(), "w");
+    MLA_CHECK(f, "--json " << a.json << ": cannot open for writing");
+    const std::string text = js.dump(2) + "\n";
+    std::fwrite(text.data(), 1, text.size(), f);
+    std::fclose(f);
+  }
   if (!pass) throw CheckFailed("the layer output differs from the float64 reference beyond tolerance");
 }
 
@@ -307,6 +337,8 @@ void add_demo_command(CLI::App& app) {
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   c->add_option("--seed", a->seed, "Seed of the random weights and inputs")->capture_default_str();
   c->add_option("--clock", a->clock, "wall, or cpu: the thread's CPU time (with --threads 1; for a shared machine)")->capture_default_str();
+  c->add_option("--weights", a->weights, "Projection weights: stored (as the checkpoint holds them; bf16 for the presets), bf16 (presets), or int8 (per-row, quantized at load)")->capture_default_str();
+  c->add_option("--json", a->json, "Also write the operator table, tokens/s and the error to this JSON file");
   c->add_option("--ceilings", a->ceilings, "ceilings.json from bench/roofline (default: $MLA_CEILINGS or ./ceilings.json, else measured briefly)");
   c->callback([a] { run_demo(*a); });
 }

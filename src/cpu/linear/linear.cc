@@ -229,6 +229,12 @@ uint16_t* tile_a_buffer(size_t elems) {
   if (buf.size() < elems) buf.resize(elems);
   return buf.data();
 }
+// The tile kernel's accumulators, [row blocks, m_tiles, 16, 16] (workers take disjoint ranges).
+float* tile_acc_buffer(size_t elems) {
+  thread_local AlignedVec<float> buf;
+  if (buf.size() < elems) buf.resize(elems);
+  return buf.data();
+}
 
 }  // namespace
 
@@ -236,23 +242,27 @@ void linear(const LinearWeight& w, int64_t n, const float* x, int64_t ldx, float
             int threads, LinearIsa isa) {
   if (n <= 0 || w.out <= 0) return;
   const LinearIsa k = pick(w, n, isa);
+  const bool split = n <= kTileSplitMaxTokens;
   ThreadPool& pool = thread_pool(threads);
   if (k == LinearIsa::amx || k == LinearIsa::amx_emu) {
-    const int64_t kbs = (w.in + kTileCols - 1) / kTileCols, mt = (n + 15) / 16;
-    TileProduct p{.a = nullptr, .a_ld = kbs * kTileCols, .m_tiles = mt, .n = n, .b = w.tiles,
+    const int64_t kbs = (w.in + kTileCols - 1) / kTileCols, mt = (split ? 2 : 1) * ((n + 15) / 16);
+    TileProduct p{.a = nullptr, .m_tiles = mt, .n = n, .split = split, .b = w.tiles,
                   .k_blocks = kbs, .out = w.out,
                   .row_scale = w.dtype == WDType::i8 ? w.row_scale : nullptr, .y = y, .ldy = ldy};
-    uint16_t* a = tile_a_buffer(size_t(mt * 16 * p.a_ld));
-    tiles_pack_x_avx512(n, w.in, x, ldx, a, p.a_ld, mt * 16);
+    uint16_t* a = tile_a_buffer(size_t(mt * kbs * 512));
+    tiles_pack_x_avx512(n, w.in, x, ldx, a, kbs, mt, split);
     p.a = a;
     // Row blocks in pairs (the kernel's 2 x 2 tile blocking), split evenly over the workers.
     const int64_t nbs = (w.out + kTileRows - 1) / kTileRows, units = (nbs + 1) / 2;
+    float* acc = tile_acc_buffer(size_t(nbs * mt * 256));
     const int nw = int(std::min<int64_t>(threads > 0 ? threads : pool.size(), units));
     pool.run(nw, [&](int wk) {
       const int64_t b0 = std::min(nbs, 2 * (units * wk / nw)), b1 = std::min(nbs, 2 * (units * (wk + 1) / nw));
       if (b0 >= b1) return;
-      if (k == LinearIsa::amx) linear_tiles_amx(p, b0, b1);
-      else linear_tiles_amxemu(p, b0, b1);
+      TileProduct q = p;
+      q.acc = acc + b0 * mt * 256;
+      if (k == LinearIsa::amx) linear_tiles_amx(q, b0, b1);
+      else linear_tiles_amxemu(q, b0, b1);
     });
     return;
   }
@@ -280,29 +290,33 @@ void linear_heads(const LinearWeight* ws, int heads, int64_t n, const float* x, 
   if (n <= 0 || heads <= 0 || ws[0].out <= 0) return;
   const LinearWeight& w0 = ws[0];
   LinearIsa k = pick(w0, n, isa);
+  const bool split = n <= kTileSplitMaxTokens;
   for (int h = 1; h < heads && (k == LinearIsa::amx || k == LinearIsa::amx_emu); ++h)
     if (!ws[h].tiles) k = pick(ws[h], n, isa == LinearIsa::best ? LinearIsa::avx512 : isa);
   ThreadPool& pool = thread_pool(threads);
   if (k == LinearIsa::amx || k == LinearIsa::amx_emu) {
-    const int64_t kbs = (w0.in + kTileCols - 1) / kTileCols, mt = (n + 15) / 16, a_ld = kbs * kTileCols;
-    const int64_t a_head = mt * 16 * a_ld;
+    const int64_t kbs = (w0.in + kTileCols - 1) / kTileCols, mt = (split ? 2 : 1) * ((n + 15) / 16);
+    const int64_t a_head = mt * kbs * 512;
     uint16_t* a = tile_a_buffer(size_t(heads * a_head));
     for (int h = 0; h < heads; ++h)
-      tiles_pack_x_avx512(n, w0.in, x + h * x_head, ldx, a + h * a_head, a_ld, mt * 16);
+      tiles_pack_x_avx512(n, w0.in, x + h * x_head, ldx, a + h * a_head, kbs, mt, split);
     const int64_t nbs = (w0.out + kTileRows - 1) / kTileRows, per_head = (nbs + 1) / 2,
                   units = per_head * heads;
+    float* acc = tile_acc_buffer(size_t(heads * nbs * mt * 256));
     const int nw = int(std::min<int64_t>(threads > 0 ? threads : pool.size(), units));
     pool.run(nw, [&](int wk) {
       const int64_t u0 = units * wk / nw, u1 = units * (wk + 1) / nw;
       for (int64_t u = u0; u < u1;) {
         const int64_t h = u / per_head, hu1 = std::min(u1, (h + 1) * per_head);
-        const TileProduct p{.a = a + h * a_head, .a_ld = a_ld, .m_tiles = mt, .n = n,
+        const TileProduct p{.a = a + h * a_head, .m_tiles = mt, .n = n, .split = split,
                             .b = ws[h].tiles, .k_blocks = kbs, .out = w0.out,
                             .row_scale = ws[h].dtype == WDType::i8 ? ws[h].row_scale : nullptr,
-                            .y = y + h * y_head, .ldy = ldy};
+                            .y = y + h * y_head, .ldy = ldy, .acc = nullptr};
         const int64_t b0 = std::min(nbs, 2 * (u - h * per_head)), b1 = std::min(nbs, 2 * (hu1 - h * per_head));
-        if (k == LinearIsa::amx) linear_tiles_amx(p, b0, b1);
-        else linear_tiles_amxemu(p, b0, b1);
+        TileProduct q = p;
+        q.acc = acc + (h * nbs + b0) * mt * 256;
+        if (k == LinearIsa::amx) linear_tiles_amx(q, b0, b1);
+        else linear_tiles_amxemu(q, b0, b1);
         u = hu1;
       }
     });

@@ -50,6 +50,11 @@ const char* linear_isa_name(LinearIsa isa);
 // Why 2: one token is weight-bound on either unit (the AVX-512 kernel streams the checkpoint's rows
 // as stored); from two tokens on the fp32 FMAs of the AVX-512 kernel cost more than the tiles'.
 constexpr int64_t kTileMinTokens = 2;
+// Up to 16 tokens (one token tile) the tile kernel splits x into bf16 hi + lo (TileProduct::split),
+// which keeps the layer's error at the fp32 kernel's (DeepSeek-V3 b8 against float64: 4.2e-3
+// split, 7.6e-3 with x rounded to bf16) for free: the product is weight-bound. Beyond, the doubled
+// tile work costs (o_proj at 64 tokens: 26 ms split, 18.5 ms not, 12 ms at 8), so x is rounded.
+constexpr int64_t kTileSplitMaxTokens = 16;
 
 // The tile layout (DESIGN §10, B operand of tdpbf16ps): blocks of 16 output rows x 32 input
 // columns, 1 KB each, ordered [out / 16][in / 32], zero-padded at both edges; inside a block,
@@ -84,23 +89,27 @@ void linear_rows_avx512(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n
                         int64_t ldx, float* y, int64_t ldy);
 
 
-// One product (or one head's) on the tile unit, for linear_tiles_*: A is the bf16 activations,
-// m_tiles x 16 rows of a_ld elements (zero rows past n, zero columns past in), b the packed tiles.
+// One product (or one head's) on the tile unit, for linear_tiles_*: a holds the bf16 activations
+// as A tiles of 16 tokens x 32 columns, [k_blocks][m_tiles][16][32] (zero past n and in), so a tile
+// is 1 KB in one piece (rows of the whole input, o_proj's 32 KB apart, all fell into one L1 set),
+// b the packed weight tiles.
 struct TileProduct {
-  const uint16_t* a = nullptr;  // [m_tiles * 16, a_ld] bf16
-  int64_t a_ld = 0;             // = k_blocks * 32
-  int64_t m_tiles = 0, n = 0;   // token tiles; tokens stored
+  const uint16_t* a = nullptr;  // [k_blocks, m_tiles, 16, 32] bf16
+  int64_t m_tiles = 0, n = 0;   // A tiles (2 per token tile when split); tokens stored
+  bool split = false;           // A holds x's bf16 hi and lo parts (tiles_pack_x_avx512)
   const uint16_t* b = nullptr;  // [ceil(out / 16), k_blocks] tiles of 16 x 32 (see pack_tiles)
   int64_t k_blocks = 0, out = 0;
   const float* row_scale = nullptr;  // [out] or null
   float* y = nullptr;                // y[t * ldy + r]
   int64_t ldy = 0;
+  float* acc = nullptr;  // [nb1 - nb0, m_tiles, 16, 16] fp32: partial sums of the call's row blocks
 };
-// Row blocks [nb0, nb1) of one product (linear_avx512amx.cc / linear_avx512amxemu.cc).
+// Row blocks [nb0, nb1) of one product (p.acc: that range's own accumulators) (linear_avx512amx.cc / linear_avx512amxemu.cc).
 void linear_tiles_amx(const TileProduct& p, int64_t nb0, int64_t nb1);
 void linear_tiles_amxemu(const TileProduct& p, int64_t nb0, int64_t nb1);
-// a[t * a_ld + c] = bf16(x[t * ldx + c]) for t < n, c < in; zero up to m_rows x a_ld (AVX-512).
+// A tiles (TileProduct::a) of x [n, in] (AVX-512): token t in tile t / 16, row t % 16, as bf16(x);
+// split: hi = bf16(x) in tile 2 (t / 16), lo = bf16(x - hi) in tile 2 (t / 16) + 1.
 void tiles_pack_x_avx512(int64_t n, int64_t in, const float* x, int64_t ldx, uint16_t* a,
-                         int64_t a_ld, int64_t m_rows);
+                         int64_t k_blocks, int64_t m_tiles, bool split);
 
 }  // namespace mla::cpu

@@ -112,22 +112,28 @@ void linear_rows_avx512(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n
   }
 }
 
-// Round to nearest even with NaN kept NaN (vcvtneps2bf16), 32 columns a step.
+// Round to nearest even with NaN kept NaN (vcvtneps2bf16), 32 columns a step; lo = bf16(x - hi)
+// (exact in fp32; NaN and infinities give a NaN lo, which the sum keeps NaN).
 void tiles_pack_x_avx512(int64_t n, int64_t in, const float* x, int64_t ldx, uint16_t* a,
-                         int64_t a_ld, int64_t m_rows) {
-  for (int64_t t = 0; t < m_rows; ++t) {
-    uint16_t* at = a + t * a_ld;
-    if (t >= n) {
-      std::fill(at, at + a_ld, uint16_t(0));
-      continue;
-    }
+                         int64_t k_blocks, int64_t m_tiles, bool split) {
+  std::fill(a, a + k_blocks * m_tiles * 512, uint16_t(0));
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t mt = split ? 2 * (t / 16) : t / 16, m = t % 16;
     const float* xt = x + t * ldx;
-    for (int64_t c = 0; c < a_ld; c += 32) {
-      const int64_t r = std::max<int64_t>(0, std::min<int64_t>(32, in - c));
+    for (int64_t c = 0; c < in; c += 32) {
+      uint16_t* hi_row = a + ((c / 32) * m_tiles + mt) * 512 + m * 32;
+      const int64_t r = std::min<int64_t>(32, in - c);
       const __mmask16 m0 = r >= 16 ? __mmask16(0xffff) : __mmask16((1u << r) - 1);
       const __mmask16 m1 = r >= 32 ? __mmask16(0xffff) : r <= 16 ? __mmask16(0) : __mmask16((1u << (r - 16)) - 1);
       const __m512 lo = _mm512_maskz_loadu_ps(m0, xt + c), hi = _mm512_maskz_loadu_ps(m1, xt + c + 16);
-      _mm512_storeu_si512(at + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+      _mm512_storeu_si512(hi_row, h);
+      if (split) {  // the next A tile: the lo parts
+        // bf16 -> fp32 of the two halves: the 16-bit lanes shifted into the high half.
+        const __m512 hl = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+        const __m512 hh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+        _mm512_storeu_si512(hi_row + 512, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(hi, hh), _mm512_sub_ps(lo, hl)));
+      }
     }
   }
 }
