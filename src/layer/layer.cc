@@ -116,8 +116,14 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
   }
 
   const int64_t n = int64_t(st.batch) * st.q_len, H = c.num_heads;
-  std::vector<int32_t> pos(n);
-  std::vector<int64_t> slots(n);
+  // The step's buffers: the calling thread's, grown once, so a step allocates nothing after the
+  // first of its size (tests/test_layer_alloc.cc counts).
+  thread_local std::vector<int32_t> pos;
+  thread_local std::vector<int64_t> slots;
+  thread_local std::vector<float> q, o, lse;
+  thread_local std::vector<uint16_t> qbits;
+  pos.resize(n);
+  slots.resize(n);
   const int bs = cache.block_size();
   for (int b = 0; b < st.batch; ++b)
     for (int i = 0; i < st.q_len; ++i) {
@@ -129,16 +135,17 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
 
   const LayerClock clk = times ? times->clock : LayerClock::wall;
   const double t0 = now(clk);
-  std::vector<float> q(size_t(n) * H * kQkDim);
+  q.resize(size_t(n) * H * kQkDim);
   layer::preprocess(c, impl_->w, impl_->rope, n, st.hidden, pos.data(), slots.data(), cache,
                     opt.threads, q.data());
   // The query in the type the kernels compute with for this cache (bf16, or fp16 for fp16).
   const DType qt = kernel_q_dtype(cache.dtype(), cache.dtype() == KvDType::fp16 ? DType::f16 : DType::bf16);
-  std::vector<uint16_t> qbits(q.size());
+  qbits.resize(q.size());
   for (size_t i = 0; i < q.size(); ++i)
     qbits[i] = qt == DType::f16 ? f32_to_f16(q[i]) : f32_to_bf16(q[i]);
   const double t1 = now(clk);
-  std::vector<float> o(size_t(n) * H * kLatentDim), lse(size_t(n) * H);
+  o.resize(size_t(n) * H * kLatentDim);
+  lse.resize(size_t(n) * H);
   if (plan)
     mla::decode(p, qt, qbits.data(), cache, dopt, *plan, o.data(), lse.data(), workspace);
   else

@@ -50,9 +50,11 @@ void preprocess(const ModelConfig& cf, const AttnWeights& w, const RopeTable& ro
                 const float* hidden, const int32_t* positions, const int64_t* slots,
                 PagedLatentCache& cache, int threads, float* q_out) {
   const int64_t H = cf.num_heads, qk = cf.qk_head_dim(), nope = cf.qk_nope_head_dim;
-  std::vector<float> q(size_t(n) * H * qk);
+  // The calling thread's buffers, grown once: a step allocates nothing after the first.
+  thread_local std::vector<float> q, ca, kv;
+  q.resize(size_t(n) * H * qk);
   if (cf.q_lora_rank > 0) {
-    std::vector<float> ca(size_t(n) * cf.q_lora_rank);
+    ca.resize(size_t(n) * cf.q_lora_rank);
     cpu::linear(w.q_a, n, hidden, w.q_a.in, ca.data(), cf.q_lora_rank, threads);
     for (int64_t t = 0; t < n; ++t)
       rms_norm(ca.data() + t * cf.q_lora_rank, cf.q_lora_rank, w.q_a_norm.data(), kAttnNormEps);
@@ -60,7 +62,6 @@ void preprocess(const ModelConfig& cf, const AttnWeights& w, const RopeTable& ro
   } else {
     cpu::linear(w.q_proj, n, hidden, w.q_proj.in, q.data(), H * qk, threads);
   }
-  std::vector<float> kv;
   write_kv(w, rope, n, hidden, positions, slots, cache, threads, kv);
   float c[kRopeDim / 2], s[kRopeDim / 2];
   for (int64_t t = 0; t < n; ++t) {
