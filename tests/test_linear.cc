@@ -37,6 +37,7 @@ struct TestWeight {
   std::vector<unsigned char> bytes;
   std::vector<float> scales, row_scale;
   AlignedVec<uint16_t> tiles;
+  AlignedVec<int8_t> tiles_i8;
   LinearWeight w;
 };
 
@@ -60,8 +61,14 @@ TestWeight make_weight(WDType dt, int64_t out, int64_t in, std::mt19937_64& rng)
                      .scale_inv = t.scales.data(), .scale_ld = (in + 127) / 128,
                      .row_scale = t.row_scale.data()};
   t.tiles.resize(cpu::tile_elems(out, in));
-  cpu::pack_tiles(t.w, t.tiles.data());
-  t.w.tiles = t.tiles.data();
+  if (dt == WDType::i8) {  // as the layer keeps them: int8 tiles
+    t.tiles_i8.resize(cpu::tile_elems(out, in));
+    cpu::pack_tiles_i8(t.w, t.tiles_i8.data());
+    t.w.tiles_i8 = t.tiles_i8.data();
+  } else {
+    cpu::pack_tiles(t.w, t.tiles.data());
+    t.w.tiles = t.tiles.data();
+  }
   return t;
 }
 
@@ -77,7 +84,7 @@ TEST(Linear, EveryKernelMatchesFloat64) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   struct Shape { int64_t out, in; };
-  for (const Shape sh : {Shape{37, 300}, Shape{48, 64}, Shape{5, 7}})
+  for (const Shape sh : {Shape{37, 300}, Shape{48, 64}, Shape{5, 7}, Shape{20, 1100}})
     for (WDType dt : {WDType::bf16, WDType::f16, WDType::f32, WDType::fp8_e4m3, WDType::i8}) {
       TestWeight tw = make_weight(dt, sh.out, sh.in, rng);
       const LinearWeight& w = tw.w;
@@ -159,8 +166,14 @@ TEST(Linear, NonFiniteWeightsAndInputsGiveNan) {
   const LinearWeight wq{.out = out, .in = in, .dtype = WDType::i8, .w = q.data(), .ld = in, .row_scale = rs.data()};
   for (LinearWeight w : {wb, wq}) {
     AlignedVec<uint16_t> tiles(cpu::tile_elems(out, in));
-    cpu::pack_tiles(w, tiles.data());
-    w.tiles = tiles.data();
+    AlignedVec<int8_t> tiles_i8(cpu::tile_elems(out, in));
+    if (w.dtype == WDType::i8) {
+      cpu::pack_tiles_i8(w, tiles_i8.data());
+      w.tiles_i8 = tiles_i8.data();
+    } else {
+      cpu::pack_tiles(w, tiles.data());
+      w.tiles = tiles.data();
+    }
     std::vector<float> x(n * in, 0.25f);
     x[5 * in + 9] = std::nanf("");
     for (LinearIsa k : isas()) {

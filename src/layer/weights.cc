@@ -150,13 +150,19 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
     }
   }
   if (tiles) {
+    const bool i8 = format == LayerWeights::int8;
     int64_t elems = 0;
     for (const LinearWeight* l : used) elems += cpu::tile_elems(l->out, l->in);
-    w.tiles.resize(elems);
+    if (i8) w.tiles_i8.resize(elems); else w.tiles.resize(elems);
     elems = 0;
     for (LinearWeight* l : used) {
-      cpu::pack_tiles(*l, w.tiles.data() + elems);
-      l->tiles = w.tiles.data() + elems;
+      if (i8) {
+        cpu::pack_tiles_i8(*l, w.tiles_i8.data() + elems);
+        l->tiles_i8 = w.tiles_i8.data() + elems;
+      } else {
+        cpu::pack_tiles(*l, w.tiles.data() + elems);
+        l->tiles = w.tiles.data() + elems;
+      }
       elems += cpu::tile_elems(l->out, l->in);
     }
   }

@@ -28,6 +28,7 @@ struct AttnWeights {
   AlignedVec<int8_t> i8;                    // int8 format: every projection's integers
   AlignedVec<float> i8_scale;               //   and their row scales
   AlignedVec<uint16_t> tiles;               // tile-packed copies of every projection (AMX CPUs)
+  AlignedVec<int8_t> tiles_i8;              //   the same for int8 weights
   int64_t bytes_per_step = 0;               // every projection's weight bytes, read once a step
 };
 
@@ -40,7 +41,7 @@ std::string attn_prefix(int layer);
 // output in the rotated space) to W_UV[h] o. Both computed in float64, stored in fp32.
 // format int8: every projection (q, kv_a, o, and the per-head W_UK^T / W_UV) quantized per output
 // row at load. tiles: also keep a bf16 copy of each in the tile layout (cpu::pack_tiles) for the
-// AMX kernel (the weight bytes once more in memory; int8 keeps its integers there).
+// AMX kernel (the weight bytes once more in memory; int8 weights as int8 tiles).
 void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
                        KvRotation rotation = KvRotation::none,
                        LayerWeights format = LayerWeights::stored, bool tiles = false);

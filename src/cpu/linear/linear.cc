@@ -141,6 +141,20 @@ void pack_tiles(const LinearWeight& w, uint16_t* dst) {
   (void)nbs;
 }
 
+void pack_tiles_i8(const LinearWeight& w, int8_t* dst) {
+  MLA_CHECK(w.dtype == WDType::i8, "pack_tiles_i8: the weight is " << wdtype_name(w.dtype) << ", not int8");
+  const int64_t kbs = (w.in + kTileCols - 1) / kTileCols;
+  std::fill(dst, dst + tile_elems(w.out, w.in), int8_t(0));
+  for (int64_t r = 0; r < w.out; ++r) {
+    const auto* p = static_cast<const int8_t*>(w.w) + r * w.ld;
+    const int64_t nb = r / kTileRows, rr = r % kTileRows;
+    for (int64_t c = 0; c < w.in; ++c) {
+      const int64_t kb = c / kTileCols, k2 = (c % kTileCols) / 2, e = c % 2;
+      dst[((nb * kbs + kb) * 16 + k2) * 32 + rr * 2 + e] = p[c];
+    }
+  }
+}
+
 void quantize_rows_i8(const LinearWeight& w, int8_t* q, float* scale) {
   std::vector<float> row(size_t(w.in));
   for (int64_t r = 0; r < w.out; ++r) {
@@ -202,7 +216,7 @@ bool avx512_ok(const LinearWeight& w) {
 LinearIsa pick(const LinearWeight& w, int64_t n, LinearIsa isa) {
   switch (isa) {
     case LinearIsa::best:
-      if (w.tiles && n >= kTileMinTokens && cpu_has_amx_set()) return LinearIsa::amx;
+      if ((w.tiles || w.tiles_i8) && n >= kTileMinTokens && cpu_has_amx_set()) return LinearIsa::amx;
       return avx512_ok(w) ? LinearIsa::avx512 : LinearIsa::portable;
     case LinearIsa::portable: return isa;
     case LinearIsa::avx512:
@@ -212,7 +226,7 @@ LinearIsa pick(const LinearWeight& w, int64_t n, LinearIsa isa) {
       return isa;
     case LinearIsa::amx:
     case LinearIsa::amx_emu:
-      MLA_CHECK(w.tiles, "linear: isa " << linear_isa_name(isa) << " forced but the " << w.out << " x "
+      MLA_CHECK(w.tiles || w.tiles_i8, "linear: isa " << linear_isa_name(isa) << " forced but the " << w.out << " x "
                                         << w.in << " weight has no tile-packed copy");
       MLA_CHECK(isa == LinearIsa::amx ? cpu_has_amx_set() : linear_avx512_supported(),
                 "linear: isa " << linear_isa_name(isa) << " forced but the CPU lacks it"
@@ -246,7 +260,7 @@ void linear(const LinearWeight& w, int64_t n, const float* x, int64_t ldx, float
   ThreadPool& pool = thread_pool(threads);
   if (k == LinearIsa::amx || k == LinearIsa::amx_emu) {
     const int64_t kbs = (w.in + kTileCols - 1) / kTileCols, mt = (split ? 2 : 1) * ((n + 15) / 16);
-    TileProduct p{.a = nullptr, .m_tiles = mt, .n = n, .split = split, .b = w.tiles,
+    TileProduct p{.a = nullptr, .m_tiles = mt, .n = n, .split = split, .b = w.tiles_i8 ? nullptr : w.tiles, .b_i8 = w.tiles_i8,
                   .k_blocks = kbs, .out = w.out,
                   .row_scale = w.dtype == WDType::i8 ? w.row_scale : nullptr, .y = y, .ldy = ldy};
     uint16_t* a = tile_a_buffer(size_t(mt * kbs * 512));
@@ -292,7 +306,7 @@ void linear_heads(const LinearWeight* ws, int heads, int64_t n, const float* x, 
   LinearIsa k = pick(w0, n, isa);
   const bool split = n <= kTileSplitMaxTokens;
   for (int h = 1; h < heads && (k == LinearIsa::amx || k == LinearIsa::amx_emu); ++h)
-    if (!ws[h].tiles) k = pick(ws[h], n, isa == LinearIsa::best ? LinearIsa::avx512 : isa);
+    if (!ws[h].tiles && !ws[h].tiles_i8) k = pick(ws[h], n, isa == LinearIsa::best ? LinearIsa::avx512 : isa);
   ThreadPool& pool = thread_pool(threads);
   if (k == LinearIsa::amx || k == LinearIsa::amx_emu) {
     const int64_t kbs = (w0.in + kTileCols - 1) / kTileCols, mt = (split ? 2 : 1) * ((n + 15) / 16);
@@ -309,7 +323,7 @@ void linear_heads(const LinearWeight* ws, int heads, int64_t n, const float* x, 
       for (int64_t u = u0; u < u1;) {
         const int64_t h = u / per_head, hu1 = std::min(u1, (h + 1) * per_head);
         const TileProduct p{.a = a + h * a_head, .m_tiles = mt, .n = n, .split = split,
-                            .b = ws[h].tiles, .k_blocks = kbs, .out = w0.out,
+                            .b = ws[h].tiles_i8 ? nullptr : ws[h].tiles, .b_i8 = ws[h].tiles_i8, .k_blocks = kbs, .out = w0.out,
                             .row_scale = ws[h].dtype == WDType::i8 ? ws[h].row_scale : nullptr,
                             .y = y + h * y_head, .ldy = ldy, .acc = nullptr};
         const int64_t b0 = std::min(nbs, 2 * (u - h * per_head)), b1 = std::min(nbs, 2 * (hu1 - h * per_head));

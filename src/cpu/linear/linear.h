@@ -36,6 +36,9 @@ struct LinearWeight {
   // Optional copy in the tile layout (pack_tiles), read by the AMX kernel; i8 keeps its integers
   // there (exact in bf16) and applies row_scale to the sums.
   const uint16_t* tiles = nullptr;
+  // i8 only, instead of tiles: the integers in the same layout (pack_tiles_i8), widened to bf16 by
+  // the kernel one chunk at a time, so batches of 2 and more read 1 byte a weight too.
+  const int8_t* tiles_i8 = nullptr;
 
   int64_t bytes() const;  // weight bytes read by one product (scales included)
   float at(int64_t r, int64_t c) const;  // one de-quantized element (slow; for tests and copies)
@@ -63,6 +66,7 @@ constexpr int64_t kTileSplitMaxTokens = 16;
 constexpr int64_t kTileRows = 16, kTileCols = 32;
 int64_t tile_elems(int64_t out, int64_t in);  // uint16 elements pack_tiles writes
 void pack_tiles(const LinearWeight& w, uint16_t* dst);
+void pack_tiles_i8(const LinearWeight& w, int8_t* dst);  // w.dtype i8; tile_elems bytes
 
 // Per-output-row int8 quantization of w (any stored type): scale[r] = max_c |W(r, c)| / 127,
 // q = round(W / scale). A row holding a NaN or an infinity gets scale NaN (its outputs are NaN).
@@ -98,6 +102,7 @@ struct TileProduct {
   int64_t m_tiles = 0, n = 0;   // A tiles (2 per token tile when split); tokens stored
   bool split = false;           // A holds x's bf16 hi and lo parts (tiles_pack_x_avx512)
   const uint16_t* b = nullptr;  // [ceil(out / 16), k_blocks] tiles of 16 x 32 (see pack_tiles)
+  const int8_t* b_i8 = nullptr;  // or the same as int8 (pack_tiles_i8), widened per chunk
   int64_t k_blocks = 0, out = 0;
   const float* row_scale = nullptr;  // [out] or null
   float* y = nullptr;                // y[t * ldy + r]

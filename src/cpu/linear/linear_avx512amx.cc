@@ -1,5 +1,7 @@
 // The tile-unit projection kernel (linear_tiles-inl.h) built with the AMX instructions; called only
 // where cpu_has_amx_set() (isa.h) holds.
+// GCC 12's _mm512_undefined_* trip -Wmaybe-uninitialized where inlined (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "cpu/linear/linear_tiles-inl.h"
 
 namespace mla::cpu {

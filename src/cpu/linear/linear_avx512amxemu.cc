@@ -1,6 +1,8 @@
 // The tile-unit projection kernel (linear_tiles-inl.h) over the scalar tile emulation, so its logic
 // runs in the tests on every AVX-512 CPU (LinearIsa::amx_emu; never picked by best).
 #define MLA_AMX_EMULATE 1
+// GCC 12's _mm512_undefined_* trip -Wmaybe-uninitialized where inlined (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "cpu/linear/linear_tiles-inl.h"
 
 namespace mla::cpu {
