@@ -191,6 +191,28 @@ TEST(Linear, NonFiniteWeightsAndInputsGiveNan) {
   }
 }
 
+// The layer's query rounding: the bits f32_to_bf16 gives (NaN kept NaN, infinities, ties to even),
+// for every length around the 32- and 16-wide steps.
+TEST(Linear, RoundBf16MatchesScalar) {
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, 100.f);
+  for (int64_t n : {1, 15, 16, 17, 31, 32, 33, 100}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = nd(rng);
+    x[0] = std::nanf("");
+    if (n > 2) x[1] = -INFINITY, x[2] = bf16_to_f32(0x3f80) + 0x1p-8f;  // a tie: rounds to even
+    std::vector<uint16_t> y(n + 4, 0xdead);
+    cpu::round_bf16(x.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isnan(x[i])) ASSERT_TRUE(std::isnan(bf16_to_f32(y[i]))) << i;
+      else ASSERT_EQ(y[i], f32_to_bf16(x[i])) << "n " << n << " i " << i << " x " << x[i];
+    }
+    for (int i = 0; i < 4; ++i) ASSERT_EQ(y[n + i], 0xdead) << "wrote past the end";
+  }
+}
+
 // int8 per-row quantization: within half a step of each weight, the row maximum exact.
 TEST(Linear, Int8RowsWithinHalfAStep) {
   const uint64_t seed = test::test_seed();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/attention/isa.h"
+#include "cpu/linear/linear.h"
 #include "layer/ops.h"
 #include "mla/dtype.h"
 #include "mla/status.h"
@@ -141,8 +142,11 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
   // The query in the type the kernels compute with for this cache (bf16, or fp16 for fp16).
   const DType qt = kernel_q_dtype(cache.dtype(), cache.dtype() == KvDType::fp16 ? DType::f16 : DType::bf16);
   qbits.resize(q.size());
-  for (size_t i = 0; i < q.size(); ++i)
-    qbits[i] = qt == DType::f16 ? f32_to_f16(q[i]) : f32_to_bf16(q[i]);
+  if (qt == DType::bf16) {
+    cpu::round_bf16(q.data(), qbits.data(), int64_t(q.size()));
+  } else {
+    for (size_t i = 0; i < q.size(); ++i) qbits[i] = f32_to_f16(q[i]);
+  }
   const double t1 = now(clk);
   o.resize(size_t(n) * H * kLatentDim);
   lse.resize(size_t(n) * H);

@@ -141,6 +141,11 @@ void pack_tiles(const LinearWeight& w, uint16_t* dst) {
   (void)nbs;
 }
 
+void round_bf16(const float* x, uint16_t* y, int64_t n) {
+  if (linear_avx512_supported()) return round_bf16_avx512(x, y, n);
+  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16(x[i]);
+}
+
 void pack_tiles_i8(const LinearWeight& w, int8_t* dst) {
   MLA_CHECK(w.dtype == WDType::i8, "pack_tiles_i8: the weight is " << wdtype_name(w.dtype) << ", not int8");
   const int64_t kbs = (w.in + kTileCols - 1) / kTileCols;

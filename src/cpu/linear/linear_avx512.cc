@@ -112,6 +112,16 @@ void linear_rows_avx512(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n
   }
 }
 
+void round_bf16_avx512(const float* x, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512(y + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(y + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
 // Round to nearest even with NaN kept NaN (vcvtneps2bf16), 32 columns a step; lo = bf16(x - hi)
 // (exact in fp32; NaN and infinities give a NaN lo, which the sum keeps NaN).
 void tiles_pack_x_avx512(int64_t n, int64_t in, const float* x, int64_t ldx, uint16_t* a,
