@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -277,8 +278,9 @@ TEST(Linear, DISABLED_Speed) {
     }
   }
   struct Shape { int64_t out, in; const char* name; };
+  const WDType dt = std::getenv("MLA_SPEED_INT8") ? WDType::i8 : WDType::bf16;
   for (const Shape sh : {Shape{7168, 16384, "o_proj"}, Shape{24576, 1536, "q_b"}, Shape{1536, 7168, "q_a"}}) {
-    TestWeight tw = make_weight(WDType::bf16, sh.out, sh.in, rng);
+    TestWeight tw = make_weight(dt, sh.out, sh.in, rng);
     std::vector<char> flush(size_t(1) << 30, 1);
     for (int64_t n : {1, 2, 8, 32, 64}) {
       std::vector<float> x(n * sh.in, 0.5f), y(n * sh.out);
@@ -290,8 +292,8 @@ TEST(Linear, DISABLED_Speed) {
           cpu::linear(tw.w, n, x.data(), sh.in, y.data(), sh.out, 2, k);
           best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         }
-        std::printf("%-7s n %3ld %-7s %8.3f ms  %6.1f GB/s\n", sh.name, long(n), cpu::linear_isa_name(k),
-                    best * 1e3, sh.out * sh.in * 2 / best / 1e9);
+        std::printf("%-7s %s n %3ld %-7s %8.3f ms  %6.1f GB/s\n", sh.name, cpu::wdtype_name(dt), long(n),
+                    cpu::linear_isa_name(k), best * 1e3, sh.out * sh.in * double(cpu::wdtype_size(dt)) / best / 1e9);
       }
     }
   }

@@ -221,7 +221,9 @@ bool avx512_ok(const LinearWeight& w) {
 LinearIsa pick(const LinearWeight& w, int64_t n, LinearIsa isa) {
   switch (isa) {
     case LinearIsa::best:
-      if ((w.tiles || w.tiles_i8) && n >= kTileMinTokens && cpu_has_amx_set()) return LinearIsa::amx;
+      if ((w.tiles || w.tiles_i8) && n >= (w.tiles_i8 ? kTileMinTokensI8 : kTileMinTokens) &&
+          cpu_has_amx_set())
+        return LinearIsa::amx;
       return avx512_ok(w) ? LinearIsa::avx512 : LinearIsa::portable;
     case LinearIsa::portable: return isa;
     case LinearIsa::avx512:

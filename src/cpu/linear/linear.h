@@ -53,6 +53,10 @@ const char* linear_isa_name(LinearIsa isa);
 // Why 2: one token is weight-bound on either unit (the AVX-512 kernel streams the checkpoint's rows
 // as stored); from two tokens on the fp32 FMAs of the AVX-512 kernel cost more than the tiles'.
 constexpr int64_t kTileMinTokens = 2;
+// int8 weights go to the tiles from 8 tokens on: their widening to bf16 (about 15 ms for
+// DeepSeek-V3's o_proj on 2 threads, whatever the batch, against 6.5 ms for its AVX-512 int8
+// kernel at 1 token, 7.4 at 2 and 18.6 at 8; 71 at 32) costs more than the fp32 FMAs below 8.
+constexpr int64_t kTileMinTokensI8 = 8;
 // Up to 16 tokens (one token tile) the tile kernel splits x into bf16 hi + lo (TileProduct::split),
 // which keeps the layer's error at the fp32 kernel's (DeepSeek-V3 b8 against float64: 4.2e-3
 // split, 7.6e-3 with x rounded to bf16) for free: the product is weight-bound. Beyond, the doubled
