@@ -31,7 +31,7 @@ inline float* acc_tile(const TileProduct& p, int64_t nb0, int64_t nb, int64_t mt
 }
 
 // Input blocks [k0, k1) of token tiles mt, mt + 1 and row blocks nb, nb + 1 (acc: first chunk or
-// not); b0 / b1: the two row blocks' weight tiles for input block k0, 1 KB apart.
+// not); b0 / b1: row blocks nb's and nb + 1's weight tiles from input block k0 on (1 KB each).
 template <bool TwoM, bool TwoN>
 inline void tiles_block(const TileProduct& p, int64_t nb0, int64_t nb, int64_t mt, int64_t k0,
                         int64_t k1, const uint16_t* b0, const uint16_t* b1) {
