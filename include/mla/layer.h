@@ -59,8 +59,8 @@ class MLA_API MlaLayer {
   // its caches must then be rotated the same way (a step on another is refused). A layer loaded
   // without a rotation also runs on a rotated cache: decode() then rotates q and o itself.
   // weights: the projections' format (LayerWeights). Where the CPU has AMX (and MLA_AMX is not
-  // 0), the layer also keeps a tile-packed bf16 copy of every projection (another 2 bytes per
-  // weight: 374 MB for DeepSeek-V3's attention) for batches of 2 tokens and more.
+  // 0), the layer also keeps a tile-packed copy of every projection for batches of 2 tokens and
+  // more (bf16: another 2 bytes per weight, 374 MB for DeepSeek-V3's attention; int8: 1 byte).
   MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
            KvRotation rotation = KvRotation::none, LayerWeights weights = LayerWeights::stored);
   ~MlaLayer();
