@@ -260,7 +260,7 @@ TEST(Linear, KernelsMatchFloat64) {
       for (auto& v : x) v = nd(rng);
       for (bool portable : {false, true}) {
         std::vector<float> y(n * out + 8, std::nanf(""));
-        cpu::linear(w, n, x.data(), in, y.data(), out, 2, portable);
+        cpu::linear(w, n, x.data(), in, y.data(), out, 2, portable ? cpu::LinearIsa::portable : cpu::LinearIsa::best);
         for (int t = 0; t < n; ++t)
           for (int64_t r = 0; r < out; ++r) {
             double s = 0, a = 0;
@@ -296,9 +296,9 @@ TEST(Linear, HeadsMatchOneProductPerHead) {
   for (auto& v : x) v = nd(rng);
   for (bool portable : {false, true}) {
     std::vector<float> y(n * heads * out, std::nanf("")), want(y.size(), std::nanf(""));
-    cpu::linear_heads(ws.data(), heads, n, x.data(), heads * in, in, y.data(), heads * out, out, 2, portable);
+    cpu::linear_heads(ws.data(), heads, n, x.data(), heads * in, in, y.data(), heads * out, out, 2, portable ? cpu::LinearIsa::portable : cpu::LinearIsa::best);
     for (int h = 0; h < heads; ++h)
-      cpu::linear(ws[h], n, x.data() + h * in, heads * in, want.data() + h * out, heads * out, 2, portable);
+      cpu::linear(ws[h], n, x.data() + h * in, heads * in, want.data() + h * out, heads * out, 2, portable ? cpu::LinearIsa::portable : cpu::LinearIsa::best);
     for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], want[i]) << i << (portable ? " portable" : " avx512");
   }
 }
@@ -327,7 +327,7 @@ TEST(Linear, NanWeightsGiveNanRows) {
           cpu::LinearWeight{.out = out, .in = in, .dtype = cpu::WDType::bf16, .w = w16.data(), .ld = in}}) {
       for (int64_t nn : {int64_t(1), int64_t(n)}) {
         std::vector<float> y(nn * out, -1.f);
-        cpu::linear(w, nn, x.data(), in, y.data(), out, 2, portable);
+        cpu::linear(w, nn, x.data(), in, y.data(), out, 2, portable ? cpu::LinearIsa::portable : cpu::LinearIsa::best);
         for (int64_t t = 0; t < nn; ++t)
           for (int64_t r = 0; r < out; ++r) {
             if (r == 3) {

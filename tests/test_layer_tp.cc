@@ -142,7 +142,7 @@ void expect_refused(const test::TinyModelSpec& ms, int tp, const std::vector<std
     GatherTape tape;
     ShardOnly g(r, tp, &tape);
     try {
-      MlaLayer layer(cfg, store, 0, KvRotation::none, &g);
+      MlaLayer layer(cfg, store, 0, KvRotation::none, LayerWeights::stored, &g);
       ADD_FAILURE() << "tp " << tp << " rank " << r << " was not refused";
     } catch (const Error& e) {
       for (const std::string& w : words)
@@ -167,7 +167,7 @@ TEST(LayerTp, WeightBytesPerRankDropByTheDownProjectionShare) {
     for (int r = 0; r < tp; ++r) {
       GatherTape tape;
       ShardOnly g(r, tp, &tape);
-      const MlaLayer shard(cfg, store, 1, KvRotation::none, &g);
+      const MlaLayer shard(cfg, store, 1, KvRotation::none, LayerWeights::stored, &g);
       const int64_t replicated = (whole.weight_bytes() - down) / tp + down;  // the old split
       EXPECT_EQ(shard.weight_bytes(), whole.weight_bytes() / tp) << "tp " << tp << " rank " << r;
       EXPECT_EQ(replicated - shard.weight_bytes(), down - down / tp) << "tp " << tp << " rank " << r;

@@ -25,6 +25,13 @@
 
 namespace mla {
 
+// The projections' weight format: as the checkpoint stores them (bf16, fp16, fp32, or fp8 with
+// its block scales), or int8 with one scale per output row, quantized from them at load (half of
+// bf16's bytes per step).
+enum class LayerWeights { stored, int8 };
+MLA_API const char* layer_weights_name(LayerWeights f);  // "stored", "int8"
+MLA_API LayerWeights parse_layer_weights(const std::string& s);  // the names above; else throws
+
 struct LayerStep {
   int batch = 0;
   int q_len = 1;
@@ -66,8 +73,12 @@ class MLA_API MlaLayer {
   // fall on its scale blocks (refused with the values named). The group must outlive the layer;
   // every rank calls decode() and prefill() (collective too: the kv rows' all-gather) with the
   // same arguments.
+  // weights: the projections' format (LayerWeights). Where the CPU has AMX (and MLA_AMX is not
+  // 0), the layer also keeps a tile-packed copy of every projection for batches of 2 tokens and
+  // more (bf16: another 2 bytes per weight, 374 MB for DeepSeek-V3's attention; int8: 1 byte).
   MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
-           KvRotation rotation = KvRotation::none, Communicator* tp = nullptr);
+           KvRotation rotation = KvRotation::none, LayerWeights weights = LayerWeights::stored,
+           Communicator* tp = nullptr);
   ~MlaLayer();
   MlaLayer(const MlaLayer&) = delete;
   MlaLayer& operator=(const MlaLayer&) = delete;

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/attention/isa.h"
+#include "cpu/linear/linear.h"
 #include "layer/ops.h"
 #include "mla/dtype.h"
 #include "mla/status.h"
@@ -35,14 +37,22 @@ struct MlaLayer::Impl {
   layer::RopeTable rope;
 };
 
+const char* layer_weights_name(LayerWeights f) { return f == LayerWeights::int8 ? "int8" : "stored"; }
+
+LayerWeights parse_layer_weights(const std::string& s) {
+  if (s == "stored") return LayerWeights::stored;
+  if (s == "int8") return LayerWeights::int8;
+  MLA_FAIL("unknown layer weights '" << s << "' (expected stored or int8)");
+}
+
 MlaLayer::MlaLayer(const ModelConfig& cfg, const TensorStore& store, int layer,
-                   KvRotation rotation, Communicator* tp)
+                   KvRotation rotation, LayerWeights weights, Communicator* tp)
     : impl_(std::make_unique<Impl>()) {
   impl_->cfg = cfg;
   impl_->store = store;
   impl_->tp = tp && tp->size() > 1 ? tp : nullptr;
-  layer::load_attn_weights(cfg, store, layer, impl_->w, rotation, tp ? tp->rank() : 0,
-                           tp ? tp->size() : 1);
+  layer::load_attn_weights(cfg, store, layer, impl_->w, rotation, weights, cpu::cpu_has_amx_set(),
+                           tp ? tp->rank() : 0, tp ? tp->size() : 1);
   impl_->local = cfg;
   impl_->local.num_heads = int(impl_->w.heads);
   impl_->rope.inv_freq = rope_inv_freq(cfg);
@@ -117,8 +127,14 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
   }
 
   const int64_t n = int64_t(st.batch) * st.q_len, H = c.num_heads;
-  std::vector<int32_t> pos(n);
-  std::vector<int64_t> slots(n);
+  // The step's buffers: the calling thread's, grown once, so a step allocates nothing after the
+  // first of its size (tests/test_layer_alloc.cc counts).
+  thread_local std::vector<int32_t> pos;
+  thread_local std::vector<int64_t> slots;
+  thread_local std::vector<float> q, o, lse;
+  thread_local std::vector<uint16_t> qbits;
+  pos.resize(n);
+  slots.resize(n);
   const int bs = cache.block_size();
   for (int b = 0; b < st.batch; ++b)
     for (int i = 0; i < st.q_len; ++i) {
@@ -130,9 +146,9 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
 
   const LayerClock clk = times ? times->clock : LayerClock::wall;
   const double t0 = now(clk);
-  std::vector<float> q(size_t(n) * H * kQkDim);
+  q.resize(size_t(n) * H * kQkDim);
   const bool with_q = c.q_lora_rank > 0;
-  layer::DownProj d;
+  thread_local layer::DownProj d;  // grown once, as the buffers above
   layer::down_project(impl_->w, n, st.hidden, with_q, opt.threads, d);
   // Under tensor parallelism each rank computed its rows of q_a / kv_a; one all-gather makes every
   // token's c_q and kv whole (its time includes the wait for the slowest rank).
@@ -143,11 +159,15 @@ void MlaLayer::step(const LayerStep& st, PagedLatentCache& cache, const DecodeOp
                     opt.threads, q.data());
   // The query in the type the kernels compute with for this cache (bf16, or fp16 for fp16).
   const DType qt = kernel_q_dtype(cache.dtype(), cache.dtype() == KvDType::fp16 ? DType::f16 : DType::bf16);
-  std::vector<uint16_t> qbits(q.size());
-  for (size_t i = 0; i < q.size(); ++i)
-    qbits[i] = qt == DType::f16 ? f32_to_f16(q[i]) : f32_to_bf16(q[i]);
+  qbits.resize(q.size());
+  if (qt == DType::bf16) {
+    cpu::round_bf16(q.data(), qbits.data(), int64_t(q.size()));
+  } else {
+    for (size_t i = 0; i < q.size(); ++i) qbits[i] = f32_to_f16(q[i]);
+  }
   const double t1 = now(clk);
-  std::vector<float> o(size_t(n) * H * kLatentDim), lse(size_t(n) * H);
+  o.resize(size_t(n) * H * kLatentDim);
+  lse.resize(size_t(n) * H);
   if (plan)
     mla::decode(p, qt, qbits.data(), cache, dopt, *plan, o.data(), lse.data(), workspace);
   else

@@ -59,7 +59,8 @@ void gather_down(const AttnWeights& w, Communicator& tp, int64_t n, bool with_q,
   const auto rows = [&](const std::vector<int64_t>& split, int r) {
     return split[r + 1] - split[r];
   };
-  std::vector<int64_t> counts(p);
+  thread_local std::vector<int64_t> counts;  // grown once (a step allocates nothing)
+  counts.resize(p);
   for (int r = 0; r < p; ++r)
     counts[r] = n * ((with_q ? rows(w.q_a_split, r) : 0) + rows(w.kv_a_split, r));
   d.all.resize(size_t(n) * (Q + kQkDim));
@@ -90,7 +91,9 @@ void preprocess(const ModelConfig& cf, const AttnWeights& w, const RopeTable& ro
                 const float* hidden, DownProj& d, const int32_t* positions, const int64_t* slots,
                 PagedLatentCache& cache, int threads, float* q_out) {
   const int64_t H = cf.num_heads, qk = cf.qk_head_dim(), nope = cf.qk_nope_head_dim;
-  std::vector<float> q(size_t(n) * H * qk);
+  // The calling thread's buffer, grown once: a step allocates nothing after the first.
+  thread_local std::vector<float> q;
+  q.resize(size_t(n) * H * qk);
   if (cf.q_lora_rank > 0) {
     float* ca = d.cq.data();
     for (int64_t t = 0; t < n; ++t)

@@ -132,7 +132,8 @@ std::vector<int64_t> split_rows(const LinearWeight& w, int p) {
 }
 
 void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
-                       KvRotation rotation, int tp_rank, int tp_size) {
+                       KvRotation rotation, LayerWeights format, bool tiles, int tp_rank,
+                       int tp_size) {
   MLA_CHECK(layer >= 0 && layer < c.num_hidden_layers,
             "--layer " << layer << " is outside the model's " << c.num_hidden_layers << " layers");
   MLA_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size,
@@ -203,6 +204,42 @@ void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, At
       uv = LinearWeight{.out = v, .in = kLatentDim, .dtype = WDType::f32,
                         .w = w.uv_f32.data() + h * v * kLatentDim, .ld = kLatentDim};
     w.uv.push_back(uv);
+  }
+  // The products a step runs: int8 and tile copies are made for exactly these.
+  std::vector<LinearWeight*> used{&w.kv_a, &w.o};
+  if (c.q_lora_rank > 0) used.push_back(&w.q_a), used.push_back(&w.q_b);
+  else used.push_back(&w.q_proj);
+  for (int64_t h = 0; h < H; ++h) used.push_back(&w.uk_t[h]), used.push_back(&w.uv[h]);
+  w.format = format;
+  if (format == LayerWeights::int8) {
+    int64_t elems = 0, rows = 0;
+    for (const LinearWeight* l : used) elems += l->out * l->in, rows += l->out;
+    w.i8.resize(elems);
+    w.i8_scale.resize(rows);
+    elems = rows = 0;
+    for (LinearWeight* l : used) {
+      cpu::quantize_rows_i8(*l, w.i8.data() + elems, w.i8_scale.data() + rows);
+      *l = LinearWeight{.out = l->out, .in = l->in, .dtype = WDType::i8, .w = w.i8.data() + elems,
+                        .ld = l->in, .row_scale = w.i8_scale.data() + rows};
+      elems += l->out * l->in, rows += l->out;
+    }
+  }
+  if (tiles) {
+    const bool i8 = format == LayerWeights::int8;
+    int64_t elems = 0;
+    for (const LinearWeight* l : used) elems += cpu::tile_elems(l->out, l->in);
+    if (i8) w.tiles_i8.resize(elems); else w.tiles.resize(elems);
+    elems = 0;
+    for (LinearWeight* l : used) {
+      if (i8) {
+        cpu::pack_tiles_i8(*l, w.tiles_i8.data() + elems);
+        l->tiles_i8 = w.tiles_i8.data() + elems;
+      } else {
+        cpu::pack_tiles(*l, w.tiles.data() + elems);
+        l->tiles = w.tiles.data() + elems;
+      }
+      elems += cpu::tile_elems(l->out, l->in);
+    }
   }
   w.bytes_per_step = w.kv_a.bytes() + w.o.bytes() +
                      (c.q_lora_rank > 0 ? w.q_a.bytes() + w.q_b.bytes() : w.q_proj.bytes());

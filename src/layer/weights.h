@@ -16,6 +16,7 @@
 
 #include "cpu/linear/linear.h"
 #include "mla/cache.h"
+#include "mla/layer.h"
 #include "mla/model.h"
 #include "mla/safetensors.h"
 
@@ -35,6 +36,11 @@ struct AttnWeights {
   // [tp_size + 1]: rank r's rows of q_a (c_q) and kv_a (kv) are [split[r], split[r + 1]); q_a and
   // kv_a above hold this rank's. {0, out} in one process. q_a_split is empty without q LoRA.
   std::vector<int64_t> q_a_split, kv_a_split;
+  LayerWeights format = LayerWeights::stored;
+  AlignedVec<int8_t> i8;                    // int8 format: every projection's integers
+  AlignedVec<float> i8_scale;               //   and their row scales
+  AlignedVec<uint16_t> tiles;               // tile-packed copies of every projection (AMX CPUs)
+  AlignedVec<int8_t> tiles_i8;              //   the same for int8 weights
   int64_t bytes_per_step = 0;               // every projection's weight bytes, read once a step
 };
 
@@ -54,7 +60,12 @@ std::vector<int64_t> split_rows(const cpu::LinearWeight& w, int p);
 // output in the rotated space) to W_UV[h] o. Both computed in float64, stored in fp32.
 // tp_rank of tp_size: the shard of heads it owns (above); tp_size must divide num_heads, and an fp8
 // tensor's split must fall on its scale blocks (both refused with the values named).
+// format int8: every projection of the shard (q, kv_a, o, and the per-head W_UK^T / W_UV) quantized
+// per output row at load. tiles: also keep a bf16 copy of each in the tile layout (cpu::pack_tiles)
+// for the AMX kernel (the weight bytes once more in memory; int8 weights as int8 tiles).
 void load_attn_weights(const ModelConfig& c, const TensorStore& s, int layer, AttnWeights& w,
-                       KvRotation rotation = KvRotation::none, int tp_rank = 0, int tp_size = 1);
+                       KvRotation rotation = KvRotation::none,
+                       LayerWeights format = LayerWeights::stored, bool tiles = false,
+                       int tp_rank = 0, int tp_size = 1);
 
 }  // namespace mla::layer

@@ -29,7 +29,7 @@ int compare_all(Communicator& g, uint64_t seed) {
     const ModelConfig cfg = read_model_config(dir + "/config.json");
     const TensorStore store = TensorStore::open_dir(dir);
     const MlaLayer whole(cfg, store, tc.layer);
-    const MlaLayer shard(cfg, store, tc.layer, KvRotation::none, &g);
+    const MlaLayer shard(cfg, store, tc.layer, KvRotation::none, LayerWeights::stored, &g);
     const test_tp::StepResult ref = test_tp::run_step(whole, tc, seed, 1);
     const test_tp::StepResult got = test_tp::run_step(shard, tc, seed, 1);
     const test_tp::Diff d = test_tp::diff(got.out, ref.out);
@@ -58,7 +58,7 @@ void fail_one_rank(Communicator& g, uint64_t seed, int fail_rank) {
     std::filesystem::remove(std::filesystem::path(dir) / "model-00003-of-00003.safetensors");
   const ModelConfig cfg = read_model_config(dir + "/config.json");
   const TensorStore store = TensorStore::open_dir(dir);
-  const MlaLayer shard(cfg, store, tc.layer, KvRotation::none, &g);
+  const MlaLayer shard(cfg, store, tc.layer, KvRotation::none, LayerWeights::stored, &g);
   test_tp::run_step(shard, tc, seed, 1);  // the healthy ranks wait in its all-reduce
   std::printf("rank %d: finished a step that should not have finished\n", g.rank());
 }

@@ -130,7 +130,9 @@ def test_layer_steps_and_free(model):
     oa = a.decode([sa], h[:, 11:12])
     b.prefill(sb, h[0, :11])
     ob = b([sb], h[:, 11:12])
-    assert np.array_equal(oa, ob)
+    # Not bit-equal where the CPU has AMX: token 10's cache entry comes from a 1-token product
+    # (AVX-512, fp32) in a and from an 11-token one (the tile unit, x as bf16 hi + lo) in b.
+    np.testing.assert_allclose(oa, ob, rtol=0, atol=1e-3 * np.abs(ob).max())
     assert a.free_blocks == 8 - 3
     a.free(sa)
     assert a.free_blocks == 8

@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct LayerArgs {
-  std::string model, hidden, lens, out, kv_dtype = "bf16", kv_rotate = "none";
+  std::string model, hidden, lens, out, kv_dtype = "bf16", kv_rotate = "none", weights = "stored";
   int layer = 0, q_len = 1, block_size = 64, threads = 0, tp = 1;
 };
 
@@ -51,7 +51,7 @@ void run_layer(const LayerArgs& a) {
                   << ": lens[" << b << "] = " << lens[b] << " is outside [--q-len " << Q
                   << ", " << T << " tokens of hidden.npy]");
   const TensorStore store = TensorStore::open_dir(a.model);
-  const MlaLayer layer(cfg, store, a.layer, rot, group);
+  const MlaLayer layer(cfg, store, a.layer, rot, parse_layer_weights(a.weights), group);
 
   int64_t blocks = 0;
   for (int l : lens) blocks += (l + a.block_size - 1) / a.block_size;
@@ -114,6 +114,7 @@ void add_layer_command(CLI::App& app) {
   c->add_option("--q-len", a->q_len, "Tokens decoded per sequence in the step (the last q_len of each)")->capture_default_str();
   c->add_option("--kv-dtype", a->kv_dtype, "Cache format: bf16, fp16, int8 or fp8")->capture_default_str();
   c->add_option("--kv-rotate", a->kv_rotate, "Latent rotation of the cache: none or hadamard (R folded into the layer's absorbed projections at load)")->capture_default_str();
+  c->add_option("--weights", a->weights, "Projection weights: stored (as the checkpoint holds them) or int8 (per-row, quantized at load)")->capture_default_str();
   c->add_option("--block-size", a->block_size, "Tokens per cache block")->capture_default_str();
   c->add_option("--threads", a->threads, "Worker threads (0: all cores)")->capture_default_str();
   c->add_option("--tp", a->tp, "Tensor-parallel ranks: run under mpirun -np N; each rank runs num_heads/N heads, rank 0 writes o.npy")->capture_default_str();

@@ -26,6 +26,9 @@ inline __m512 load_w(const void* row, int64_t c, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + c));
   } else if constexpr (D == WDType::f32) {
     return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + c);
+  } else if constexpr (D == WDType::i8) {  // the row's scale is applied to the sums
+    const __m128i b = _mm_maskz_loadu_epi8(m, static_cast<const int8_t*>(row) + c);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
   } else {
     const __m128i b = _mm_maskz_loadu_epi8(m, static_cast<const uint8_t*>(row) + c);
     const __m256i w = _mm256_cvtepu8_epi16(b);
@@ -66,8 +69,10 @@ void tile(const LinearWeight& w, const int64_t* rid, int rows, const float* x, i
       for (int i = 0; i < 4; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
     }
   }
-  for (int i = 0; i < rows; ++i)
-    for (int t = 0; t < T; ++t) y[t * ldy + rid[i]] = _mm512_reduce_add_ps(acc[i][t]);
+  for (int i = 0; i < rows; ++i) {
+    const float s = D == WDType::i8 ? w.row_scale[rid[i]] : 1.f;
+    for (int t = 0; t < T; ++t) y[t * ldy + rid[i]] = _mm512_reduce_add_ps(acc[i][t]) * s;
+  }
 }
 
 // The worker's rows are cut into four contiguous quarters and a tile takes one row from each, so
@@ -103,6 +108,43 @@ void linear_rows_avx512(const LinearWeight& w, int64_t r0, int64_t r1, int64_t n
     case WDType::f16: return rows<WDType::f16>(w, r0, r1, n, x, ldx, y, ldy);
     case WDType::f32: return rows<WDType::f32>(w, r0, r1, n, x, ldx, y, ldy);
     case WDType::fp8_e4m3: return rows<WDType::fp8_e4m3>(w, r0, r1, n, x, ldx, y, ldy);
+    case WDType::i8: return rows<WDType::i8>(w, r0, r1, n, x, ldx, y, ldy);
+  }
+}
+
+void round_bf16_avx512(const float* x, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512(y + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(y + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+// Round to nearest even with NaN kept NaN (vcvtneps2bf16), 32 columns a step; lo = bf16(x - hi)
+// (exact in fp32; NaN and infinities give a NaN lo, which the sum keeps NaN).
+void tiles_pack_x_avx512(int64_t n, int64_t in, const float* x, int64_t ldx, uint16_t* a,
+                         int64_t k_blocks, int64_t m_tiles, bool split) {
+  std::fill(a, a + k_blocks * m_tiles * 512, uint16_t(0));
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t mt = split ? 2 * (t / 16) : t / 16, m = t % 16;
+    const float* xt = x + t * ldx;
+    for (int64_t c = 0; c < in; c += 32) {
+      uint16_t* hi_row = a + ((c / 32) * m_tiles + mt) * 512 + m * 32;
+      const int64_t r = std::min<int64_t>(32, in - c);
+      const __mmask16 m0 = r >= 16 ? __mmask16(0xffff) : __mmask16((1u << r) - 1);
+      const __mmask16 m1 = r >= 32 ? __mmask16(0xffff) : r <= 16 ? __mmask16(0) : __mmask16((1u << (r - 16)) - 1);
+      const __m512 lo = _mm512_maskz_loadu_ps(m0, xt + c), hi = _mm512_maskz_loadu_ps(m1, xt + c + 16);
+      const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+      _mm512_storeu_si512(hi_row, h);
+      if (split) {  // the next A tile: the lo parts
+        // bf16 -> fp32 of the two halves: the 16-bit lanes shifted into the high half.
+        const __m512 hl = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+        const __m512 hh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+        _mm512_storeu_si512(hi_row + 512, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(hi, hh), _mm512_sub_ps(lo, hl)));
+      }
+    }
   }
 }
 
