@@ -74,7 +74,7 @@ void expect_shards_sum_to_whole(const TpCase& tc, int tp) {
   GatherTape tape;
   for (int r = 0; r < tp; ++r) {  // the recording pass
     ShardOnly g(r, tp, &tape);
-    const MlaLayer shard(cfg, store, tc.layer, tc.rotation, &g);
+    const MlaLayer shard(cfg, store, tc.layer, tc.rotation, LayerWeights::stored, &g);
     test_tp::run_step(shard, tc, seed, 2);
   }
   tape.replay = true;
@@ -82,7 +82,7 @@ void expect_shards_sum_to_whole(const TpCase& tc, int tp) {
   int64_t bytes = 0;
   for (int r = 0; r < tp; ++r) {
     ShardOnly g(r, tp, &tape);
-    const MlaLayer shard(cfg, store, tc.layer, tc.rotation, &g);
+    const MlaLayer shard(cfg, store, tc.layer, tc.rotation, LayerWeights::stored, &g);
     ASSERT_EQ(shard.local_heads(), cfg.num_heads / tp);
     bytes += shard.weight_bytes();
     const test_tp::StepResult s = test_tp::run_step(shard, tc, seed, 2);
