@@ -9,7 +9,7 @@
 #      the sanitizer runtimes, with MLA_TEST_QUICK=1 so the long random sweeps run a smaller
 #      sample. The tests, the program and the harness are built plain there (CMakeLists.txt says
 #      why: instrumented, the tree took 8m43s of the 10 minutes), and the benchmarks are not built;
-#   3. the libFuzzer targets (fuzz/), 10 s each from their corpus (scripts/fuzz.sh; longer runs:
+#   3. the libFuzzer targets (fuzz/), 5 s each from their corpus (scripts/fuzz.sh; longer runs:
 #      scripts/fuzz.sh 600).
 # ThreadSanitizer is scripts/tsan.sh (a third cold build does not fit CI's 10 minutes on 2 cores);
 # MLA_TSAN=1 runs it here too. MLA_SKIP_SANITIZE=1 skips 2-3, MLA_SKIP_PYTHON=1 the Python parts.
@@ -55,6 +55,6 @@ if [ "${MLA_SKIP_SANITIZE:-0}" != 1 ]; then
     bash "$root/scripts/tsan.sh"
   fi
   phase "fuzz targets"
-  bash "$root/scripts/fuzz.sh" "${MLA_FUZZ_SECONDS:-10}"
+  bash "$root/scripts/fuzz.sh" "${MLA_FUZZ_SECONDS:-5}"
 fi
 phase "done"
