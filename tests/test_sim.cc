@@ -460,11 +460,6 @@ TEST(SimModel, StagesEqualWhatTheCpuKernelsRecord) {
 
 // ---- the seed's effects with the ascend-910b profile ------------------------------------------
 
-// The seed's table (V11 / V0, int8, c 24), rows b {1,2,4,8,16,24,48} x k {512,2048,4096}.
-constexpr double kSeed[21] = {1.07568, 1.39753, 1.22115, 1.10849, 1.20156, 1.17252, 1.125,
-                              1.24277, 1.19364, 1.13337, 1.25688, 1.22447, 1.04,    1.23246,
-                              1.2045,  1.10615, 1.23452, 1.22962, 1.13204, 1.2534,  1.25591};
-
 TEST(SimAscend, SeedEffects) {
   const Profile prof = load_profile(profile_path("ascend-910b"));
   auto run = [&](int b, int k, int chunk, UpForm up, SimReduction red, double sm = 1) {
@@ -539,16 +534,27 @@ TEST(SimAscend, SeedEffects) {
                       run(b, k, 2, UpForm::resident, red_new).predicted_us);
       EXPECT_GT(ratio.back(), 1.0) << "b" << b << "_k" << k << " (the seed: gains)";
     }
-  double ma = 0, mb = 0, sab = 0, saa = 0, sbb = 0;
-  for (int i = 0; i < 21; ++i) ma += ratio[i] / 21, mb += kSeed[i] / 21;
-  for (int i = 0; i < 21; ++i) {
-    sab += (ratio[i] - ma) * (kSeed[i] - mb);
-    saa += (ratio[i] - ma) * (ratio[i] - ma);
-    sbb += (kSeed[i] - mb) * (kSeed[i] - mb);
-  }
-  EXPECT_GT(sab / std::sqrt(saa * sbb), 0.3);
+  const SeedMatch m = match_seed(ratio);
+  EXPECT_EQ(m.gaining, 21);
+  EXPECT_GT(m.corr, 0.3);
   std::printf("seed grid: average %.3f (seed 1.192), correlation %.2f; chunk 2 at b1_k2048 %+.1f%%, "
-              "b1_k4096 %+.1f%%\n", ma, sab / std::sqrt(saa * sbb), 100 * g2048, 100 * g4096);
+              "b1_k4096 %+.1f%%\n", m.avg, m.corr, 100 * g2048, 100 * g4096);
+}
+
+// The comparison with the seed's table: the table against itself correlates 1 and averages 1.192;
+// mirrored about 1 it correlates -1 and gains on no row; the k averages are of every third row.
+TEST(SimAscend, MatchSeedMeasuresWhatItSays) {
+  std::vector<double> same(std::begin(kSeedRatio), std::end(kSeedRatio)), mirrored;
+  for (double r : same) mirrored.push_back(2 - r);
+  const SeedMatch a = match_seed(same), b = match_seed(mirrored);
+  EXPECT_NEAR(a.corr, 1, 1e-12);
+  EXPECT_NEAR(a.avg, 1.19246, 1e-5);
+  EXPECT_EQ(a.gaining, 21);
+  EXPECT_NEAR(a.by_k[1], (1.39753 + 1.20156 + 1.24277 + 1.25688 + 1.23246 + 1.23452 + 1.2534) / 7,
+              1e-12);
+  EXPECT_NEAR(b.corr, -1, 1e-12);
+  EXPECT_EQ(b.gaining, 0);
+  EXPECT_THROW(match_seed({1.0, 2.0}), Error);
 }
 
 // The work splits: none never splits, pieces=N cuts each task into N pieces, round=T into T-token

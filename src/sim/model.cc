@@ -129,7 +129,7 @@ struct Placed {
   WorkItem item;
 };
 
-Plan plan_of(const SimConfig& cfg, int cores, std::vector<Placed> placed,
+Plan plan_of(int cores, std::vector<Placed> placed,
              std::vector<MergeGroup> merges, int32_t num_partials) {
   // Each core's items in the order it runs them (task / piece order).
   std::stable_sort(placed.begin(), placed.end(),
@@ -153,7 +153,6 @@ Plan plan_of(const SimConfig& cfg, int cores, std::vector<Placed> placed,
           g = int32_t(m);
     plan.item_merge.push_back(g);
   }
-  (void)cfg;
   return plan;
 }
 
@@ -197,7 +196,7 @@ Plan task_plan(const SimConfig& cfg, const Split& split, int tile) {
                                                     : (split.n + tile - 1) / tile * tile;
     for (int t = 0; t < tasks; ++t) cut(t, piece, [&](int) { return next++ % c; });
   }
-  return plan_of(cfg, c, std::move(placed), std::move(merges), partials);
+  return plan_of(c, std::move(placed), std::move(merges), partials);
 }
 
 }  // namespace
@@ -660,6 +659,28 @@ SimResult run_sim(const SimConfig& cfg, const Profile& prof) {
   r.tail_us = std::max(0.0, span - mx_end);
   r.merge_us = std::isfinite(first_merge) ? std::max(0.0, span - first_merge) : 0.0;
   return r;
+}
+
+SeedMatch match_seed(const std::vector<double>& ratio) {
+  MLA_CHECK(ratio.size() == 21, "match_seed: " << ratio.size() << " ratios, not the seed's 21 rows");
+  SeedMatch m;
+  const int n = int(ratio.size());
+  double ma = 0, mb = 0;
+  for (int i = 0; i < n; ++i) {
+    m.gaining += ratio[i] > 1 ? 1 : 0;
+    ma += ratio[i] / n;
+    mb += kSeedRatio[i] / n;
+    m.by_k[i % 3] += ratio[i] / (n / 3);
+  }
+  double sab = 0, saa = 0, sbb = 0;
+  for (int i = 0; i < n; ++i) {
+    sab += (ratio[i] - ma) * (kSeedRatio[i] - mb);
+    saa += (ratio[i] - ma) * (ratio[i] - ma);
+    sbb += (kSeedRatio[i] - mb) * (kSeedRatio[i] - mb);
+  }
+  m.corr = saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0;
+  m.avg = ma;
+  return m;
 }
 
 std::vector<std::vector<StageOp>> stages_run(const SimResult& r, bool step_major) {

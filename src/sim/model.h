@@ -144,6 +144,20 @@ struct SimResult {
 
 SimResult run_sim(const SimConfig& cfg, const Profile& prof);
 
+// The seed's int8 table (V11 / V0 per row of b {1,2,4,8,16,24,48} x k {512,2048,4096}, c 24, in
+// that order): what `mla sim --grid seed` and the tests compare the model's old/new with.
+inline constexpr double kSeedRatio[21] = {
+    1.07568, 1.39753, 1.22115, 1.10849, 1.20156, 1.17252, 1.125,   1.24277, 1.19364, 1.13337, 1.25688,
+    1.22447, 1.04,    1.23246, 1.2045,  1.10615, 1.23452, 1.22962, 1.13204, 1.2534,  1.25591};
+
+// 21 old/new ratios in kSeedRatio's order against the seed's: rows gaining (> 1), the Pearson
+// correlation, the average, and the average of each k (512, 2048, 4096).
+struct SeedMatch {
+  int gaining = 0;
+  double corr = 0, avg = 0, by_k[3] = {};
+};
+SeedMatch match_seed(const std::vector<double>& ratio);
+
 // The stages each plan item ran (a stage split across vector units counted once): step by step
 // and, within a step, in the order they started (step_major), or all in the order they started
 // (an accelerator overlaps the steps; a shared unit runs them in stage_list order). Tests compare

@@ -60,37 +60,6 @@ std::string sm_note(double scale) {
 
 const char* up_name(UpForm u) { return u == UpForm::resident ? "resident" : "spill"; }
 
-// The seed's int8 table (V11 / V0 per row of b {1,2,4,8,16,24,48} x k {512,2048,4096}, c 24):
-// what --grid seed compares its old/new column with.
-constexpr double kSeedRatio[21] = {1.07568, 1.39753, 1.22115, 1.10849, 1.20156, 1.17252, 1.125,
-                                   1.24277, 1.19364, 1.13337, 1.25688, 1.22447, 1.04,    1.23246,
-                                   1.2045,  1.10615, 1.23452, 1.22962, 1.13204, 1.2534,  1.25591};
-
-struct SeedMatch {
-  int gaining = 0;  // rows with old/new > 1 (every seed row gains)
-  double corr = 0, avg = 0, by_k[3] = {};
-};
-
-SeedMatch match_seed(const std::vector<double>& ratio) {
-  SeedMatch m;
-  const int n = int(ratio.size());
-  double ma = 0, mb = 0;
-  for (int i = 0; i < n; ++i) {
-    m.gaining += ratio[i] > 1 ? 1 : 0;
-    ma += ratio[i] / n;
-    mb += kSeedRatio[i] / n;
-    m.by_k[i % 3] += ratio[i] / (n / 3);
-  }
-  double sab = 0, saa = 0, sbb = 0;
-  for (int i = 0; i < n; ++i) {
-    sab += (ratio[i] - ma) * (kSeedRatio[i] - mb);
-    saa += (ratio[i] - ma) * (ratio[i] - ma);
-    sbb += (kSeedRatio[i] - mb) * (kSeedRatio[i] - mb);
-  }
-  m.corr = saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0;
-  m.avg = ma;
-  return m;
-}
 
 void run_sim_command(const SimArgs& a) {
   // ---- everything checked before any work ----
@@ -173,20 +142,20 @@ void run_sim_command(const SimArgs& a) {
         const std::string name =
             "b" + std::to_string(b) + "_k" + std::to_string(k) + "_c" + std::to_string(c);
         std::printf("%-18s %10.1f %10.1f %8.3f %8.3f %6d   %.3f / %.3f / %.3f\n", name.c_str(), o,
-                    n, o / n, kSeedRatio[i], steps, o / each[0], o / each[1], o / each[2]);
+                    n, o / n, sim::kSeedRatio[i], steps, o / each[0], o / each[1], o / each[2]);
         rows.push_back({{"b", b}, {"k", k}, {"c", c}, {"old_us", o}, {"new_us", n},
-                        {"speedup", o / n}, {"seed", kSeedRatio[i]}, {"steps_per_core", steps},
+                        {"speedup", o / n}, {"seed", sim::kSeedRatio[i]}, {"steps_per_core", steps},
                         {"new_us_separate", each[0]}, {"new_us_last", each[1]},
                         {"new_us_inkernel", each[2]}});
         ++i;
       }
-    const SeedMatch m = match_seed(ratio);
+    const sim::SeedMatch m = sim::match_seed(ratio);
     std::printf("%-18s %10s %10s %8.3f %8.3f\n\n", "AVG", "", "", m.avg, 1.19246);
     std::printf("against the seed's table (int8, c 24; it gains on every row, average 1.192, "
                 "k 512 / 2048 / 4096: 1.103 / 1.260 / 1.215):\n");
     json summary = json::object();
     for (int r = 0; r < 3; ++r) {
-      const SeedMatch e = match_seed(by_red[r]);
+      const sim::SeedMatch e = sim::match_seed(by_red[r]);
       std::printf("  new reduction %-9s rows gaining %2d/21, correlation %+.2f, average %.3f, "
                   "k 512 / 2048 / 4096: %.3f / %.3f / %.3f%s\n",
                   sim::sim_reduction_name(reds[r]), e.gaining, e.corr, e.avg, e.by_k[0],
